@@ -1,0 +1,1 @@
+"""Mailbox backends: where signals arrive (IMAP, Maildir, EWS, Graph)."""

@@ -1,0 +1,69 @@
+"""The one small interface every mailbox backend implements.
+
+The core never sees an IMAP UID or an EWS item id as such: a backend names each
+message with an opaque ``key`` that is stable for as long as the message sits in the
+mailbox (IMAP: ``"<uidvalidity>:<uid>"``). The store remembers keys it has queued,
+which is what makes a crash between commit and expunge harmless.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class MailboxError(Exception):
+    """The mailbox could not be reached or refused us.
+
+    ``auth`` is True when the server refused the credentials (exit 3 in ``check``,
+    and no point retrying quickly). The message must never contain mail content.
+    """
+
+    def __init__(self, reason: str, *, auth: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.auth = auth
+
+
+@dataclass(frozen=True)
+class MailboxItem:
+    key: str
+    raw: bytes
+
+
+class Mailbox(Protocol):
+    """A folder that signals arrive in.
+
+    Methods raise :class:`MailboxError` on connection or authentication failures;
+    the caller reconnects with backoff by calling :meth:`open` again.
+    """
+
+    name: str
+
+    def open(self) -> None:
+        """Connect and log in (idempotent: reconnects when the connection is gone)."""
+
+    def close(self) -> None:
+        """Log out; never raises."""
+
+    def list_new(self) -> list[str]:
+        """Keys of messages not yet listed since :meth:`open`, oldest first.
+
+        The first call after ``open`` lists every message in the folder, so that
+        whatever a crash left behind is seen again; later calls cost O(new messages).
+        """
+
+    def fetch(self, keys: Sequence[str]) -> Iterator[MailboxItem]:
+        """The raw bytes of these messages, unchanged; keys that vanished are skipped."""
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Hard-delete exactly these messages (IMAP: ``\\Deleted`` + ``UID EXPUNGE``).
+
+        Keys that are already gone are not an error. Never removes anything else.
+        """
+
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        """Block until new mail may have arrived, ``timeout`` seconds passed, or
+        ``stop`` is set — whichever comes first (IMAP IDLE where offered)."""

@@ -1,0 +1,1 @@
+"""Outgoing mail transports (SMTP, a Maildir drop for the demo, EWS, Graph)."""
