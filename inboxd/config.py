@@ -1,0 +1,349 @@
+"""The configuration file: TOML in, one validated plain object out.
+
+Every way a configuration can be wrong ends in :class:`ConfigError`, which the CLI
+prints as one line (file, key, what to do) with exit code 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PATH = "/etc/inboxd/inboxd.toml"
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_ADDR = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+_SECRET_KEYS = {"password", "client_secret", "secret", "token", "key"}
+
+
+class ConfigError(Exception):
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        super().__init__(f"{path}: {key}: {problem}" if key else f"{path}: {problem}")
+        self.path = path
+        self.key = key
+        self.problem = problem
+
+
+def parse_duration(value: Any) -> float:
+    """``"30s"``, ``"15m"``, ``"2d"`` (also ``"1h30m"``) → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like \"30s\", \"15m\" or \"2d\"")
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a duration like \"30s\", \"15m\" or \"2d\"")
+    parts = re.fullmatch(r"\s*((?:\d+(?:\.\d+)?\s*[smhdw]\s*)+)", value)
+    if not parts:
+        raise ValueError(f"{value!r} is not a duration; write e.g. \"30s\", \"15m\", \"2d\"")
+    total = 0.0
+    for num, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([smhdw])", value):
+        total += float(num) * _UNITS[unit]
+    return total
+
+
+def parse_rate(value: Any) -> tuple[int, float]:
+    """``"10/h"`` → (10, 3600.0)."""
+    if not isinstance(value, str):
+        raise ValueError("expected a rate like \"10/h\"")
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*", value)
+    if not m:
+        raise ValueError(f"{value!r} is not a rate; write e.g. \"10/h\"")
+    return int(m.group(1)), float(m.group(2) or 1) * _UNITS[m.group(3)]
+
+
+def _address(value: Any) -> str:
+    if not isinstance(value, str) or not _ADDR.match(value.strip()):
+        raise ValueError(f"{value!r} is not an e-mail address (local@domain)")
+    return value.strip().lower()
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Rate = Annotated[tuple[int, float], BeforeValidator(parse_rate)]
+Address = Annotated[str, BeforeValidator(_address)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class MailboxConfig(_Section):
+    backend: Literal["imap", "ews", "graph", "maildir"] = "imap"
+    host: str = ""
+    port: int | None = None
+    security: Literal["tls", "starttls", "none"] = "tls"
+    ca_file: str = ""
+    username: str = ""
+    auth: Literal["password", "xoauth2"] = "password"
+    password_file: str = ""
+    password_env: str = ""
+    folder: str = "INBOX"
+    idle: bool = True
+    poll_interval: Duration = 60.0
+    retain_in_mailbox: Literal["queued", "forwarded"] = "queued"
+    path: str = ""
+    # Exchange Server (EWS)
+    service_endpoint: str = ""
+    auth_type: Literal["ntlm", "basic", "oauth2"] = "ntlm"
+    # Microsoft 365 (Graph) and XOAUTH2
+    tenant_id: str = ""
+    client_id: str = ""
+    client_secret_file: str = ""
+    client_secret_env: str = ""
+    client_certificate_file: str = ""
+    mailbox: str = ""
+    authority: str = "https://login.microsoftonline.com"
+    endpoint: str = "https://graph.microsoft.com"
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return {"tls": 993, "starttls": 143, "none": 143}[self.security]
+
+
+class SmtpConfig(_Section):
+    transport: Literal["smtp", "maildir", "ews", "graph"] = "smtp"
+    host: str = ""
+    port: int | None = None
+    security: Literal["tls", "starttls", "none"] = "starttls"
+    ca_file: str = ""
+    username: str = ""
+    auth: Literal["password", "xoauth2"] = "password"
+    password_file: str = ""
+    password_env: str = ""
+    from_: str = Field("", alias="from")
+    path: str = ""
+    tenant_id: str = ""
+    client_id: str = ""
+    client_secret_file: str = ""
+    client_secret_env: str = ""
+    authority: str = "https://login.microsoftonline.com"
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return {"tls": 465, "starttls": 587, "none": 25}[self.security]
+
+
+class CryptoConfig(_Section):
+    key_files: list[str] = Field(min_length=1)
+
+
+class ReportersConfig(_Section):
+    ack_domains: list[str] = []
+    ack_rate_limit: Rate = (10, 3600.0)
+
+
+class SourceConfig(_Section):
+    addresses: list[Address] = []
+
+
+class TriageConfig(_Section):
+    functionarissen: list[Address] = Field(min_length=1)
+    include_content: Literal["full", "text", "none"] = "full"
+    remind_after: Duration = 2 * 86400.0
+    digest_cron: str = "0 9 * * mon-fri"
+    trusted_authserv_ids: list[str] = []
+    forward_retry_for: Duration = 86400.0
+    certificates: dict[str, str] = {}
+
+
+class DestinationConfig(_Section):
+    label: str
+    address: Address
+    certificate: str = ""
+    test_address: Address | Literal[""] = ""
+
+
+class MetricsConfig(_Section):
+    listen: str = "127.0.0.1:9464"
+
+
+class Config(_Section):
+    state_dir: str = "/var/lib/inboxd"
+    language: Literal["nl", "en"] = "nl"
+    reference_prefix: str = Field("VV", pattern=r"^[A-Z]{1,6}$")
+    templates_dir: str = ""
+    dedup_window: Duration = 30 * 86400.0
+    mailbox: MailboxConfig
+    smtp: SmtpConfig
+    crypto: CryptoConfig
+    reporters: ReportersConfig = ReportersConfig()
+    sources: dict[str, SourceConfig] = {}
+    triage: TriageConfig
+    destinations: dict[str, DestinationConfig] = {}
+    metrics: MetricsConfig | None = None
+    # Where the file was read from, so relative paths and messages can name it.
+    source_path: str = Field("", exclude=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        mb, smtp = self.mailbox, self.smtp
+        if mb.backend == "imap":
+            _need(mb.host, "mailbox.host", "the IMAP server's host name")
+            _need(mb.username, "mailbox.username", "the mailbox account to log in as")
+            if mb.auth == "password":
+                _need_secret(mb.password_file, mb.password_env, "mailbox.password_file")
+            if mb.security == "none" and not is_loopback(mb.host):
+                raise _Problem("mailbox.security", 'security = "none" is allowed only for loopback hosts; use "tls" or "starttls"')
+        elif mb.backend == "maildir":
+            _need(mb.path, "mailbox.path", "the Maildir folder signals are delivered to")
+        elif mb.backend == "ews":
+            _need(mb.service_endpoint, "mailbox.service_endpoint", "the EWS URL, e.g. https://mail.example/EWS/Exchange.asmx")
+            _need(mb.username, "mailbox.username", "the account to log in as")
+        elif mb.backend == "graph":
+            for key in ("tenant_id", "client_id", "mailbox"):
+                _need(getattr(mb, key), f"mailbox.{key}", "see the Microsoft 365 section of the README")
+            if not (mb.client_secret_file or mb.client_secret_env or mb.client_certificate_file):
+                raise _Problem("mailbox.client_secret_file", "missing; set client_secret_file, client_secret_env or client_certificate_file")
+        if smtp.transport == "smtp":
+            _need(smtp.host, "smtp.host", "the SMTP server's host name")
+            if smtp.security == "none" and not is_loopback(smtp.host):
+                raise _Problem("smtp.security", 'security = "none" is allowed only for loopback hosts; use "tls" or "starttls"')
+            if smtp.username and smtp.auth == "password":
+                _need_secret(smtp.password_file, smtp.password_env, "smtp.password_file")
+        elif smtp.transport == "maildir":
+            _need(smtp.path, "smtp.path", "the folder outgoing mail is dropped into (demo only)")
+        elif smtp.transport != mb.backend:
+            raise _Problem("smtp.transport", f'"{smtp.transport}" needs mailbox.backend = "{smtp.transport}"')
+        _need(smtp.from_, "smtp.from", 'the From address, e.g. "Meldpunt <vreemdverhaal@gemeente.example>"')
+        for key in self.destinations:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", key):
+                raise _Problem(f"destinations.{key}", "destination keys are lower-case letters, digits and _ (they become commands like KEDO)")
+        try:
+            from apscheduler.triggers.cron import CronTrigger
+
+            CronTrigger.from_crontab(self.triage.digest_cron)
+        except ValueError:
+            raise _Problem("triage.digest_cron", "not a cron expression; write e.g. \"0 9 * * mon-fri\"") from None
+        return self
+
+    @property
+    def from_address(self) -> str:
+        m = re.search(r"<([^<>]+)>\s*$", self.smtp.from_)
+        return (m.group(1) if m else self.smtp.from_).strip().lower()
+
+
+class _Problem(ValueError):
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+        self.problem = problem
+
+
+def _need(value: str, key: str, what: str) -> None:
+    if not value:
+        raise _Problem(key, f"missing; set it to {what}")
+
+
+def _need_secret(file: str, env: str, key: str) -> None:
+    if not (file or env):
+        raise _Problem(key, f"missing; set {key} (a file holding the secret) or {key.removesuffix('_file')}_env")
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if not isinstance(p, int)) or "(top level)"
+
+
+def _explain(err: dict[str, Any]) -> tuple[str, str]:
+    loc = tuple(err.get("loc", ()))
+    key = _key_path(loc)
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        leaf = str(loc[-1]) if loc else ""
+        if leaf in _SECRET_KEYS or leaf.endswith(("password", "secret")):
+            return key, f"secrets are never written in the configuration; use {leaf}_file (a file, e.g. under $CREDENTIALS_DIRECTORY) or {leaf}_env"
+        return key, "unknown key; remove it or check its spelling against the README"
+    if kind == "missing":
+        return key, "required key is missing; add it (see config/inboxd.example.toml)"
+    if kind == "value_error":
+        ctx = err.get("ctx", {})
+        exc = ctx.get("error")
+        if isinstance(exc, _Problem):
+            return exc.key, exc.problem
+        msg = str(exc) if exc is not None else err.get("msg", "invalid value")
+        return key, msg
+    if kind == "literal_error":
+        return key, f"must be one of {err.get('ctx', {}).get('expected', '')}"
+    return key, f"{err.get('msg', 'invalid value')}".lower()
+
+
+def load(path: str | None = None) -> Config:
+    path = path or os.environ.get("INBOXD_CONFIG") or DEFAULT_PATH
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, "", "configuration file not found; pass --config PATH or set INBOXD_CONFIG") from None
+    except PermissionError:
+        raise ConfigError(path, "", "configuration file is not readable; check its permissions") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "configuration file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML ({exc}); fix the syntax there") from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read configuration ({type(exc).__name__})") from None
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        key, problem = _explain(exc.errors()[0])
+        raise ConfigError(path, key, problem) from None
+    except _Problem as exc:
+        raise ConfigError(path, exc.key, exc.problem) from None
+    base = Path(path).resolve().parent
+    return _resolve_paths(cfg.model_copy(update={"source_path": path}), base)
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    """Paths in the file are relative to the file, so the example works from anywhere."""
+
+    def rel(p: str) -> str:
+        if not p:
+            return p
+        pp = Path(os.path.expandvars(p))
+        return str(pp if pp.is_absolute() else (base / pp))
+
+    mb = cfg.mailbox.model_copy(update={"path": rel(cfg.mailbox.path), "ca_file": rel(cfg.mailbox.ca_file)})
+    smtp = cfg.smtp.model_copy(update={"path": rel(cfg.smtp.path), "ca_file": rel(cfg.smtp.ca_file)})
+    crypto = cfg.crypto.model_copy(update={"key_files": [rel(k) for k in cfg.crypto.key_files]})
+    return cfg.model_copy(
+        update={
+            "state_dir": rel(cfg.state_dir),
+            "templates_dir": rel(cfg.templates_dir),
+            "mailbox": mb,
+            "smtp": smtp,
+            "crypto": crypto,
+        }
+    )
+
+
+def read_secret(cfg: Config, file: str, env: str, key: str) -> str:
+    """A secret from ``*_file`` (relative paths under $CREDENTIALS_DIRECTORY) or ``*_env``."""
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(cfg.source_path, key.removesuffix("_file") + "_env", f"environment variable {env} is not set")
+        return value.strip()
+    path = Path(file)
+    if not path.is_absolute():
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        path = Path(creds) / path if creds else Path(cfg.source_path).resolve().parent / path
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(cfg.source_path, key, f"cannot read {path} ({type(exc).__name__}); check the path and permissions") from None

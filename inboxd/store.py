@@ -1,0 +1,476 @@
+"""The durable, encrypted store (SQLite).
+
+Plain text here: references, states, timestamps, destinations, form, flags,
+counters. Everything a person wrote or is (raw mail, addresses, subjects, follow-ups,
+questions, outgoing mail) is sealed with a per-row data key that the keyring wraps.
+Deleting a row deletes its key; ``secure_delete`` and a WAL checkpoint overwrite
+the freed pages.
+
+The core talks to :class:`Store`; :class:`SqliteStore` is the one implementation
+(a PostgreSQL store for an active/standby pair can implement the same protocol).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from inboxd.crypto import Keyring, open_sealed, seal
+
+SCHEMA_VERSION = 1
+
+OPEN_STATES = ("queued", "waiting_info", "forwarding", "forwarding_failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS signals (
+    id TEXT PRIMARY KEY,
+    ref TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    source TEXT NOT NULL,
+    flags TEXT NOT NULL DEFAULT '',
+    form TEXT NOT NULL DEFAULT '',
+    destinations TEXT NOT NULL DEFAULT '',
+    done_destinations TEXT NOT NULL DEFAULT '',
+    size INTEGER NOT NULL,
+    attachment_count INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_reminder_at REAL,
+    hold INTEGER NOT NULL DEFAULT 0,
+    no_feedback INTEGER NOT NULL DEFAULT 0,
+    key_id TEXT NOT NULL,
+    wrapped_key BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS signal_fields (
+    signal_id TEXT NOT NULL REFERENCES signals(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    blob BLOB NOT NULL,
+    PRIMARY KEY (signal_id, name)
+);
+CREATE TABLE IF NOT EXISTS refs_used (ref TEXT PRIMARY KEY, closed_at REAL);
+CREATE TABLE IF NOT EXISTS mailbox_keys (
+    key TEXT PRIMARY KEY,
+    status TEXT NOT NULL,          -- expunge | retained | expunged
+    signal_id TEXT,
+    seen_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mailbox_keys_status ON mailbox_keys(status);
+CREATE TABLE IF NOT EXISTS dedup (digest BLOB PRIMARY KEY, signal_id TEXT, expires_at REAL);
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    ref TEXT,
+    message_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    key_id TEXT NOT NULL,
+    wrapped_key BLOB NOT NULL,
+    envelope BLOB NOT NULL,
+    message BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(next_attempt_at);
+CREATE TABLE IF NOT EXISTS sent (message_id TEXT PRIMARY KEY, kind TEXT NOT NULL, ref TEXT, sent_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS ack_log (sender BLOB NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ack_log_sender ON ack_log(sender, at);
+CREATE TABLE IF NOT EXISTS stats (
+    month TEXT NOT NULL, source TEXT NOT NULL, form TEXT NOT NULL, outcome TEXT NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (month, source, form, outcome)
+);
+CREATE TABLE IF NOT EXISTS triage_time (
+    month TEXT NOT NULL, bucket TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (month, bucket)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Signal:
+    id: str
+    ref: str
+    state: str
+    source: str
+    flags: frozenset[str]
+    form: str
+    destinations: tuple[str, ...]
+    done_destinations: tuple[str, ...]
+    size: int
+    attachment_count: int
+    created_at: float
+    updated_at: float
+    last_reminder_at: float | None
+    hold: bool
+    no_feedback: bool
+    key_id: str
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One mail to one recipient, sealed until it is sent."""
+
+    kind: str
+    ref: str | None
+    message_id: str
+    sender: str
+    recipient: str
+    message: bytes
+
+
+@dataclass(frozen=True)
+class DueMail:
+    id: str
+    kind: str
+    ref: str | None
+    message_id: str
+    attempts: int
+    created_at: float
+    sender: str
+    recipient: str
+    message: bytes
+
+
+@dataclass
+class NewSignal:
+    ref: str
+    source: str
+    flags: set[str]
+    size: int
+    attachment_count: int
+    fields: dict[str, bytes]  # raw, reporter, subject …: sealed on insert
+    received_at: float
+    dedup_digest: bytes | None = None
+    mailbox_key: str | None = None
+    retain: bool = False
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+class StoreError(Exception):
+    pass
+
+
+class Transaction(Protocol):
+    def add_signal(self, signal: NewSignal) -> Signal: ...
+    def record_key(self, key: str, status: str, signal_id: str | None = None) -> None: ...
+    def add_dedup(self, digest: bytes, signal_id: str | None, expires_at: float | None) -> None: ...
+    def enqueue(self, entry: OutboxEntry, *, not_before: float | None = None) -> str: ...
+    def record_ack(self, sender_digest: bytes) -> None: ...
+    def set_meta(self, key: str, value: str) -> None: ...
+
+
+class Store(Protocol):
+    def transaction(self) -> Any: ...
+    def ref_in_use(self, ref: str) -> bool: ...
+    def mailbox_key_status(self, keys: Sequence[str]) -> dict[str, str]: ...
+    def has_dedup(self, digests: Sequence[bytes]) -> bool: ...
+    def acks_since(self, sender_digest: bytes, since: float) -> int: ...
+    def keys_to_expunge(self) -> list[str]: ...
+    def mark_expunged(self, keys: Sequence[str]) -> None: ...
+    def due_mail(self, now: float, limit: int) -> list[DueMail]: ...
+    def mail_sent(self, mail: DueMail, now: float) -> None: ...
+    def mail_failed(self, mail: DueMail, next_attempt_at: float | None, error: str) -> None: ...
+    def sent_kinds(self, message_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]: ...
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str) -> None: ...
+    def signals(self, states: Sequence[str] = OPEN_STATES) -> list[Signal]: ...
+    def signal_by_ref(self, ref: str) -> Signal | None: ...
+    def read_field(self, signal: Signal, name: str) -> bytes | None: ...
+    def close(self) -> None: ...
+
+
+def _row_to_signal(row: sqlite3.Row) -> Signal:
+    return Signal(
+        id=row["id"],
+        ref=row["ref"],
+        state=row["state"],
+        source=row["source"],
+        flags=frozenset(f for f in row["flags"].split(",") if f),
+        form=row["form"],
+        destinations=tuple(d for d in row["destinations"].split(",") if d),
+        done_destinations=tuple(d for d in row["done_destinations"].split(",") if d),
+        size=row["size"],
+        attachment_count=row["attachment_count"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        last_reminder_at=row["last_reminder_at"],
+        hold=bool(row["hold"]),
+        no_feedback=bool(row["no_feedback"]),
+        key_id=row["key_id"],
+    )
+
+
+class SqliteTransaction:
+    def __init__(self, conn: sqlite3.Connection, keyring: Keyring, now: float) -> None:
+        self._c = conn
+        self._k = keyring
+        self.now = now
+
+    def add_signal(self, s: NewSignal) -> Signal:
+        data_key = self._k.new_data_key()
+        key_id, wrapped = self._k.wrap(data_key, f"signal:{s.id}")
+        flags = ",".join(sorted(s.flags))
+        self._c.execute(
+            "INSERT INTO signals (id, ref, state, source, flags, size, attachment_count, created_at,"
+            " updated_at, key_id, wrapped_key) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (s.id, s.ref, "queued", s.source, flags, s.size, s.attachment_count, s.received_at, self.now, key_id, wrapped),
+        )
+        self._c.execute("INSERT INTO refs_used (ref) VALUES (?)", (s.ref,))
+        for name, plain in s.fields.items():
+            self._c.execute(
+                "INSERT INTO signal_fields (signal_id, name, blob) VALUES (?,?,?)",
+                (s.id, name, seal(data_key, f"signal:{s.id}", name, plain)),
+            )
+        if s.dedup_digest is not None:
+            self.add_dedup(s.dedup_digest, s.id, None)
+        if s.mailbox_key is not None:
+            self.record_key(s.mailbox_key, "retained" if s.retain else "expunge", s.id)
+        row = self._c.execute("SELECT * FROM signals WHERE id = ?", (s.id,)).fetchone()
+        return _row_to_signal(row)
+
+    def data_key(self, signal: Signal) -> bytes:
+        row = self._c.execute("SELECT key_id, wrapped_key FROM signals WHERE id = ?", (signal.id,)).fetchone()
+        return self._k.unwrap(row["key_id"], row["wrapped_key"], f"signal:{signal.id}")
+
+    def record_key(self, key: str, status: str, signal_id: str | None = None) -> None:
+        self._c.execute(
+            "INSERT INTO mailbox_keys (key, status, signal_id, seen_at) VALUES (?,?,?,?)"
+            " ON CONFLICT(key) DO UPDATE SET status = excluded.status,"
+            " signal_id = COALESCE(excluded.signal_id, mailbox_keys.signal_id)",
+            (key, status, signal_id, self.now),
+        )
+
+    def add_dedup(self, digest: bytes, signal_id: str | None, expires_at: float | None) -> None:
+        self._c.execute(
+            "INSERT OR REPLACE INTO dedup (digest, signal_id, expires_at) VALUES (?,?,?)",
+            (digest, signal_id, expires_at),
+        )
+
+    def enqueue(self, entry: OutboxEntry, *, not_before: float | None = None) -> str:
+        oid = uuid.uuid4().hex
+        data_key = self._k.new_data_key()
+        key_id, wrapped = self._k.wrap(data_key, f"outbox:{oid}")
+        envelope = json.dumps({"from": entry.sender, "to": entry.recipient}).encode()
+        self._c.execute(
+            "INSERT INTO outbox (id, kind, ref, message_id, created_at, next_attempt_at, key_id,"
+            " wrapped_key, envelope, message) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                oid,
+                entry.kind,
+                entry.ref,
+                entry.message_id,
+                self.now,
+                not_before if not_before is not None else self.now,
+                key_id,
+                wrapped,
+                seal(data_key, f"outbox:{oid}", "envelope", envelope),
+                seal(data_key, f"outbox:{oid}", "message", entry.message),
+            ),
+        )
+        return oid
+
+    def record_ack(self, sender_digest: bytes) -> None:
+        self._c.execute("INSERT INTO ack_log (sender, at) VALUES (?, ?)", (sender_digest, self.now))
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+class SqliteStore:
+    """SQLite in WAL mode with ``synchronous=FULL`` and ``secure_delete=ON``."""
+
+    def __init__(self, state_dir: str | Path, keyring: Keyring, clock: Any = None) -> None:
+        import time
+
+        self.dir = Path(state_dir)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = self.dir / "inboxd.sqlite3"
+        self.keyring = keyring
+        self.clock = clock or time.time
+        old_umask = os.umask(0o077)
+        try:
+            self._c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        finally:
+            os.umask(old_umask)
+        self._c.row_factory = sqlite3.Row
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=FULL",
+            "PRAGMA secure_delete=ON",
+            "PRAGMA foreign_keys=ON",
+        ):
+            self._c.execute(pragma)
+        self._c.executescript(_SCHEMA)
+        self._c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        try:
+            self._c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._c.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqliteTransaction]:
+        self._c.execute("BEGIN IMMEDIATE")
+        try:
+            yield SqliteTransaction(self._c, self.keyring, self.clock())
+        except BaseException:
+            self._c.execute("ROLLBACK")
+            raise
+        self._c.execute("COMMIT")
+
+    # -- intake -------------------------------------------------------------
+    def ref_in_use(self, ref: str) -> bool:
+        return self._c.execute("SELECT 1 FROM refs_used WHERE ref = ?", (ref,)).fetchone() is not None
+
+    def ref_closed(self, ref: str) -> bool:
+        row = self._c.execute("SELECT closed_at FROM refs_used WHERE ref = ?", (ref,)).fetchone()
+        return row is not None and row["closed_at"] is not None
+
+    def mailbox_key_status(self, keys: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for i in range(0, len(keys), 500):
+            chunk = list(keys[i : i + 500])
+            q = "SELECT key, status FROM mailbox_keys WHERE key IN (%s)" % ",".join("?" * len(chunk))  # noqa: S608
+            out.update({r["key"]: r["status"] for r in self._c.execute(q, chunk)})
+        return out
+
+    def has_dedup(self, digests: Sequence[bytes]) -> bool:
+        return any(
+            self._c.execute("SELECT 1 FROM dedup WHERE digest = ?", (d,)).fetchone() is not None
+            for d in digests
+        )
+
+    def acks_since(self, sender_digest: bytes, since: float) -> int:
+        row = self._c.execute(
+            "SELECT COUNT(*) AS n FROM ack_log WHERE sender = ? AND at >= ?", (sender_digest, since)
+        ).fetchone()
+        return int(row["n"])
+
+    def keys_to_expunge(self) -> list[str]:
+        return [r["key"] for r in self._c.execute("SELECT key FROM mailbox_keys WHERE status = 'expunge'")]
+
+    def mark_expunged(self, keys: Sequence[str]) -> None:
+        with self.transaction():
+            self._c.executemany("UPDATE mailbox_keys SET status = 'expunged' WHERE key = ?", [(k,) for k in keys])
+
+    # -- outbox -------------------------------------------------------------
+    def due_mail(self, now: float, limit: int = 100) -> list[DueMail]:
+        rows = self._c.execute(
+            "SELECT * FROM outbox WHERE next_attempt_at <= ? ORDER BY created_at LIMIT ?", (now, limit)
+        ).fetchall()
+        out = []
+        for r in rows:
+            owner = f"outbox:{r['id']}"
+            data_key = self.keyring.unwrap(r["key_id"], r["wrapped_key"], owner)
+            env = json.loads(open_sealed(data_key, owner, "envelope", r["envelope"]))
+            out.append(
+                DueMail(
+                    id=r["id"],
+                    kind=r["kind"],
+                    ref=r["ref"],
+                    message_id=r["message_id"],
+                    attempts=r["attempts"],
+                    created_at=r["created_at"],
+                    sender=env["from"],
+                    recipient=env["to"],
+                    message=open_sealed(data_key, owner, "message", r["message"]),
+                )
+            )
+        return out
+
+    def outbox_size(self) -> int:
+        return int(self._c.execute("SELECT COUNT(*) AS n FROM outbox").fetchone()["n"])
+
+    def mail_sent(self, mail: DueMail, now: float) -> None:
+        with self.transaction():
+            self._c.execute("DELETE FROM outbox WHERE id = ?", (mail.id,))
+            self._c.execute(
+                "INSERT OR REPLACE INTO sent (message_id, kind, ref, sent_at) VALUES (?,?,?,?)",
+                (mail.message_id, mail.kind, mail.ref, now),
+            )
+            self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_send', ?)", (str(now),))
+
+    def mail_failed(self, mail: DueMail, next_attempt_at: float | None, error: str) -> None:
+        """Schedule a retry, or (``next_attempt_at`` None) give up and drop the entry."""
+        with self.transaction():
+            if next_attempt_at is None:
+                self._c.execute("DELETE FROM outbox WHERE id = ?", (mail.id,))
+            else:
+                self._c.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?",
+                    (next_attempt_at, error, mail.id),
+                )
+
+    def sent_kinds(self, message_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+        out: dict[str, tuple[str, str | None]] = {}
+        for mid in message_ids:
+            r = self._c.execute("SELECT kind, ref FROM sent WHERE message_id = ?", (mid,)).fetchone()
+            if r is not None:
+                out[mid] = (r["kind"], r["ref"])
+        return out
+
+    # -- signals ------------------------------------------------------------
+    def signals(self, states: Sequence[str] = OPEN_STATES) -> list[Signal]:
+        q = "SELECT * FROM signals WHERE state IN (%s) ORDER BY created_at" % ",".join("?" * len(states))  # noqa: S608
+        return [_row_to_signal(r) for r in self._c.execute(q, list(states))]
+
+    def signal_by_ref(self, ref: str) -> Signal | None:
+        row = self._c.execute("SELECT * FROM signals WHERE ref = ?", (ref,)).fetchone()
+        return _row_to_signal(row) if row else None
+
+    def data_key(self, signal: Signal) -> bytes:
+        row = self._c.execute("SELECT key_id, wrapped_key FROM signals WHERE id = ?", (signal.id,)).fetchone()
+        if row is None:
+            raise StoreError("signal is gone")
+        return self.keyring.unwrap(row["key_id"], row["wrapped_key"], f"signal:{signal.id}")
+
+    def read_field(self, signal: Signal, name: str) -> bytes | None:
+        row = self._c.execute(
+            "SELECT blob FROM signal_fields WHERE signal_id = ? AND name = ?", (signal.id, name)
+        ).fetchone()
+        if row is None:
+            return None
+        return open_sealed(self.data_key(signal), f"signal:{signal.id}", name, row["blob"])
+
+    # -- status -------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self._c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def counts_by_state(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self._c.execute("SELECT state, COUNT(*) AS n FROM signals GROUP BY state")}
+
+    def flag_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self._c.execute("SELECT flags FROM signals"):
+            for f in r["flags"].split(","):
+                if f:
+                    out[f] = out.get(f, 0) + 1
+        return out
+
+    def oldest_open(self) -> float | None:
+        q = "SELECT MIN(created_at) AS t FROM signals WHERE state IN (%s)" % ",".join("?" * len(OPEN_STATES))  # noqa: S608
+        row = self._c.execute(q, list(OPEN_STATES)).fetchone()
+        return None if row["t"] is None else float(row["t"])
+
+    def checkpoint(self) -> None:
+        self._c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def expire(self, now: float, dedup_window: float, rate_window: float) -> None:
+        with self.transaction():
+            self._c.execute("DELETE FROM dedup WHERE expires_at IS NOT NULL AND expires_at < ?", (now,))
+            self._c.execute("DELETE FROM ack_log WHERE at < ?", (now - rate_window,))
+            self._c.execute("DELETE FROM sent WHERE sent_at < ? AND ref IS NULL", (now - dedup_window,))
+            self._c.execute(
+                "DELETE FROM mailbox_keys WHERE status = 'expunged' AND seen_at < ?", (now - dedup_window,)
+            )

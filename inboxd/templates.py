@@ -1,0 +1,71 @@
+"""Mail templates: Jinja2 in a sandbox, subject on the first line.
+
+A template file looks like::
+
+    Subject: Ontvangen: uw signaal {{ ref }}
+
+    Beste collega, …
+
+Values are data, never templates: a subject or a question that reads ``{{7*7}}`` is
+printed as written. Templates never see a signal's subject or content unless the
+caller passes it on purpose (only triage requests and forwards do).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import FileSystemLoader, StrictUndefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+SHIPPED = Path(__file__).resolve().parent.parent / "templates"
+INSTALLED = Path(sys.prefix) / "share" / "inboxd" / "templates"
+
+
+class TemplateError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    body: str
+
+
+def search_path(language: str, override_dir: str = "") -> list[str]:
+    dirs = []
+    if override_dir:
+        dirs.append(Path(override_dir) / language)
+        dirs.append(Path(override_dir))
+    for base in (SHIPPED, INSTALLED):
+        if (base / language).is_dir():
+            dirs.append(base / language)
+    return [str(d) for d in dirs]
+
+
+class Templates:
+    def __init__(self, language: str, override_dir: str = "") -> None:
+        self.language = language
+        self.env = ImmutableSandboxedEnvironment(
+            loader=FileSystemLoader(search_path(language, override_dir)),
+            undefined=StrictUndefined,
+            autoescape=lambda name: bool(name and name.endswith(".html")),
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+
+    def render(self, name: str, context: Mapping[str, Any]) -> Rendered:
+        try:
+            text = self.env.get_template(f"{name}.txt").render(**context)
+        except Exception as exc:
+            raise TemplateError(f"template {self.language}/{name}.txt failed ({type(exc).__name__})") from None
+        head, sep, body = text.partition("\n\n")
+        if not sep or not head.lower().startswith("subject:") or "\n" in head.strip():
+            raise TemplateError(f"template {self.language}/{name}.txt must start with a 'Subject:' line and a blank line")
+        subject = head.split(":", 1)[1].strip()
+        return Rendered(subject=subject, body=body.lstrip("\n"))
