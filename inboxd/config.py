@@ -339,7 +339,7 @@ def read_secret(cfg: Config, file: str, env: str, key: str) -> str:
         if value is None:
             raise ConfigError(cfg.source_path, key.removesuffix("_file") + "_env", f"environment variable {env} is not set")
         return value.strip()
-    path = Path(file)
+    path = Path(os.path.expandvars(file))
     if not path.is_absolute():
         creds = os.environ.get("CREDENTIALS_DIRECTORY")
         path = Path(creds) / path if creds else Path(cfg.source_path).resolve().parent / path

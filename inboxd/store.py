@@ -114,14 +114,15 @@ class Signal:
 
 @dataclass(frozen=True)
 class OutboxEntry:
-    """One mail to one recipient, sealed until it is sent."""
+    """One mail to one recipient, sealed until it is sent. ``payload`` is whatever
+    the outbox module needs to build the mail at send time (it stays opaque here)."""
 
     kind: str
     ref: str | None
     message_id: str
     sender: str
     recipient: str
-    message: bytes
+    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class DueMail:
     created_at: float
     sender: str
     recipient: str
-    message: bytes
+    payload: bytes
 
 
 @dataclass
@@ -270,7 +271,7 @@ class SqliteTransaction:
                 key_id,
                 wrapped,
                 seal(data_key, f"outbox:{oid}", "envelope", envelope),
-                seal(data_key, f"outbox:{oid}", "message", entry.message),
+                seal(data_key, f"outbox:{oid}", "message", entry.payload),
             ),
         )
         return oid
@@ -380,7 +381,7 @@ class SqliteStore:
                     created_at=r["created_at"],
                     sender=env["from"],
                     recipient=env["to"],
-                    message=open_sealed(data_key, owner, "message", r["message"]),
+                    payload=open_sealed(data_key, owner, "message", r["message"]),
                 )
             )
         return out

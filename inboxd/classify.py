@@ -1,0 +1,103 @@
+"""What an incoming message is: a pure decision on parsed data.
+
+The shell looks up what the decision needs (which Message-IDs inboxd sent, which
+references are open and who reported them) and passes it in ``Context``; nothing
+here touches a server or the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from inboxd.parsing import ParsedMessage
+from inboxd.references import find_references
+
+DRILL_PREFIXES = ("[test]", "[oefening]")
+
+
+class Kind(StrEnum):
+    SIGNAL = "signal"  # a new signal (possibly flagged auto/malformed/drill)
+    AUTO_ANSWER = "auto_answer"  # a bounce/auto-reply to mail inboxd sent: record and delete
+    FOLLOWUP = "followup"  # the reporter adds to their open signal
+    COMMAND = "command"  # from a functionaris, about a signal: authorise, then act
+    LOOP = "loop"  # our own mail came back to us: record and delete
+
+
+@dataclass(frozen=True)
+class Context:
+    prefix: str
+    functionarissen: frozenset[str]
+    own_addresses: frozenset[str]
+    ack_domains: frozenset[str]
+    sources: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Message-IDs of mail inboxd sent, among those this message mentions → (kind, ref)
+    sent: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
+    # For each reference the message carries that is open: the reporter's address
+    open_reporters: Mapping[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: Kind
+    flags: frozenset[str] = frozenset()
+    refs: tuple[str, ...] = ()  # references found (subject first, then body)
+    answers: tuple[tuple[str, str | None], ...] = ()  # (kind, ref) of our mail it answers
+    source: str = "extern"
+
+
+def mentioned_ids(msg: ParsedMessage) -> tuple[str, ...]:
+    seen: list[str] = []
+    for mid in (*msg.reported_message_ids, *msg.in_reply_to, *msg.references):
+        if mid not in seen:
+            seen.append(mid)
+    return seen and tuple(seen) or ()
+
+
+def references_in(msg: ParsedMessage, prefix: str) -> tuple[str, ...]:
+    refs = find_references(msg.subject, prefix)
+    for r in find_references(msg.text, prefix):
+        if r not in refs:
+            refs.append(r)
+    return tuple(refs)
+
+
+def source_of(sender: str | None, ctx: Context) -> str:
+    if sender:
+        for name, addresses in ctx.sources.items():
+            if sender in addresses:
+                return name
+        if sender.rsplit("@", 1)[-1] in ctx.ack_domains:
+            return "intern"
+    return "extern"
+
+
+def is_drill(msg: ParsedMessage, ctx: Context) -> bool:
+    return msg.from_addr in ctx.functionarissen and msg.subject.strip().lower().startswith(DRILL_PREFIXES)
+
+
+def classify(msg: ParsedMessage, ctx: Context) -> Decision:
+    refs = references_in(msg, ctx.prefix)
+    source = source_of(msg.from_addr, ctx)
+    flags: set[str] = set()
+    if msg.malformed:
+        flags.add("malformed")
+    answers = tuple(ctx.sent[m] for m in mentioned_ids(msg) if m in ctx.sent)
+    if msg.from_addr is not None and msg.from_addr in ctx.own_addresses:
+        if msg.message_id is not None and msg.message_id in ctx.sent:
+            return Decision(Kind.LOOP, frozenset(flags), refs, answers, source)
+    if msg.auto:
+        if answers:
+            return Decision(Kind.AUTO_ANSWER, frozenset(flags | {"auto"}), refs, answers, source)
+        return Decision(Kind.SIGNAL, frozenset(flags | {"auto"}), refs, (), source)
+    sender = msg.from_addr
+    if sender is not None and sender in ctx.functionarissen and refs:
+        return Decision(Kind.COMMAND, frozenset(flags), refs, answers, source)
+    if sender is not None:
+        for ref in refs:
+            if ref in ctx.open_reporters and ctx.open_reporters[ref] == sender:
+                return Decision(Kind.FOLLOWUP, frozenset(flags), (ref,), answers, source)
+    if is_drill(msg, ctx):
+        flags.add("drill")
+    return Decision(Kind.SIGNAL, frozenset(flags), refs, (), source)

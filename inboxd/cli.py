@@ -1,0 +1,196 @@
+"""The command line: one clear line and an exit code for every failure, never a
+traceback (2: usage or configuration, 3: connection or authentication)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_CONFIG, EXIT_CONNECT = 0, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"inboxd: {message} (see 'inboxd --help')\n")
+        raise SystemExit(EXIT_CONFIG)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="configuration file (default: $INBOXD_CONFIG or /etc/inboxd/inboxd.toml)")
+    common.add_argument("--log-format", choices=["json", "console"], default="json")
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    p = _Parser(prog="inboxd", description="The vreemdverhaal mailbox daemon.", parents=[common])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    sub.add_parser("run", parents=[common], help="the daemon, in the foreground")
+    sub.add_parser("once", parents=[common], help="everything due now, then exit")
+    sub.add_parser("check", parents=[common], help="validate configuration and keys, log in to the servers")
+    st = sub.add_parser("status", parents=[common], help="queue depth, oldest signal, last fetch/send/error")
+    st.add_argument("--json", action="store_true")
+    stats = sub.add_parser("stats", parents=[common], help="anonymous counts per year")
+    stats.add_argument("--year", type=int)
+    stats.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    stats.add_argument("--suppress-below", type=int, default=0, metavar="N")
+    q = sub.add_parser("queue", parents=[common], help="open signals (metadata) / audited purge")
+    qs = q.add_subparsers(dest="queue_command", metavar="ACTION", parser_class=_Parser)
+    qs.required = True
+    qs.add_parser("list", parents=[common])
+    purge = qs.add_parser("purge", parents=[common])
+    purge.add_argument("ref")
+    purge.add_argument("--yes", action="store_true")
+    k = sub.add_parser("keys", parents=[common], help="master keys")
+    ks = k.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_Parser)
+    ks.required = True
+    gen = ks.add_parser("generate", parents=[common])
+    gen.add_argument("--out", required=True, metavar="PATH")
+    ks.add_parser("rotate", parents=[common])
+    demo = sub.add_parser("demo", parents=[common], help="the life of a signal in a throw-away local world")
+    demo.add_argument("--keep", metavar="DIR", help="build the demo world in DIR and keep it")
+    return p
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"inboxd: {message}\n")
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from inboxd import logs
+
+    logs.configure(args.log_format, args.log_level)
+    from inboxd.config import ConfigError
+    from inboxd.crypto import KeyFileError
+    from inboxd.mailbox.base import MailboxError
+    from inboxd.transport.base import SendError
+
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        return _fail(f"configuration error in {exc.path}: {exc.key + ': ' if exc.key else ''}{exc.problem}", EXIT_CONFIG)
+    except KeyFileError as exc:
+        return _fail(f"master key {exc.path}: {exc.problem}; {exc.fix}", EXIT_CONFIG)
+    except MailboxError as exc:
+        return _fail(f"mailbox: {exc.reason}", EXIT_CONNECT)
+    except SendError as exc:
+        return _fail(f"smtp: {exc.reason}", EXIT_CONNECT)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from inboxd import config
+
+    if args.command == "keys" and args.keys_command == "generate":
+        return _keys_generate(Path(args.out))
+    if args.command == "demo":
+        from inboxd.demo import run_demo
+
+        return run_demo(keep=args.keep)
+    cfg = config.load(args.config)
+    if args.command == "check":
+        return _check(cfg)
+    if args.command in ("status", "stats", "queue") or (args.command == "keys" and args.keys_command == "rotate"):
+        return _offline(cfg, args)
+    from inboxd.app import build
+
+    app = build(cfg)
+    if args.command == "once":
+        from inboxd.daemon import once
+
+        return once(app)
+    from inboxd.daemon import Daemon
+
+    return Daemon(app).run()
+
+
+def _keys_generate(out: Path) -> int:
+    from inboxd.crypto import generate_key_file
+
+    try:
+        key_id = generate_key_file(out)
+    except FileExistsError:
+        return _fail(f"{out} exists; a key file is never overwritten (choose another --out)", EXIT_CONFIG)
+    except OSError as exc:
+        return _fail(f"cannot write {out} ({type(exc).__name__}); check the folder exists and is writable", EXIT_CONFIG)
+    print(f"new master key {key_id} written to {out} (mode 0600)")
+    return EXIT_OK
+
+
+def _check(cfg: object) -> int:
+    from inboxd.app import make_mailbox, make_transport
+    from inboxd.config import Config
+    from inboxd.crypto import Keyring
+
+    assert isinstance(cfg, Config)
+    keyring = Keyring.from_files(cfg.crypto.key_files)
+    print(f"configuration {cfg.source_path}: ok")
+    print(f"master keys: {', '.join(k.key_id for k in keyring.keys)} (newest {keyring.newest.key_id})")
+    mailbox = make_mailbox(cfg)
+    mailbox.open()
+    mailbox.close()
+    print(f"mailbox ({cfg.mailbox.backend}): logged in")
+    transport = make_transport(cfg, mailbox)
+    transport.check()
+    transport.close()
+    print(f"outgoing mail ({cfg.smtp.transport}): ok, nothing sent")
+    return EXIT_OK
+
+
+def _offline(cfg: object, args: argparse.Namespace) -> int:
+    from inboxd.config import Config
+    from inboxd.crypto import Keyring
+    from inboxd.intake import status_snapshot
+    from inboxd.store import SqliteStore
+
+    assert isinstance(cfg, Config)
+    keyring = Keyring.from_files(cfg.crypto.key_files)
+    store = SqliteStore(cfg.state_dir, keyring)
+    try:
+        if args.command == "status":
+            snap = status_snapshot(store, time.time())
+            snap["keys"] = [k.key_id for k in keyring.keys]
+            from inboxd import __version__
+
+            snap["version"] = __version__
+            if args.json:
+                print(json.dumps(snap, sort_keys=True))
+            else:
+                print(_status_text(snap))
+            return EXIT_OK
+        from inboxd import admin
+
+        return admin.dispatch(cfg, store, keyring, args)
+    finally:
+        store.close()
+
+
+def _status_text(snap: dict[str, object]) -> str:
+    lines = [f"open signals: {snap['open']}"]
+    by_state = snap["by_state"]
+    assert isinstance(by_state, dict)
+    for state, n in sorted(by_state.items()):
+        lines.append(f"  {state}: {n}")
+    flags = snap["flags"]
+    assert isinstance(flags, dict)
+    if flags:
+        lines.append("flags: " + ", ".join(f"{k} {v}" for k, v in sorted(flags.items())))
+    age = snap["oldest_open_seconds"]
+    lines.append(f"oldest open: {'-' if age is None else _age(int(str(age)))}")
+    lines.append(f"outbox: {snap['outbox']}")
+    lines.append(f"last fetch: {snap['last_fetch'] or 'never'}")
+    lines.append(f"last send: {snap['last_send'] or 'never'}")
+    err = snap["last_error"]
+    lines.append(f"last error: {'none' if not err else json.dumps(err)}")
+    return "\n".join(lines)
+
+
+def _age(seconds: int) -> str:
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    return f"{d}d {h}h {rem // 60}m" if d else f"{h}h {rem // 60}m"

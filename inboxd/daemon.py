@@ -1,0 +1,118 @@
+"""The loop: wait for mail (IDLE or polling), take it in, send what is due.
+
+One work lock serialises everything that touches the store, so the scheduler's jobs
+and the mail loop never interleave inside a transaction.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from types import FrameType
+
+from inboxd import sdnotify
+from inboxd.app import App
+from inboxd.logs import get_logger
+from inboxd.mailbox.base import MailboxError
+
+log = get_logger(__name__)
+
+# Every blocking wait stays below half of WatchdogSec.
+MAX_WAIT = 25.0
+
+
+def reconnect_delay(failures: int) -> float:
+    return float(min(2 ** max(failures - 1, 0), 60))
+
+
+class Daemon:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.stop = threading.Event()
+        self.failures = 0
+        self.watchdog = sdnotify.Watchdog.from_env()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("daemon.stopping", signal=signal.Signals(signum).name)
+        self.stop.set()
+
+    def cycle(self) -> bool:
+        """Fetch, take in, send. Returns False when the mailbox could not be reached."""
+        app = self.app
+        try:
+            with app.lock:
+                app.mailbox.open()
+                result = app.intake.run_once(should_stop=self.stop.is_set)
+                if result.listed:
+                    log.info("intake.done", count=result.listed, batch=result.queued, open=result.handled)
+                app.outbox.drain(should_stop=self.stop.is_set)
+            self.failures = 0
+            return True
+        except MailboxError as exc:
+            self.failures += 1
+            log.warning("mailbox.error", error=type(exc).__name__, reason=exc.reason, attempt=self.failures)
+            with app.lock:
+                import json
+
+                app.store.set_meta("last_error", json.dumps({"event": "mailbox.error", "at": app.clock()}))
+            app.mailbox.close()
+            return False
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        sdnotify.ready()
+        log.info("daemon.started", backend=self.app.cfg.mailbox.backend)
+        scheduler = None
+        try:
+            from inboxd.schedule import start_scheduler
+
+            scheduler = start_scheduler(self.app, self.stop)
+        except ImportError:
+            pass
+        try:
+            while not self.stop.is_set():
+                ok = self.cycle()
+                self.watchdog.maybe_ping(time.monotonic())
+                if self.stop.is_set():
+                    break
+                if ok:
+                    try:
+                        self.app.mailbox.wait(MAX_WAIT, self.stop)
+                    except MailboxError as exc:
+                        log.warning("mailbox.error", error=type(exc).__name__, reason=exc.reason)
+                        self.app.mailbox.close()
+                else:
+                    self.stop.wait(min(reconnect_delay(self.failures), MAX_WAIT))
+                self.watchdog.maybe_ping(time.monotonic())
+        finally:
+            sdnotify.stopping()
+            if scheduler is not None:
+                scheduler.shutdown(wait=True)
+            self.app.close()
+            log.info("daemon.stopped")
+        return 0
+
+
+def once(app: App) -> int:
+    """Everything due now, then exit: 0, or 3 when a server could not be reached."""
+    code = 0
+    try:
+        app.mailbox.open()
+        result = app.intake.run_once()
+        log.info("intake.done", count=result.listed, batch=result.queued)
+    except MailboxError as exc:
+        log.error("mailbox.error", error=type(exc).__name__, reason=exc.reason)
+        code = 3
+    try:
+        from inboxd.schedule import due_jobs
+
+        due_jobs(app)
+    except ImportError:
+        pass
+    drained = app.outbox.drain()
+    if drained.unreachable:
+        code = 3
+    app.close()
+    return code

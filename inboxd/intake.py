@@ -1,0 +1,308 @@
+"""Intake: from the mailbox to the encrypted queue, then out of the mailbox.
+
+Order matters and is the whole point: parse → classify → seal and commit a batch
+(one fsync for many messages) together with the acknowledgements and triage
+requests it causes → only then hard-delete the originals. A crash anywhere loses
+nothing: before the commit the message is still in the mailbox; after it, the store
+knows the message's key and only finishes the expunge.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from inboxd.classify import Context, Decision, Kind, classify, mentioned_ids, references_in
+from inboxd.config import Config
+from inboxd.crypto import Keyring, signal_token
+from inboxd.logs import get_logger
+from inboxd.mailbox.base import Mailbox, MailboxItem
+from inboxd.mails import Mail, new_message_id
+from inboxd.outbox import AttachRef, entry
+from inboxd.parsing import ParsedMessage, parse_message
+from inboxd.references import new_reference
+from inboxd.store import NewSignal, Signal, SqliteStore, SqliteTransaction
+from inboxd.templates import Templates
+
+log = get_logger(__name__)
+
+MAX_TRIAGE_TEXT = 200_000
+BATCH_MESSAGES = 50
+BATCH_BYTES = 32 * 1024 * 1024
+
+
+@dataclass
+class IntakeResult:
+    listed: int = 0
+    queued: int = 0
+    duplicates: int = 0
+    handled: int = 0
+    expunged: int = 0
+
+
+class ReplyHandler(Protocol):
+    """Commands and follow-ups (the triage module); same transaction as intake."""
+
+    def handle(self, tx: SqliteTransaction, item: MailboxItem, msg: ParsedMessage, decision: Decision) -> str:
+        """Returns the mailbox key's fate: "expunge" or "retained"."""
+        ...
+
+
+def ack_skip_reason(msg: ParsedMessage, decision: Decision, cfg: Config, recent_acks: int) -> str | None:
+    """Why a new signal gets no acknowledgement, or None when it gets one."""
+    if "auto" in decision.flags:
+        return "auto"
+    if msg.from_addr is None:
+        return "no_sender"
+    if msg.from_addr in {cfg.from_address}:
+        return "own_address"
+    domain = msg.from_addr.rsplit("@", 1)[-1]
+    if domain not in {d.lower() for d in cfg.reporters.ack_domains}:
+        return "outside_ack_domains"
+    if recent_acks >= cfg.reporters.ack_rate_limit[0]:
+        return "rate_limited"
+    return None
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@dataclass
+class Mailer:
+    """Builds inboxd's own mails and puts them in the outbox of a transaction."""
+
+    cfg: Config
+    templates: Templates
+    clock: Callable[[], float]
+
+    @property
+    def domain(self) -> str:
+        return self.cfg.from_address.rsplit("@", 1)[-1]
+
+    def queue(
+        self,
+        tx: SqliteTransaction,
+        kind: str,
+        template: str,
+        to: str,
+        context: dict[str, object],
+        *,
+        ref: str | None,
+        answers: str | None = None,
+        attach: tuple[AttachRef, ...] = (),
+    ) -> str:
+        r = self.templates.render(template, context)
+        mail = Mail(
+            sender=self.cfg.smtp.from_,
+            to=to,
+            subject=r.subject,
+            body=r.body,
+            message_id=new_message_id(self.domain),
+            auto_submitted="auto-replied" if answers else "auto-generated",
+            in_reply_to=answers,
+            references=(answers,) if answers else (),
+            date=self.clock(),
+        )
+        tx.enqueue(entry(kind, mail, self.cfg.from_address, ref, attach))
+        return mail.message_id
+
+
+@dataclass
+class Intake:
+    cfg: Config
+    store: SqliteStore
+    keyring: Keyring
+    mailbox: Mailbox
+    mailer: Mailer
+    clock: Callable[[], float]
+    replies: ReplyHandler | None = None
+    batch_messages: int = BATCH_MESSAGES
+    batch_bytes: int = BATCH_BYTES
+    _context_base: Context | None = field(default=None, init=False)
+
+    def context(self) -> Context:
+        if self._context_base is None:
+            self._context_base = Context(
+                prefix=self.cfg.reference_prefix,
+                functionarissen=frozenset(self.cfg.triage.functionarissen),
+                own_addresses=frozenset({self.cfg.from_address}),
+                ack_domains=frozenset(d.lower() for d in self.cfg.reporters.ack_domains),
+                sources={k: frozenset(v.addresses) for k, v in self.cfg.sources.items()},
+            )
+        return self._context_base
+
+    def run_once(self, should_stop: Callable[[], bool] = lambda: False) -> IntakeResult:
+        result = IntakeResult()
+        self._expunge(self.store.keys_to_expunge(), result)
+        keys = self.mailbox.list_new()
+        result.listed = len(keys)
+        known = self.store.mailbox_key_status(keys)
+        fresh = [k for k in keys if k not in known]
+        batch: list[MailboxItem] = []
+        size = 0
+        for item in self.mailbox.fetch(fresh):
+            batch.append(item)
+            size += len(item.raw)
+            if len(batch) >= self.batch_messages or size >= self.batch_bytes:
+                self._commit(batch, result)
+                batch, size = [], 0
+                if should_stop():
+                    break
+        if batch:
+            self._commit(batch, result)
+        self.store.set_meta("last_fetch", str(self.clock()))
+        return result
+
+    def _expunge(self, keys: Sequence[str], result: IntakeResult) -> None:
+        if not keys:
+            return
+        self.mailbox.delete(keys)
+        self.store.mark_expunged(keys)
+        result.expunged += len(keys)
+
+    def _commit(self, items: list[MailboxItem], result: IntakeResult) -> None:
+        seen_digests: set[bytes] = set()
+        with self.store.transaction() as tx:
+            for item in items:
+                self._one(tx, item, seen_digests, result)
+        self._expunge(self.store.keys_to_expunge(), result)
+
+    def _lookup_context(self, msg: ParsedMessage) -> Context:
+        base = self.context()
+        sent = self.store.sent_kinds(mentioned_ids(msg) + ((msg.message_id,) if msg.message_id else ()))
+        open_reporters: dict[str, str | None] = {}
+        for ref in references_in(msg, base.prefix):
+            signal = self.store.signal_by_ref(ref)
+            if signal is not None:
+                reporter = self.store.read_field(signal, "reporter")
+                open_reporters[ref] = reporter.decode() if reporter else None
+        return Context(**{**base.__dict__, "sent": sent, "open_reporters": open_reporters})
+
+    def _one(self, tx: SqliteTransaction, item: MailboxItem, seen: set[bytes], result: IntakeResult) -> None:
+        msg = parse_message(item.raw)
+        digests = self.keyring.dedup_digests(msg.message_id, item.raw)
+        if digests[0] in seen or self.store.has_dedup(digests):
+            tx.record_key(item.key, "expunge")
+            result.duplicates += 1
+            log.info("signal.duplicate", size=msg.size)
+            return
+        seen.add(digests[0])
+        decision = classify(msg, self._lookup_context(msg))
+        log.info("mail.received", kind=decision.kind.value, size=msg.size, flags=sorted(decision.flags))
+        if decision.kind is Kind.SIGNAL or (decision.kind in (Kind.COMMAND, Kind.FOLLOWUP) and self.replies is None):
+            self.new_signal(tx, item, msg, decision, digests[0])
+            result.queued += 1
+            return
+        if decision.kind in (Kind.COMMAND, Kind.FOLLOWUP):
+            assert self.replies is not None
+            fate = self.replies.handle(tx, item, msg, decision)
+            tx.add_dedup(digests[0], None, self.clock() + self.cfg.dedup_window)
+            tx.record_key(item.key, fate)
+            result.handled += 1
+            return
+        # Automatic answers to our own mail, and our own mail come back: nothing to
+        # keep, but never silently: the event says what it was.
+        answered = sorted({k for k, _ in decision.answers})
+        log.info("mail.auto_answer", kind=decision.kind.value, mail_kind=",".join(answered) or None)
+        if self.replies is not None and hasattr(self.replies, "auto_answer"):
+            self.replies.auto_answer(tx, msg, decision)
+        tx.add_dedup(digests[0], None, self.clock() + self.cfg.dedup_window)
+        tx.record_key(item.key, "expunge")
+        result.handled += 1
+
+    def new_reference(self) -> str:
+        while True:
+            ref = new_reference(self.cfg.reference_prefix)
+            if not self.store.ref_in_use(ref):
+                return ref
+
+    def new_signal(self, tx: SqliteTransaction, item: MailboxItem | None, msg: ParsedMessage, decision: Decision, digest: bytes | None, raw: bytes | None = None) -> Signal:
+        raw_bytes = item.raw if item is not None else (raw or b"")
+        ref = self.new_reference()
+        retain = self.cfg.mailbox.retain_in_mailbox == "forwarded"
+        fields = {"raw": raw_bytes, "subject": msg.subject.encode()}
+        if msg.from_addr:
+            fields["reporter"] = msg.from_addr.encode()
+        if msg.message_id:
+            fields["message_id"] = msg.message_id.encode()
+        signal = tx.add_signal(
+            NewSignal(
+                ref=ref,
+                source=decision.source,
+                flags=set(decision.flags),
+                size=msg.size,
+                attachment_count=msg.attachment_count,
+                fields=fields,
+                received_at=self.clock(),
+                dedup_digest=digest,
+                mailbox_key=item.key if item is not None else None,
+                retain=retain,
+            )
+        )
+        log.info("signal.queued", ref=ref, size=msg.size, flags=sorted(decision.flags), state="queued")
+        self._acknowledge(tx, signal, msg, decision)
+        self.triage_requests(tx, signal, msg, tx.data_key(signal))
+        return signal
+
+    def _acknowledge(self, tx: SqliteTransaction, signal: Signal, msg: ParsedMessage, decision: Decision) -> None:
+        recent = 0
+        if msg.from_addr is not None:
+            digest = self.keyring.sender_digest(msg.from_addr)
+            recent = self.store.acks_since(digest, self.clock() - self.cfg.reporters.ack_rate_limit[1])
+        reason = ack_skip_reason(msg, decision, self.cfg, recent)
+        if reason is not None:
+            log.info("ack.skipped", ref=signal.ref, reason=reason)
+            return
+        assert msg.from_addr is not None
+        tx.record_ack(self.keyring.sender_digest(msg.from_addr))
+        self.mailer.queue(tx, "ack", "ack", msg.from_addr, {"ref": signal.ref}, ref=signal.ref, answers=msg.message_id)
+
+    def triage_requests(self, tx: SqliteTransaction, signal: Signal, msg: ParsedMessage, data_key: bytes) -> None:
+        include = self.cfg.triage.include_content
+        context = {
+            "ref": signal.ref,
+            "token": signal_token(data_key, signal.ref),
+            "drill": "drill" in signal.flags,
+            "received": iso(signal.created_at),
+            "source": signal.source,
+            "size": signal.size,
+            "attachment_count": signal.attachment_count,
+            "flags": sorted(signal.flags),
+            "destinations": [k.upper() for k in self.cfg.destinations],
+            "include_content": include,
+            "reporter": msg.from_addr or "(onbekend)",
+            "subject": msg.subject,
+            "text": msg.text[:MAX_TRIAGE_TEXT] if include != "none" else "",
+        }
+        attach = (AttachRef(signal.ref, "raw", "signaal.eml"),) if include == "full" else ()
+        for f in self.cfg.triage.functionarissen:
+            self.mailer.queue(tx, "triage_request", "triage_request", f, context, ref=signal.ref, attach=attach)
+
+
+def status_snapshot(store: SqliteStore, now: float) -> dict[str, object]:
+    by_state = store.counts_by_state()
+    oldest = store.oldest_open()
+
+    def ts(key: str) -> str | None:
+        v = store.get_meta(key)
+        return None if v is None else dt.datetime.fromtimestamp(float(v), dt.UTC).isoformat().replace("+00:00", "Z")
+
+    last_error_raw = store.get_meta("last_error")
+    last_error = None
+    if last_error_raw:
+        e = json.loads(last_error_raw)
+        last_error = {"event": e.get("event"), "at": dt.datetime.fromtimestamp(e.get("at", 0), dt.UTC).isoformat().replace("+00:00", "Z")}
+    return {
+        "open": sum(by_state.values()),
+        "by_state": by_state,
+        "flags": store.flag_counts(),
+        "oldest_open_seconds": None if oldest is None else round(now - oldest),
+        "last_fetch": ts("last_fetch"),
+        "last_send": ts("last_send"),
+        "last_error": last_error,
+        "outbox": store.outbox_size(),
+    }

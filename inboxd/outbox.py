@@ -1,0 +1,151 @@
+"""The durable outbox: every mail inboxd sends is committed first, sent after.
+
+An entry holds the mail's fields (sealed by the store) and *references* to the
+signal data it attaches, so a triage request or a forward does not keep a second
+copy of a large original; the attachment is read from the signal when the mail
+goes out. The Message-ID is fixed at enqueue time, so a retry after a crash is the
+same mail. A crash between the server's acceptance and the deletion of the entry
+sends that one mail twice: the only duplicate window, and a documented one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from inboxd.logs import get_logger
+from inboxd.mails import Attachment, HeaderInjection, Mail, render
+from inboxd.store import DueMail, OutboxEntry, SqliteStore
+from inboxd.transport.base import Envelope, SendError, Transport
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class AttachRef:
+    ref: str
+    field: str
+    filename: str
+
+
+def entry(kind: str, mail: Mail, bounce_to: str, ref: str | None, attach: tuple[AttachRef, ...] = ()) -> OutboxEntry:
+    body = asdict(mail)
+    body["attachments"] = []
+    payload = json.dumps({"mail": body, "attach": [asdict(a) for a in attach]}).encode()
+    return OutboxEntry(kind=kind, ref=ref, message_id=mail.message_id, sender=bounce_to, recipient=mail.to, payload=payload)
+
+
+def decode(payload: bytes) -> tuple[Mail, tuple[AttachRef, ...]]:
+    data = json.loads(payload)
+    m = data["mail"]
+    m["references"] = tuple(m["references"])
+    m["attachments"] = ()
+    return Mail(**m), tuple(AttachRef(**a) for a in data["attach"])
+
+
+def reply_code(reason: str) -> str:
+    """Only the status codes of a server's answer: the text can name the recipient."""
+    import re
+
+    m = re.search(r"\b([245]\d\d)\b(?:[ -]+([245]\.\d{1,3}\.\d{1,3}))?", reason)
+    if not m:
+        return "no-code"
+    return " ".join(g for g in m.groups() if g)
+
+
+def backoff(attempts: int) -> float:
+    """1 min, 2, 4 … capped at an hour, with jitter so retries do not march in step."""
+    return min(60.0 * 2**attempts, 3600.0) * random.uniform(0.8, 1.2)
+
+
+@dataclass
+class DrainResult:
+    sent: int = 0
+    retry: int = 0
+    failed: int = 0
+    unreachable: bool = False
+
+
+FailureHook = Callable[[DueMail, str], None]
+
+
+class Outbox:
+    def __init__(
+        self,
+        store: SqliteStore,
+        transport: Transport,
+        clock: Callable[[], float],
+        retry_for: float,
+        on_given_up: FailureHook | None = None,
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.clock = clock
+        self.retry_for = retry_for
+        self.on_given_up = on_given_up
+
+    def _attachments(self, refs: tuple[AttachRef, ...]) -> tuple[Attachment, ...]:
+        out = []
+        for a in refs:
+            signal = self.store.signal_by_ref(a.ref)
+            if signal is None:
+                continue
+            raw = self.store.read_field(signal, a.field)
+            if raw is not None:
+                out.append(Attachment(raw=raw, filename=a.filename))
+        return tuple(out)
+
+    def drain(self, limit: int = 1000, should_stop: Callable[[], bool] = lambda: False) -> DrainResult:
+        result = DrainResult()
+        while not should_stop():
+            due = self.store.due_mail(self.clock(), limit=min(limit, 50))
+            if not due:
+                break
+            for mail in due:
+                if should_stop():
+                    return result
+                if not self._send_one(mail, result):
+                    # The server is unreachable: the rest would fail the same way.
+                    return result
+                limit -= 1
+                if limit <= 0:
+                    return result
+        return result
+
+    def _send_one(self, due: DueMail, result: DrainResult) -> bool:
+        now = self.clock()
+        try:
+            mail, refs = decode(due.payload)
+            data = render(Mail(**{**asdict(mail), "attachments": self._attachments(refs)}))
+        except (HeaderInjection, ValueError, KeyError, TypeError) as exc:
+            log.error("mail.unbuildable", mail_kind=due.kind, ref=due.ref, error=type(exc).__name__)
+            self.store.mail_failed(due, None, type(exc).__name__)
+            result.failed += 1
+            return True
+        try:
+            self.transport.send(Envelope(sender=due.sender, recipient=due.recipient), data)
+        except SendError as exc:
+            expired = now - due.created_at >= self.retry_for
+            if exc.temporary and not expired:
+                delay = backoff(due.attempts)
+                self.store.mail_failed(due, now + delay, reply_code(exc.reason))
+                log.warning("mail.retry", mail_kind=due.kind, ref=due.ref, attempt=due.attempts + 1, delay=round(delay), code=reply_code(exc.reason))
+                result.retry += 1
+                connection = "connect" in exc.reason.lower() or "unreachable" in exc.reason.lower()
+                if connection:
+                    result.unreachable = True
+                self.store.set_meta("last_error", json.dumps({"event": "mail.retry", "at": now}))
+                return not connection
+            self.store.mail_failed(due, None, reply_code(exc.reason))
+            log.error("mail.failed", mail_kind=due.kind, ref=due.ref, attempt=due.attempts + 1, code=reply_code(exc.reason))
+            self.store.set_meta("last_error", json.dumps({"event": "mail.failed", "at": now}))
+            result.failed += 1
+            if self.on_given_up is not None:
+                self.on_given_up(due, exc.reason)
+            return True
+        self.store.mail_sent(due, self.clock())
+        log.info(f"{due.kind}.sent", mail_kind=due.kind, ref=due.ref)
+        result.sent += 1
+        return True
