@@ -320,7 +320,14 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
 
     mb = cfg.mailbox.model_copy(update={"path": rel(cfg.mailbox.path), "ca_file": rel(cfg.mailbox.ca_file)})
     smtp = cfg.smtp.model_copy(update={"path": rel(cfg.smtp.path), "ca_file": rel(cfg.smtp.ca_file)})
-    crypto = cfg.crypto.model_copy(update={"key_files": [rel(k) for k in cfg.crypto.key_files]})
+    def cred(p: str) -> str:
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        expanded = os.path.expandvars(p)
+        if creds and not Path(expanded).is_absolute():
+            return str(Path(creds) / expanded)
+        return rel(p)
+
+    crypto = cfg.crypto.model_copy(update={"key_files": [cred(k) for k in cfg.crypto.key_files]})
     return cfg.model_copy(
         update={
             "state_dir": rel(cfg.state_dir),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
+from typing import Any
 from dataclasses import asdict, dataclass
 
 from inboxd.logs import get_logger
@@ -69,6 +70,7 @@ class DrainResult:
 
 
 FailureHook = Callable[[DueMail, str], None]
+SentHook = Callable[[Any, DueMail], None]
 
 
 class Outbox:
@@ -85,6 +87,7 @@ class Outbox:
         self.clock = clock
         self.retry_for = retry_for
         self.on_given_up = on_given_up
+        self.on_sent: SentHook | None = None
 
     def _attachments(self, refs: tuple[AttachRef, ...]) -> tuple[Attachment, ...]:
         out = []
@@ -145,7 +148,8 @@ class Outbox:
             if self.on_given_up is not None:
                 self.on_given_up(due, exc.reason)
             return True
-        self.store.mail_sent(due, self.clock())
-        log.info(f"{due.kind}.sent", mail_kind=due.kind, ref=due.ref)
+        hook = self.on_sent
+        self.store.mail_sent(due, self.clock(), then=(lambda tx: hook(tx, due)) if hook else None)
+        log.info(f"{due.kind.split(':', 1)[0]}.sent", mail_kind=due.kind, ref=due.ref)
         result.sent += 1
         return True

@@ -175,7 +175,7 @@ class Store(Protocol):
     def keys_to_expunge(self) -> list[str]: ...
     def mark_expunged(self, keys: Sequence[str]) -> None: ...
     def due_mail(self, now: float, limit: int) -> list[DueMail]: ...
-    def mail_sent(self, mail: DueMail, now: float) -> None: ...
+    def mail_sent(self, mail: DueMail, now: float, then: Any = None) -> None: ...
     def mail_failed(self, mail: DueMail, next_attempt_at: float | None, error: str) -> None: ...
     def sent_kinds(self, message_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]: ...
     def get_meta(self, key: str) -> str | None: ...
@@ -278,6 +278,78 @@ class SqliteTransaction:
 
     def record_ack(self, sender_digest: bytes) -> None:
         self._c.execute("INSERT INTO ack_log (sender, at) VALUES (?, ?)", (sender_digest, self.now))
+
+    # -- signal life (triage) ------------------------------------------------
+    def signal(self, signal_id: str) -> Signal | None:
+        row = self._c.execute("SELECT * FROM signals WHERE id = ?", (signal_id,)).fetchone()
+        return _row_to_signal(row) if row else None
+
+    def update_signal(self, signal: Signal, **changes: Any) -> Signal:
+        allowed = {"state", "form", "destinations", "done_destinations", "hold", "no_feedback", "last_reminder_at", "flags"}
+        cols = []
+        values: list[Any] = []
+        for k, v in changes.items():
+            if k not in allowed:
+                raise StoreError(f"cannot change {k}")
+            if isinstance(v, tuple | list | set | frozenset):
+                v = ",".join(sorted(v))
+            cols.append(f"{k} = ?")
+            values.append(v)
+        cols.append("updated_at = ?")
+        values.append(self.now)
+        self._c.execute(f"UPDATE signals SET {', '.join(cols)} WHERE id = ?", (*values, signal.id))  # noqa: S608
+        updated = self.signal(signal.id)
+        assert updated is not None
+        return updated
+
+    def field_names(self, signal: Signal) -> list[str]:
+        return [r["name"] for r in self._c.execute("SELECT name FROM signal_fields WHERE signal_id = ? ORDER BY rowid", (signal.id,))]
+
+    def add_field(self, signal: Signal, name: str, plain: bytes) -> None:
+        data_key = self.data_key(signal)
+        self._c.execute(
+            "INSERT OR REPLACE INTO signal_fields (signal_id, name, blob) VALUES (?,?,?)",
+            (signal.id, name, seal(data_key, f"signal:{signal.id}", name, plain)),
+        )
+
+    def read_field(self, signal: Signal, name: str) -> bytes | None:
+        row = self._c.execute("SELECT blob FROM signal_fields WHERE signal_id = ? AND name = ?", (signal.id, name)).fetchone()
+        if row is None:
+            return None
+        return open_sealed(self.data_key(signal), f"signal:{signal.id}", name, row["blob"])
+
+    def count(self, month: str, source: str, form: str, outcome: str, triage_bucket: str) -> None:
+        self._c.execute(
+            "INSERT INTO stats (month, source, form, outcome, count) VALUES (?,?,?,?,1)"
+            " ON CONFLICT(month, source, form, outcome) DO UPDATE SET count = count + 1",
+            (month, source, form, outcome),
+        )
+        self._c.execute(
+            "INSERT INTO triage_time (month, bucket, count) VALUES (?,?,1)"
+            " ON CONFLICT(month, bucket) DO UPDATE SET count = count + 1",
+            (month, triage_bucket),
+        )
+
+    def delete_signal(self, signal: Signal, dedup_until: float) -> None:
+        """Everything about the signal goes: fields, key, row. What stays is the bare
+        reference (so a late command gets "already handled"), content-free dedup
+        records that expire, and mailbox keys still to be expunged."""
+        self._c.execute("UPDATE mailbox_keys SET status = 'expunge' WHERE signal_id = ? AND status = 'retained'", (signal.id,))
+        self._c.execute("UPDATE mailbox_keys SET signal_id = NULL WHERE signal_id = ?", (signal.id,))
+        self._c.execute("UPDATE dedup SET signal_id = NULL, expires_at = ? WHERE signal_id = ?", (dedup_until, signal.id))
+        self._c.execute(
+            "DELETE FROM outbox WHERE ref = ? AND kind IN ('triage_request', 'followup_notice')", (signal.ref,)
+        )
+        self._c.execute("DELETE FROM signal_fields WHERE signal_id = ?", (signal.id,))
+        self._c.execute("DELETE FROM signals WHERE id = ?", (signal.id,))
+        self._c.execute("UPDATE refs_used SET closed_at = ? WHERE ref = ?", (self.now, signal.ref))
+
+    def ref_closed(self, ref: str) -> bool:
+        row = self._c.execute("SELECT closed_at FROM refs_used WHERE ref = ?", (ref,)).fetchone()
+        return row is not None and row["closed_at"] is not None
+
+    def pending_kinds(self, ref: str) -> list[str]:
+        return [r["kind"] for r in self._c.execute("SELECT kind FROM outbox WHERE ref = ?", (ref,))]
 
     def set_meta(self, key: str, value: str) -> None:
         self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
@@ -389,9 +461,14 @@ class SqliteStore:
     def outbox_size(self) -> int:
         return int(self._c.execute("SELECT COUNT(*) AS n FROM outbox").fetchone()["n"])
 
-    def mail_sent(self, mail: DueMail, now: float) -> None:
-        with self.transaction():
+    def mail_sent(self, mail: DueMail, now: float, then: Any = None) -> None:
+        """The server accepted ``mail``: forget it, remember its Message-ID, and run
+        ``then(tx)`` in the same transaction (a forward's destination counts as done
+        exactly when its mail leaves the outbox)."""
+        with self.transaction() as tx:
             self._c.execute("DELETE FROM outbox WHERE id = ?", (mail.id,))
+            if then is not None:
+                then(tx)
             self._c.execute(
                 "INSERT OR REPLACE INTO sent (message_id, kind, ref, sent_at) VALUES (?,?,?,?)",
                 (mail.message_id, mail.kind, mail.ref, now),

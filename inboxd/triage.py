@@ -1,0 +1,315 @@
+"""Triage by mail: the functionarissen's commands, the reporter's follow-ups,
+forwarding, and the hard deletion that ends every signal.
+
+Authorisation before anything else (as Zulip checks the address token before
+trusting a mail): the sender must be a configured functionaris (exact addr-spec),
+the mail must carry the reference *and* that signal's token, the signal must be
+open, and where ``trusted_authserv_ids`` is set the receiving server must vouch for
+the sender. Only then is the reply text parsed, and then all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from inboxd import commands as cmd
+from inboxd.classify import Decision
+from inboxd.crypto import signal_token, tokens_equal
+from inboxd.intake import iso
+from inboxd.logs import get_logger
+from inboxd.mailbox.base import MailboxItem
+from inboxd.outbox import AttachRef
+from inboxd.parsing import ParsedMessage
+from inboxd.replytext import reply_text
+from inboxd.store import OPEN_STATES, DueMail, Signal, SqliteTransaction
+
+if TYPE_CHECKING:
+    from inboxd.app import App
+
+log = get_logger(__name__)
+
+TOKEN_RE = re.compile(r"(?<![0-9A-Za-z])([0-9A-Za-z]{4}-[0-9A-Za-z]{4}-[0-9A-Za-z]{4}-[0-9A-Za-z]{4})(?![0-9A-Za-z])")
+_AUTH_PASS = re.compile(r"\b(dkim|dmarc|auth)\s*=\s*pass\b", re.IGNORECASE)
+
+
+def tokens_in(*texts: str) -> list[str]:
+    out: list[str] = []
+    for t in texts:
+        for m in TOKEN_RE.finditer(t[:2_000_000]):
+            tok = m.group(1).upper().translate(str.maketrans({"I": "1", "L": "1", "O": "0"}))
+            if tok not in out:
+                out.append(tok)
+    return out
+
+
+def authenticated(headers: Sequence[str], trusted: Sequence[str]) -> bool:
+    """An ``Authentication-Results`` header from a trusted authserv-id that says pass.
+
+    Only meaningful when the receiving server removes such headers from incoming
+    mail that claim its own id (RFC 8601 §5) — the README says to check that.
+    """
+    if not trusted:
+        return True
+    ids = {t.lower() for t in trusted}
+    for h in headers:
+        authserv = h.split(";", 1)[0].strip().split()[0].lower() if h.strip() else ""
+        if authserv in ids and _AUTH_PASS.search(h):
+            return True
+    return False
+
+
+def month_of(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m")
+
+
+def triage_bucket(seconds: float) -> str:
+    days = seconds / 86400
+    if days < 1:
+        return "<1d"
+    if days < 3:
+        return "1-3d"
+    if days < 7:
+        return "3-7d"
+    return ">=7d"
+
+
+def outcome_of(destinations: Sequence[str]) -> str:
+    return "+".join(sorted(destinations)) if destinations else "afgesloten"
+
+
+class Triage:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.cfg = app.cfg
+        self.mailer = app.intake.mailer
+        self.lang = app.cfg.language
+        app.outbox.on_sent = self.mail_sent
+
+    # -- intake hooks ---------------------------------------------------------
+    def handle(self, tx: SqliteTransaction, item: MailboxItem, msg: ParsedMessage, decision: Decision) -> str:
+        if decision.kind.value == "followup":
+            return self.followup(tx, item, msg, decision.refs[0])
+        return self.command(tx, msg, decision)
+
+    def auto_answer(self, tx: SqliteTransaction, msg: ParsedMessage, decision: Decision) -> None:
+        for kind, ref in decision.answers:
+            if not kind.startswith("forward:") or ref is None:
+                continue
+            dest = kind.split(":", 1)[1]
+            if not msg.report_type or msg.report_type != "delivery-status":
+                continue
+            signal = self.app.store.signal_by_ref(ref)
+            if signal is not None:
+                done = tuple(d for d in signal.done_destinations if d != dest)
+                tx.update_signal(signal, state="forwarding_failed", done_destinations=done)
+            log.error("forward.bounced", ref=ref, destination=dest, state="forwarding_failed" if signal else "deleted")
+            self._alert(tx, ref, dest, "bounced", still_open=signal is not None)
+
+    # -- follow-ups -------------------------------------------------------------
+    def followup(self, tx: SqliteTransaction, item: MailboxItem, msg: ParsedMessage, ref: str) -> str:
+        signal = self.app.store.signal_by_ref(ref)
+        assert signal is not None
+        n = sum(1 for f in tx.field_names(signal) if f.startswith("followup:")) + 1
+        tx.add_field(signal, f"followup:{n}", item.raw)
+        if signal.state == "waiting_info":
+            signal = tx.update_signal(signal, state="queued")
+        log.info("signal.followup", ref=ref, count=n, size=msg.size, state=signal.state)
+        context = {
+            "ref": ref,
+            "token": signal_token(tx.data_key(signal), ref),
+            "number": n,
+            "received": iso(self.app.clock()),
+            "include_content": self.cfg.triage.include_content,
+            "text": msg.text[:200_000] if self.cfg.triage.include_content != "none" else "",
+        }
+        attach = (AttachRef(ref, f"followup:{n}", f"aanvulling-{n}.eml"),) if self.cfg.triage.include_content == "full" else ()
+        for f in self.cfg.triage.functionarissen:
+            self.mailer.queue(tx, "followup_notice", "followup_notice", f, context, ref=ref, attach=attach)
+        return "retained" if self.cfg.mailbox.retain_in_mailbox == "forwarded" else "expunge"
+
+    # -- commands ---------------------------------------------------------------
+    def _reject(self, tx: SqliteTransaction, msg: ParsedMessage, ref: str | None, reason: str, lines: Sequence[str] = ()) -> str:
+        assert msg.from_addr is not None
+        log.warning("command.rejected", ref=ref, reason=reason)
+        self.mailer.queue(
+            tx,
+            "command_rejected",
+            "command_rejected",
+            msg.from_addr,
+            {"ref": ref or "", "reason": reason, "lines": list(lines)},
+            ref=None,
+            answers=msg.message_id,
+        )
+        return "expunge"
+
+    def command(self, tx: SqliteTransaction, msg: ParsedMessage, decision: Decision) -> str:
+        store = self.app.store
+        ref = decision.refs[0]
+        signal = store.signal_by_ref(ref)
+        if signal is None:
+            if store.ref_in_use(ref):
+                log.info("command.late", ref=ref)
+                assert msg.from_addr is not None
+                self.mailer.queue(tx, "command_late", "command_late", msg.from_addr, {"ref": ref}, ref=None, answers=msg.message_id)
+                return "expunge"
+            return self._reject(tx, msg, ref, "unknown_reference")
+        expected = signal_token(tx.data_key(signal), ref)
+        found = tokens_in(msg.subject, msg.text, msg.html or "")
+        if not any(tokens_equal(t, expected) for t in found):
+            return self._reject(tx, msg, ref, "token")
+        if not authenticated(msg.authentication_results, self.cfg.triage.trusted_authserv_ids):
+            return self._reject(tx, msg, ref, "authentication")
+        if signal.state not in OPEN_STATES:
+            return self._reject(tx, msg, ref, "closed")
+        plain = None if msg.text_from_html else msg.text
+        parsed = cmd.parse_commands(reply_text(plain, msg.html), self.cfg.destinations.keys())
+        if parsed.errors:
+            return self._reject(tx, msg, ref, "invalid", [cmd.explain(e, self.lang) for e in parsed.errors])
+        reporter = store.read_field(signal, "reporter")
+        asks = [c for c in parsed.commands if isinstance(c, cmd.Ask)]
+        if asks and (reporter is None or not self._may_mail(reporter.decode())):
+            return self._reject(tx, msg, ref, "no_reporter")
+        done: list[str] = []
+        extra: list[str] = []
+        close: cmd.Close | None = None
+        forward: cmd.Forward | None = None
+        for c in parsed.commands:
+            if isinstance(c, cmd.SetForm):
+                signal = tx.update_signal(signal, form=c.form.value)
+            elif isinstance(c, cmd.Hold):
+                signal = tx.update_signal(signal, hold=1)
+            elif isinstance(c, cmd.NoFeedback):
+                signal = tx.update_signal(signal, no_feedback=1)
+            elif isinstance(c, cmd.Ask):
+                assert reporter is not None
+                n = sum(1 for f in tx.field_names(signal) if f.startswith("question:")) + 1
+                tx.add_field(signal, f"question:{n}", c.question.encode())
+                signal = tx.update_signal(signal, state="waiting_info", hold=0)
+                self.mailer.queue(tx, "question", "question", reporter.decode(), {"ref": ref, "question": c.question}, ref=ref)
+            elif isinstance(c, cmd.Status):
+                extra += self._status_lines(signal)
+            elif isinstance(c, cmd.Help):
+                extra += cmd.help_lines({k: d.label for k, d in self.cfg.destinations.items()}, self.lang)
+            elif isinstance(c, cmd.Close):
+                close = c
+            elif isinstance(c, cmd.Forward):
+                forward = c
+            if not isinstance(c, cmd.Status | cmd.Help):
+                done.append(cmd.describe(c, self.lang))
+        if forward is not None:
+            signal = self._forward(tx, signal, forward.destinations)
+        if signal.hold and not any(isinstance(c, cmd.Hold) for c in parsed.commands):
+            # WACHT holds "until the next command".
+            signal = tx.update_signal(signal, hold=0)
+        assert msg.from_addr is not None
+        self.mailer.queue(
+            tx,
+            "command_result",
+            "command_result",
+            msg.from_addr,
+            {"ref": ref, "done": done, "extra": extra, "ignored": list(parsed.ignored)},
+            ref=None,
+            answers=msg.message_id,
+        )
+        log.info("command.accepted", ref=ref, count=len(parsed.commands), state=signal.state)
+        if close is not None:
+            self.delete(tx, signal, [])
+        return "expunge"
+
+    def _status_lines(self, s: Signal) -> list[str]:
+        age = int((self.app.clock() - s.created_at) // 3600)
+        return [
+            f"{s.ref}: {s.state}",
+            f"ontvangen/received: {iso(s.created_at)} ({age} h)",
+            f"vorm/form: {s.form or '-'}",
+            f"bestemmingen/destinations: {', '.join(d.upper() for d in s.destinations) or '-'}",
+            f"afgerond/done: {', '.join(d.upper() for d in s.done_destinations) or '-'}",
+            f"wacht/hold: {'ja/yes' if s.hold else 'nee/no'}",
+        ]
+
+    def _may_mail(self, address: str) -> bool:
+        return address.rsplit("@", 1)[-1] in {d.lower() for d in self.cfg.reporters.ack_domains}
+
+    # -- forwarding ---------------------------------------------------------------
+    def _forward(self, tx: SqliteTransaction, signal: Signal, destinations: Sequence[str]) -> Signal:
+        drill = "drill" in signal.flags
+        wanted = sorted(set(signal.destinations) | set(destinations))
+        attach = [AttachRef(signal.ref, "raw", "signaal.eml")]
+        attach += [AttachRef(signal.ref, f, f"{f.replace(':', '-')}.eml") for f in tx.field_names(signal) if f.startswith("followup:")]
+        pending = set(self.app.store.pending_kinds(signal.ref))
+        for key in destinations:
+            if key in signal.done_destinations or f"forward:{key}" in pending:
+                continue
+            dest = self.cfg.destinations[key]
+            targets = [dest.address]
+            if drill:
+                targets = [dest.test_address] if dest.test_address else list(self.cfg.triage.functionarissen)
+            for to in targets:
+                self.mailer.queue(
+                    tx,
+                    f"forward:{key}",
+                    "forward",
+                    to,
+                    {"ref": signal.ref, "label": dest.label, "form": signal.form or "-", "drill": drill, "followups": len(attach) - 1},
+                    ref=signal.ref,
+                    attach=tuple(attach),
+                )
+            log.info("forward.queued", ref=signal.ref, destination=key)
+        return tx.update_signal(signal, state="forwarding", destinations=wanted)
+
+    def mail_sent(self, tx: SqliteTransaction, due: DueMail) -> None:
+        """Called inside the transaction that removes ``due`` from the outbox."""
+        if not due.kind.startswith("forward:") or due.ref is None:
+            return
+        key = due.kind.split(":", 1)[1]
+        signal = self.app.store.signal_by_ref(due.ref)
+        if signal is None:
+            return
+        if any(k == due.kind for k in self.app.store.pending_kinds(due.ref)):
+            return  # drills to several functionarissen: the last one completes it
+        done = sorted(set(signal.done_destinations) | {key})
+        signal = tx.update_signal(signal, done_destinations=done)
+        log.info("forward.accepted", ref=signal.ref, destination=key)
+        if set(signal.destinations) <= set(done) and signal.state == "forwarding":
+            self.delete(tx, signal, signal.destinations)
+
+    def mail_given_up(self, due: DueMail, reason: str) -> None:
+        if not due.kind.startswith("forward:") or due.ref is None:
+            return
+        dest = due.kind.split(":", 1)[1]
+        with self.app.store.transaction() as tx:
+            signal = self.app.store.signal_by_ref(due.ref)
+            if signal is not None:
+                tx.update_signal(signal, state="forwarding_failed")
+            self._alert(tx, due.ref, dest, "failed", still_open=signal is not None)
+
+    def _alert(self, tx: SqliteTransaction, ref: str, dest: str, what: str, *, still_open: bool) -> None:
+        label = self.cfg.destinations[dest].label if dest in self.cfg.destinations else dest
+        for f in self.cfg.triage.functionarissen:
+            self.mailer.queue(tx, "forward_alert", "forward_alert", f, {"ref": ref, "destination": dest.upper(), "label": label, "what": what, "still_open": still_open}, ref=None)
+
+    # -- deletion -----------------------------------------------------------------
+    def delete(self, tx: SqliteTransaction, signal: Signal, destinations: Sequence[str]) -> None:
+        now = self.app.clock()
+        outcome = outcome_of(destinations)
+        if "drill" not in signal.flags:
+            tx.count(month_of(signal.created_at), signal.source, signal.form or "onbekend", outcome, triage_bucket(now - signal.created_at))
+        reporter_raw = self.app.store.read_field(signal, "reporter")
+        reporter = reporter_raw.decode() if reporter_raw else None
+        feedback = (
+            reporter is not None
+            and not signal.no_feedback
+            and "auto" not in signal.flags
+            and self._may_mail(reporter)
+        )
+        if feedback:
+            assert reporter is not None
+            template = "feedback_forwarded" if destinations else "feedback_closed"
+            self.mailer.queue(tx, "feedback", template, reporter, {"ref": signal.ref}, ref=None)
+        for f in self.cfg.triage.functionarissen:
+            self.mailer.queue(tx, "triage_closed", "triage_closed", f, {"ref": signal.ref, "outcome": outcome, "destinations": [d.upper() for d in destinations]}, ref=None)
+        tx.delete_signal(signal, now + self.cfg.dedup_window)
+        log.info("signal.deleted", ref=signal.ref, state="deleted", reason=outcome)
