@@ -1,0 +1,78 @@
+"""Shared fixtures: real mail servers for the whole suite.
+
+``mailserver`` (session scope) starts ONE private Dovecot (IMAP + LMTP, maildir in
+``/tmp/dv-*``) and ONE aiosmtpd relay that delivers into it over LMTP. ``mail``
+(function scope) first resets everything — every folder of every user emptied,
+extra folders deleted, fault switches cleared, stopped servers started again — and
+returns the same object. Use ``mail`` in tests; ``mailserver`` only where nothing is
+changed. Type: ``from servers import MailServer``.
+
+Users (password ``pw-<localpart>``, see ``mail.password(address)``)::
+
+    vreemdverhaal@gemeente.example   the signals mailbox
+    melder@gemeente.example, collega@gemeente.example     reporters
+    buiten@extern.example                                 outside the ack domains
+    a.jansen@gemeente.example, b.devries@gemeente.example functionarissen
+    intake-kedo@gemeente.example, informatieplein@riec.example, inspectie@nla.example
+                                                          destinations
+
+Any other recipient is refused with 550 (Dovecot's own answer, at RCPT).
+
+Connection facts (all on 127.0.0.1, ports chosen at start, certificate for
+``localhost``/``127.0.0.1`` from a throw-away CA in ``mail.ca_file``):
+
+- ``imap_host``, ``imap_tls_port`` (implicit TLS), ``imap_plain_port`` (plain and
+  STARTTLS); IDLE, UIDPLUS, no lazy_expunge; AUTH PLAIN/LOGIN only.
+- ``smtp_host``, ``smtp_port`` (STARTTLS, AUTH PLAIN/LOGIN/XOAUTH2 only after
+  STARTTLS, AUTH required), ``smtp_tls_port`` (implicit TLS, AUTH required),
+  ``smtp_plain_port`` (no TLS, no AUTH). XOAUTH2 token: ``mail.oauth2_token(addr)``.
+
+Methods:
+
+- ``deliver(raw, to, mail_from="melder@gemeente.example")`` — real SMTP through the
+  relay (a known sender authenticates over STARTTLS; others use the plain port).
+  Dovecot prepends Return-Path/Delivered-To/Received. Raises smtplib errors on
+  refusal. Fixture deliveries are not counted and never faulted.
+- ``append(address, raw, folder="INBOX", flags=())``, ``append_many(address, raws,
+  folder="INBOX")`` — IMAP APPEND/MULTIAPPEND, fast, bytes stored unchanged.
+- ``messages(address, folder="INBOX") -> list[bytes]`` (oldest first),
+  ``all_messages(address) -> dict[folder, list[bytes]]`` (every folder of
+  ``LIST "" "*"``), ``wait_for_messages(address, count, timeout=10.0,
+  folder="INBOX") -> list[bytes]`` (at least ``count``; AssertionError on timeout).
+- ``imap(address)`` — context manager yielding a logged-in ``IMAPClient``.
+- ``stop_dovecot()`` / ``start_dovecot()`` — same ports and mail after restart;
+  ``stop_relay()`` / ``start_relay()`` likewise.
+- ``fail_next(count=1, code=451, stage="data"|"rcpt")`` — the next ``count`` SMTP
+  transactions from the code under test fail with ``code`` (4xx temporary, 5xx
+  permanent). ``relay.accepted`` (int), ``relay.refused`` (int) and
+  ``relay.received`` (list of ``Received(mail_from, rcpt_tos, raw, port, login,
+  tls)``, raw = the exact bytes sent) describe what the code under test sent.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Importable as ``servers`` whether or not tests/ becomes a package one day.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from servers import MailServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mailserver() -> Iterator[MailServer]:
+    server = MailServer.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def mail(mailserver: MailServer) -> MailServer:
+    mailserver.reset()
+    return mailserver
