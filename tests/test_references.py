@@ -149,9 +149,7 @@ def test_which_substitutions_the_weighting_cannot_catch() -> None:
     """Documents the blind spots of weights 1..7 mod 32: position 2 (weight 2) misses
     a change by 16, position 4 (weight 4) by 8/16/24, position 6 (weight 6) by 16.
     Odd weights are invertible mod 32 and catch every substitution."""
-    blind = {
-        w: [d for d in range(1, 32) if _weight_kills(w, d)] for w in range(1, 8)
-    }
+    blind = {w: [d for d in range(1, 32) if _weight_kills(w, d)] for w in range(1, 8)}
     assert blind == {1: [], 2: [16], 3: [], 4: [8, 16, 24], 5: [], 6: [16], 7: []}
     # A concrete pair: '0' and 'G' (value 16) at the second position.
     a, b = make("0000000"), "VV-0G00-0000"
