@@ -86,6 +86,7 @@ CREATE TABLE IF NOT EXISTS stats (
     month TEXT NOT NULL, source TEXT NOT NULL, form TEXT NOT NULL, outcome TEXT NOT NULL,
     count INTEGER NOT NULL, PRIMARY KEY (month, source, form, outcome)
 );
+CREATE TABLE IF NOT EXISTS audit (at REAL NOT NULL, action TEXT NOT NULL, ref TEXT);
 CREATE TABLE IF NOT EXISTS triage_time (
     month TEXT NOT NULL, bucket TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (month, bucket)
 );
@@ -543,6 +544,31 @@ class SqliteStore:
 
     def checkpoint(self) -> None:
         self._c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def stats_rows(self, year: int) -> list[dict[str, Any]]:
+        q = "SELECT month, source, form, outcome, count FROM stats WHERE month LIKE ? ORDER BY month, source, form, outcome"
+        return [dict(r) for r in self._c.execute(q, (f"{year:04d}-%",))]
+
+    def triage_time_rows(self, year: int) -> list[dict[str, Any]]:
+        q = "SELECT month, bucket, count FROM triage_time WHERE month LIKE ? ORDER BY month, bucket"
+        return [dict(r) for r in self._c.execute(q, (f"{year:04d}-%",))]
+
+    def audit(self, action: str, ref: str | None) -> None:
+        self._c.execute("INSERT INTO audit (at, action, ref) VALUES (?,?,?)", (self.clock(), action, ref))
+
+    def wrapped_keys(self) -> list[tuple[str, str, str, bytes]]:
+        """(table, id, key_id, wrapped) of every data key, for rotation."""
+        out = [("signals", r["id"], r["key_id"], r["wrapped_key"]) for r in self._c.execute("SELECT id, key_id, wrapped_key FROM signals")]
+        out += [("outbox", r["id"], r["key_id"], r["wrapped_key"]) for r in self._c.execute("SELECT id, key_id, wrapped_key FROM outbox")]
+        return out
+
+    def rewrap(self, table: str, row_id: str, key_id: str, wrapped: bytes) -> None:
+        assert table in ("signals", "outbox")
+        self._c.execute(f"UPDATE {table} SET key_id = ?, wrapped_key = ? WHERE id = ?", (key_id, wrapped, row_id))  # noqa: S608
+
+    def vacuum(self) -> None:
+        self._c.execute("VACUUM")
+        self.checkpoint()
 
     def expire(self, now: float, dedup_window: float, rate_window: float) -> None:
         with self.transaction():

@@ -1,0 +1,226 @@
+"""Intake end to end against the real Dovecot + SMTP relay (SPEC §3 steps 1–5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from servers import MailServer
+from world import (
+    F1,
+    F2,
+    MAILBOX,
+    OUTSIDER,
+    REPORTER,
+    World,
+    assert_absent,
+    body_text,
+    marker,
+    parse,
+    signal_mail,
+)
+
+from inboxd.references import find_references
+
+
+@pytest.fixture
+def world(mail: MailServer, tmp_path: Path) -> World:
+    return World(mail, tmp_path / "w").setup()
+
+
+def everything_in(mail: MailServer, address: str) -> list[bytes]:
+    return [m for msgs in mail.all_messages(address).values() for m in msgs]
+
+
+def test_plain_signal_is_queued_acknowledged_triaged_and_gone(world: World, mail: MailServer) -> None:
+    mark = marker()
+    raw = signal_mail(mark)
+    mail.deliver(raw, MAILBOX)
+    assert world.once() == 0
+
+    assert everything_in(mail, MAILBOX) == [], "the original must be hard-deleted from every folder"
+    status = world.status()
+    assert status["open"] == 1 and status["by_state"] == {"queued": 1}
+
+    ack = mail.wait_for_messages(REPORTER, 1)[0]
+    a = parse(ack)
+    refs = find_references(str(a["Subject"]), "VV")
+    assert len(refs) == 1, a["Subject"]
+    assert refs[0] in body_text(ack)
+    assert a["Auto-Submitted"] == "auto-replied"
+    assert a["X-Auto-Response-Suppress"] == "All"
+    assert a["In-Reply-To"] == parse(raw)["Message-ID"]
+    assert a["Message-ID"] and a["Message-ID"] != parse(raw)["Message-ID"]
+    assert_absent(mark, where="the acknowledgement", data=ack)
+    assert "Signaal over een adres" not in ack.decode("utf-8", "replace")
+
+    for f in (F1, F2):
+        req = mail.wait_for_messages(f, 1)[0]
+        r = parse(req)
+        assert refs[0] in str(r["Subject"])
+        assert r["Auto-Submitted"] == "auto-generated"
+        attached = [p for p in r.iter_attachments() if p.get_content_type() == "message/rfc822"]
+        assert len(attached) == 1
+        # The original travels unchanged (line endings as on the wire).
+        assert raw.replace(b"\r\n", b"\n") in req.replace(b"\r\n", b"\n")
+        assert mark in body_text(req)
+
+    assert_absent(mark, where="the logs", data=world.log_text())
+    assert_absent(REPORTER, where="the logs", data=world.log_text())
+    assert_absent(mark, where="the store on disk", data=world.state_bytes())
+    assert_absent(REPORTER, where="the store on disk", data=world.state_bytes())
+    assert '"event": "signal.queued"' in world.log_text()
+
+
+def test_marker_in_display_name_subject_and_body_leaks_nowhere(world: World, mail: MailServer) -> None:
+    mark = marker()
+    raw = signal_mail(mark, display=f"Piet {mark}", subject=f"Over {mark} =?utf-8?q?{mark}?=", body=f"tekst {mark}\n" * 50)
+    mail.deliver(raw, MAILBOX)
+    world.once()
+    ack = mail.wait_for_messages(REPORTER, 1)[0]
+    assert_absent(mark, where="the acknowledgement", data=ack)
+    assert_absent(mark, where="the logs", data=world.log_text())
+    assert_absent(mark, where="the store on disk", data=world.state_bytes())
+    assert_absent(mark, where="the signals mailbox", data=b"".join(everything_in(mail, MAILBOX)))
+    assert_absent(mark, where="status --json", data=world.cli("status", "--json").stdout)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["html_only", "attachments", "forwarded_eml", "eight_bit", "broken_mime"],
+)
+def test_every_shape_is_queued_once_and_acknowledged(world: World, mail: MailServer, kind: str) -> None:
+    mark = marker()
+    if kind == "html_only":
+        raw = signal_mail(mark, html=f"<html><body><p>Outlook-achtig <b>{mark}</b></p></body></html>")
+    elif kind == "attachments":
+        raw = signal_mail(mark, attachments=[("foto.jpg", b"\xff\xd8\xff" + b"x" * 5000, "image/jpeg"), ("notitie.pdf", b"%PDF-1.4 " + mark.encode(), "application/pdf")])
+    elif kind == "forwarded_eml":
+        inner = signal_mail(mark, sender="iemand@elders.example")
+        raw = signal_mail(mark, attachments=[("doorgestuurd.eml", inner, "message/rfc822")]) if False else _forward_of(inner, mark)
+    elif kind == "eight_bit":
+        raw = (
+            f"From: M\xe9lder <{REPORTER}>\r\nTo: {MAILBOX}\r\nSubject: caf\xe9 {mark}\r\n"
+            "Message-ID: <8bit-1@gemeente.example>\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            f"Ge\xefnteresseerd? {mark}\r\n"
+        ).encode("latin-1")
+    else:
+        raw = (
+            f"From: {REPORTER}\r\nTo: {MAILBOX}\r\nSubject: kapot {mark}\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"nooit\"\r\n\r\n"
+            f"--verkeerd\r\nContent-Type: text/plain; charset=x-onbekend\r\n\r\n{mark}\r\n"
+        ).encode()
+    mail.deliver(raw, MAILBOX)
+    world.once()
+    world.once()
+    assert everything_in(mail, MAILBOX) == []
+    status = world.status()
+    assert status["open"] == 1
+    if kind == "broken_mime":
+        assert status["flags"].get("malformed") == 1
+    assert len(mail.wait_for_messages(REPORTER, 1)) == 1
+    assert len(mail.messages(REPORTER)) == 1, "acknowledged exactly once"
+    assert_absent(mark, where="the acknowledgement", data=mail.messages(REPORTER)[0])
+    assert_absent(mark, where="the store on disk", data=world.state_bytes())
+
+
+def _forward_of(inner: bytes, mark: str) -> bytes:
+    from email import policy
+    from email.message import EmailMessage
+    from email.parser import BytesParser
+
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = REPORTER
+    msg["To"] = MAILBOX
+    msg["Subject"] = f"FW: doorgestuurd {mark}"
+    msg["Message-ID"] = "<fw-1@gemeente.example>"
+    msg.set_content("Zie bijgevoegd bericht.\n")
+    msg.add_attachment(BytesParser(policy=policy.default).parsebytes(inner))
+    return msg.as_bytes()
+
+
+def test_automatic_mail_gets_triage_but_no_acknowledgement(world: World, mail: MailServer) -> None:
+    mark = marker()
+    raw = signal_mail(mark, headers={"Auto-Submitted": "auto-replied", "X-Autoreply": "yes"})
+    mail.deliver(raw, MAILBOX)
+    world.once()
+    assert everything_in(mail, MAILBOX) == []
+    status = world.status()
+    assert status["open"] == 1 and status["flags"].get("auto") == 1
+    assert len(mail.wait_for_messages(F1, 1)) == 1
+    assert mail.messages(REPORTER) == []
+
+
+def test_no_acknowledgement_outside_ack_domains_nor_beyond_the_rate_limit(world: World, mail: MailServer) -> None:
+    world.write_config(rate="2/h")
+    mail.deliver(signal_mail(marker(), sender=OUTSIDER), MAILBOX, mail_from=OUTSIDER)
+    for _ in range(3):
+        mail.deliver(signal_mail(marker()), MAILBOX)
+    world.once()
+    assert world.status()["open"] == 4
+    assert mail.messages(OUTSIDER) == []
+    assert len(mail.wait_for_messages(REPORTER, 2)) == 2
+    world.once()
+    assert len(mail.messages(REPORTER)) == 2, "the third acknowledgement within the hour is withheld"
+    assert '"reason": "rate_limited"' in world.log_text()
+    assert '"reason": "outside_ack_domains"' in world.log_text()
+
+
+def test_retain_until_forwarded_keeps_the_original_and_queues_it_once(world: World, mail: MailServer) -> None:
+    world.write_config(retain="forwarded")
+    mail.deliver(signal_mail(marker()), MAILBOX)
+    world.once()
+    world.once()
+    assert len(mail.messages(MAILBOX)) == 1
+    assert world.status()["open"] == 1
+    assert len(mail.messages(REPORTER)) == 1
+
+
+def test_same_message_delivered_twice_is_queued_once(world: World, mail: MailServer) -> None:
+    raw = signal_mail(marker())
+    mail.append(MAILBOX, raw)
+    mail.append(MAILBOX, raw)
+    world.once()
+    assert world.status()["open"] == 1
+    assert everything_in(mail, MAILBOX) == []
+    assert '"event": "signal.duplicate"' in world.log_text()
+
+
+def test_smtp_refusing_temporarily_retries_the_acknowledgement(world: World, mail: MailServer) -> None:
+    mail.fail_next(count=3, code=451)
+    mail.deliver(signal_mail(marker()), MAILBOX)
+    world.once()
+    assert world.status()["outbox"] >= 1, "refused mail stays in the outbox"
+    world.now += 4 * 3600
+    world.once()
+    world.now += 4 * 3600
+    world.once()
+    assert len(mail.wait_for_messages(REPORTER, 1)) == 1
+    assert world.status()["outbox"] == 0
+    assert '"event": "mail.retry"' in world.log_text()
+
+
+def test_once_exits_3_when_the_mailbox_is_unreachable(world: World, mail: MailServer) -> None:
+    mail.stop_dovecot()
+    try:
+        result = world.cli("once")
+    finally:
+        mail.start_dovecot()
+    assert result.returncode == 3
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_check_logs_in_and_sends_nothing(world: World, mail: MailServer) -> None:
+    result = world.cli("check")
+    assert result.returncode == 0, result.stderr
+    assert "logged in" in result.stdout
+    assert mail.relay.accepted == 0
+
+
+def test_check_with_a_wrong_password_exits_3_with_one_line(world: World, mail: MailServer) -> None:
+    (world.root / "imap-password").write_text("wrong\n")
+    result = world.cli("check")
+    assert result.returncode == 3
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr

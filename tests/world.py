@@ -1,0 +1,249 @@
+"""A configured inboxd against the test mail servers: the shared setup of the
+end-to-end tests (the servers themselves come from ``conftest.py``)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+
+from servers import MailServer
+
+from inboxd import config, logs
+from inboxd.app import App, build
+from inboxd.crypto import Keyring, generate_key_file
+from inboxd.store import SqliteStore
+
+MAILBOX = "vreemdverhaal@gemeente.example"
+REPORTER = "melder@gemeente.example"
+OUTSIDER = "buiten@extern.example"
+F1 = "a.jansen@gemeente.example"
+F2 = "b.devries@gemeente.example"
+KEDO = "intake-kedo@gemeente.example"
+RIEC = "informatieplein@riec.example"
+NLA = "inspectie@nla.example"
+REPO = Path(__file__).resolve().parent.parent
+
+CONFIG = """\
+state_dir = "{root}/state"
+language = "{language}"
+reference_prefix = "VV"
+
+[mailbox]
+backend = "imap"
+host = "127.0.0.1"
+port = {imap_port}
+security = "tls"
+ca_file = "{ca}"
+username = "{mailbox}"
+password_file = "{root}/imap-password"
+idle = {idle}
+poll_interval = "{poll}"
+retain_in_mailbox = "{retain}"
+
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+security = "starttls"
+ca_file = "{ca}"
+username = "{mailbox}"
+password_file = "{root}/smtp-password"
+from = "Meldpunt vreemdverhaal <{mailbox}>"
+
+[crypto]
+key_files = ["{root}/master-key"]
+
+[reporters]
+ack_domains = ["gemeente.example"]
+ack_rate_limit = "{rate}"
+
+[sources.mma]
+addresses = ["meldingen@meldmisdaadanoniem.example"]
+
+[triage]
+functionarissen = ["{f1}", "{f2}"]
+include_content = "{include}"
+trusted_authserv_ids = {trusted}
+forward_retry_for = "{retry_for}"
+
+[destinations.kedo]
+label = "KEDO (slachtofferspoor)"
+address = "{kedo}"
+
+[destinations.riec]
+label = "RIEC Informatieplein (daderspoor)"
+address = "{riec}"
+
+[destinations.nla]
+label = "Nederlandse Arbeidsinspectie"
+address = "{nla}"
+"""
+
+
+def marker() -> str:
+    return "MRK" + uuid.uuid4().hex[:12].upper()
+
+
+def signal_mail(
+    mark: str = "",
+    *,
+    sender: str = REPORTER,
+    display: str | None = None,
+    subject: str | None = None,
+    body: str | None = None,
+    html: str | None = None,
+    attachments: list[tuple[str, bytes, str]] | None = None,
+    headers: dict[str, str] | None = None,
+    message_id: str | None = None,
+) -> bytes:
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = f'"{display if display is not None else "Melder " + mark}" <{sender}>'
+    msg["To"] = MAILBOX
+    msg["Subject"] = subject if subject is not None else f"Signaal over een adres {mark}"
+    msg["Message-ID"] = message_id or f"<{uuid.uuid4().hex}@gemeente.example>"
+    msg["Date"] = "Mon, 23 Nov 2026 10:00:00 +0100"
+    for k, v in (headers or {}).items():
+        msg[k] = v
+    if html is not None and body is None:
+        msg.set_content(html, subtype="html")
+    else:
+        msg.set_content(body if body is not None else f"Ik zag iets vreemds. Kenmerk {mark}.\n")
+        if html is not None:
+            msg.add_alternative(html, subtype="html")
+    for name, data, ctype in attachments or []:
+        maintype, subtype = ctype.split("/")
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return msg.as_bytes()
+
+
+def parse(raw: bytes) -> EmailMessage:
+    return BytesParser(policy=policy.default).parsebytes(raw)  # type: ignore[return-value]
+
+
+def body_text(raw: bytes) -> str:
+    m = parse(raw)
+    part = m.get_body(preferencelist=("plain",))
+    return part.get_content() if part is not None else ""  # type: ignore[no-any-return]
+
+
+@dataclass
+class World:
+    mail: MailServer
+    root: Path
+    options: dict[str, Any] = field(default_factory=dict)
+    log: io.StringIO = field(default_factory=io.StringIO)
+    now: float = field(default_factory=time.time)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "inboxd.toml"
+
+    def write_config(self, **overrides: Any) -> None:
+        self.options.update(overrides)
+        o = {
+            "language": "nl",
+            "idle": "true",
+            "poll": "60s",
+            "retain": "queued",
+            "rate": "10/h",
+            "include": "full",
+            "trusted": "[]",
+            "retry_for": "24h",
+            **self.options,
+        }
+        self.config_path.write_text(
+            CONFIG.format(
+                root=self.root,
+                imap_port=self.mail.imap_tls_port,
+                smtp_port=self.mail.smtp_port,
+                ca=self.mail.ca_file,
+                mailbox=MAILBOX,
+                f1=F1,
+                f2=F2,
+                kedo=KEDO,
+                riec=RIEC,
+                nla=NLA,
+                **o,
+            )
+        )
+
+    def setup(self) -> World:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        generate_key_file(self.root / "master-key")
+        for name in ("imap-password", "smtp-password"):
+            p = self.root / name
+            p.write_text(self.mail.password(MAILBOX) + "\n")
+            p.chmod(0o600)
+        self.write_config()
+        logs.configure("json", "debug", stream=self.log)
+        return self
+
+    def cfg(self) -> config.Config:
+        return config.load(str(self.config_path))
+
+    def clock(self) -> float:
+        return self.now
+
+    def app(self) -> App:
+        return build(self.cfg(), clock=self.clock)
+
+    def once(self) -> int:
+        from inboxd.daemon import once
+
+        return once(self.app())
+
+    def until_quiet(self, rounds: int = 6) -> None:
+        """Run ``once`` until nothing is left to do (mail in, outbox out)."""
+        for _ in range(rounds):
+            self.once()
+            if not self.mail.messages(MAILBOX) and self.outbox_size() == 0:
+                return
+
+    def store(self) -> SqliteStore:
+        cfg = self.cfg()
+        return SqliteStore(cfg.state_dir, Keyring.from_files(cfg.crypto.key_files))
+
+    def outbox_size(self) -> int:
+        s = self.store()
+        try:
+            return s.outbox_size()
+        finally:
+            s.close()
+
+    def status(self) -> dict[str, Any]:
+        out = self.cli("status", "--json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "inboxd", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+        )
+
+    def state_bytes(self) -> bytes:
+        return b"".join(p.read_bytes() for p in (self.root / "state").rglob("*") if p.is_file())
+
+    def log_text(self) -> str:
+        return self.log.getvalue()
+
+
+def assert_absent(mark: str, *, where: str, data: bytes | str) -> None:
+    needle_b = mark.encode()
+    hay = data if isinstance(data, bytes) else data.encode()
+    assert needle_b not in hay, f"marker {mark} found in {where}"
+    assert needle_b.lower() not in hay.lower(), f"marker {mark} (case-folded) found in {where}"
