@@ -437,7 +437,7 @@ class SqliteStore:
     # -- outbox -------------------------------------------------------------
     def due_mail(self, now: float, limit: int = 100) -> list[DueMail]:
         rows = self._c.execute(
-            "SELECT * FROM outbox WHERE next_attempt_at <= ? ORDER BY created_at LIMIT ?", (now, limit)
+            "SELECT * FROM outbox WHERE next_attempt_at <= ? ORDER BY created_at, rowid LIMIT ?", (now, limit)
         ).fetchall()
         out = []
         for r in rows:

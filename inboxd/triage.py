@@ -164,7 +164,9 @@ class Triage:
             return self._reject(tx, msg, ref, "authentication")
         if signal.state not in OPEN_STATES:
             return self._reject(tx, msg, ref, "closed")
-        plain = None if msg.text_from_html else msg.text
+        # With an HTML part, read that: msg.text may be its rendering, and reply_text
+        # drops hidden elements and comments before rendering it again.
+        plain = None if msg.html is not None else msg.text
         parsed = cmd.parse_commands(reply_text(plain, msg.html), self.cfg.destinations.keys())
         if parsed.errors:
             return self._reject(tx, msg, ref, "invalid", [cmd.explain(e, self.lang) for e in parsed.errors])
