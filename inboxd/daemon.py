@@ -64,6 +64,9 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_signal)
         sdnotify.ready()
         log.info("daemon.started", backend=self.app.cfg.mailbox.backend)
+        from inboxd.metrics import serve
+
+        serve(self.app)
         scheduler = None
         try:
             from inboxd.schedule import start_scheduler

@@ -115,7 +115,10 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     else:
         renderer = structlog.processors.JSONRenderer()
+    from inboxd.metrics import count_event
+
     shared: list[Any] = [
+        count_event,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _safe_exception,
@@ -132,7 +135,7 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
     handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared[:2]],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared[1:3]],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 _foreign_to_safe,

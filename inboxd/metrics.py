@@ -1,0 +1,62 @@
+"""Optional Prometheus endpoint (``[metrics] listen``).
+
+Counters come from the log events themselves (a structlog processor counts every
+event name), so there is one source of truth for "what happened"; gauges are read
+from the store at scrape time, under the work lock, and match ``status --json``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from inboxd.app import App
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+EVENTS = Counter("inboxd_events", "Log events by name (signal.queued, ack.sent, mail.failed, …)", ["event"], registry=REGISTRY)
+
+_COUNTED = ("signal.", "ack.", "mail.", "mailbox.", "forward.", "command.", "triage_request.", "feedback.", "job.", "intake.")
+
+
+def count_event(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    name = str(event_dict.get("event", ""))
+    if name.startswith(_COUNTED):
+        EVENTS.labels(event=name).inc()
+    return event_dict
+
+
+class StoreCollector(Collector):
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from inboxd.intake import status_snapshot
+
+        with self.app.lock:
+            snap = status_snapshot(self.app.store, self.app.clock())
+            last = {k: self.app.store.get_meta(k) for k in ("last_fetch", "last_send")}
+        g = GaugeMetricFamily("inboxd_signals", "Signals not yet deleted, by state", labels=["state"])
+        for state, n in sorted(snap["by_state"].items()):  # type: ignore[attr-defined]
+            g.add_metric([state], n)
+        yield g
+        yield GaugeMetricFamily("inboxd_open_signals", "Signals not yet deleted", value=float(snap["open"]))  # type: ignore[arg-type]
+        oldest = snap["oldest_open_seconds"]
+        yield GaugeMetricFamily("inboxd_oldest_open_seconds", "Age of the oldest open signal", value=float(oldest or 0))  # type: ignore[arg-type]
+        yield GaugeMetricFamily("inboxd_outbox", "Mails waiting to be sent", value=float(snap["outbox"]))  # type: ignore[arg-type]
+        for key, value in last.items():
+            yield GaugeMetricFamily(f"inboxd_{key}_timestamp_seconds", f"Unix time of the {key.replace('_', ' ')}", value=float(value or 0))
+
+
+def serve(app: App) -> threading.Thread | None:
+    if app.cfg.metrics is None:
+        return None
+    host, _, port = app.cfg.metrics.listen.rpartition(":")
+    REGISTRY.register(StoreCollector(app))
+    server, thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=REGISTRY)
+    return thread
