@@ -40,7 +40,9 @@ def change(now: int, before: int) -> str:
     return f"{(now - before) / before * 100:+.0f}%"
 
 
-def stats_report(rows: list[dict[str, Any]], previous: list[dict[str, Any]], year: int, below: int) -> dict[str, Any]:
+def stats_report(
+    rows: list[dict[str, Any]], previous: list[dict[str, Any]], year: int, below: int
+) -> dict[str, Any]:
     return {
         "year": year,
         "total": suppress(sum(int(r["count"]) for r in rows), below),
@@ -50,19 +52,27 @@ def stats_report(rows: list[dict[str, Any]], previous: list[dict[str, Any]], yea
             "total": suppress(sum(int(r["count"]) for r in previous), below),
             "rows": [{**r, "count": suppress(int(r["count"]), below)} for r in previous],
         },
-        "change": change(sum(int(r["count"]) for r in rows), sum(int(r["count"]) for r in previous)),
+        "change": change(
+            sum(int(r["count"]) for r in rows), sum(int(r["count"]) for r in previous)
+        ),
     }
 
 
-def stats_table(rows: list[dict[str, Any]], previous: list[dict[str, Any]], year: int, below: int) -> str:
+def stats_table(
+    rows: list[dict[str, Any]], previous: list[dict[str, Any]], year: int, below: int
+) -> str:
     lines = [f"Signalen {year} (vergeleken met {year - 1})", ""]
     t_now, t_prev = sum(r["count"] for r in rows), sum(r["count"] for r in previous)
-    lines.append(f"{'totaal':<24}{suppress(t_now, below)!s:>8}{suppress(t_prev, below)!s:>8}  {change(t_now, t_prev)}")
+    lines.append(
+        f"{'totaal':<24}{suppress(t_now, below)!s:>8}{suppress(t_prev, below)!s:>8}  {change(t_now, t_prev)}"
+    )
     for key, title in (("source", "bron"), ("form", "vorm"), ("outcome", "uitkomst")):
         lines += ["", f"per {title}:"]
         a, b = totals(rows, key), totals(previous, key)
         for name in sorted(set(a) | set(b)):
-            lines.append(f"  {name:<22}{suppress(a.get(name, 0), below)!s:>8}{suppress(b.get(name, 0), below)!s:>8}  {change(a.get(name, 0), b.get(name, 0))}")
+            lines.append(
+                f"  {name:<22}{suppress(a.get(name, 0), below)!s:>8}{suppress(b.get(name, 0), below)!s:>8}  {change(a.get(name, 0), b.get(name, 0))}"
+            )
     return "\n".join(lines)
 
 
@@ -71,7 +81,9 @@ def stats_csv(rows: list[dict[str, Any]], below: int) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["month", "source", "form", "outcome", "count"])
     for r in rows:
-        w.writerow([r["month"], r["source"], r["form"], r["outcome"], suppress(int(r["count"]), below)])
+        w.writerow(
+            [r["month"], r["source"], r["form"], r["outcome"], suppress(int(r["count"]), below)]
+        )
     return buf.getvalue()
 
 
@@ -98,7 +110,9 @@ def dispatch(cfg: Config, store: SqliteStore, keyring: Keyring, args: argparse.N
             age = int((now - s.created_at) // 3600)
             flags = ",".join(sorted(s.flags)) or "-"
             dests = ",".join(s.destinations) or "-"
-            print(f"{s.ref}  {s.state:<18} {age:>5}h  flags={flags}  form={s.form or '-'}  destinations={dests}  hold={'yes' if s.hold else 'no'}")
+            print(
+                f"{s.ref}  {s.state:<18} {age:>5}h  flags={flags}  form={s.form or '-'}  destinations={dests}  hold={'yes' if s.hold else 'no'}"
+            )
         return 0
     if args.command == "queue" and args.queue_command == "purge":
         return purge(cfg, store, args.ref, args.yes)
@@ -119,13 +133,21 @@ def purge(cfg: Config, store: SqliteStore, ref_text: str, yes: bool) -> int:
         sys.stderr.write(f"inboxd: no open signal {ref}\n")
         return 2
     if not yes:
-        sys.stderr.write(f"inboxd: this deletes {ref} for good, without forwarding or feedback; add --yes\n")
+        sys.stderr.write(
+            f"inboxd: this deletes {ref} for good, without forwarding or feedback; add --yes\n"
+        )
         return 2
     from inboxd.triage import month_of, triage_bucket
 
     with store.transaction() as tx:
         if "drill" not in signal.flags:
-            tx.count(month_of(signal.created_at), signal.source, signal.form or "onbekend", "verwijderd", triage_bucket(tx.now - signal.created_at))
+            tx.count(
+                month_of(signal.created_at),
+                signal.source,
+                signal.form or "onbekend",
+                "verwijderd",
+                triage_bucket(tx.now - signal.created_at),
+            )
         tx.delete_signal(signal, tx.now + cfg.dedup_window)
         store.audit("purge", ref)
     store.checkpoint()

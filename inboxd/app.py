@@ -22,7 +22,11 @@ def _token_provider(cfg: Config, section: str) -> Callable[[], str]:
     from inboxd import msauth
 
     s = getattr(cfg, section)
-    secret = read_secret(cfg, s.client_secret_file, s.client_secret_env, f"{section}.client_secret_file") if (s.client_secret_file or s.client_secret_env) else None
+    secret = (
+        read_secret(cfg, s.client_secret_file, s.client_secret_env, f"{section}.client_secret_file")
+        if (s.client_secret_file or s.client_secret_env)
+        else None
+    )
     provider = msauth.TokenProvider(
         tenant_id=s.tenant_id,
         client_id=s.client_id,
@@ -42,7 +46,11 @@ def make_mailbox(cfg: Config) -> Mailbox:
     if mb.backend == "imap":
         from inboxd.mailbox.imap import ImapMailbox
 
-        password = read_secret(cfg, mb.password_file, mb.password_env, "mailbox.password_file") if mb.auth == "password" else None
+        password = (
+            read_secret(cfg, mb.password_file, mb.password_env, "mailbox.password_file")
+            if mb.auth == "password"
+            else None
+        )
         token = _token_provider(cfg, "mailbox") if mb.auth == "xoauth2" else None
         return ImapMailbox(
             mb.host,
@@ -59,7 +67,11 @@ def make_mailbox(cfg: Config) -> Mailbox:
     if mb.backend == "ews":
         from inboxd.mailbox.ews import EwsMailbox
 
-        password = read_secret(cfg, mb.password_file, mb.password_env, "mailbox.password_file") if (mb.password_file or mb.password_env) else None
+        password = (
+            read_secret(cfg, mb.password_file, mb.password_env, "mailbox.password_file")
+            if (mb.password_file or mb.password_env)
+            else None
+        )
         return EwsMailbox(  # type: ignore[no-any-return]
             mb.service_endpoint,
             mb.username,
@@ -132,7 +144,13 @@ class App:
         self.store.close()
 
 
-def build(cfg: Config, *, clock: Callable[[], float] = time.time, mailbox: Mailbox | None = None, transport: Transport | None = None) -> App:
+def build(
+    cfg: Config,
+    *,
+    clock: Callable[[], float] = time.time,
+    mailbox: Mailbox | None = None,
+    transport: Transport | None = None,
+) -> App:
     keyring = Keyring.from_files(cfg.crypto.key_files)
     store = SqliteStore(cfg.state_dir, keyring, clock=clock)
     mb = mailbox or make_mailbox(cfg)
@@ -141,7 +159,16 @@ def build(cfg: Config, *, clock: Callable[[], float] = time.time, mailbox: Mailb
     mailer = Mailer(cfg, templates, clock)
     intake = Intake(cfg=cfg, store=store, keyring=keyring, mailbox=mb, mailer=mailer, clock=clock)
     outbox = Outbox(store, tr, clock, cfg.triage.forward_retry_for)
-    app = App(cfg=cfg, keyring=keyring, store=store, mailbox=mb, transport=tr, intake=intake, outbox=outbox, clock=clock)
+    app = App(
+        cfg=cfg,
+        keyring=keyring,
+        store=store,
+        mailbox=mb,
+        transport=tr,
+        intake=intake,
+        outbox=outbox,
+        clock=clock,
+    )
     try:
         from inboxd.triage import Triage
 

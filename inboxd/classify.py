@@ -52,7 +52,7 @@ def mentioned_ids(msg: ParsedMessage) -> tuple[str, ...]:
     for mid in (*msg.reported_message_ids, *msg.in_reply_to, *msg.references):
         if mid not in seen:
             seen.append(mid)
-    return seen and tuple(seen) or ()
+    return tuple(seen)
 
 
 def references_in(msg: ParsedMessage, prefix: str) -> tuple[str, ...]:
@@ -74,7 +74,9 @@ def source_of(sender: str | None, ctx: Context) -> str:
 
 
 def is_drill(msg: ParsedMessage, ctx: Context) -> bool:
-    return msg.from_addr in ctx.functionarissen and msg.subject.strip().lower().startswith(DRILL_PREFIXES)
+    return msg.from_addr in ctx.functionarissen and msg.subject.strip().lower().startswith(
+        DRILL_PREFIXES
+    )
 
 
 def classify(msg: ParsedMessage, ctx: Context) -> Decision:
@@ -84,9 +86,9 @@ def classify(msg: ParsedMessage, ctx: Context) -> Decision:
     if msg.malformed:
         flags.add("malformed")
     answers = tuple(ctx.sent[m] for m in mentioned_ids(msg) if m in ctx.sent)
-    if msg.from_addr is not None and msg.from_addr in ctx.own_addresses:
-        if msg.message_id is not None and msg.message_id in ctx.sent:
-            return Decision(Kind.LOOP, frozenset(flags), refs, answers, source)
+    own = msg.from_addr is not None and msg.from_addr in ctx.own_addresses
+    if own and msg.message_id is not None and msg.message_id in ctx.sent:
+        return Decision(Kind.LOOP, frozenset(flags), refs, answers, source)
     if msg.auto:
         if answers:
             return Decision(Kind.AUTO_ANSWER, frozenset(flags | {"auto"}), refs, answers, source)

@@ -19,18 +19,28 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_CONFIG)
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", help="configuration file (default: $INBOXD_CONFIG or /etc/inboxd/inboxd.toml)")
+def _parser() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        help="configuration file (default: $INBOXD_CONFIG or /etc/inboxd/inboxd.toml)",
+    )
     common.add_argument("--log-format", choices=["json", "console"], default="json")
-    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    common.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], default="info"
+    )
     p = _Parser(prog="inboxd", description="The vreemdverhaal mailbox daemon.", parents=[common])
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     sub.add_parser("run", parents=[common], help="the daemon, in the foreground")
     sub.add_parser("once", parents=[common], help="everything due now, then exit")
-    sub.add_parser("check", parents=[common], help="validate configuration and keys, log in to the servers")
-    st = sub.add_parser("status", parents=[common], help="queue depth, oldest signal, last fetch/send/error")
+    sub.add_parser(
+        "check", parents=[common], help="validate configuration and keys, log in to the servers"
+    )
+    st = sub.add_parser(
+        "status", parents=[common], help="queue depth, oldest signal, last fetch/send/error"
+    )
     st.add_argument("--json", action="store_true")
     stats = sub.add_parser("stats", parents=[common], help="anonymous counts per year")
     stats.add_argument("--year", type=int)
@@ -49,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     gen = ks.add_parser("generate", parents=[common])
     gen.add_argument("--out", required=True, metavar="PATH")
     ks.add_parser("rotate", parents=[common])
-    demo = sub.add_parser("demo", parents=[common], help="the life of a signal in a throw-away local world")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="the life of a signal in a throw-away local world"
+    )
     demo.add_argument("--keep", metavar="DIR", help="build the demo world in DIR and keep it")
     return p
 
@@ -72,7 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as exc:
-        return _fail(f"configuration error in {exc.path}: {exc.key + ': ' if exc.key else ''}{exc.problem}", EXIT_CONFIG)
+        return _fail(
+            f"configuration error in {exc.path}: {exc.key + ': ' if exc.key else ''}{exc.problem}",
+            EXIT_CONFIG,
+        )
     except KeyFileError as exc:
         return _fail(f"master key {exc.path}: {exc.problem}; {exc.fix}", EXIT_CONFIG)
     except MailboxError as exc:
@@ -95,7 +110,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     if args.command == "check":
         return _check(cfg)
-    if args.command in ("status", "stats", "queue") or (args.command == "keys" and args.keys_command == "rotate"):
+    if args.command in ("status", "stats", "queue") or (
+        args.command == "keys" and args.keys_command == "rotate"
+    ):
         return _offline(cfg, args)
     from inboxd.app import build
 
@@ -115,9 +132,14 @@ def _keys_generate(out: Path) -> int:
     try:
         key_id = generate_key_file(out)
     except FileExistsError:
-        return _fail(f"{out} exists; a key file is never overwritten (choose another --out)", EXIT_CONFIG)
+        return _fail(
+            f"{out} exists; a key file is never overwritten (choose another --out)", EXIT_CONFIG
+        )
     except OSError as exc:
-        return _fail(f"cannot write {out} ({type(exc).__name__}); check the folder exists and is writable", EXIT_CONFIG)
+        return _fail(
+            f"cannot write {out} ({type(exc).__name__}); check the folder exists and is writable",
+            EXIT_CONFIG,
+        )
     print(f"new master key {key_id} written to {out} (mode 0600)")
     return EXIT_OK
 
@@ -130,7 +152,9 @@ def _check(cfg: object) -> int:
     assert isinstance(cfg, Config)
     keyring = Keyring.from_files(cfg.crypto.key_files)
     print(f"configuration {cfg.source_path}: ok")
-    print(f"master keys: {', '.join(k.key_id for k in keyring.keys)} (newest {keyring.newest.key_id})")
+    print(
+        f"master keys: {', '.join(k.key_id for k in keyring.keys)} (newest {keyring.newest.key_id})"
+    )
     mailbox = make_mailbox(cfg)
     mailbox.open()
     mailbox.close()

@@ -18,7 +18,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 DEFAULT_PATH = "/etc/inboxd/inboxd.toml"
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_ADDR = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+_ADDR = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
 _SECRET_KEYS = {"password", "client_secret", "secret", "token", "key"}
 
 
@@ -33,14 +35,14 @@ class ConfigError(Exception):
 def parse_duration(value: Any) -> float:
     """``"30s"``, ``"15m"``, ``"2d"`` (also ``"1h30m"``) → seconds."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration like \"30s\", \"15m\" or \"2d\"")
+        raise ValueError('expected a duration like "30s", "15m" or "2d"')
     if isinstance(value, int | float):
         return float(value)
     if not isinstance(value, str):
-        raise ValueError("expected a duration like \"30s\", \"15m\" or \"2d\"")
+        raise ValueError('expected a duration like "30s", "15m" or "2d"')
     parts = re.fullmatch(r"\s*((?:\d+(?:\.\d+)?\s*[smhdw]\s*)+)", value)
     if not parts:
-        raise ValueError(f"{value!r} is not a duration; write e.g. \"30s\", \"15m\", \"2d\"")
+        raise ValueError(f'{value!r} is not a duration; write e.g. "30s", "15m", "2d"')
     total = 0.0
     for num, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([smhdw])", value):
         total += float(num) * _UNITS[unit]
@@ -50,10 +52,10 @@ def parse_duration(value: Any) -> float:
 def parse_rate(value: Any) -> tuple[int, float]:
     """``"10/h"`` → (10, 3600.0)."""
     if not isinstance(value, str):
-        raise ValueError("expected a rate like \"10/h\"")
+        raise ValueError('expected a rate like "10/h"')
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*", value)
     if not m:
-        raise ValueError(f"{value!r} is not a rate; write e.g. \"10/h\"")
+        raise ValueError(f'{value!r} is not a rate; write e.g. "10/h"')
     return int(m.group(1)), float(m.group(2) or 1) * _UNITS[m.group(3)]
 
 
@@ -201,37 +203,65 @@ class Config(_Section):
             if mb.auth == "password":
                 _need_secret(mb.password_file, mb.password_env, "mailbox.password_file")
             if mb.security == "none" and not is_loopback(mb.host):
-                raise _Problem("mailbox.security", 'security = "none" is allowed only for loopback hosts; use "tls" or "starttls"')
+                raise _Problem(
+                    "mailbox.security",
+                    'security = "none" is allowed only for loopback hosts; use "tls" or "starttls"',
+                )
         elif mb.backend == "maildir":
             _need(mb.path, "mailbox.path", "the Maildir folder signals are delivered to")
         elif mb.backend == "ews":
-            _need(mb.service_endpoint, "mailbox.service_endpoint", "the EWS URL, e.g. https://mail.example/EWS/Exchange.asmx")
+            _need(
+                mb.service_endpoint,
+                "mailbox.service_endpoint",
+                "the EWS URL, e.g. https://mail.example/EWS/Exchange.asmx",
+            )
             _need(mb.username, "mailbox.username", "the account to log in as")
         elif mb.backend == "graph":
             for key in ("tenant_id", "client_id", "mailbox"):
-                _need(getattr(mb, key), f"mailbox.{key}", "see the Microsoft 365 section of the README")
+                _need(
+                    getattr(mb, key),
+                    f"mailbox.{key}",
+                    "see the Microsoft 365 section of the README",
+                )
             if not (mb.client_secret_file or mb.client_secret_env or mb.client_certificate_file):
-                raise _Problem("mailbox.client_secret_file", "missing; set client_secret_file, client_secret_env or client_certificate_file")
+                raise _Problem(
+                    "mailbox.client_secret_file",
+                    "missing; set client_secret_file, client_secret_env or client_certificate_file",
+                )
         if smtp.transport == "smtp":
             _need(smtp.host, "smtp.host", "the SMTP server's host name")
             if smtp.security == "none" and not is_loopback(smtp.host):
-                raise _Problem("smtp.security", 'security = "none" is allowed only for loopback hosts; use "tls" or "starttls"')
+                raise _Problem(
+                    "smtp.security",
+                    'security = "none" is allowed only for loopback hosts; use "tls" or "starttls"',
+                )
             if smtp.username and smtp.auth == "password":
                 _need_secret(smtp.password_file, smtp.password_env, "smtp.password_file")
         elif smtp.transport == "maildir":
             _need(smtp.path, "smtp.path", "the folder outgoing mail is dropped into (demo only)")
         elif smtp.transport != mb.backend:
-            raise _Problem("smtp.transport", f'"{smtp.transport}" needs mailbox.backend = "{smtp.transport}"')
-        _need(smtp.from_, "smtp.from", 'the From address, e.g. "Meldpunt <vreemdverhaal@gemeente.example>"')
+            raise _Problem(
+                "smtp.transport", f'"{smtp.transport}" needs mailbox.backend = "{smtp.transport}"'
+            )
+        _need(
+            smtp.from_,
+            "smtp.from",
+            'the From address, e.g. "Meldpunt <vreemdverhaal@gemeente.example>"',
+        )
         for key in self.destinations:
             if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", key):
-                raise _Problem(f"destinations.{key}", "destination keys are lower-case letters, digits and _ (they become commands like KEDO)")
+                raise _Problem(
+                    f"destinations.{key}",
+                    "destination keys are lower-case letters, digits and _ (they become commands like KEDO)",
+                )
         try:
             from apscheduler.triggers.cron import CronTrigger
 
             CronTrigger.from_crontab(self.triage.digest_cron)
         except ValueError:
-            raise _Problem("triage.digest_cron", "not a cron expression; write e.g. \"0 9 * * mon-fri\"") from None
+            raise _Problem(
+                "triage.digest_cron", 'not a cron expression; write e.g. "0 9 * * mon-fri"'
+            ) from None
         return self
 
     @property
@@ -254,7 +284,10 @@ def _need(value: str, key: str, what: str) -> None:
 
 def _need_secret(file: str, env: str, key: str) -> None:
     if not (file or env):
-        raise _Problem(key, f"missing; set {key} (a file holding the secret) or {key.removesuffix('_file')}_env")
+        raise _Problem(
+            key,
+            f"missing; set {key} (a file holding the secret) or {key.removesuffix('_file')}_env",
+        )
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
@@ -268,7 +301,10 @@ def _explain(err: dict[str, Any]) -> tuple[str, str]:
     if kind == "extra_forbidden":
         leaf = str(loc[-1]) if loc else ""
         if leaf in _SECRET_KEYS or leaf.endswith(("password", "secret")):
-            return key, f"secrets are never written in the configuration; use {leaf}_file (a file, e.g. under $CREDENTIALS_DIRECTORY) or {leaf}_env"
+            return (
+                key,
+                f"secrets are never written in the configuration; use {leaf}_file (a file, e.g. under $CREDENTIALS_DIRECTORY) or {leaf}_env",
+            )
         return key, "unknown key; remove it or check its spelling against the README"
     if kind == "missing":
         return key, "required key is missing; add it (see config/inboxd.example.toml)"
@@ -289,9 +325,13 @@ def load(path: str | None = None) -> Config:
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(path, "", "configuration file not found; pass --config PATH or set INBOXD_CONFIG") from None
+        raise ConfigError(
+            path, "", "configuration file not found; pass --config PATH or set INBOXD_CONFIG"
+        ) from None
     except PermissionError:
-        raise ConfigError(path, "", "configuration file is not readable; check its permissions") from None
+        raise ConfigError(
+            path, "", "configuration file is not readable; check its permissions"
+        ) from None
     except UnicodeDecodeError:
         raise ConfigError(path, "", "configuration file is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
@@ -301,7 +341,7 @@ def load(path: str | None = None) -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        key, problem = _explain(exc.errors()[0])
+        key, problem = _explain(dict(exc.errors()[0]))
         raise ConfigError(path, key, problem) from None
     except _Problem as exc:
         raise ConfigError(path, exc.key, exc.problem) from None
@@ -318,8 +358,13 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         pp = Path(os.path.expandvars(p))
         return str(pp if pp.is_absolute() else (base / pp))
 
-    mb = cfg.mailbox.model_copy(update={"path": rel(cfg.mailbox.path), "ca_file": rel(cfg.mailbox.ca_file)})
-    smtp = cfg.smtp.model_copy(update={"path": rel(cfg.smtp.path), "ca_file": rel(cfg.smtp.ca_file)})
+    mb = cfg.mailbox.model_copy(
+        update={"path": rel(cfg.mailbox.path), "ca_file": rel(cfg.mailbox.ca_file)}
+    )
+    smtp = cfg.smtp.model_copy(
+        update={"path": rel(cfg.smtp.path), "ca_file": rel(cfg.smtp.ca_file)}
+    )
+
     def cred(p: str) -> str:
         creds = os.environ.get("CREDENTIALS_DIRECTORY")
         expanded = os.path.expandvars(p)
@@ -344,7 +389,11 @@ def read_secret(cfg: Config, file: str, env: str, key: str) -> str:
     if env:
         value = os.environ.get(env)
         if value is None:
-            raise ConfigError(cfg.source_path, key.removesuffix("_file") + "_env", f"environment variable {env} is not set")
+            raise ConfigError(
+                cfg.source_path,
+                key.removesuffix("_file") + "_env",
+                f"environment variable {env} is not set",
+            )
         return value.strip()
     path = Path(os.path.expandvars(file))
     if not path.is_absolute():
@@ -353,4 +402,8 @@ def read_secret(cfg: Config, file: str, env: str, key: str) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(cfg.source_path, key, f"cannot read {path} ({type(exc).__name__}); check the path and permissions") from None
+        raise ConfigError(
+            cfg.source_path,
+            key,
+            f"cannot read {path} ({type(exc).__name__}); check the path and permissions",
+        ) from None

@@ -75,9 +75,13 @@ def load_key_file(path: str) -> MasterKey:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise KeyFileError(path, "key file not found", "create it with 'inboxd keys generate --out PATH'") from None
+        raise KeyFileError(
+            path, "key file not found", "create it with 'inboxd keys generate --out PATH'"
+        ) from None
     except OSError as exc:
-        raise KeyFileError(path, f"cannot read key file ({type(exc).__name__})", "check the path and permissions") from None
+        raise KeyFileError(
+            path, f"cannot read key file ({type(exc).__name__})", "check the path and permissions"
+        ) from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(
             path,
@@ -88,9 +92,15 @@ def load_key_file(path: str) -> MasterKey:
         data = Path(path).read_bytes().strip()
         secret = base64.b64decode(data, validate=True)
     except (OSError, binascii.Error, ValueError):
-        raise KeyFileError(path, "not a base64 key", "generate one with 'inboxd keys generate --out PATH'") from None
+        raise KeyFileError(
+            path, "not a base64 key", "generate one with 'inboxd keys generate --out PATH'"
+        ) from None
     if len(secret) != KEY_BYTES:
-        raise KeyFileError(path, f"key is {len(secret)} bytes, expected {KEY_BYTES}", "generate one with 'inboxd keys generate --out PATH'")
+        raise KeyFileError(
+            path,
+            f"key is {len(secret)} bytes, expected {KEY_BYTES}",
+            "generate one with 'inboxd keys generate --out PATH'",
+        )
     return MasterKey(key_id=key_id_of(secret), secret=secret)
 
 
@@ -135,7 +145,9 @@ class Keyring:
         """HMACs of Message-ID + raw bytes under every key: the first is the one to store."""
         out = []
         for key in reversed(self._dedup_keys):
-            mac = hmac.new(key, (message_id or "").encode("utf-8", "replace") + b"\0", hashlib.sha256)
+            mac = hmac.new(
+                key, (message_id or "").encode("utf-8", "replace") + b"\0", hashlib.sha256
+            )
             mac.update(raw)
             out.append(mac.digest())
         return out
@@ -152,7 +164,9 @@ def seal(data_key: bytes, owner: str, field: str, plaintext: bytes) -> bytes:
 
 def open_sealed(data_key: bytes, owner: str, field: str, blob: bytes) -> bytes:
     try:
-        return AESGCM(data_key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], f"inboxd:{owner}:{field}".encode())
+        return AESGCM(data_key).decrypt(
+            blob[:NONCE_BYTES], blob[NONCE_BYTES:], f"inboxd:{owner}:{field}".encode()
+        )
     except Exception:
         raise DecryptError(f"field {field} did not open") from None
 

@@ -45,17 +45,23 @@ class Daemon:
                 app.mailbox.open()
                 result = app.intake.run_once(should_stop=self.stop.is_set)
                 if result.listed:
-                    log.info("intake.done", count=result.listed, batch=result.queued, open=result.handled)
+                    log.info(
+                        "intake.done", count=result.listed, batch=result.queued, open=result.handled
+                    )
                 app.outbox.drain(should_stop=self.stop.is_set)
             self.failures = 0
             return True
         except MailboxError as exc:
             self.failures += 1
-            log.warning("mailbox.error", error=type(exc).__name__, reason=exc.reason, attempt=self.failures)
+            log.warning(
+                "mailbox.error", error=type(exc).__name__, reason=exc.reason, attempt=self.failures
+            )
             with app.lock:
                 import json
 
-                app.store.set_meta("last_error", json.dumps({"event": "mailbox.error", "at": app.clock()}))
+                app.store.set_meta(
+                    "last_error", json.dumps({"event": "mailbox.error", "at": app.clock()})
+                )
             app.mailbox.close()
             return False
 

@@ -92,7 +92,11 @@ def _show(title: str, raw: bytes) -> None:
 
 def _inbox(root: Path, who: str) -> list[bytes]:
     d = root / "post" / who / "new"
-    return [p.read_bytes() for p in sorted(d.iterdir(), key=lambda p: p.stat().st_mtime)] if d.is_dir() else []
+    return (
+        [p.read_bytes() for p in sorted(d.iterdir(), key=lambda p: p.stat().st_mtime)]
+        if d.is_dir()
+        else []
+    )
 
 
 def _once(root: Path) -> None:
@@ -105,7 +109,9 @@ def _once(root: Path) -> None:
 
 def _reply(request: bytes, body: str) -> bytes:
     req = email.message_from_bytes(request, policy=policy.default)
-    quoted = "\n".join("> " + line for line in req.get_body(preferencelist=("plain",)).get_content().splitlines())  # type: ignore[union-attr]
+    part = req.get_body(preferencelist=("plain",))
+    text = part.get_content() if part is not None else ""
+    quoted = "\n".join("> " + line for line in text.splitlines())
     return (
         f"From: A. Jansen <{FUNCTIONARIS}>\r\n"
         "To: vreemdverhaal@gemeente.example\r\n"
@@ -137,25 +143,39 @@ def run_demo(keep: str | None = None) -> int:
             (root / "vreemdverhaal" / sub).mkdir(parents=True, exist_ok=True)
         generate_key_file(root / "master-key")
         (root / "inboxd.toml").write_text(CONFIG.format(root=root))
-        _say(f"Een wegwerpwereld in {root}: een Maildir als mailbox vreemdverhaal@gemeente.example, een map per ontvanger voor wat inboxd verstuurt, een nieuwe hoofdsleutel.")
+        _say(
+            f"Een wegwerpwereld in {root}: een Maildir als mailbox vreemdverhaal@gemeente.example, een map per ontvanger voor wat inboxd verstuurt, een nieuwe hoofdsleutel."
+        )
         _say()
-        _say("1. Een collega aan de balie meldt wat ze zag. (Het woord " + MARKER + " staat in onderwerp en tekst, zodat we het straks kunnen zoeken.)")
+        _say(
+            "1. Een collega aan de balie meldt wat ze zag. (Het woord "
+            + MARKER
+            + " staat in onderwerp en tekst, zodat we het straks kunnen zoeken.)"
+        )
         deliver(root, "vreemdverhaal", SIGNAL.encode())
         # deliver() wrote into root/vreemdverhaal/new: the signals mailbox itself.
         _once(root)
-        left = list((root / "vreemdverhaal" / "new").iterdir()) + list((root / "vreemdverhaal" / "cur").iterdir())
-        _say(f"   inboxd heeft het signaal versleuteld opgeslagen en het origineel uit de mailbox verwijderd ({len(left)} berichten over).")
+        left = list((root / "vreemdverhaal" / "new").iterdir()) + list(
+            (root / "vreemdverhaal" / "cur").iterdir()
+        )
+        _say(
+            f"   inboxd heeft het signaal versleuteld opgeslagen en het origineel uit de mailbox verwijderd ({len(left)} berichten over)."
+        )
         _say()
         _say("2. De collega krijgt een ontvangstbevestiging — met referentie, zonder de inhoud:")
         ack = _inbox(root, REPORTER)
         _show("bevestiging aan de melder", ack[-1])
         assert MARKER.encode() not in ack[-1], "the acknowledgement must not repeat the signal"
         _say()
-        _say("3. Beide aandachtsfunctionarissen krijgen een triageverzoek, met de sleutel in het onderwerp en het origineel als bijlage:")
+        _say(
+            "3. Beide aandachtsfunctionarissen krijgen een triageverzoek, met de sleutel in het onderwerp en het origineel als bijlage:"
+        )
         request = _inbox(root, FUNCTIONARIS)[-1]
         _show("triageverzoek aan a.jansen", request)
         _say()
-        _say("4. A. Jansen antwoordt vanuit Outlook, boven het geciteerde verzoek: KEDO en VORM arbeid.")
+        _say(
+            "4. A. Jansen antwoordt vanuit Outlook, boven het geciteerde verzoek: KEDO en VORM arbeid."
+        )
         deliver(root, "vreemdverhaal", _reply(request, "KEDO\r\nVORM arbeid"))
         _once(root)
         _once(root)
@@ -164,7 +184,9 @@ def run_demo(keep: str | None = None) -> int:
         _say("5. KEDO ontvangt het signaal, ongewijzigd als bijlage:")
         kedo = _inbox(root, "intake-kedo@gemeente.example")
         _show("doorgezet naar KEDO", kedo[-1])
-        _say(f"   Het woord {MARKER} zit in wat KEDO ontving: {'ja' if MARKER.encode() in kedo[-1] else 'NEE'}.")
+        _say(
+            f"   Het woord {MARKER} zit in wat KEDO ontving: {'ja' if MARKER.encode() in kedo[-1] else 'NEE'}."
+        )
         _say()
         _say("6. De collega krijgt een algemene terugkoppeling, zonder details:")
         feedback = _inbox(root, REPORTER)[-1]
@@ -185,15 +207,35 @@ def run_demo(keep: str | None = None) -> int:
         mailbox_bytes = _everything_under(root / "vreemdverhaal")
         checks = [
             ("open signalen in de opslag", str(open_count), open_count == 0),
-            (f"'{MARKER}' in de opslag (ruwe bytes, WAL incl.)", "nee" if MARKER.encode() not in state_bytes else "JA", MARKER.encode() not in state_bytes),
-            (f"'{MARKER}' in de mailbox vreemdverhaal", "nee" if MARKER.encode() not in mailbox_bytes else "JA", MARKER.encode() not in mailbox_bytes),
-            (f"'{MARKER}' of het adres van de melder in de logs", "nee" if (MARKER in logbuf.getvalue() or REPORTER in logbuf.getvalue()) is False else "JA", MARKER not in logbuf.getvalue() and REPORTER not in logbuf.getvalue()),
-            (f"'{MARKER}' in bevestiging of terugkoppeling", "nee" if all(MARKER.encode() not in m for m in _inbox(root, REPORTER)) else "JA", all(MARKER.encode() not in m for m in _inbox(root, REPORTER))),
+            (
+                f"'{MARKER}' in de opslag (ruwe bytes, WAL incl.)",
+                "nee" if MARKER.encode() not in state_bytes else "JA",
+                MARKER.encode() not in state_bytes,
+            ),
+            (
+                f"'{MARKER}' in de mailbox vreemdverhaal",
+                "nee" if MARKER.encode() not in mailbox_bytes else "JA",
+                MARKER.encode() not in mailbox_bytes,
+            ),
+            (
+                f"'{MARKER}' of het adres van de melder in de logs",
+                "nee"
+                if (MARKER in logbuf.getvalue() or REPORTER in logbuf.getvalue()) is False
+                else "JA",
+                MARKER not in logbuf.getvalue() and REPORTER not in logbuf.getvalue(),
+            ),
+            (
+                f"'{MARKER}' in bevestiging of terugkoppeling",
+                "nee" if all(MARKER.encode() not in m for m in _inbox(root, REPORTER)) else "JA",
+                all(MARKER.encode() not in m for m in _inbox(root, REPORTER)),
+            ),
         ]
         for label, value, ok in checks:
             print(f"   {'✔' if ok else '✘'} {label}: {value}")
         _say()
-        _say("Wat overblijft zijn anonieme tellingen (inboxd stats): maand × bron × vorm × uitkomst.")
+        _say(
+            "Wat overblijft zijn anonieme tellingen (inboxd stats): maand × bron × vorm × uitkomst."
+        )
         return 0 if all(ok for *_, ok in checks) else 1
     finally:
         logs.configure("json", "info")

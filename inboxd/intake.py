@@ -46,12 +46,16 @@ class IntakeResult:
 class ReplyHandler(Protocol):
     """Commands and follow-ups (the triage module); same transaction as intake."""
 
-    def handle(self, tx: SqliteTransaction, item: MailboxItem, msg: ParsedMessage, decision: Decision) -> str:
+    def handle(
+        self, tx: SqliteTransaction, item: MailboxItem, msg: ParsedMessage, decision: Decision
+    ) -> str:
         """Returns the mailbox key's fate: "expunge" or "retained"."""
         ...
 
 
-def ack_skip_reason(msg: ParsedMessage, decision: Decision, cfg: Config, recent_acks: int) -> str | None:
+def ack_skip_reason(
+    msg: ParsedMessage, decision: Decision, cfg: Config, recent_acks: int
+) -> str | None:
     """Why a new signal gets no acknowledgement, or None when it gets one."""
     if "auto" in decision.flags:
         return "auto"
@@ -173,7 +177,9 @@ class Intake:
 
     def _lookup_context(self, msg: ParsedMessage) -> Context:
         base = self.context()
-        sent = self.store.sent_kinds(mentioned_ids(msg) + ((msg.message_id,) if msg.message_id else ()))
+        sent = self.store.sent_kinds(
+            mentioned_ids(msg) + ((msg.message_id,) if msg.message_id else ())
+        )
         open_reporters: dict[str, str | None] = {}
         for ref in references_in(msg, base.prefix):
             signal = self.store.signal_by_ref(ref)
@@ -182,7 +188,9 @@ class Intake:
                 open_reporters[ref] = reporter.decode() if reporter else None
         return Context(**{**base.__dict__, "sent": sent, "open_reporters": open_reporters})
 
-    def _one(self, tx: SqliteTransaction, item: MailboxItem, seen: set[bytes], result: IntakeResult) -> None:
+    def _one(
+        self, tx: SqliteTransaction, item: MailboxItem, seen: set[bytes], result: IntakeResult
+    ) -> None:
         msg = parse_message(item.raw)
         digests = self.keyring.dedup_digests(msg.message_id, item.raw)
         if digests[0] in seen or self.store.has_dedup(digests):
@@ -192,8 +200,12 @@ class Intake:
             return
         seen.add(digests[0])
         decision = classify(msg, self._lookup_context(msg))
-        log.info("mail.received", kind=decision.kind.value, size=msg.size, flags=sorted(decision.flags))
-        if decision.kind is Kind.SIGNAL or (decision.kind in (Kind.COMMAND, Kind.FOLLOWUP) and self.replies is None):
+        log.info(
+            "mail.received", kind=decision.kind.value, size=msg.size, flags=sorted(decision.flags)
+        )
+        if decision.kind is Kind.SIGNAL or (
+            decision.kind in (Kind.COMMAND, Kind.FOLLOWUP) and self.replies is None
+        ):
             self.new_signal(tx, item, msg, decision, digests[0])
             result.queued += 1
             return
@@ -220,7 +232,15 @@ class Intake:
             if not self.store.ref_in_use(ref):
                 return ref
 
-    def new_signal(self, tx: SqliteTransaction, item: MailboxItem | None, msg: ParsedMessage, decision: Decision, digest: bytes | None, raw: bytes | None = None) -> Signal:
+    def new_signal(
+        self,
+        tx: SqliteTransaction,
+        item: MailboxItem | None,
+        msg: ParsedMessage,
+        decision: Decision,
+        digest: bytes | None,
+        raw: bytes | None = None,
+    ) -> Signal:
         raw_bytes = item.raw if item is not None else (raw or b"")
         ref = self.new_reference()
         retain = self.cfg.mailbox.retain_in_mailbox == "forwarded"
@@ -243,25 +263,41 @@ class Intake:
                 retain=retain,
             )
         )
-        log.info("signal.queued", ref=ref, size=msg.size, flags=sorted(decision.flags), state="queued")
+        log.info(
+            "signal.queued", ref=ref, size=msg.size, flags=sorted(decision.flags), state="queued"
+        )
         self._acknowledge(tx, signal, msg, decision)
         self.triage_requests(tx, signal, msg, tx.data_key(signal))
         return signal
 
-    def _acknowledge(self, tx: SqliteTransaction, signal: Signal, msg: ParsedMessage, decision: Decision) -> None:
+    def _acknowledge(
+        self, tx: SqliteTransaction, signal: Signal, msg: ParsedMessage, decision: Decision
+    ) -> None:
         recent = 0
         if msg.from_addr is not None:
             digest = self.keyring.sender_digest(msg.from_addr)
-            recent = self.store.acks_since(digest, self.clock() - self.cfg.reporters.ack_rate_limit[1])
+            recent = self.store.acks_since(
+                digest, self.clock() - self.cfg.reporters.ack_rate_limit[1]
+            )
         reason = ack_skip_reason(msg, decision, self.cfg, recent)
         if reason is not None:
             log.info("ack.skipped", ref=signal.ref, reason=reason)
             return
         assert msg.from_addr is not None
         tx.record_ack(self.keyring.sender_digest(msg.from_addr))
-        self.mailer.queue(tx, "ack", "ack", msg.from_addr, {"ref": signal.ref}, ref=signal.ref, answers=msg.message_id)
+        self.mailer.queue(
+            tx,
+            "ack",
+            "ack",
+            msg.from_addr,
+            {"ref": signal.ref},
+            ref=signal.ref,
+            answers=msg.message_id,
+        )
 
-    def triage_requests(self, tx: SqliteTransaction, signal: Signal, msg: ParsedMessage, data_key: bytes) -> None:
+    def triage_requests(
+        self, tx: SqliteTransaction, signal: Signal, msg: ParsedMessage, data_key: bytes
+    ) -> None:
         include = self.cfg.triage.include_content
         context = {
             "ref": signal.ref,
@@ -280,7 +316,9 @@ class Intake:
         }
         attach = (AttachRef(signal.ref, "raw", "signaal.eml"),) if include == "full" else ()
         for f in self.cfg.triage.functionarissen:
-            self.mailer.queue(tx, "triage_request", "triage_request", f, context, ref=signal.ref, attach=attach)
+            self.mailer.queue(
+                tx, "triage_request", "triage_request", f, context, ref=signal.ref, attach=attach
+            )
 
 
 def status_snapshot(store: SqliteStore, now: float) -> dict[str, object]:
@@ -289,13 +327,22 @@ def status_snapshot(store: SqliteStore, now: float) -> dict[str, object]:
 
     def ts(key: str) -> str | None:
         v = store.get_meta(key)
-        return None if v is None else dt.datetime.fromtimestamp(float(v), dt.UTC).isoformat().replace("+00:00", "Z")
+        return (
+            None
+            if v is None
+            else dt.datetime.fromtimestamp(float(v), dt.UTC).isoformat().replace("+00:00", "Z")
+        )
 
     last_error_raw = store.get_meta("last_error")
     last_error = None
     if last_error_raw:
         e = json.loads(last_error_raw)
-        last_error = {"event": e.get("event"), "at": dt.datetime.fromtimestamp(e.get("at", 0), dt.UTC).isoformat().replace("+00:00", "Z")}
+        last_error = {
+            "event": e.get("event"),
+            "at": dt.datetime.fromtimestamp(e.get("at", 0), dt.UTC)
+            .isoformat()
+            .replace("+00:00", "Z"),
+        }
     return {
         "open": sum(by_state.values()),
         "by_state": by_state,

@@ -62,7 +62,9 @@ ALLOWED_FIELDS = frozenset(
 )
 
 
-def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def redact(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Drop every field that is not on the allow-list (defence in depth)."""
     dropped = [k for k in event_dict if k not in ALLOWED_FIELDS]
     for key in dropped:
@@ -72,7 +74,9 @@ def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> 
     return event_dict
 
 
-def _safe_exception(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _safe_exception(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Replace exc_info with the exception's type and frames, without messages or locals.
 
     Exception messages of the email package and of servers can quote header values,
@@ -153,7 +157,9 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
     _configured = True
 
 
-def _foreign_to_safe(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _foreign_to_safe(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """A library's log message is free text that may quote a mail: keep only where it
     came from, never what it said."""
     event_dict["event"] = "library.log"

@@ -19,12 +19,30 @@ if TYPE_CHECKING:
     from inboxd.app import App
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-EVENTS = Counter("inboxd_events", "Log events by name (signal.queued, ack.sent, mail.failed, …)", ["event"], registry=REGISTRY)
+EVENTS = Counter(
+    "inboxd_events",
+    "Log events by name (signal.queued, ack.sent, mail.failed, …)",
+    ["event"],
+    registry=REGISTRY,
+)
 
-_COUNTED = ("signal.", "ack.", "mail.", "mailbox.", "forward.", "command.", "triage_request.", "feedback.", "job.", "intake.")
+_COUNTED = (
+    "signal.",
+    "ack.",
+    "mail.",
+    "mailbox.",
+    "forward.",
+    "command.",
+    "triage_request.",
+    "feedback.",
+    "job.",
+    "intake.",
+)
 
 
-def count_event(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def count_event(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     name = str(event_dict.get("event", ""))
     if name.startswith(_COUNTED):
         EVENTS.labels(event=name).inc()
@@ -39,18 +57,30 @@ class StoreCollector(Collector):
         from inboxd.intake import status_snapshot
 
         with self.app.lock:
-            snap = status_snapshot(self.app.store, self.app.clock())
+            snap: dict[str, Any] = status_snapshot(self.app.store, self.app.clock())
             last = {k: self.app.store.get_meta(k) for k in ("last_fetch", "last_send")}
-        g = GaugeMetricFamily("inboxd_signals", "Signals not yet deleted, by state", labels=["state"])
-        for state, n in sorted(snap["by_state"].items()):  # type: ignore[attr-defined]
+        g = GaugeMetricFamily(
+            "inboxd_signals", "Signals not yet deleted, by state", labels=["state"]
+        )
+        for state, n in sorted(snap["by_state"].items()):
             g.add_metric([state], n)
         yield g
-        yield GaugeMetricFamily("inboxd_open_signals", "Signals not yet deleted", value=float(snap["open"]))  # type: ignore[arg-type]
+        yield GaugeMetricFamily(
+            "inboxd_open_signals", "Signals not yet deleted", value=float(snap["open"])
+        )
         oldest = snap["oldest_open_seconds"]
-        yield GaugeMetricFamily("inboxd_oldest_open_seconds", "Age of the oldest open signal", value=float(oldest or 0))  # type: ignore[arg-type]
-        yield GaugeMetricFamily("inboxd_outbox", "Mails waiting to be sent", value=float(snap["outbox"]))  # type: ignore[arg-type]
+        yield GaugeMetricFamily(
+            "inboxd_oldest_open_seconds", "Age of the oldest open signal", value=float(oldest or 0)
+        )
+        yield GaugeMetricFamily(
+            "inboxd_outbox", "Mails waiting to be sent", value=float(snap["outbox"])
+        )
         for key, value in last.items():
-            yield GaugeMetricFamily(f"inboxd_{key}_timestamp_seconds", f"Unix time of the {key.replace('_', ' ')}", value=float(value or 0))
+            yield GaugeMetricFamily(
+                f"inboxd_{key}_timestamp_seconds",
+                f"Unix time of the {key.replace('_', ' ')}",
+                value=float(value or 0),
+            )
 
 
 def serve(app: App) -> threading.Thread | None:
@@ -58,5 +88,7 @@ def serve(app: App) -> threading.Thread | None:
         return None
     host, _, port = app.cfg.metrics.listen.rpartition(":")
     REGISTRY.register(StoreCollector(app))
-    server, thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=REGISTRY)
+    server, thread = start_http_server(
+        int(port), addr=host.strip("[]") or "127.0.0.1", registry=REGISTRY
+    )
     return thread

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from typing import Any
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from inboxd.logs import get_logger
 from inboxd.mails import Attachment, HeaderInjection, Mail, render
@@ -31,11 +31,20 @@ class AttachRef:
     filename: str
 
 
-def entry(kind: str, mail: Mail, bounce_to: str, ref: str | None, attach: tuple[AttachRef, ...] = ()) -> OutboxEntry:
+def entry(
+    kind: str, mail: Mail, bounce_to: str, ref: str | None, attach: tuple[AttachRef, ...] = ()
+) -> OutboxEntry:
     body = asdict(mail)
     body["attachments"] = []
     payload = json.dumps({"mail": body, "attach": [asdict(a) for a in attach]}).encode()
-    return OutboxEntry(kind=kind, ref=ref, message_id=mail.message_id, sender=bounce_to, recipient=mail.to, payload=payload)
+    return OutboxEntry(
+        kind=kind,
+        ref=ref,
+        message_id=mail.message_id,
+        sender=bounce_to,
+        recipient=mail.to,
+        payload=payload,
+    )
 
 
 def decode(payload: bytes) -> tuple[Mail, tuple[AttachRef, ...]]:
@@ -58,7 +67,7 @@ def reply_code(reason: str) -> str:
 
 def backoff(attempts: int) -> float:
     """1 min, 2, 4 … capped at an hour, with jitter so retries do not march in step."""
-    return min(60.0 * 2**attempts, 3600.0) * random.uniform(0.8, 1.2)
+    return float(min(60.0 * 2**attempts, 3600.0) * random.uniform(0.8, 1.2))
 
 
 @dataclass
@@ -100,7 +109,9 @@ class Outbox:
                 out.append(Attachment(raw=raw, filename=a.filename))
         return tuple(out)
 
-    def drain(self, limit: int = 1000, should_stop: Callable[[], bool] = lambda: False) -> DrainResult:
+    def drain(
+        self, limit: int = 1000, should_stop: Callable[[], bool] = lambda: False
+    ) -> DrainResult:
         result = DrainResult()
         while not should_stop():
             due = self.store.due_mail(self.clock(), limit=min(limit, 50))
@@ -134,7 +145,14 @@ class Outbox:
             if exc.temporary and not expired:
                 delay = backoff(due.attempts)
                 self.store.mail_failed(due, now + delay, reply_code(exc.reason))
-                log.warning("mail.retry", mail_kind=due.kind, ref=due.ref, attempt=due.attempts + 1, delay=round(delay), code=reply_code(exc.reason))
+                log.warning(
+                    "mail.retry",
+                    mail_kind=due.kind,
+                    ref=due.ref,
+                    attempt=due.attempts + 1,
+                    delay=round(delay),
+                    code=reply_code(exc.reason),
+                )
                 result.retry += 1
                 connection = "connect" in exc.reason.lower() or "unreachable" in exc.reason.lower()
                 if connection:
@@ -142,7 +160,13 @@ class Outbox:
                 self.store.set_meta("last_error", json.dumps({"event": "mail.retry", "at": now}))
                 return not connection
             self.store.mail_failed(due, None, reply_code(exc.reason))
-            log.error("mail.failed", mail_kind=due.kind, ref=due.ref, attempt=due.attempts + 1, code=reply_code(exc.reason))
+            log.error(
+                "mail.failed",
+                mail_kind=due.kind,
+                ref=due.ref,
+                attempt=due.attempts + 1,
+                code=reply_code(exc.reason),
+            )
             self.store.set_meta("last_error", json.dumps({"event": "mail.failed", "at": now}))
             result.failed += 1
             if self.on_given_up is not None:

@@ -79,7 +79,9 @@ def send_reminders(app: App) -> int:
         return 0
     with app.store.transaction() as tx:
         for f in app.cfg.triage.functionarissen:
-            app.intake.mailer.queue(tx, "reminder", "reminder", f, {"signals": rows(due, now)}, ref=None)
+            app.intake.mailer.queue(
+                tx, "reminder", "reminder", f, {"signals": rows(due, now)}, ref=None
+            )
         for s in due:
             tx.update_signal(s, last_reminder_at=now)
     log.info("reminder.queued", count=len(due), refs=[s.ref for s in due])
@@ -94,12 +96,21 @@ def send_digest(app: App, *, force: bool = False) -> bool:
         app.store.set_meta("last_digest", str(now))
         return False
     local_tz = dt.datetime.now().astimezone().tzinfo
-    if not force and not digest_due(app.cfg.triage.digest_cron, now, float(last) if last else None, local_tz):
+    if not force and not digest_due(
+        app.cfg.triage.digest_cron, now, float(last) if last else None, local_tz
+    ):
         return False
     signals = app.store.signals()
     with app.store.transaction() as tx:
         for f in app.cfg.triage.functionarissen:
-            app.intake.mailer.queue(tx, "digest", "digest", f, {"signals": rows(signals, now), "open": len(signals)}, ref=None)
+            app.intake.mailer.queue(
+                tx,
+                "digest",
+                "digest",
+                f,
+                {"signals": rows(signals, now), "open": len(signals)},
+                ref=None,
+            )
         tx.set_meta("last_digest", str(now))
     log.info("digest.queued", open=len(signals))
     return True
@@ -144,9 +155,30 @@ def start_scheduler(app: App, stop: threading.Event) -> BackgroundScheduler:
             "misfire_grace_time": 6 * 3600,  # a restart must not skip the morning digest
         }
     )
-    sched.add_job(_guarded(app, "outbox", lambda a: a.outbox.drain(should_stop=stop.is_set)), "interval", seconds=30, id="outbox")
-    sched.add_job(_guarded(app, "reminders", send_reminders), "interval", hours=1, id="reminders", next_run_time=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20))
-    sched.add_job(_guarded(app, "digest", send_digest), CronTrigger.from_crontab(app.cfg.triage.digest_cron), id="digest")
-    sched.add_job(_guarded(app, "housekeeping", housekeeping), "interval", hours=1, id="housekeeping", next_run_time=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60))
+    sched.add_job(
+        _guarded(app, "outbox", lambda a: a.outbox.drain(should_stop=stop.is_set)),
+        "interval",
+        seconds=30,
+        id="outbox",
+    )
+    sched.add_job(
+        _guarded(app, "reminders", send_reminders),
+        "interval",
+        hours=1,
+        id="reminders",
+        next_run_time=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20),
+    )
+    sched.add_job(
+        _guarded(app, "digest", send_digest),
+        CronTrigger.from_crontab(app.cfg.triage.digest_cron),
+        id="digest",
+    )
+    sched.add_job(
+        _guarded(app, "housekeeping", housekeeping),
+        "interval",
+        hours=1,
+        id="housekeeping",
+        next_run_time=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60),
+    )
     sched.start()
     return sched

@@ -187,6 +187,10 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
 def _row_to_signal(row: sqlite3.Row) -> Signal:
     return Signal(
         id=row["id"],
@@ -221,7 +225,19 @@ class SqliteTransaction:
         self._c.execute(
             "INSERT INTO signals (id, ref, state, source, flags, size, attachment_count, created_at,"
             " updated_at, key_id, wrapped_key) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (s.id, s.ref, "queued", s.source, flags, s.size, s.attachment_count, s.received_at, self.now, key_id, wrapped),
+            (
+                s.id,
+                s.ref,
+                "queued",
+                s.source,
+                flags,
+                s.size,
+                s.attachment_count,
+                s.received_at,
+                self.now,
+                key_id,
+                wrapped,
+            ),
         )
         self._c.execute("INSERT INTO refs_used (ref) VALUES (?)", (s.ref,))
         for name, plain in s.fields.items():
@@ -237,7 +253,9 @@ class SqliteTransaction:
         return _row_to_signal(row)
 
     def data_key(self, signal: Signal) -> bytes:
-        row = self._c.execute("SELECT key_id, wrapped_key FROM signals WHERE id = ?", (signal.id,)).fetchone()
+        row = self._c.execute(
+            "SELECT key_id, wrapped_key FROM signals WHERE id = ?", (signal.id,)
+        ).fetchone()
         return self._k.unwrap(row["key_id"], row["wrapped_key"], f"signal:{signal.id}")
 
     def record_key(self, key: str, status: str, signal_id: str | None = None) -> None:
@@ -286,7 +304,16 @@ class SqliteTransaction:
         return _row_to_signal(row) if row else None
 
     def update_signal(self, signal: Signal, **changes: Any) -> Signal:
-        allowed = {"state", "form", "destinations", "done_destinations", "hold", "no_feedback", "last_reminder_at", "flags"}
+        allowed = {
+            "state",
+            "form",
+            "destinations",
+            "done_destinations",
+            "hold",
+            "no_feedback",
+            "last_reminder_at",
+            "flags",
+        }
         cols = []
         values: list[Any] = []
         for k, v in changes.items():
@@ -298,13 +325,18 @@ class SqliteTransaction:
             values.append(v)
         cols.append("updated_at = ?")
         values.append(self.now)
-        self._c.execute(f"UPDATE signals SET {', '.join(cols)} WHERE id = ?", (*values, signal.id))  # noqa: S608
+        self._c.execute(f"UPDATE signals SET {', '.join(cols)} WHERE id = ?", (*values, signal.id))
         updated = self.signal(signal.id)
         assert updated is not None
         return updated
 
     def field_names(self, signal: Signal) -> list[str]:
-        return [r["name"] for r in self._c.execute("SELECT name FROM signal_fields WHERE signal_id = ? ORDER BY rowid", (signal.id,))]
+        return [
+            r["name"]
+            for r in self._c.execute(
+                "SELECT name FROM signal_fields WHERE signal_id = ? ORDER BY rowid", (signal.id,)
+            )
+        ]
 
     def add_field(self, signal: Signal, name: str, plain: bytes) -> None:
         data_key = self.data_key(signal)
@@ -314,7 +346,9 @@ class SqliteTransaction:
         )
 
     def read_field(self, signal: Signal, name: str) -> bytes | None:
-        row = self._c.execute("SELECT blob FROM signal_fields WHERE signal_id = ? AND name = ?", (signal.id, name)).fetchone()
+        row = self._c.execute(
+            "SELECT blob FROM signal_fields WHERE signal_id = ? AND name = ?", (signal.id, name)
+        ).fetchone()
         if row is None:
             return None
         return open_sealed(self.data_key(signal), f"signal:{signal.id}", name, row["blob"])
@@ -335,11 +369,20 @@ class SqliteTransaction:
         """Everything about the signal goes: fields, key, row. What stays is the bare
         reference (so a late command gets "already handled"), content-free dedup
         records that expire, and mailbox keys still to be expunged."""
-        self._c.execute("UPDATE mailbox_keys SET status = 'expunge' WHERE signal_id = ? AND status = 'retained'", (signal.id,))
-        self._c.execute("UPDATE mailbox_keys SET signal_id = NULL WHERE signal_id = ?", (signal.id,))
-        self._c.execute("UPDATE dedup SET signal_id = NULL, expires_at = ? WHERE signal_id = ?", (dedup_until, signal.id))
         self._c.execute(
-            "DELETE FROM outbox WHERE ref = ? AND kind IN ('triage_request', 'followup_notice')", (signal.ref,)
+            "UPDATE mailbox_keys SET status = 'expunge' WHERE signal_id = ? AND status = 'retained'",
+            (signal.id,),
+        )
+        self._c.execute(
+            "UPDATE mailbox_keys SET signal_id = NULL WHERE signal_id = ?", (signal.id,)
+        )
+        self._c.execute(
+            "UPDATE dedup SET signal_id = NULL, expires_at = ? WHERE signal_id = ?",
+            (dedup_until, signal.id),
+        )
+        self._c.execute(
+            "DELETE FROM outbox WHERE ref = ? AND kind IN ('triage_request', 'followup_notice')",
+            (signal.ref,),
         )
         self._c.execute("DELETE FROM signal_fields WHERE signal_id = ?", (signal.id,))
         self._c.execute("DELETE FROM signals WHERE id = ?", (signal.id,))
@@ -369,7 +412,9 @@ class SqliteStore:
         self.clock = clock or time.time
         old_umask = os.umask(0o077)
         try:
-            self._c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            self._c = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30
+            )
         finally:
             os.umask(old_umask)
         self._c.row_factory = sqlite3.Row
@@ -381,7 +426,9 @@ class SqliteStore:
         ):
             self._c.execute(pragma)
         self._c.executescript(_SCHEMA)
-        self._c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        self._c.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+        )
 
     def close(self) -> None:
         try:
@@ -401,7 +448,9 @@ class SqliteStore:
 
     # -- intake -------------------------------------------------------------
     def ref_in_use(self, ref: str) -> bool:
-        return self._c.execute("SELECT 1 FROM refs_used WHERE ref = ?", (ref,)).fetchone() is not None
+        return (
+            self._c.execute("SELECT 1 FROM refs_used WHERE ref = ?", (ref,)).fetchone() is not None
+        )
 
     def ref_closed(self, ref: str) -> bool:
         row = self._c.execute("SELECT closed_at FROM refs_used WHERE ref = ?", (ref,)).fetchone()
@@ -411,7 +460,7 @@ class SqliteStore:
         out: dict[str, str] = {}
         for i in range(0, len(keys), 500):
             chunk = list(keys[i : i + 500])
-            q = "SELECT key, status FROM mailbox_keys WHERE key IN (%s)" % ",".join("?" * len(chunk))  # noqa: S608
+            q = "SELECT key, status FROM mailbox_keys WHERE key IN (" + _marks(len(chunk)) + ")"
             out.update({r["key"]: r["status"] for r in self._c.execute(q, chunk)})
         return out
 
@@ -428,16 +477,22 @@ class SqliteStore:
         return int(row["n"])
 
     def keys_to_expunge(self) -> list[str]:
-        return [r["key"] for r in self._c.execute("SELECT key FROM mailbox_keys WHERE status = 'expunge'")]
+        return [
+            r["key"]
+            for r in self._c.execute("SELECT key FROM mailbox_keys WHERE status = 'expunge'")
+        ]
 
     def mark_expunged(self, keys: Sequence[str]) -> None:
         with self.transaction():
-            self._c.executemany("UPDATE mailbox_keys SET status = 'expunged' WHERE key = ?", [(k,) for k in keys])
+            self._c.executemany(
+                "UPDATE mailbox_keys SET status = 'expunged' WHERE key = ?", [(k,) for k in keys]
+            )
 
     # -- outbox -------------------------------------------------------------
     def due_mail(self, now: float, limit: int = 100) -> list[DueMail]:
         rows = self._c.execute(
-            "SELECT * FROM outbox WHERE next_attempt_at <= ? ORDER BY created_at, rowid LIMIT ?", (now, limit)
+            "SELECT * FROM outbox WHERE next_attempt_at <= ? ORDER BY created_at, rowid LIMIT ?",
+            (now, limit),
         ).fetchall()
         out = []
         for r in rows:
@@ -474,7 +529,9 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO sent (message_id, kind, ref, sent_at) VALUES (?,?,?,?)",
                 (mail.message_id, mail.kind, mail.ref, now),
             )
-            self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_send', ?)", (str(now),))
+            self._c.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_send', ?)", (str(now),)
+            )
 
     def mail_failed(self, mail: DueMail, next_attempt_at: float | None, error: str) -> None:
         """Schedule a retry, or (``next_attempt_at`` None) give up and drop the entry."""
@@ -490,14 +547,16 @@ class SqliteStore:
     def sent_kinds(self, message_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
         out: dict[str, tuple[str, str | None]] = {}
         for mid in message_ids:
-            r = self._c.execute("SELECT kind, ref FROM sent WHERE message_id = ?", (mid,)).fetchone()
+            r = self._c.execute(
+                "SELECT kind, ref FROM sent WHERE message_id = ?", (mid,)
+            ).fetchone()
             if r is not None:
                 out[mid] = (r["kind"], r["ref"])
         return out
 
     # -- signals ------------------------------------------------------------
     def signals(self, states: Sequence[str] = OPEN_STATES) -> list[Signal]:
-        q = "SELECT * FROM signals WHERE state IN (%s) ORDER BY created_at" % ",".join("?" * len(states))  # noqa: S608
+        q = "SELECT * FROM signals WHERE state IN (" + _marks(len(states)) + ") ORDER BY created_at"
         return [_row_to_signal(r) for r in self._c.execute(q, list(states))]
 
     def signal_by_ref(self, ref: str) -> Signal | None:
@@ -505,7 +564,9 @@ class SqliteStore:
         return _row_to_signal(row) if row else None
 
     def data_key(self, signal: Signal) -> bytes:
-        row = self._c.execute("SELECT key_id, wrapped_key FROM signals WHERE id = ?", (signal.id,)).fetchone()
+        row = self._c.execute(
+            "SELECT key_id, wrapped_key FROM signals WHERE id = ?", (signal.id,)
+        ).fetchone()
         if row is None:
             raise StoreError("signal is gone")
         return self.keyring.unwrap(row["key_id"], row["wrapped_key"], f"signal:{signal.id}")
@@ -527,7 +588,10 @@ class SqliteStore:
         self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def counts_by_state(self) -> dict[str, int]:
-        return {r["state"]: r["n"] for r in self._c.execute("SELECT state, COUNT(*) AS n FROM signals GROUP BY state")}
+        return {
+            r["state"]: r["n"]
+            for r in self._c.execute("SELECT state, COUNT(*) AS n FROM signals GROUP BY state")
+        }
 
     def flag_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -538,7 +602,11 @@ class SqliteStore:
         return out
 
     def oldest_open(self) -> float | None:
-        q = "SELECT MIN(created_at) AS t FROM signals WHERE state IN (%s)" % ",".join("?" * len(OPEN_STATES))  # noqa: S608
+        q = (
+            "SELECT MIN(created_at) AS t FROM signals WHERE state IN ("
+            + _marks(len(OPEN_STATES))
+            + ")"
+        )
         row = self._c.execute(q, list(OPEN_STATES)).fetchone()
         return None if row["t"] is None else float(row["t"])
 
@@ -554,17 +622,28 @@ class SqliteStore:
         return [dict(r) for r in self._c.execute(q, (f"{year:04d}-%",))]
 
     def audit(self, action: str, ref: str | None) -> None:
-        self._c.execute("INSERT INTO audit (at, action, ref) VALUES (?,?,?)", (self.clock(), action, ref))
+        self._c.execute(
+            "INSERT INTO audit (at, action, ref) VALUES (?,?,?)", (self.clock(), action, ref)
+        )
 
     def wrapped_keys(self) -> list[tuple[str, str, str, bytes]]:
         """(table, id, key_id, wrapped) of every data key, for rotation."""
-        out = [("signals", r["id"], r["key_id"], r["wrapped_key"]) for r in self._c.execute("SELECT id, key_id, wrapped_key FROM signals")]
-        out += [("outbox", r["id"], r["key_id"], r["wrapped_key"]) for r in self._c.execute("SELECT id, key_id, wrapped_key FROM outbox")]
+        out = [
+            ("signals", r["id"], r["key_id"], r["wrapped_key"])
+            for r in self._c.execute("SELECT id, key_id, wrapped_key FROM signals")
+        ]
+        out += [
+            ("outbox", r["id"], r["key_id"], r["wrapped_key"])
+            for r in self._c.execute("SELECT id, key_id, wrapped_key FROM outbox")
+        ]
         return out
 
     def rewrap(self, table: str, row_id: str, key_id: str, wrapped: bytes) -> None:
         assert table in ("signals", "outbox")
-        self._c.execute(f"UPDATE {table} SET key_id = ?, wrapped_key = ? WHERE id = ?", (key_id, wrapped, row_id))  # noqa: S608
+        self._c.execute(
+            f"UPDATE {table} SET key_id = ?, wrapped_key = ? WHERE id = ?",
+            (key_id, wrapped, row_id),
+        )
 
     def vacuum(self) -> None:
         self._c.execute("VACUUM")
@@ -572,9 +651,14 @@ class SqliteStore:
 
     def expire(self, now: float, dedup_window: float, rate_window: float) -> None:
         with self.transaction():
-            self._c.execute("DELETE FROM dedup WHERE expires_at IS NOT NULL AND expires_at < ?", (now,))
-            self._c.execute("DELETE FROM ack_log WHERE at < ?", (now - rate_window,))
-            self._c.execute("DELETE FROM sent WHERE sent_at < ? AND ref IS NULL", (now - dedup_window,))
             self._c.execute(
-                "DELETE FROM mailbox_keys WHERE status = 'expunged' AND seen_at < ?", (now - dedup_window,)
+                "DELETE FROM dedup WHERE expires_at IS NOT NULL AND expires_at < ?", (now,)
+            )
+            self._c.execute("DELETE FROM ack_log WHERE at < ?", (now - rate_window,))
+            self._c.execute(
+                "DELETE FROM sent WHERE sent_at < ? AND ref IS NULL", (now - dedup_window,)
+            )
+            self._c.execute(
+                "DELETE FROM mailbox_keys WHERE status = 'expunged' AND seen_at < ?",
+                (now - dedup_window,),
             )

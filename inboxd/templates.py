@@ -63,9 +63,13 @@ class Templates:
         try:
             text = self.env.get_template(f"{name}.txt").render(**context)
         except Exception as exc:
-            raise TemplateError(f"template {self.language}/{name}.txt failed ({type(exc).__name__})") from None
+            raise TemplateError(
+                f"template {self.language}/{name}.txt failed ({type(exc).__name__})"
+            ) from None
         head, sep, body = text.partition("\n\n")
         if not sep or not head.lower().startswith("subject:") or "\n" in head.strip():
-            raise TemplateError(f"template {self.language}/{name}.txt must start with a 'Subject:' line and a blank line")
+            raise TemplateError(
+                f"template {self.language}/{name}.txt must start with a 'Subject:' line and a blank line"
+            )
         subject = head.split(":", 1)[1].strip()
         return Rendered(subject=subject, body=body.lstrip("\n"))

@@ -31,7 +31,10 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-TOKEN_RE = re.compile(r"(?<![0-9A-Za-z])([0-9A-Za-z]{4}-[0-9A-Za-z]{4}-[0-9A-Za-z]{4}-[0-9A-Za-z]{4})(?![0-9A-Za-z])")
+TOKEN_RE = re.compile(
+    r"(?<![0-9A-Za-z])([0-9A-Za-z]{4}-[0-9A-Za-z]{4}-[0-9A-Za-z]{4}-[0-9A-Za-z]{4})(?![0-9A-Za-z])"
+)
+_READ_AS = str.maketrans("ILO", "110")
 _AUTH_PASS = re.compile(r"\b(dkim|dmarc|auth)\s*=\s*pass\b", re.IGNORECASE)
 
 
@@ -39,7 +42,7 @@ def tokens_in(*texts: str) -> list[str]:
     out: list[str] = []
     for t in texts:
         for m in TOKEN_RE.finditer(t[:2_000_000]):
-            tok = m.group(1).upper().translate(str.maketrans({"I": "1", "L": "1", "O": "0"}))
+            tok = m.group(1).upper().translate(_READ_AS)
             if tok not in out:
                 out.append(tok)
     return out
@@ -89,7 +92,9 @@ class Triage:
         app.outbox.on_sent = self.mail_sent
 
     # -- intake hooks ---------------------------------------------------------
-    def handle(self, tx: SqliteTransaction, item: MailboxItem, msg: ParsedMessage, decision: Decision) -> str:
+    def handle(
+        self, tx: SqliteTransaction, item: MailboxItem, msg: ParsedMessage, decision: Decision
+    ) -> str:
         if decision.kind.value == "followup":
             return self.followup(tx, item, msg, decision.refs[0])
         return self.command(tx, msg, decision)
@@ -105,11 +110,18 @@ class Triage:
             if signal is not None:
                 done = tuple(d for d in signal.done_destinations if d != dest)
                 tx.update_signal(signal, state="forwarding_failed", done_destinations=done)
-            log.error("forward.bounced", ref=ref, destination=dest, state="forwarding_failed" if signal else "deleted")
+            log.error(
+                "forward.bounced",
+                ref=ref,
+                destination=dest,
+                state="forwarding_failed" if signal else "deleted",
+            )
             self._alert(tx, ref, dest, "bounced", still_open=signal is not None)
 
     # -- follow-ups -------------------------------------------------------------
-    def followup(self, tx: SqliteTransaction, item: MailboxItem, msg: ParsedMessage, ref: str) -> str:
+    def followup(
+        self, tx: SqliteTransaction, item: MailboxItem, msg: ParsedMessage, ref: str
+    ) -> str:
         signal = self.app.store.signal_by_ref(ref)
         assert signal is not None
         n = sum(1 for f in tx.field_names(signal) if f.startswith("followup:")) + 1
@@ -125,13 +137,26 @@ class Triage:
             "include_content": self.cfg.triage.include_content,
             "text": msg.text[:200_000] if self.cfg.triage.include_content != "none" else "",
         }
-        attach = (AttachRef(ref, f"followup:{n}", f"aanvulling-{n}.eml"),) if self.cfg.triage.include_content == "full" else ()
+        attach = (
+            (AttachRef(ref, f"followup:{n}", f"aanvulling-{n}.eml"),)
+            if self.cfg.triage.include_content == "full"
+            else ()
+        )
         for f in self.cfg.triage.functionarissen:
-            self.mailer.queue(tx, "followup_notice", "followup_notice", f, context, ref=ref, attach=attach)
+            self.mailer.queue(
+                tx, "followup_notice", "followup_notice", f, context, ref=ref, attach=attach
+            )
         return "retained" if self.cfg.mailbox.retain_in_mailbox == "forwarded" else "expunge"
 
     # -- commands ---------------------------------------------------------------
-    def _reject(self, tx: SqliteTransaction, msg: ParsedMessage, ref: str | None, reason: str, lines: Sequence[str] = ()) -> str:
+    def _reject(
+        self,
+        tx: SqliteTransaction,
+        msg: ParsedMessage,
+        ref: str | None,
+        reason: str,
+        lines: Sequence[str] = (),
+    ) -> str:
         assert msg.from_addr is not None
         log.warning("command.rejected", ref=ref, reason=reason)
         self.mailer.queue(
@@ -153,7 +178,15 @@ class Triage:
             if store.ref_in_use(ref):
                 log.info("command.late", ref=ref)
                 assert msg.from_addr is not None
-                self.mailer.queue(tx, "command_late", "command_late", msg.from_addr, {"ref": ref}, ref=None, answers=msg.message_id)
+                self.mailer.queue(
+                    tx,
+                    "command_late",
+                    "command_late",
+                    msg.from_addr,
+                    {"ref": ref},
+                    ref=None,
+                    answers=msg.message_id,
+                )
                 return "expunge"
             return self._reject(tx, msg, ref, "unknown_reference")
         expected = signal_token(tx.data_key(signal), ref)
@@ -169,7 +202,9 @@ class Triage:
         plain = None if msg.html is not None else msg.text
         parsed = cmd.parse_commands(reply_text(plain, msg.html), self.cfg.destinations.keys())
         if parsed.errors:
-            return self._reject(tx, msg, ref, "invalid", [cmd.explain(e, self.lang) for e in parsed.errors])
+            return self._reject(
+                tx, msg, ref, "invalid", [cmd.explain(e, self.lang) for e in parsed.errors]
+            )
         reporter = store.read_field(signal, "reporter")
         asks = [c for c in parsed.commands if isinstance(c, cmd.Ask)]
         if asks and (reporter is None or not self._may_mail(reporter.decode())):
@@ -190,11 +225,20 @@ class Triage:
                 n = sum(1 for f in tx.field_names(signal) if f.startswith("question:")) + 1
                 tx.add_field(signal, f"question:{n}", c.question.encode())
                 signal = tx.update_signal(signal, state="waiting_info", hold=0)
-                self.mailer.queue(tx, "question", "question", reporter.decode(), {"ref": ref, "question": c.question}, ref=ref)
+                self.mailer.queue(
+                    tx,
+                    "question",
+                    "question",
+                    reporter.decode(),
+                    {"ref": ref, "question": c.question},
+                    ref=ref,
+                )
             elif isinstance(c, cmd.Status):
                 extra += self._status_lines(signal)
             elif isinstance(c, cmd.Help):
-                extra += cmd.help_lines({k: d.label for k, d in self.cfg.destinations.items()}, self.lang)
+                extra += cmd.help_lines(
+                    {k: d.label for k, d in self.cfg.destinations.items()}, self.lang
+                )
             elif isinstance(c, cmd.Close):
                 close = c
             elif isinstance(c, cmd.Forward):
@@ -236,26 +280,42 @@ class Triage:
         return address.rsplit("@", 1)[-1] in {d.lower() for d in self.cfg.reporters.ack_domains}
 
     # -- forwarding ---------------------------------------------------------------
-    def _forward(self, tx: SqliteTransaction, signal: Signal, destinations: Sequence[str]) -> Signal:
+    def _forward(
+        self, tx: SqliteTransaction, signal: Signal, destinations: Sequence[str]
+    ) -> Signal:
         drill = "drill" in signal.flags
         wanted = sorted(set(signal.destinations) | set(destinations))
         attach = [AttachRef(signal.ref, "raw", "signaal.eml")]
-        attach += [AttachRef(signal.ref, f, f"{f.replace(':', '-')}.eml") for f in tx.field_names(signal) if f.startswith("followup:")]
-        pending = set(self.app.store.pending_kinds(signal.ref))
+        attach += [
+            AttachRef(signal.ref, f, f"{f.replace(':', '-')}.eml")
+            for f in tx.field_names(signal)
+            if f.startswith("followup:")
+        ]
+        pending = set(tx.pending_kinds(signal.ref))
         for key in destinations:
             if key in signal.done_destinations or f"forward:{key}" in pending:
                 continue
             dest = self.cfg.destinations[key]
             targets = [dest.address]
             if drill:
-                targets = [dest.test_address] if dest.test_address else list(self.cfg.triage.functionarissen)
+                targets = (
+                    [dest.test_address]
+                    if dest.test_address
+                    else list(self.cfg.triage.functionarissen)
+                )
             for to in targets:
                 self.mailer.queue(
                     tx,
                     f"forward:{key}",
                     "forward",
                     to,
-                    {"ref": signal.ref, "label": dest.label, "form": signal.form or "-", "drill": drill, "followups": len(attach) - 1},
+                    {
+                        "ref": signal.ref,
+                        "label": dest.label,
+                        "form": signal.form or "-",
+                        "drill": drill,
+                        "followups": len(attach) - 1,
+                    },
                     ref=signal.ref,
                     attach=tuple(attach),
                 )
@@ -270,7 +330,7 @@ class Triage:
         signal = self.app.store.signal_by_ref(due.ref)
         if signal is None:
             return
-        if any(k == due.kind for k in self.app.store.pending_kinds(due.ref)):
+        if any(k == due.kind for k in tx.pending_kinds(due.ref)):
             return  # drills to several functionarissen: the last one completes it
         done = sorted(set(signal.done_destinations) | {key})
         signal = tx.update_signal(signal, done_destinations=done)
@@ -288,17 +348,38 @@ class Triage:
                 tx.update_signal(signal, state="forwarding_failed")
             self._alert(tx, due.ref, dest, "failed", still_open=signal is not None)
 
-    def _alert(self, tx: SqliteTransaction, ref: str, dest: str, what: str, *, still_open: bool) -> None:
+    def _alert(
+        self, tx: SqliteTransaction, ref: str, dest: str, what: str, *, still_open: bool
+    ) -> None:
         label = self.cfg.destinations[dest].label if dest in self.cfg.destinations else dest
         for f in self.cfg.triage.functionarissen:
-            self.mailer.queue(tx, "forward_alert", "forward_alert", f, {"ref": ref, "destination": dest.upper(), "label": label, "what": what, "still_open": still_open}, ref=None)
+            self.mailer.queue(
+                tx,
+                "forward_alert",
+                "forward_alert",
+                f,
+                {
+                    "ref": ref,
+                    "destination": dest.upper(),
+                    "label": label,
+                    "what": what,
+                    "still_open": still_open,
+                },
+                ref=None,
+            )
 
     # -- deletion -----------------------------------------------------------------
     def delete(self, tx: SqliteTransaction, signal: Signal, destinations: Sequence[str]) -> None:
         now = self.app.clock()
         outcome = outcome_of(destinations)
         if "drill" not in signal.flags:
-            tx.count(month_of(signal.created_at), signal.source, signal.form or "onbekend", outcome, triage_bucket(now - signal.created_at))
+            tx.count(
+                month_of(signal.created_at),
+                signal.source,
+                signal.form or "onbekend",
+                outcome,
+                triage_bucket(now - signal.created_at),
+            )
         reporter_raw = self.app.store.read_field(signal, "reporter")
         reporter = reporter_raw.decode() if reporter_raw else None
         feedback = (
@@ -312,6 +393,17 @@ class Triage:
             template = "feedback_forwarded" if destinations else "feedback_closed"
             self.mailer.queue(tx, "feedback", template, reporter, {"ref": signal.ref}, ref=None)
         for f in self.cfg.triage.functionarissen:
-            self.mailer.queue(tx, "triage_closed", "triage_closed", f, {"ref": signal.ref, "outcome": outcome, "destinations": [d.upper() for d in destinations]}, ref=None)
+            self.mailer.queue(
+                tx,
+                "triage_closed",
+                "triage_closed",
+                f,
+                {
+                    "ref": signal.ref,
+                    "outcome": outcome,
+                    "destinations": [d.upper() for d in destinations],
+                },
+                ref=None,
+            )
         tx.delete_signal(signal, now + self.cfg.dedup_window)
         log.info("signal.deleted", ref=signal.ref, state="deleted", reason=outcome)

@@ -64,7 +64,9 @@ def _run_until(world: World, events_wanted: int, deadline: float) -> tuple[int, 
 
 
 @pytest.mark.slow
-def test_sigkill_during_a_backlog_loses_nothing_and_duplicates_nothing(world: World, mail: MailServer) -> None:
+def test_sigkill_during_a_backlog_loses_nothing_and_duplicates_nothing(
+    world: World, mail: MailServer
+) -> None:
     ids = [f"<crash-{i}-{uuid.uuid4().hex[:8]}@gemeente.example>" for i in range(BACKLOG)]
     mail.append_many(MAILBOX, [signal_mail(f"n{i}", message_id=mid) for i, mid in enumerate(ids)])
     rng = random.Random(7)
@@ -84,7 +86,9 @@ def test_sigkill_during_a_backlog_loses_nothing_and_duplicates_nothing(world: Wo
     finally:
         store.close()
     assert len(signals) == BACKLOG, f"{len(signals)} signals for {BACKLOG} messages"
-    assert sorted(q.decode() for q in queued_ids if q) == sorted(ids), "each message queued exactly once"
+    assert sorted(q.decode() for q in queued_ids if q) == sorted(ids), (
+        "each message queued exactly once"
+    )
 
     acks = mail.messages(REPORTER)
     acked = [find_references(str(parse(m)["Subject"]), "VV")[0] for m in acks]

@@ -32,7 +32,9 @@ def everything_in(mail: MailServer, address: str) -> list[bytes]:
     return [m for msgs in mail.all_messages(address).values() for m in msgs]
 
 
-def test_plain_signal_is_queued_acknowledged_triaged_and_gone(world: World, mail: MailServer) -> None:
+def test_plain_signal_is_queued_acknowledged_triaged_and_gone(
+    world: World, mail: MailServer
+) -> None:
     mark = marker()
     raw = signal_mail(mark)
     mail.deliver(raw, MAILBOX)
@@ -72,9 +74,16 @@ def test_plain_signal_is_queued_acknowledged_triaged_and_gone(world: World, mail
     assert '"event": "signal.queued"' in world.log_text()
 
 
-def test_marker_in_display_name_subject_and_body_leaks_nowhere(world: World, mail: MailServer) -> None:
+def test_marker_in_display_name_subject_and_body_leaks_nowhere(
+    world: World, mail: MailServer
+) -> None:
     mark = marker()
-    raw = signal_mail(mark, display=f"Piet {mark}", subject=f"Over {mark} =?utf-8?q?{mark}?=", body=f"tekst {mark}\n" * 50)
+    raw = signal_mail(
+        mark,
+        display=f"Piet {mark}",
+        subject=f"Over {mark} =?utf-8?q?{mark}?=",
+        body=f"tekst {mark}\n" * 50,
+    )
     mail.deliver(raw, MAILBOX)
     world.once()
     ack = mail.wait_for_messages(REPORTER, 1)[0]
@@ -89,15 +98,29 @@ def test_marker_in_display_name_subject_and_body_leaks_nowhere(world: World, mai
     "kind",
     ["html_only", "attachments", "forwarded_eml", "eight_bit", "broken_mime"],
 )
-def test_every_shape_is_queued_once_and_acknowledged(world: World, mail: MailServer, kind: str) -> None:
+def test_every_shape_is_queued_once_and_acknowledged(
+    world: World, mail: MailServer, kind: str
+) -> None:
     mark = marker()
     if kind == "html_only":
-        raw = signal_mail(mark, html=f"<html><body><p>Outlook-achtig <b>{mark}</b></p></body></html>")
+        raw = signal_mail(
+            mark, html=f"<html><body><p>Outlook-achtig <b>{mark}</b></p></body></html>"
+        )
     elif kind == "attachments":
-        raw = signal_mail(mark, attachments=[("foto.jpg", b"\xff\xd8\xff" + b"x" * 5000, "image/jpeg"), ("notitie.pdf", b"%PDF-1.4 " + mark.encode(), "application/pdf")])
+        raw = signal_mail(
+            mark,
+            attachments=[
+                ("foto.jpg", b"\xff\xd8\xff" + b"x" * 5000, "image/jpeg"),
+                ("notitie.pdf", b"%PDF-1.4 " + mark.encode(), "application/pdf"),
+            ],
+        )
     elif kind == "forwarded_eml":
         inner = signal_mail(mark, sender="iemand@elders.example")
-        raw = signal_mail(mark, attachments=[("doorgestuurd.eml", inner, "message/rfc822")]) if False else _forward_of(inner, mark)
+        raw = (
+            signal_mail(mark, attachments=[("doorgestuurd.eml", inner, "message/rfc822")])
+            if False
+            else _forward_of(inner, mark)
+        )
     elif kind == "eight_bit":
         raw = (
             f"From: M\xe9lder <{REPORTER}>\r\nTo: {MAILBOX}\r\nSubject: caf\xe9 {mark}\r\n"
@@ -108,7 +131,7 @@ def test_every_shape_is_queued_once_and_acknowledged(world: World, mail: MailSer
     else:
         raw = (
             f"From: {REPORTER}\r\nTo: {MAILBOX}\r\nSubject: kapot {mark}\r\n"
-            "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"nooit\"\r\n\r\n"
+            'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="nooit"\r\n\r\n'
             f"--verkeerd\r\nContent-Type: text/plain; charset=x-onbekend\r\n\r\n{mark}\r\n"
         ).encode()
     mail.deliver(raw, MAILBOX)
@@ -152,7 +175,9 @@ def test_automatic_mail_gets_triage_but_no_acknowledgement(world: World, mail: M
     assert mail.messages(REPORTER) == []
 
 
-def test_no_acknowledgement_outside_ack_domains_nor_beyond_the_rate_limit(world: World, mail: MailServer) -> None:
+def test_no_acknowledgement_outside_ack_domains_nor_beyond_the_rate_limit(
+    world: World, mail: MailServer
+) -> None:
     world.write_config(rate="2/h")
     mail.deliver(signal_mail(marker(), sender=OUTSIDER), MAILBOX, mail_from=OUTSIDER)
     for _ in range(3):
@@ -162,12 +187,16 @@ def test_no_acknowledgement_outside_ack_domains_nor_beyond_the_rate_limit(world:
     assert mail.messages(OUTSIDER) == []
     assert len(mail.wait_for_messages(REPORTER, 2)) == 2
     world.once()
-    assert len(mail.messages(REPORTER)) == 2, "the third acknowledgement within the hour is withheld"
+    assert len(mail.messages(REPORTER)) == 2, (
+        "the third acknowledgement within the hour is withheld"
+    )
     assert '"reason": "rate_limited"' in world.log_text()
     assert '"reason": "outside_ack_domains"' in world.log_text()
 
 
-def test_retain_until_forwarded_keeps_the_original_and_queues_it_once(world: World, mail: MailServer) -> None:
+def test_retain_until_forwarded_keeps_the_original_and_queues_it_once(
+    world: World, mail: MailServer
+) -> None:
     world.write_config(retain="forwarded")
     mail.deliver(signal_mail(marker()), MAILBOX)
     world.once()
@@ -187,7 +216,9 @@ def test_same_message_delivered_twice_is_queued_once(world: World, mail: MailSer
     assert '"event": "signal.duplicate"' in world.log_text()
 
 
-def test_smtp_refusing_temporarily_retries_the_acknowledgement(world: World, mail: MailServer) -> None:
+def test_smtp_refusing_temporarily_retries_the_acknowledgement(
+    world: World, mail: MailServer
+) -> None:
     mail.fail_next(count=3, code=451)
     mail.deliver(signal_mail(marker()), MAILBOX)
     world.once()

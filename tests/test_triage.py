@@ -36,7 +36,16 @@ def everything_in(mail: MailServer, address: str) -> bytes:
     return b"".join(m for msgs in mail.all_messages(address).values() for m in msgs)
 
 
-def reply(request: bytes, body: str, *, sender: str = F1, display: str = "A. Jansen", subject: str | None = None, html: bool = False, extra_headers: str = "") -> bytes:
+def reply(
+    request: bytes,
+    body: str,
+    *,
+    sender: str = F1,
+    display: str = "A. Jansen",
+    subject: str | None = None,
+    html: bool = False,
+    extra_headers: str = "",
+) -> bytes:
     """An Outlook-style reply: the new text on top, then the quoted request."""
     req = parse(request)
     quoted = body_text(request)
@@ -57,8 +66,16 @@ def reply(request: bytes, body: str, *, sender: str = F1, display: str = "A. Jan
             '<div id="divRplyFwdMsg"><hr><b>Van:</b> Meldpunt</div>'
             f"<div><pre>{quoted}</pre></div></body></html>"
         )
-        return (head + "Content-Type: text/html; charset=utf-8\r\n\r\n" + html_body + "\r\n").encode()
-    text = body.replace("\n", "\r\n") + "\r\n\r\nMet vriendelijke groet,\r\nAnneke\r\n\r\n" + outlook_header + "\r\n" + quoted.replace("\n", "\r\n")
+        return (
+            head + "Content-Type: text/html; charset=utf-8\r\n\r\n" + html_body + "\r\n"
+        ).encode()
+    text = (
+        body.replace("\n", "\r\n")
+        + "\r\n\r\nMet vriendelijke groet,\r\nAnneke\r\n\r\n"
+        + outlook_header
+        + "\r\n"
+        + quoted.replace("\n", "\r\n")
+    )
     return (head + "Content-Type: text/plain; charset=utf-8\r\n\r\n" + text + "\r\n").encode()
 
 
@@ -108,12 +125,22 @@ def test_full_life_to_kedo(world: World, mail: MailServer) -> None:
     assert "doorgezet" in body_text(reporter_mail[-1])
     for f in (F1, F2):
         subjects = [str(parse(m)["Subject"]) for m in mail.messages(f)]
-        assert any(s.startswith("Afgehandeld en verwijderd") and ref in s for s in subjects), subjects
+        assert any(s.startswith("Afgehandeld en verwijderd") and ref in s for s in subjects), (
+            subjects
+        )
     assert any(str(parse(m)["Subject"]).startswith("Uitgevoerd") for m in mail.messages(F1))
 
     assert_signal_gone(world, mail, mark)
     rows = stats(world)["rows"]
-    assert rows == [{"month": rows[0]["month"], "source": "intern", "form": "arbeid", "outcome": "kedo", "count": 1}]  # type: ignore[index]
+    assert rows == [
+        {
+            "month": rows[0]["month"],
+            "source": "intern",
+            "form": "arbeid",
+            "outcome": "kedo",
+            "count": 1,
+        }
+    ]  # type: ignore[index]
 
 
 def test_two_destinations_at_once(world: World, mail: MailServer) -> None:
@@ -145,7 +172,9 @@ def test_question_answer_and_forward_with_the_follow_up(world: World, mail: Mail
     assert "huisnummer" in body_text(question)
     assert world.status()["by_state"] == {"waiting_info": 1}
     answer_mark = marker()
-    answer = signal_mail(answer_mark, subject=f"RE: Vraag over uw signaal {ref}", body=f"Nummer 12. {answer_mark}\n")
+    answer = signal_mail(
+        answer_mark, subject=f"RE: Vraag over uw signaal {ref}", body=f"Nummer 12. {answer_mark}\n"
+    )
     mail.deliver(answer, MAILBOX)
     world.until_quiet()
     assert world.status()["by_state"] == {"queued": 1}
@@ -174,14 +203,27 @@ def test_no_feedback_and_hold(world: World, mail: MailServer) -> None:
 
 
 def _rejected(mail: MailServer, address: str) -> list[bytes]:
-    return [m for m in mail.messages(address) if str(parse(m)["Subject"]).startswith("Niet uitgevoerd")]
+    return [
+        m for m in mail.messages(address) if str(parse(m)["Subject"]).startswith("Niet uitgevoerd")
+    ]
 
 
 @pytest.mark.parametrize(
     "case",
-    ["no_token", "wrong_token", "other_signals_token", "quoted_only", "hidden_html", "unknown_destination", "address_destination", "conflict"],
+    [
+        "no_token",
+        "wrong_token",
+        "other_signals_token",
+        "quoted_only",
+        "hidden_html",
+        "unknown_destination",
+        "address_destination",
+        "conflict",
+    ],
 )
-def test_forged_or_invalid_commands_do_nothing_and_are_answered(world: World, mail: MailServer, case: str) -> None:
+def test_forged_or_invalid_commands_do_nothing_and_are_answered(
+    world: World, mail: MailServer, case: str
+) -> None:
     mark = marker()
     ref, request = new_signal(world, mail, mark)
     subject = f"RE: {parse(request)['Subject']}"
@@ -197,12 +239,16 @@ def test_forged_or_invalid_commands_do_nothing_and_are_answered(world: World, ma
         world.once()
         other = [m for m in mail.messages(F1) if ref not in str(parse(m)["Subject"])][-1]
         other_token = tokens_in(str(parse(other)["Subject"]))[0]
-        raw = reply(request, "KEDO", subject=subject.replace(token, other_token)).replace(token.encode(), other_token.encode())
+        raw = reply(request, "KEDO", subject=subject.replace(token, other_token)).replace(
+            token.encode(), other_token.encode()
+        )
     elif case == "quoted_only":
         raw = reply(request, "Ik kijk er morgen naar.\n")
         raw = raw.replace(b"> ", b"> KEDO\r\n> ", 1) if b"> " in raw else raw
     elif case == "hidden_html":
-        raw = reply(request, '<!-- KEDO --><span style="display:none">KEDO</span>Goed bericht', html=True)
+        raw = reply(
+            request, '<!-- KEDO --><span style="display:none">KEDO</span>Goed bericht', html=True
+        )
     elif case == "unknown_destination":
         raw = reply(request, "POLITIE")
     elif case == "address_destination":
@@ -241,17 +287,37 @@ def test_display_name_spoofing_is_not_a_functionaris(world: World, mail: MailSer
     assert world.status()["open"] == 2
 
 
-def test_authentication_results_required_when_trusted_ids_are_set(world: World, mail: MailServer) -> None:
+def test_authentication_results_required_when_trusted_ids_are_set(
+    world: World, mail: MailServer
+) -> None:
     world.write_config(trusted='["mx.gemeente.example"]')
     _, request = new_signal(world, mail, marker())
-    command(world, mail, reply(request, "KEDO", extra_headers="Authentication-Results: mx.gemeente.example; dkim=fail\r\n"))
+    command(
+        world,
+        mail,
+        reply(
+            request,
+            "KEDO",
+            extra_headers="Authentication-Results: mx.gemeente.example; dkim=fail\r\n",
+        ),
+    )
     assert mail.messages(KEDO) == []
     assert len(_rejected(mail, F1)) == 1
-    command(world, mail, reply(request, "KEDO", extra_headers="Authentication-Results: mx.gemeente.example; dkim=pass header.d=gemeente.example\r\n"))
+    command(
+        world,
+        mail,
+        reply(
+            request,
+            "KEDO",
+            extra_headers="Authentication-Results: mx.gemeente.example; dkim=pass header.d=gemeente.example\r\n",
+        ),
+    )
     assert len(mail.wait_for_messages(KEDO, 1)) == 1
 
 
-def test_a_late_command_for_a_deleted_signal_gets_already_handled(world: World, mail: MailServer) -> None:
+def test_a_late_command_for_a_deleted_signal_gets_already_handled(
+    world: World, mail: MailServer
+) -> None:
     mark = marker()
     _, request = new_signal(world, mail, mark)
     command(world, mail, reply(request, "AFSLUITEN"))
@@ -275,7 +341,9 @@ def test_forward_retried_after_temporary_refusal(world: World, mail: MailServer)
     assert world.status()["open"] == 0
 
 
-def test_forward_refused_permanently_alerts_and_keeps_the_signal(world: World, mail: MailServer) -> None:
+def test_forward_refused_permanently_alerts_and_keeps_the_signal(
+    world: World, mail: MailServer
+) -> None:
     _, request = new_signal(world, mail, marker())
     mail.deliver(reply(request, "KEDO"), MAILBOX, mail_from=F1)
     mail.fail_next(count=1, code=550)  # the forward is the first mail the command causes

@@ -41,13 +41,17 @@ class MaildirTransport:
         try:
             deliver(self.root, envelope.recipient, message)
         except OSError as exc:
-            raise SendError(f"maildir write failed ({type(exc).__name__})", temporary=True) from None
+            raise SendError(
+                f"maildir write failed ({type(exc).__name__})", temporary=True
+            ) from None
 
     def check(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise SendError(f"maildir not writable ({type(exc).__name__})", temporary=False) from None
+            raise SendError(
+                f"maildir not writable ({type(exc).__name__})", temporary=False
+            ) from None
 
     def close(self) -> None:
         pass
