@@ -1,0 +1,311 @@
+"""Mail templates (SPEC §7): sandboxed Jinja2, user text is data, strict variables,
+acknowledgements structurally unable to carry signal content."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.meta
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import inboxd
+from inboxd.templates import SHIPPED, Rendered, TemplateError, Templates
+
+LANGUAGES = ("nl", "en")
+REF = "VV-7K3M-9QXD"
+TOKEN = "ABCD-EFGH-JKMN-PQRS"
+
+
+def triage_context(**kw: Any) -> dict[str, Any]:
+    """What ``inboxd.intake.Intake.triage_requests`` passes."""
+    ctx: dict[str, Any] = {
+        "ref": REF,
+        "token": TOKEN,
+        "drill": False,
+        "received": "2026-11-28 12:00 UTC",
+        "source": "intern",
+        "size": 4321,
+        "attachment_count": 2,
+        "flags": [],
+        "destinations": ["KEDO", "RIEC", "NLA"],
+        "include_content": "full",
+        "reporter": "melder@gemeente.example",
+        "subject": "Zorgen over de buren",
+        "text": "Er wonen twaalf mensen in een huis.",
+    }
+    ctx.update(kw)
+    return ctx
+
+
+CONTEXTS: dict[str, dict[str, Any]] = {
+    "ack": {"ref": REF},
+    "triage_request": triage_context(),
+}
+
+
+def shipped_names(lang: str) -> set[str]:
+    return {p.stem for p in (SHIPPED / lang).glob("*.txt")}
+
+
+def source(lang: str, name: str) -> str:
+    return (SHIPPED / lang / f"{name}.txt").read_text(encoding="utf-8")
+
+
+def variables(lang: str, name: str) -> set[str]:
+    env = jinja2.Environment(autoescape=False)
+    return set(jinja2.meta.find_undeclared_variables(env.parse(source(lang, name))))
+
+
+# -- what is shipped ------------------------------------------------------------------
+
+
+def test_both_languages_ship_the_same_templates() -> None:
+    assert shipped_names("nl") == shipped_names("en")
+    assert {"ack", "triage_request"} <= shipped_names("nl")
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_every_shipped_template_compiles_in_the_sandbox(lang: str) -> None:
+    t = Templates(lang)
+    for name in shipped_names(lang):
+        t.env.get_template(f"{name}.txt")  # raises on a syntax error
+        assert source(lang, name).lower().startswith("subject:"), name
+
+
+def test_both_languages_use_the_same_variables() -> None:
+    # Otherwise one language fails (StrictUndefined) or shows what the other does not.
+    for name in shipped_names("nl"):
+        assert variables("nl", name) == variables("en", name), name
+
+
+@pytest.mark.parametrize("name", sorted(CONTEXTS))
+def test_known_contexts_cover_the_template_variables(name: str) -> None:
+    for lang in LANGUAGES:
+        assert variables(lang, name) <= set(CONTEXTS[name]), (lang, name)
+
+
+# What reporters receive never carries signal content (SPEC §4 step 4, §7).
+REPORTER_TEMPLATES = {
+    "ack": {"ref"},
+    "feedback_closed": {"ref"},
+    "feedback_forwarded": {"ref"},
+    "question": {"ref", "question"},
+}
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("name", sorted(REPORTER_TEMPLATES))
+def test_reporter_templates_see_no_content(lang: str, name: str) -> None:
+    if name not in shipped_names(lang):
+        pytest.skip(f"{name} not shipped yet")
+    assert variables(lang, name) == REPORTER_TEMPLATES[name]
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("name", sorted(CONTEXTS))
+def test_shipped_templates_render(lang: str, name: str) -> None:
+    r = Templates(lang).render(name, CONTEXTS[name])
+    assert isinstance(r, Rendered)
+    assert r.subject and "\n" not in r.subject
+    assert REF in r.subject
+    assert r.body.strip()
+    assert "{{" not in r.body and "{%" not in r.body
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_ack_variables_are_only_ref(lang: str) -> None:
+    # Structural: the acknowledgement cannot repeat a subject or content it never sees.
+    assert variables(lang, "ack") == {"ref"}
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_ack_ignores_content_even_if_passed(lang: str) -> None:
+    ctx = {"ref": REF, "subject": "GEHEIM-ONDERWERP", "text": "GEHEIME-TEKST", "reporter": "x@y.z"}
+    r = Templates(lang).render("ack", ctx)
+    for secret in ("GEHEIM-ONDERWERP", "GEHEIME-TEKST", "x@y.z"):
+        assert secret not in r.subject and secret not in r.body
+    assert REF in r.body
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("include", ["full", "text", "none"])
+@pytest.mark.parametrize("drill", [False, True])
+def test_triage_request_variants(lang: str, include: str, drill: bool) -> None:
+    ctx = triage_context(
+        include_content=include,
+        drill=drill,
+        flags=["auto", "malformed"],
+        text="DE-TEKST" if include != "none" else "",
+        subject="HET-ONDERWERP",
+    )
+    r = Templates(lang).render("triage_request", ctx)
+    assert REF in r.subject and TOKEN in r.subject
+    assert ("[OEFENING]" in r.subject or "[DRILL]" in r.subject) == drill
+    assert "auto, malformed" in r.body
+    assert "KEDO, RIEC, NLA" in r.body
+    assert "4321" in r.body
+    shows_content = include != "none"
+    assert ("DE-TEKST" in r.body) == shows_content
+    assert ("HET-ONDERWERP" in r.body) == shows_content
+    assert ("melder@gemeente.example" in r.body) == shows_content
+    # The content never reaches the subject line.
+    assert "HET-ONDERWERP" not in r.subject and "DE-TEKST" not in r.subject
+
+
+# -- user text is data -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "evil",
+    [
+        "{{7*7}}",
+        "{% raw %}{{ 7*7 }}{% endraw %}",
+        "{% for x in range(3) %}LOOP{% endfor %}",
+        "{{ ''.__class__.__mro__ }}",
+        "{# comment #}",
+        "<script>alert(1)</script> & 'x'",
+    ],
+)
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_user_data_stays_literal(lang: str, evil: str) -> None:
+    r = Templates(lang).render(
+        "triage_request", triage_context(subject=evil, text=evil, reporter=evil)
+    )
+    assert r.body.count(evil) == 3
+    assert "49" not in r.body
+    assert "LOOPLOOP" not in r.body
+
+
+@given(st.text(max_size=200))
+@settings(max_examples=50)
+def test_any_text_is_printed_as_written(text: str) -> None:
+    r = Templates("nl").render("triage_request", triage_context(text=text))
+    assert text in r.body
+
+
+# -- sandbox, strictness, overrides -----------------------------------------------------
+
+
+def override(tmp_path: Path, name: str, text: str, lang: str = "nl") -> Templates:
+    d = tmp_path / "tpl" / lang
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{name}.txt").write_text(text, encoding="utf-8")
+    return Templates(lang, str(tmp_path / "tpl"))
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ ref.__class__.__mro__[1].__subclasses__() }}",
+        "{{ ref.__class__ }}",
+        "{{ ref.format.__globals__ }}",
+        "{{ cycler.__init__.__globals__.os }}",
+        "{{ self._TemplateReference__context }}",
+        "{{ lipsum.__globals__['os'].popen('id').read() }}",
+        "{{ ''.join.__self__ }}",
+    ],
+)
+def test_sandbox_blocks_attribute_escapes(tmp_path: Path, expr: str) -> None:
+    t = override(tmp_path, "evil", f"Subject: x\n\n{expr}\n")
+    with pytest.raises(TemplateError) as info:
+        t.render("evil", {"ref": REF})
+    assert "evil" in str(info.value)
+
+
+def test_sandbox_is_immutable(tmp_path: Path) -> None:
+    t = override(tmp_path, "mutate", "Subject: x\n\n{{ items.append(1) }}{{ items }}\n")
+    items: list[int] = []
+    with pytest.raises(TemplateError):
+        t.render("mutate", {"items": items})
+    assert items == []
+
+
+def test_missing_variable_is_an_error() -> None:
+    with pytest.raises(TemplateError) as info:
+        Templates("nl").render("ack", {})
+    assert "ack" in str(info.value)
+    ctx = triage_context()
+    del ctx["token"]
+    with pytest.raises(TemplateError):
+        Templates("en").render("triage_request", ctx)
+
+
+def test_missing_attribute_is_an_error(tmp_path: Path) -> None:
+    t = override(tmp_path, "attr", "Subject: x\n\n{{ ref.nope }}\n")
+    with pytest.raises(TemplateError):
+        t.render("attr", {"ref": REF})
+
+
+def test_error_message_does_not_quote_user_data(tmp_path: Path) -> None:
+    t = override(tmp_path, "boom", "Subject: x\n\n{{ text | int(strict) }}\n")
+    with pytest.raises(TemplateError) as info:
+        t.render("boom", {"text": "GEHEIM-12345"})
+    assert "GEHEIM" not in str(info.value)
+
+
+def test_unknown_template() -> None:
+    with pytest.raises(TemplateError):
+        Templates("nl").render("does_not_exist", {"ref": REF})
+
+
+def test_override_takes_precedence_and_falls_back(tmp_path: Path) -> None:
+    t = override(tmp_path, "ack", "Subject: Eigen bevestiging {{ ref }}\n\nEigen tekst {{ ref }}\n")
+    r = t.render("ack", {"ref": REF})
+    assert r.subject == f"Eigen bevestiging {REF}"
+    assert r.body == f"Eigen tekst {REF}\n"
+    # Templates not overridden come from the shipped set.
+    assert TOKEN in t.render("triage_request", triage_context()).subject
+
+
+def test_override_directory_without_language_subfolder(tmp_path: Path) -> None:
+    d = tmp_path / "flat"
+    d.mkdir()
+    (d / "ack.txt").write_text("Subject: Plat {{ ref }}\n\nx\n", encoding="utf-8")
+    assert Templates("en", str(d)).render("ack", {"ref": REF}).subject == f"Plat {REF}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Geen onderwerpregel\n\ntekst\n",
+        "Subject: zonder lege regel\ntekst\n",
+        "",
+        "Subject: een\nSubject: twee\n\ntekst\n",
+    ],
+)
+def test_template_must_start_with_subject_and_blank_line(tmp_path: Path, text: str) -> None:
+    t = override(tmp_path, "bad", text)
+    with pytest.raises(TemplateError):
+        t.render("bad", {"ref": REF})
+
+
+def test_subject_and_body_split(tmp_path: Path) -> None:
+    t = override(tmp_path, "ok", "subject:   Hallo {{ ref }}  \n\n\nRegel 1\n\nRegel 2\n")
+    r = t.render("ok", {"ref": REF})
+    assert r.subject == f"Hallo {REF}"
+    assert r.body == "Regel 1\n\nRegel 2\n"
+
+
+# -- packaging --------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: pyproject package-data lists inboxd/templates/*/* but the templates live "
+    "in ./templates; a wheel install has no templates (SHIPPED and INSTALLED both missing)",
+)
+def test_templates_are_shipped_with_the_package() -> None:
+    root = Path(inboxd.__file__).resolve().parent
+    pyproject = tomllib.loads((root.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    setuptools_cfg = pyproject["tool"]["setuptools"]
+    patterns = setuptools_cfg.get("package-data", {}).get("inboxd", [])
+    in_package = any(list(root.glob(p)) for p in patterns if p.startswith("templates"))
+    data_files = setuptools_cfg.get("data-files", {})
+    as_data = any("templates" in k for k in data_files)
+    assert in_package or as_data
