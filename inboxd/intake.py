@@ -20,7 +20,7 @@ from inboxd.config import Config
 from inboxd.crypto import Keyring, signal_token
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox, MailboxItem
-from inboxd.mails import Mail, new_message_id
+from inboxd.mails import Mail, is_msg_id, new_message_id
 from inboxd.outbox import AttachRef, entry
 from inboxd.parsing import ParsedMessage, parse_message
 from inboxd.references import new_reference
@@ -100,6 +100,10 @@ class Mailer:
         attach: tuple[AttachRef, ...] = (),
     ) -> str:
         r = self.templates.render(template, context)
+        if answers is not None and not is_msg_id(answers):
+            answers_header = None  # a sender's odd Message-ID is not worth losing the mail over
+        else:
+            answers_header = answers
         mail = Mail(
             sender=self.cfg.smtp.from_,
             to=to,
@@ -107,8 +111,8 @@ class Mailer:
             body=r.body,
             message_id=new_message_id(self.domain),
             auto_submitted="auto-replied" if answers else "auto-generated",
-            in_reply_to=answers,
-            references=(answers,) if answers else (),
+            in_reply_to=answers_header,
+            references=(answers_header,) if answers_header else (),
             date=self.clock(),
         )
         tx.enqueue(entry(kind, mail, self.cfg.from_address, ref, attach))

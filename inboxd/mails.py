@@ -8,10 +8,12 @@ these machines predates the fix for encoded newlines (CVE-2024-6923).
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
 from email import policy
+from email.header import decode_header
 from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime, formatdate
 
@@ -48,9 +50,37 @@ def new_message_id(domain: str) -> str:
     return f"<inboxd.{secrets.token_hex(12)}@{domain}>"
 
 
+_MSG_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]{1,250}>")
+
+
+def is_msg_id(value: str) -> bool:
+    """A plain ``<id@host>``: no spaces, no encoded words, nothing to decode."""
+    return bool(_MSG_ID.fullmatch(value)) and "=?" not in value
+
+
+def _controls(text: str) -> bool:
+    return any(ord(c) < 32 and c != "\t" for c in text) or "\x7f" in text
+
+
 def _safe(name: str, value: str) -> str:
-    if any(ord(c) < 32 and c != "\t" for c in value) or "\x7f" in value:
+    """Refuse a header value that holds, or would decode to, a control character:
+    Python 3.11.7 re-serialises an encoded CR/LF as a real header (CVE-2024-6923)."""
+    if _controls(value):
         raise HeaderInjection(f"{name} header value holds a control character")
+    if "=?" in value:
+        try:
+            decoded = "".join(
+                part.decode(charset or "ascii", "replace") if isinstance(part, bytes) else part
+                for part, charset in decode_header(value)
+            )
+        except (ValueError, LookupError):
+            raise HeaderInjection(f"{name} header value has undecodable encoded words") from None
+        if _controls(decoded):
+            raise HeaderInjection(f"{name} header value encodes a control character")
+    if name in ("Message-ID", "In-Reply-To") and not is_msg_id(value):
+        raise HeaderInjection(f"{name} is not a plain message id")
+    if name == "References" and not all(is_msg_id(v) for v in value.split()):
+        raise HeaderInjection("References holds something other than message ids")
     return value
 
 
@@ -84,8 +114,22 @@ def _attachment_part(att: Attachment) -> bytes:
     return head + data + (b"" if data.endswith(_CRLF) else _CRLF)
 
 
+def _set_headers(msg: EmailMessage, headers: list[tuple[str, str] | None]) -> None:
+    for h in headers:
+        if h is None:
+            continue
+        try:
+            msg[h[0]] = _safe(h[0], h[1])
+        except HeaderInjection:
+            raise
+        except (ValueError, IndexError, TypeError):
+            # The email package's own objections (an encoded CR/LF in a display
+            # name, a broken address) mean the same thing here.
+            raise HeaderInjection(f"{h[0]} header value is not acceptable") from None
+
+
 def render(mail: Mail) -> bytes:
-    headers = [
+    headers: list[tuple[str, str] | None] = [
         ("From", mail.sender),
         ("To", mail.to),
         ("Subject", mail.subject),
@@ -103,18 +147,14 @@ def render(mail: Mail) -> bytes:
     text.set_content(mail.body, charset="utf-8", cte="quoted-printable")
     if not mail.attachments:
         msg = EmailMessage(policy=policy.SMTP)
-        for h in headers:
-            if h:
-                msg[h[0]] = _safe(h[0], h[1])
+        _set_headers(msg, headers)
         msg.set_content(mail.body, charset="utf-8", cte="quoted-printable")
         return msg.as_bytes()
     boundary = "inboxd-" + secrets.token_hex(20)
     while any(boundary.encode() in a.raw for a in mail.attachments):
         boundary = "inboxd-" + secrets.token_hex(20)
     head = EmailMessage(policy=policy.SMTP)
-    for h in headers:
-        if h:
-            head[h[0]] = _safe(h[0], h[1])
+    _set_headers(head, headers)
     head["MIME-Version"] = "1.0"
     head["Content-Type"] = f'multipart/mixed; boundary="{boundary}"'
     # Only the header block of ``head``: the body is assembled here so that the
