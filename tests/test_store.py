@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from inboxd.crypto import DecryptError, Keyring, generate_key_file
-from inboxd.store import DueMail, NewSignal, OutboxEntry, SqliteStore
+from inboxd.store import DueMail, NewSignal, OutboxEntry, SqliteStore, StoreError
 
 
 class Clock:
@@ -223,27 +223,76 @@ def test_refs_are_unique(store: SqliteStore) -> None:
 def test_refs_stay_used_after_the_signal_is_gone(store: SqliteStore) -> None:
     with store.transaction() as tx:
         sig = tx.add_signal(new_signal("VV-FFFF-FFFF"))
-    # Whatever deletes signals later must not free the reference.
-    store._c.execute("DELETE FROM signals WHERE id = ?", (sig.id,))
+    assert not store.ref_closed("VV-FFFF-FFFF")
+    with store.transaction() as tx:
+        tx.delete_signal(sig, dedup_until=9e9)
     assert store.signal_by_ref("VV-FFFF-FFFF") is None
     assert store.ref_in_use("VV-FFFF-FFFF")
+    assert store.ref_closed("VV-FFFF-FFFF")
     with pytest.raises(sqlite3.IntegrityError), store.transaction() as tx:
         tx.add_signal(new_signal("VV-FFFF-FFFF"))
 
 
-def test_deleting_a_signal_cascades_to_its_fields(store: SqliteStore, state_dir: Path) -> None:
+def test_delete_signal_leaves_nothing_readable(
+    store: SqliteStore, state_dir: Path, keyring: Keyring, clock: Clock
+) -> None:
+    marker = f"MARKER{uuid.uuid4().hex}"
+    digest = keyring.dedup_digests("<m@x>", b"raw")[0]
     with store.transaction() as tx:
-        sig = tx.add_signal(new_signal(fields={"subject": b"x"}))
-    blob = store._c.execute("SELECT blob FROM signal_fields").fetchone()[0]
+        sig = tx.add_signal(
+            new_signal(
+                fields={"raw": marker.encode() * 50, "subject": marker.encode()},
+                dedup_digest=digest,
+                mailbox_key="5:1",
+                retain=True,
+            )
+        )
+        tx.add_field(sig, "followup:1", f"aanvulling {marker}".encode())
+        tx.enqueue(entry(kind="triage_request", ref=sig.ref))
+        tx.enqueue(entry(kind="ack", ref=sig.ref))
+    assert store.read_field(sig, "followup:1") == f"aanvulling {marker}".encode()
+    blobs = [r[0] for r in store._c.execute("SELECT blob FROM signal_fields")]
     wrapped = store._c.execute("SELECT wrapped_key FROM signals").fetchone()[0]
-    with store.transaction():
-        store._c.execute("DELETE FROM signals WHERE id = ?", (sig.id,))
-    assert store._c.execute("SELECT COUNT(*) FROM signal_fields").fetchone()[0] == 0
-    # secure_delete + checkpoint: the ciphertext and the wrapped key are overwritten.
+    assert store.keys_to_expunge() == []
+
+    with store.transaction() as tx:
+        tx.delete_signal(sig, dedup_until=clock.t + 30 * 86400)
     store.checkpoint()
+
+    assert store.signal_by_ref(sig.ref) is None
+    assert store.read_field(sig, "subject") is None
+    # The retained original must now be expunged from the mailbox.
+    assert store.keys_to_expunge() == ["5:1"]
+    # Dedup survives, content-free, until it expires.
+    assert store.has_dedup([digest])
+    store.expire(clock.t + 31 * 86400, dedup_window=30 * 86400, rate_window=3600)
+    assert not store.has_dedup([digest])
+    # The triage request (which would carry the content) is withdrawn; the ack is not.
+    assert [d.kind for d in store.due_mail(clock.t, 10)] == ["ack"]
     for name, data in raw_files(state_dir).items():
-        assert blob not in data, name
         assert wrapped not in data, name
+        for blob in blobs:
+            assert blob not in data, name
+
+
+def test_update_signal(store: SqliteStore, clock: Clock) -> None:
+    with store.transaction() as tx:
+        sig = tx.add_signal(new_signal())
+    clock.t += 60
+    with store.transaction() as tx:
+        new = tx.update_signal(
+            sig, state="forwarding", destinations=("riec", "kedo"), hold=True, form="arbeid"
+        )
+    assert new.state == "forwarding"
+    assert new.destinations == ("kedo", "riec")
+    assert new.hold and new.form == "arbeid"
+    assert new.updated_at == clock.t
+    assert store.signal_by_ref(sig.ref) == new
+    with pytest.raises(StoreError), store.transaction() as tx:
+        tx.update_signal(sig, ref="VV-ZZZZ-ZZZZ")
+    with pytest.raises(StoreError), store.transaction() as tx:
+        tx.update_signal(sig, key_id="x")
+    assert store.signal_by_ref(sig.ref) == new
 
 
 def test_data_key_unwraps_after_rotation(
@@ -439,13 +488,16 @@ def test_counts_flags_and_oldest_open(store: SqliteStore) -> None:
     assert store.counts_by_state() == {"queued": 3}
     assert store.flag_counts() == {"auto": 2, "malformed": 1}
     assert store.oldest_open() == 1000.0
-    # States are set by modules outside the store; simulate the transitions.
-    store._c.execute("UPDATE signals SET state = 'waiting_info' WHERE ref = 'VV-BBBB-BBBB'")
-    store._c.execute("UPDATE signals SET state = 'deleted' WHERE id = ?", (a.id,))
-    assert store.counts_by_state() == {"queued": 1, "waiting_info": 1, "deleted": 1}
+    b = store.signal_by_ref("VV-BBBB-BBBB")
+    assert b is not None
+    with store.transaction() as tx:
+        tx.update_signal(b, state="waiting_info")
+        tx.delete_signal(a, dedup_until=9e9)
+    assert store.counts_by_state() == {"queued": 1, "waiting_info": 1}
+    assert store.flag_counts() == {"auto": 1, "malformed": 1}
     assert store.oldest_open() == 2000.0
     assert [s.ref for s in store.signals()] == ["VV-BBBB-BBBB", "VV-CCCC-CCCC"]
-    assert [s.ref for s in store.signals(("deleted",))] == ["VV-AAAA-AAAA"]
+    assert [s.ref for s in store.signals(("waiting_info",))] == ["VV-BBBB-BBBB"]
 
 
 def test_meta(store: SqliteStore) -> None:
