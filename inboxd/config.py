@@ -37,6 +37,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError('expected a duration like "30s", "15m" or "2d"')
     if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError('a duration cannot be negative; write e.g. "30s"')
         return float(value)
     if not isinstance(value, str):
         raise ValueError('expected a duration like "30s", "15m" or "2d"')
@@ -66,12 +68,14 @@ def _address(value: Any) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# Where zero would mean a busy loop or an instant give-up.
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 Rate = Annotated[tuple[int, float], BeforeValidator(parse_rate)]
 Address = Annotated[str, BeforeValidator(_address)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def is_loopback(host: str) -> bool:
@@ -86,7 +90,7 @@ def is_loopback(host: str) -> bool:
 class MailboxConfig(_Section):
     backend: Literal["imap", "ews", "graph", "maildir"] = "imap"
     host: str = ""
-    port: int | None = None
+    port: int | None = Field(None, ge=1, le=65535)
     security: Literal["tls", "starttls", "none"] = "tls"
     ca_file: str = ""
     username: str = ""
@@ -95,7 +99,7 @@ class MailboxConfig(_Section):
     password_env: str = ""
     folder: str = "INBOX"
     idle: bool = True
-    poll_interval: Duration = 60.0
+    poll_interval: PositiveDuration = 60.0
     retain_in_mailbox: Literal["queued", "forwarded"] = "queued"
     path: str = ""
     # Exchange Server (EWS)
@@ -121,7 +125,7 @@ class MailboxConfig(_Section):
 class SmtpConfig(_Section):
     transport: Literal["smtp", "maildir", "ews", "graph"] = "smtp"
     host: str = ""
-    port: int | None = None
+    port: int | None = Field(None, ge=1, le=65535)
     security: Literal["tls", "starttls", "none"] = "starttls"
     ca_file: str = ""
     username: str = ""
@@ -159,10 +163,10 @@ class SourceConfig(_Section):
 class TriageConfig(_Section):
     functionarissen: list[Address] = Field(min_length=1)
     include_content: Literal["full", "text", "none"] = "full"
-    remind_after: Duration = 2 * 86400.0
+    remind_after: PositiveDuration = 2 * 86400.0
     digest_cron: str = "0 9 * * mon-fri"
     trusted_authserv_ids: list[str] = []
-    forward_retry_for: Duration = 86400.0
+    forward_retry_for: PositiveDuration = 86400.0
     certificates: dict[str, str] = {}
 
 
@@ -248,6 +252,12 @@ class Config(_Section):
             "smtp.from",
             'the From address, e.g. "Meldpunt <vreemdverhaal@gemeente.example>"',
         )
+        m = re.fullmatch(r"\s*(?:[^<>\x00-\x1f\x7f]*<([^<>\s]+)>|([^<>\s]+))\s*", smtp.from_)
+        if not m or not _ADDR.match(m.group(1) or m.group(2)):
+            raise _Problem(
+                "smtp.from",
+                'must be an address, optionally with a name: "Meldpunt <vreemdverhaal@gemeente.example>"',
+            )
         for key in self.destinations:
             if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", key):
                 raise _Problem(
@@ -317,7 +327,8 @@ def _explain(err: dict[str, Any]) -> tuple[str, str]:
         return key, msg
     if kind == "literal_error":
         return key, f"must be one of {err.get('ctx', {}).get('expected', '')}"
-    return key, f"{err.get('msg', 'invalid value')}".lower()
+    msg = str(err.get("msg", "invalid value"))
+    return key, msg[:1].lower() + msg[1:]
 
 
 def load(path: str | None = None) -> Config:
