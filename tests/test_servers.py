@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+import time
 
 import pytest
 from imapclient import IMAPClient
@@ -188,3 +189,15 @@ def test_relay_stop_start(mail: MailServer) -> None:
 def test_wait_for_messages_times_out_with_clear_message(mail: MailServer) -> None:
     with pytest.raises(AssertionError, match="expected >= 1 message"):
         mail.wait_for_messages(BOX, 1, timeout=0.2)
+
+
+def test_failed_logins_do_not_slow_down_later_logins(mail: MailServer) -> None:
+    for _ in range(3):
+        c = IMAPClient(mail.imap_host, port=mail.imap_plain_port, ssl=False, timeout=10)
+        with pytest.raises(IMAPClient.Error):
+            c.login(BOX, "wrong")
+        c.logout()
+    t0 = time.monotonic()
+    with mail.imap(BOX):
+        pass
+    assert time.monotonic() - t0 < 1.0  # no anvil auth penalty (it would be 8 s here)

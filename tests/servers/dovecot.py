@@ -278,6 +278,7 @@ protocol lmtp {{
             preexec_fn=preexec,
         )
         deadline = time.monotonic() + timeout
+        self._disable_auth_penalty(deadline)
         while not self._answers():
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
@@ -286,6 +287,20 @@ protocol lmtp {{
                 self.stop()
                 raise RuntimeError(f"dovecot did not answer within {timeout}s\n{self.log_tail()}")
             time.sleep(0.02)
+
+    def _disable_auth_penalty(self, deadline: float) -> None:
+        """Failed logins in one test must not slow down the next ones: anvil's auth
+        penalty delays every login from an IP by 2, 4, 8 … s for 30 s after a
+        failure, and no setting turns it off. The auth process connects to this
+        socket once, when it starts (on the first login); if the socket is gone
+        then, it silently runs without penalties. So remove it before anyone logs
+        in. The master creates it at startup, before it accepts connections."""
+        penalty_socket = self.base_dir / "anvil-auth-penalty"
+        while not penalty_socket.exists():
+            if self._proc is None or self._proc.poll() is not None or time.monotonic() > deadline:
+                return  # start() reports the failure
+            time.sleep(0.01)
+        penalty_socket.unlink()
 
     def _answers(self) -> bool:
         for port in (self.imap_plain_port, self.imap_tls_port):
