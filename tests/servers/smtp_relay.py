@@ -156,7 +156,8 @@ class _Handler:
             else None
         )
         rec = Received(
-            mail_from=envelope.mail_from or "",
+            # aiosmtpd reports the null sender as "<>"; "" is what a sender passes.
+            mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
             rcpt_tos=rcpts,
             raw=raw,
             port=self.port,

@@ -1,0 +1,293 @@
+"""SMTP transport (smtplib): one verified connection reused for many sends, the
+message bytes sent exactly as given, every refusal mapped to a content-free
+:class:`SendError`.
+
+Reasons carry the stage and the status codes only (``"RCPT refused: 550 5.1.1"``):
+a server's text often repeats the recipient's address. Reasons for connection-level
+trouble begin with ``"cannot connect"`` or ``"connection lost"``, which tells the
+outbox to stop draining until the next round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+import smtplib
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Literal
+
+from inboxd.logs import get_logger
+from inboxd.mailbox.imap import is_loopback, tls_context
+from inboxd.transport.base import Envelope, SendError
+
+log = get_logger(__name__)
+
+Security = Literal["tls", "starttls", "none"]
+Stage = Literal["MAIL", "RCPT", "DATA"]
+
+_ENHANCED = re.compile(rb"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+# --- pure helpers ---------------------------------------------------------------
+
+
+def status(code: int, text: bytes | str) -> str:
+    """``"550 5.1.1"``: the reply code and the enhanced status code, no server text."""
+    raw = text.encode("utf-8", "replace") if isinstance(text, str) else text
+    m = _ENHANCED.match(raw or b"")
+    return f"{code} {m.group(1).decode()}" if m else str(code)
+
+
+def refusal(stage: Stage, code: int, text: bytes | str) -> SendError:
+    """4xx (and anything not a proper 5xx) is worth retrying; 5xx is not."""
+    return SendError(f"{stage} refused: {status(code, text)}", temporary=not 500 <= code <= 599)
+
+
+def is_ascii(value: str) -> bool:
+    return value.isascii()
+
+
+def needs_8bitmime(message: bytes) -> bool:
+    return any(b > 0x7F for b in message)
+
+
+def xoauth2_string(username: str, token: str) -> str:
+    return f"user={username}\x01auth=Bearer {token}\x01\x01"
+
+
+# --- the shell -------------------------------------------------------------------
+
+
+class SmtpTransport:
+    name = "smtp"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        security: Security,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        oauth2_token: Callable[..., str] | None = None,
+        ca_file: str | None = None,
+        timeout: float = 30.0,
+        local_hostname: str | None = None,
+    ) -> None:
+        if security not in ("tls", "starttls", "none"):
+            raise ValueError(f"unknown security {security!r}")
+        if security == "none" and not is_loopback(host):
+            raise ValueError("security = 'none' is only allowed to a loopback host")
+        if username and password is None and oauth2_token is None:
+            raise ValueError("a username needs a password or an oauth2_token provider")
+        self.host = host
+        self.port = port
+        self.security: Security = security
+        self.username = username
+        self._password = password
+        self._oauth2_token = oauth2_token
+        self.ca_file = ca_file
+        self.timeout = timeout
+        self._local_hostname = local_hostname
+        self._conn: smtplib.SMTP | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SmtpTransport(host={self.host!r}, port={self.port}, security={self.security!r})"
+
+    # --- connection -------------------------------------------------------------------
+
+    def _helo_name(self) -> str:
+        if self._local_hostname is None:
+            # smtplib would look this up on every connect (a DNS query each time).
+            self._local_hostname = socket.getfqdn()
+        return self._local_hostname
+
+    def _fail(self, reason: str, exc: BaseException | None = None) -> SendError:
+        self._drop()
+        log.warning(
+            "transport.error",
+            transport=self.name,
+            host=self.host,
+            port=self.port,
+            reason=reason,
+            error=type(exc).__name__ if exc is not None else None,
+        )
+        return SendError(reason, temporary=True)
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _connect(self) -> smtplib.SMTP:
+        ctx = tls_context(self.ca_file)
+        name = self._helo_name()
+        conn: smtplib.SMTP
+        try:
+            if self.security == "tls":
+                conn = smtplib.SMTP_SSL(
+                    self.host, self.port, local_hostname=name, timeout=self.timeout, context=ctx
+                )
+            else:
+                conn = smtplib.SMTP(self.host, self.port, local_hostname=name, timeout=self.timeout)
+        except ssl.SSLCertVerificationError as exc:
+            raise self._fail("cannot connect: certificate not trusted", exc) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise self._fail(f"cannot connect ({type(exc).__name__})", exc) from None
+        self._conn = conn
+        try:
+            conn.ehlo()
+            if self.security == "starttls":
+                if not conn.has_extn("starttls"):
+                    raise self._fail("cannot connect: server does not offer STARTTLS")
+                conn.starttls(context=ctx)
+                conn.ehlo()
+        except ssl.SSLCertVerificationError as exc:
+            raise self._fail("cannot connect: certificate not trusted", exc) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise self._fail(f"cannot connect ({type(exc).__name__})", exc) from None
+        if self.username:
+            self._login(conn, self.username)
+        log.info(
+            "transport.connected",
+            transport=self.name,
+            host=self.host,
+            port=self.port,
+            security=self.security,
+        )
+        return conn
+
+    def _token(self, *, refresh: bool) -> str:
+        assert self._oauth2_token is not None
+        try:
+            if refresh and "force_refresh" in inspect.signature(self._oauth2_token).parameters:
+                return self._oauth2_token(force_refresh=True)
+            return self._oauth2_token()
+        except Exception as exc:
+            raise self._fail(
+                f"cannot connect: no oauth2 token ({type(exc).__name__})", exc
+            ) from None
+
+    def _login(self, conn: smtplib.SMTP, username: str) -> None:
+        try:
+            if not conn.has_extn("auth"):
+                raise self._fail("cannot connect: server offers no AUTH")
+            if self._oauth2_token is not None:
+                try:
+                    self._xoauth2(conn, username, self._token(refresh=False))
+                except smtplib.SMTPAuthenticationError:
+                    # The cached token may have expired early: one fresh try.
+                    self._xoauth2(conn, username, self._token(refresh=True))
+            else:
+                assert self._password is not None
+                conn.login(username, self._password)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise self._fail(
+                f"cannot connect: login refused {status(exc.smtp_code, exc.smtp_error)}", exc
+            ) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise self._fail(f"cannot connect: login failed ({type(exc).__name__})", exc) from None
+
+    @staticmethod
+    def _xoauth2(conn: smtplib.SMTP, username: str, token: str) -> None:
+        def respond(challenge: bytes | None = None) -> str:
+            # A challenge after the initial response is the server's error report;
+            # the protocol wants an empty answer, after which it says 535.
+            return xoauth2_string(username, token) if challenge is None else ""
+
+        conn.auth("XOAUTH2", respond, initial_response_ok=True)
+
+    def _connection(self) -> smtplib.SMTP:
+        """The open connection if it still answers, else a new one."""
+        conn = self._conn
+        if conn is not None:
+            try:
+                code, _ = conn.noop()
+                if code == 250:
+                    return conn
+            except (OSError, smtplib.SMTPException):
+                pass
+            self._drop()
+        return self._connect()
+
+    # --- the Transport interface ----------------------------------------------------------
+
+    def send(self, envelope: Envelope, message: bytes) -> None:
+        with self._lock:
+            conn = self._connection()
+            self._transaction(conn, envelope, message)
+
+    def _transaction(self, conn: smtplib.SMTP, envelope: Envelope, message: bytes) -> None:
+        mail_options: list[str] = []
+        if conn.has_extn("size"):
+            mail_options.append(f"SIZE={len(message)}")
+        if needs_8bitmime(message) and conn.has_extn("8bitmime"):
+            mail_options.append("BODY=8BITMIME")
+        if not (is_ascii(envelope.sender) and is_ascii(envelope.recipient)):
+            if not conn.has_extn("smtputf8"):
+                raise SendError("MAIL refused: address needs SMTPUTF8", temporary=False)
+            mail_options.append("SMTPUTF8")
+        stage: Stage = "MAIL"
+        try:
+            code, text = conn.mail(envelope.sender, mail_options)
+            if code != 250:
+                raise self._refused(conn, stage, code, text)
+            stage = "RCPT"
+            code, text = conn.rcpt(envelope.recipient)
+            if code not in (250, 251):
+                raise self._refused(conn, stage, code, text)
+            stage = "DATA"
+            # smtplib dot-stuffs and adds the final CRLF if missing; nothing else.
+            code, text = conn.data(message)
+            if code != 250:
+                raise self._refused(conn, stage, code, text)
+        except smtplib.SMTPDataError as exc:
+            # DATA itself (the 354 step) was refused.
+            raise self._refused(conn, "DATA", exc.smtp_code, exc.smtp_error) from None
+        except smtplib.SMTPServerDisconnected as exc:
+            raise self._fail(f"connection lost at {stage}", exc) from None
+        except smtplib.SMTPResponseException as exc:
+            raise self._refused(conn, stage, exc.smtp_code, exc.smtp_error) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise self._fail(f"connection lost at {stage} ({type(exc).__name__})", exc) from None
+
+    def _refused(self, conn: smtplib.SMTP, stage: Stage, code: int, text: bytes | str) -> SendError:
+        error = refusal(stage, code, text)
+        if code == 421 or code < 0:
+            # The server is closing the connection (or it is gone): start afresh next time.
+            self._drop()
+        else:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                conn.rset()
+        log.warning(
+            "transport.refused",
+            transport=self.name,
+            code=status(code, text),
+            reason=stage,
+        )
+        return error
+
+    def check(self) -> None:
+        with self._lock:
+            self._drop()
+            conn = self._connect()
+            self._conn = None
+            with contextlib.suppress(Exception):
+                conn.quit()
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.quit()
+                with contextlib.suppress(Exception):
+                    conn.close()
