@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inboxd.mails import Attachment, HeaderInjection, Mail, new_message_id, render
+from inboxd.mails import Attachment, HeaderInjection, Mail, is_msg_id, new_message_id, render
 
 ORIGINAL = (
     b"Return-Path: <melder@gemeente.example>\n"
@@ -377,3 +377,30 @@ def test_quote_in_filename_does_not_break_the_header() -> None:
     att = list(parse(raw).iter_parts())[1]
     assert att.get_content_type() == "message/rfc822"
     assert '"' not in (att.get_filename() or "")
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("<a@b.example>", True),
+        ("<inboxd.0123abcd@gemeente.example>", True),
+        ("<a b@c>", False),
+        ("a@b.example", False),
+        ("<a@b><c@d>", False),
+        ("<=?utf-8?q?x?=@b>", False),
+        ("<>", False),
+        ("<" + "x" * 251 + ">", False),
+    ],
+)
+def test_is_msg_id(value: str, ok: bool) -> None:
+    assert is_msg_id(value) is ok
+
+
+@pytest.mark.parametrize("bad", ["<a b@c>", "no-brackets@x.example", "<a@b> <c@d>", "<=?x?=@y>"])
+def test_message_id_headers_must_be_plain_ids(bad: str) -> None:
+    for field in ("in_reply_to", "message_id"):
+        with pytest.raises(HeaderInjection):
+            render(mail(**{field: bad}))
+    if " " not in bad:  # References is a list of ids separated by spaces
+        with pytest.raises(HeaderInjection):
+            render(mail(references=("<ok@x.example>", bad)))
