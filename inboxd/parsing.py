@@ -99,9 +99,10 @@ SCAN_FACTOR = 16
 SCAN_FLOOR = 64 << 20
 MAX_PARTS = 500
 TEXT_MAX = 1_000_000  # chars of text and of html
+HTML_RENDER_MAX = 256 << 10  # chars of HTML laid out by inscriptis (see _render_html)
 TEXT_SOURCE_MAX = 8 << 20  # encoded bytes of one text part read at most
 CHUNK = 256 << 10
-EMBEDDED_DECODE_MAX = 4 << 20  # a base64/QP message/rfc822 is decoded up to this
+EMBEDDED_DECODE_MAX = 4 << 20  # base64/QP message/rfc822 bytes decoded, in all
 REPORT_FIELDS_MAX = 64 << 10
 BODY_ID_SCAN = 256 << 10
 MAX_REPORTED = 50
@@ -115,6 +116,7 @@ MINOR_DEFECTS = frozenset(
         "message-id-unbracketed",
         "text-truncated",
         "html-truncated",
+        "html-render-partial",
         "decode-replaced",  # some bytes did not fit the declared charset
         "unknown-transfer-encoding",
         "mbox-from-line",
@@ -490,7 +492,7 @@ def _decode_bytes(data: bytes, charset: str | None, defects: _Defects) -> str:
         return data.decode("utf-8", _FALLBACK)
 
 
-def decode_encoded_words(value: str, defects: _Defects | None = None) -> str:
+def _decode_encoded_words(value: str, defects: _Defects | None = None) -> str:
     """RFC 2047 decoding, linear; adjacent words of one charset are joined first."""
     sink = defects if defects is not None else _Defects()
     out: list[str] = []
@@ -542,20 +544,23 @@ def _valid_id(inner: str) -> bool:
 
 
 def _ids(value: str) -> list[str]:
-    """Every well-formed ``<id>`` in ``value`` (whitespace removed, as folded ids are)."""
+    """Every well-formed ``<id>`` in ``value`` (whitespace removed, as folded ids are).
+
+    Unique, in order; at most MAX_IDS (the first and the last half: in References
+    the newest ids are at the end).
+    """
     if len(value) > IDS_SOURCE_MAX:
         half = IDS_SOURCE_MAX // 2
         value = value[:half] + " " + value[-half:]
-    found: list[str] = []
+    found: dict[str, None] = {}
     for m in _ANGLED.finditer(_WS.sub("", value)):
         inner = m.group(1)
         if _valid_id(inner):
-            mid = f"<{inner}>"
-            if mid not in found:
-                found.append(mid)
-    if len(found) > MAX_IDS:
-        found = found[: MAX_IDS // 2] + found[-MAX_IDS // 2 :]
-    return found
+            found[f"<{inner}>"] = None
+    ids = list(found)
+    if len(ids) > MAX_IDS:
+        ids = ids[: MAX_IDS // 2] + ids[-MAX_IDS // 2 :]
+    return ids
 
 
 def _message_id(headers: _Headers, defects: _Defects) -> str | None:
@@ -577,12 +582,11 @@ def _message_id(headers: _Headers, defects: _Defects) -> str | None:
 
 
 def _id_list(headers: _Headers, name: str) -> tuple[str, ...]:
-    found: list[str] = []
+    found: dict[str, None] = {}
     for value in headers.all(name)[:4]:
-        for mid in _ids(value):
-            if mid not in found:
-                found.append(mid)
-    return tuple(found[:MAX_IDS])
+        found.update(dict.fromkeys(_ids(value)))
+    ids = list(found)
+    return tuple(ids[: MAX_IDS // 2] + ids[-MAX_IDS // 2 :] if len(ids) > MAX_IDS else ids)
 
 
 # --- transfer and charset decoding of one body part -------------------------------
@@ -651,25 +655,53 @@ def _decode_part(
 
 
 def _render_html(markup: str, defects: _Defects) -> str:
+    """Readable text of an HTML body.
+
+    inscriptis lays tables out at ~3 s per MB, so only the first HTML_RENDER_MAX
+    characters get the proper rendering; the words of the rest are kept by a crude
+    tag stripper.
+    """
+    head, tail = markup, ""
+    if len(markup) > HTML_RENDER_MAX:
+        cut = markup.rfind("<", 0, HTML_RENDER_MAX)
+        cut = cut if cut > 0 else HTML_RENDER_MAX
+        head, tail = markup[:cut], markup[cut:]
+        defects.add("html-render-partial")
     try:
-        text = get_text(markup)
+        text = get_text(head)
     except RecursionError:
         defects.add("html-render-failed")
         text = ""
-    if not text.strip() and markup.strip():
+    if not text.strip() and head.strip():
         # lxml gives up on pathological nesting and returns nothing; a crude
         # reading is better than losing the signal's words.
-        text = _crude_text(markup)
+        text = _crude_text(head)
+    if tail:
+        text = f"{text}\n{_crude_text(tail)}"
     return _BODY_CONTROLS.sub(" ", text)[:TEXT_MAX]
 
 
-_SCRIPT_STYLE = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
-_TAG = re.compile(r"<[^>]*>")
+# Linear on any input: a tag ends at ">" or where the next "<" starts.
+_TAG = re.compile(r"<[^<>]*>?")
+_HIDDEN_START = re.compile(r"<(script|style)\b", re.IGNORECASE)
 
 
 def _crude_text(markup: str) -> str:
-    text = _SCRIPT_STYLE.sub(" ", markup)
-    text = _TAG.sub(" ", text)
+    """Tags removed, script/style content dropped, entities decoded, spaces collapsed."""
+    lowered = markup.lower()
+    kept: list[str] = []
+    pos = 0
+    for m in _HIDDEN_START.finditer(markup):
+        if m.start() < pos:
+            continue
+        kept.append(markup[pos : m.start()])
+        close = lowered.find(f"</{m.group(1).lower()}", m.end())
+        if close < 0:
+            pos = len(markup)
+            break
+        pos = close
+    kept.append(markup[pos:])
+    text = _TAG.sub(" ", "".join(kept))
     return _WS_RUN.sub(" ", html_lib.unescape(text)).strip()
 
 
@@ -736,6 +768,7 @@ class _Walk:
     reported: list[str] = field(default_factory=list)
     budget: int = 0  # bytes that boundary searches may still scan
     lines: _LineBudget = field(default_factory=lambda: _LineBudget(WALK_MAX_LINES))
+    decode_left: int = EMBEDDED_DECODE_MAX  # bytes of encoded attached messages to decode
 
 
 def _disposition(headers: _Headers, defects: _Defects) -> tuple[str, bool]:
@@ -810,15 +843,15 @@ def _split_multipart(
 
 def _walk(top: _Entity, defects: _Defects) -> _Walk:
     w = _Walk(budget=SCAN_FACTOR * len(top.buf) + SCAN_FLOOR)
-    stack: list[tuple[_Entity, str | None]] = [(top, None)]  # (entity, parent type)
+    stack: list[_Entity] = [top]
     while stack:
-        ent, parent = stack.pop()
+        ent = stack.pop()
         w.parts += 1
         if w.parts > MAX_PARTS:
             defects.add("too-many-parts")
             break
         try:
-            children = _visit(ent, parent, w, defects)
+            children = _visit(ent, w, defects)
         except MemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - one broken part must not stop the walk
@@ -828,9 +861,8 @@ def _walk(top: _Entity, defects: _Defects) -> _Walk:
     return w
 
 
-def _visit(
-    ent: _Entity, parent: str | None, w: _Walk, defects: _Defects
-) -> list[tuple[_Entity, str | None]]:
+def _visit(ent: _Entity, w: _Walk, defects: _Defects) -> list[_Entity]:
+    """Note what this entity is; return its children (parts, or the attached message)."""
     h = ent.headers
     if len(h.all("content-type")) > 1:
         defects.add("duplicate-content-type")
@@ -848,7 +880,7 @@ def _visit(
     if ct.type in _EMBEDDED_TYPES:
         if outside:
             w.attachments += 1
-        return _embedded_child(ent, ct, cte, parent, w, defects)
+        return _embedded_child(ent, cte, w, defects)
 
     if ct.type in _REPORT_PARTS:
         if outside:
@@ -886,7 +918,7 @@ def _visit(
 
 def _multipart_children(
     ent: _Entity, ct: _CType, w: _Walk, defects: _Defects
-) -> list[tuple[_Entity, str | None]] | None:
+) -> list[_Entity] | None:
     """The parts of a multipart entity, or None when it cannot be split."""
     boundary = ct.param("boundary")
     if not boundary or len(boundary) > 1000:
@@ -910,25 +942,24 @@ def _multipart_children(
         defects.add("too-deep")
         return []
     default = "message/rfc822" if ct.subtype == "digest" else "text/plain"
-    children: list[tuple[_Entity, str | None]] = []
+    children: list[_Entity] = []
     for s, e in spans:
         headers, body = _read_headers(ent.buf, s, e, PART_HEADER_MAX, defects, budget=w.lines)
-        child = _Entity(ent.buf, headers, body, e, ent.depth + 1, ent.embedded, default)
-        children.append((child, ct.type))
+        children.append(_Entity(ent.buf, headers, body, e, ent.depth + 1, ent.embedded, default))
     return children
 
 
-def _embedded_child(
-    ent: _Entity, ct: _CType, cte: str, parent: str | None, w: _Walk, defects: _Defects
-) -> list[tuple[_Entity, str | None]]:
+def _embedded_child(ent: _Entity, cte: str, w: _Walk, defects: _Defects) -> list[_Entity]:
     if ent.depth + 1 > MAX_DEPTH:
         defects.add("too-deep")
         return []
     buf, start, end = ent.buf, ent.body_start, ent.body_end
     if cte in ("base64", "quoted-printable"):
         defects.add("encoded-message-part")
-        if end - start > EMBEDDED_DECODE_MAX:
+        # Decoding copies: the total over the walk is bounded, not each one.
+        if end - start > w.decode_left:
             return []
+        w.decode_left -= end - start
         buf = b"".join(_cte_chunks(buf, start, end, cte))
         start, end = 0, len(buf)
     headers, body = _read_headers(buf, start, end, PART_HEADER_MAX, defects, budget=w.lines)
@@ -936,7 +967,7 @@ def _embedded_child(
         mid = _message_id(headers, _Defects())
         if mid:
             w.reported.append(mid)
-    return [(_Entity(buf, headers, body, end, ent.depth + 1, True), ct.type)]
+    return [_Entity(buf, headers, body, end, ent.depth + 1, True)]
 
 
 # --- auto rules --------------------------------------------------------------------
@@ -1062,7 +1093,7 @@ def _subject(headers: _Headers, defects: _Defects) -> str:
     if len(values) > 1:
         defects.add("duplicate-subject")
     raw = values[0][:SUBJECT_SOURCE_MAX]
-    decoded = decode_encoded_words(_one_line(raw, SUBJECT_SOURCE_MAX), defects)
+    decoded = _decode_encoded_words(_one_line(raw, SUBJECT_SOURCE_MAX), defects)
     return _one_line(decoded, SUBJECT_MAX).strip()
 
 
@@ -1132,13 +1163,7 @@ def _quoted_ids(text: str) -> list[str]:
 
 
 def _unique(items: list[str], limit: int) -> tuple[str, ...]:
-    out: list[str] = []
-    for item in items:
-        if item not in out:
-            out.append(item)
-            if len(out) >= limit:
-                break
-    return tuple(out)
+    return tuple(dict.fromkeys(items))[:limit]
 
 
 _NONE: tuple[str, ...] = ()

@@ -522,6 +522,20 @@ def test_report_part_inside_an_attached_message_does_not_count() -> None:
     assert not m.auto
 
 
+def test_dsn_with_base64_encoded_original() -> None:
+    original = base64.encodebytes(
+        b"Message-ID: <fwd-11@inboxd.gemeente.example>\r\nSubject: x\r\n\r\nbody"
+    )
+    m = parse_message(
+        _dsn(
+            "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + original.decode()
+        )
+    )
+    assert m.reported_message_ids == ("<fwd-11@inboxd.gemeente.example>",)
+    assert "encoded-message-part" in m.defects
+
+
 # --- line endings -----------------------------------------------------------------------
 
 
@@ -659,6 +673,22 @@ def test_many_header_lines_in_many_parts_return_quickly() -> None:
     m, seconds = _timed(mail(*BASIC, ct, body=body))
     assert seconds < 1.5
     assert m.malformed
+
+
+def test_huge_html_table_renders_in_bounded_time() -> None:
+    html = "<table>" + "<tr><td>cel</td><td>cel</td></tr>" * 25_000 + "</table><p>slot</p>"
+    m, seconds = _timed(mail(*BASIC, "Content-Type: text/html; charset=utf-8", body=html))
+    assert seconds < 1.5
+    assert m.text.count("cel") > 1000
+    assert m.text.rstrip().endswith("slot")  # the part past the rendered prefix keeps its words
+    assert "html-render-partial" in m.defects and not m.malformed
+
+
+def test_pathological_html_nesting_still_gives_words() -> None:
+    html = "<div>" * 100_000 + "de woorden" + "</div>" * 100_000
+    m, seconds = _timed(mail(*BASIC, "Content-Type: text/html", body=html))
+    assert seconds < 1
+    assert "de woorden" in m.text
 
 
 def _big_message(size: int) -> bytes:
