@@ -22,10 +22,12 @@ Connection facts (all on 127.0.0.1, ports chosen at start, certificate for
 ``localhost``/``127.0.0.1`` from a throw-away CA in ``mail.ca_file``):
 
 - ``imap_host``, ``imap_tls_port`` (implicit TLS), ``imap_plain_port`` (plain and
-  STARTTLS); IDLE, UIDPLUS, no lazy_expunge; AUTH PLAIN/LOGIN only.
+  STARTTLS); IDLE, UIDPLUS, no lazy_expunge; AUTH PLAIN, LOGIN, XOAUTH2 and
+  OAUTHBEARER (bearer token: ``mail.oauth2_token(address)``, checked by a loopback
+  tokeninfo endpoint). Failed logins cause no delay for later tests.
 - ``smtp_host``, ``smtp_port`` (STARTTLS, AUTH PLAIN/LOGIN/XOAUTH2 only after
   STARTTLS, AUTH required), ``smtp_tls_port`` (implicit TLS, AUTH required),
-  ``smtp_plain_port`` (no TLS, no AUTH). XOAUTH2 token: ``mail.oauth2_token(addr)``.
+  ``smtp_plain_port`` (no TLS, no AUTH). XOAUTH2 token as for IMAP.
 
 Methods:
 

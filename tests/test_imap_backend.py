@@ -179,26 +179,49 @@ def test_wrong_password_is_auth_error(
     assert all("wrong" not in repr(e) and BOX not in repr(e) for e in logs)
 
 
-def test_xoauth2_refused_asks_for_fresh_token_once(mail: MailServer) -> None:
+def test_xoauth2(mail: MailServer) -> None:
     calls: list[bool] = []
 
-    def token(force_refresh: bool = False) -> str:
+    def good(force_refresh: bool = False) -> str:
         calls.append(force_refresh)
-        return "not-a-token"
+        return mail.oauth2_token(BOX)
 
     mb = ImapMailbox(
-        mail.imap_host,
-        mail.imap_tls_port,
-        "tls",
-        BOX,
-        oauth2_token=token,
-        ca_file=mail.ca_file,
-        timeout=5,
+        mail.imap_host, mail.imap_tls_port, "tls", BOX, oauth2_token=good, ca_file=mail.ca_file
+    )
+    mb.open()
+    assert mb.list_new() == [] and calls == [False]
+    mb.close()
+
+    bad_calls: list[bool] = []
+
+    def bad(force_refresh: bool = False) -> str:
+        bad_calls.append(force_refresh)
+        return "verlopen-token"
+
+    mb = ImapMailbox(
+        mail.imap_host, mail.imap_tls_port, "tls", BOX, oauth2_token=bad, ca_file=mail.ca_file
     )
     with pytest.raises(MailboxError) as info:
         mb.open()
     assert info.value.auth is True
-    assert calls == [False, True]
+    assert bad_calls == [False, True]  # one retry with a fresh token
+
+
+def test_token_provider_failure(mail: MailServer) -> None:
+    class TokenError(Exception):
+        permanent = False
+
+    def broken() -> str:
+        raise TokenError("AADSTS50000 something")
+
+    mb = ImapMailbox(
+        mail.imap_host, mail.imap_tls_port, "tls", BOX, oauth2_token=broken, ca_file=mail.ca_file
+    )
+    with pytest.raises(MailboxError) as info:
+        mb.open()
+    assert info.value.auth is False  # the provider said: worth retrying
+    assert "TokenError" in info.value.reason
 
 
 def test_missing_folder_is_an_error(mail: MailServer, make_box: Callable[..., ImapMailbox]) -> None:
@@ -550,3 +573,73 @@ def test_dovecot_stops_during_idle(mail: MailServer, make_box: Callable[..., Ima
     mail.start_dovecot()
     mb.open()
     assert mb.list_new() == []
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+def test_mail_arriving_just_before_idle_starts_is_not_missed(
+    mail: MailServer, make_box: Callable[..., ImapMailbox], security: str
+) -> None:
+    """Dovecot reports mail that came between our last command and IDLE right after
+    "+ idling", often in the same packet, where poll() cannot see it."""
+    mb = make_box(security)
+    mb.open()
+    mb.list_new()
+    client = mb._client
+    assert client is not None
+    original_noop = client.noop
+
+    def noop_then_mail() -> Any:
+        result = original_noop()
+        mail.append(BOX, msg(1))  # lands after NOOP, before IDLE
+        return result
+
+    client.noop = noop_then_mail  # type: ignore[method-assign]
+    t0 = time.monotonic()
+    mb.wait(10, threading.Event())
+    assert time.monotonic() - t0 < 1.5
+    client.noop = original_noop  # type: ignore[method-assign]
+    assert len(mb.list_new()) == 1
+
+
+def test_connection_cut_without_bye_during_idle(
+    mail: MailServer, make_box: Callable[..., ImapMailbox]
+) -> None:
+    """An imap process that dies (no BYE) closes the connection: wait() must notice
+    at once instead of spinning or sleeping until the timeout."""
+    mb = make_box("tls")
+    mb.open()
+    mb.list_new()
+    idling = watch_idle(mb)
+    thread, out = run_in_thread(lambda: mb.wait(30, threading.Event()))
+    assert idling.wait(5)
+    killed = kill_imap_processes(mail)
+    assert killed, "no imap process found"
+    cut = time.monotonic()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert isinstance(out.get("error"), MailboxError)
+    assert out["ended"] - cut < 3.0
+    mb.open()
+    assert mb.list_new() == []
+
+
+def kill_imap_processes(mail: MailServer) -> list[int]:
+    """SIGKILL every post-login imap process of the test Dovecot."""
+    import os
+    import signal
+
+    from servers.dovecot import group_members
+
+    proc = mail.dovecot._proc
+    assert proc is not None
+    killed = []
+    for pid in group_members(proc.pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                name = f.read().split(b"\0")[0]
+        except OSError:
+            continue
+        if name.endswith(b"/imap"):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed

@@ -73,7 +73,7 @@ class MailServer:
         return password_for(address)
 
     def oauth2_token(self, address: str) -> str:
-        """Bearer token the SMTP relay accepts for XOAUTH2 (Dovecot has no XOAUTH2)."""
+        """Bearer token Dovecot (XOAUTH2, OAUTHBEARER) and the relay (XOAUTH2) accept."""
         return self.relay.oauth2_token(address)
 
     def ssl_context(self) -> ssl.SSLContext:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import http.server
+import json
 import os
 import pwd
 import shutil
@@ -21,6 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -47,6 +50,49 @@ USERS: tuple[str, ...] = (
 def password_for(address: str) -> str:
     """Every test user's password is ``pw-<localpart>``."""
     return "pw-" + address.split("@", 1)[0].lower()
+
+
+def oauth2_token_for(address: str) -> str:
+    """The bearer token Dovecot (XOAUTH2/OAUTHBEARER) and the relay (XOAUTH2) accept."""
+    return "tok-" + address.split("@", 1)[0].lower()
+
+
+class _TokenInfo(http.server.BaseHTTPRequestHandler):
+    """Dovecot's oauth2 passdb asks ``GET /tokeninfo?access_token=<token>``."""
+
+    tokens: dict[str, str] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        query = urllib.parse.urlsplit(self.path).query
+        token = urllib.parse.parse_qs(query).get("access_token", [""])[0]
+        user = self.tokens.get(token)
+        body = json.dumps({"email": user} if user else {"error": "invalid_token"}).encode()
+        self.send_response(200 if user else 401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+class TokenInfoServer:
+    """A loopback HTTP tokeninfo endpoint for the test users' bearer tokens."""
+
+    def __init__(self, users: Iterable[str]) -> None:
+        handler = type(
+            "TokenInfo", (_TokenInfo,), {"tokens": {oauth2_token_for(u): u for u in users}}
+        )
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/tokeninfo?access_token="
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 def free_port() -> int:
@@ -146,6 +192,7 @@ class Dovecot:
         self.ca_file = str(self.tls.ca_file)
         self.tls.ca_file.chmod(0o644)
         self._proc: subprocess.Popen[bytes] | None = None
+        self.tokeninfo = TokenInfoServer(self.users)
         self.last_pgid: int | None = None  # process group of the last stopped instance
         self._write_config()
 
@@ -165,6 +212,12 @@ class Dovecot:
             )
         )
         passwd.chmod(0o644)  # read by the auth process, which runs as user dovecot
+        oauth2_conf = self.root / "oauth2.conf"
+        oauth2_conf.write_text(
+            f"tokeninfo_url = {self.tokeninfo.url}\nusername_attribute = email\n"
+            "timeout_msecs = 5000\n"
+        )
+        oauth2_conf.chmod(0o644)
         dh = "/usr/share/dovecot/dh.pem"
         dh_line = f"ssl_dh = <{dh}\n" if os.path.exists(dh) else ""
         self.config_file.write_text(
@@ -188,7 +241,7 @@ ssl_cert = <{self.tls.cert_file}
 ssl_key = <{self.tls.key_file}
 {dh_line}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login xoauth2 oauthbearer
 auth_failure_delay = 0
 auth_cache_size = 0
 
@@ -203,6 +256,11 @@ namespace inbox {{
   separator = /
 }}
 
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {oauth2_conf}
+}}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%Lu {passwd}
@@ -355,6 +413,8 @@ protocol lmtp {{
     def destroy(self) -> None:
         """Stop and remove every file of this instance."""
         self.stop()
+        with contextlib.suppress(Exception):
+            self.tokeninfo.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def log_tail(self, lines: int = 40) -> str:

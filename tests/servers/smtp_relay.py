@@ -34,7 +34,7 @@ from typing import Any, Literal
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from .dovecot import free_port
+from .dovecot import free_port, oauth2_token_for
 from .tlsca import TlsFiles
 
 FIXTURE_HELO = "fixture.deliver.invalid"
@@ -233,7 +233,7 @@ class Relay:
 
     def oauth2_token(self, address: str) -> str:
         """The bearer token the relay accepts for ``address`` over XOAUTH2."""
-        return "tok-" + address.split("@", 1)[0].lower()
+        return oauth2_token_for(address)
 
     def _authenticator(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
