@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -96,6 +97,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"smtp: {exc.reason}", EXIT_CONNECT)
     except KeyboardInterrupt:
         return 130
+    except sqlite3.DatabaseError as exc:
+        return _fail(
+            f"the store in the configured state_dir cannot be used ({type(exc).__name__}); is it an inboxd store? check state_dir",
+            EXIT_CONFIG,
+        )
+    except OSError as exc:
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        return _fail(
+            f"cannot use{where} ({type(exc).__name__}: {exc.strerror or 'error'}); check the path and its permissions",
+            EXIT_CONFIG,
+        )
+    except Exception as exc:
+        # Last resort: still one line, and no message text that could quote mail.
+        return _fail(
+            f"unexpected {type(exc).__name__}; run again with --log-level debug and report it", 1
+        )
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -82,6 +82,8 @@ def _safe_exception(
     Exception messages of the email package and of servers can quote header values,
     so only the type name and the code locations are kept.
     """
+    # Only this processor may write "exception": a caller's own value could be str(exc).
+    event_dict.pop("exception", None)
     exc_info = event_dict.pop("exc_info", None)
     if not exc_info:
         return event_dict
@@ -106,6 +108,23 @@ def _safe_exception(
     return event_dict
 
 
+class _ConsoleRenderer:
+    """structlog's console renderer, with our exception summary made one line."""
+
+    def __init__(self) -> None:
+        self._inner = structlog.dev.ConsoleRenderer(colors=False)
+
+    def __call__(self, logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> str:
+        exc = event_dict.pop("exception", None)
+        if isinstance(exc, list) and exc:
+            last = exc[-1]
+            frame = (last.get("frames") or [{}])[-1]
+            event_dict["error_at"] = (
+                f"{last.get('type')} at {frame.get('file')}:{frame.get('line')}"
+            )
+        return str(self._inner(logger, name, event_dict))
+
+
 _configured = False
 
 
@@ -116,7 +135,7 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
     out = stream if stream is not None else sys.stdout
     renderer: Any
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        renderer = _ConsoleRenderer()
     else:
         renderer = structlog.processors.JSONRenderer()
     from inboxd.metrics import count_event

@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from inboxd.crypto import Keyring, open_sealed, seal
+from inboxd.crypto import DecryptError, Keyring, open_sealed, seal
+from inboxd.logs import get_logger
+
+log = get_logger(__name__)
 
 SCHEMA_VERSION = 1
 
@@ -497,8 +500,23 @@ class SqliteStore:
         out = []
         for r in rows:
             owner = f"outbox:{r['id']}"
-            data_key = self.keyring.unwrap(r["key_id"], r["wrapped_key"], owner)
-            env = json.loads(open_sealed(data_key, owner, "envelope", r["envelope"]))
+            try:
+                data_key = self.keyring.unwrap(r["key_id"], r["wrapped_key"], owner)
+                env = json.loads(open_sealed(data_key, owner, "envelope", r["envelope"]))
+                payload = open_sealed(data_key, owner, "message", r["message"])
+            except DecryptError as exc:
+                # One unreadable entry (its key removed before rotation finished) must
+                # not hold up every other mail: set it aside for an hour and say so.
+                log.error(
+                    "outbox.unreadable",
+                    outbox_id=r["id"],
+                    key_id=r["key_id"],
+                    error=type(exc).__name__,
+                )
+                self._c.execute(
+                    "UPDATE outbox SET next_attempt_at = ? WHERE id = ?", (now + 3600, r["id"])
+                )
+                continue
             out.append(
                 DueMail(
                     id=r["id"],
@@ -509,7 +527,7 @@ class SqliteStore:
                     created_at=r["created_at"],
                     sender=env["from"],
                     recipient=env["to"],
-                    payload=open_sealed(data_key, owner, "message", r["message"]),
+                    payload=payload,
                 )
             )
         return out
@@ -656,7 +674,11 @@ class SqliteStore:
             )
             self._c.execute("DELETE FROM ack_log WHERE at < ?", (now - rate_window,))
             self._c.execute(
-                "DELETE FROM sent WHERE sent_at < ? AND ref IS NULL", (now - dedup_window,)
+                # Remembered Message-IDs hold no content; they go with the dedup window,
+                # except while their signal is open (replies to them must be recognised).
+                "DELETE FROM sent WHERE sent_at < ?"
+                " AND (ref IS NULL OR ref NOT IN (SELECT ref FROM signals))",
+                (now - dedup_window,),
             )
             self._c.execute(
                 "DELETE FROM mailbox_keys WHERE status = 'expunged' AND seen_at < ?",

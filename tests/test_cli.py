@@ -302,11 +302,6 @@ def test_key_file_garbage(
     assert str(key) in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an unusable state_dir (here: a file) ends in a FileExistsError traceback; "
-    "cli.main catches only ConfigError/KeyFileError/MailboxError/SendError",
-)
 def test_unusable_state_dir_is_one_line(
     world: Path, in_process: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
@@ -317,10 +312,6 @@ def test_unusable_state_dir_is_one_line(
     one_error_line(in_process("status", "--config", str(cfg)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a state file that is not SQLite ends in a sqlite3.DatabaseError traceback",
-)
 def test_corrupt_store_is_one_line(
     world: Path, in_process: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:

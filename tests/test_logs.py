@@ -146,11 +146,6 @@ def test_exception_instance_as_exc_info(captured: Captured) -> None:
     assert event["exception"][0]["type"] == "OSError"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: 'exception' is allow-listed for _safe_exception's output, so a caller's "
-    "exception=str(exc) passes the redaction with its message",
-)
 def test_caller_supplied_exception_text_is_not_logged(captured: Captured) -> None:
     m = marker()
     logs.get_logger().error("oops", exception=f"ValueError: {m}")
@@ -240,11 +235,6 @@ def test_console_format_is_redacted_too(console: io.StringIO) -> None:
     assert m not in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with --log-format console, a logged exception raises TypeError in "
-    "ConsoleRenderer (_safe_exception leaves a list where it expects a str)",
-)
 def test_console_format_logs_exceptions(console: io.StringIO) -> None:
     m = marker()
     try:

@@ -295,11 +295,6 @@ def test_subject_and_body_split(tmp_path: Path) -> None:
 # -- packaging --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pyproject package-data lists inboxd/templates/*/* but the templates live "
-    "in ./templates; a wheel install has no templates (SHIPPED and INSTALLED both missing)",
-)
 def test_templates_are_shipped_with_the_package() -> None:
     root = Path(inboxd.__file__).resolve().parent
     pyproject = tomllib.loads((root.parent / "pyproject.toml").read_text(encoding="utf-8"))
