@@ -36,6 +36,10 @@ UID_CHUNK = 500  # UIDs per command, to keep command lines short
 IDLE_SLICE = 0.5  # seconds between looks at ``stop`` while idling
 
 _DELETED = b"\\Deleted"
+# What a server or a broken connection can make imapclient raise (SSLError and
+# timeouts are OSErrors; imapclient's own errors are imaplib's; a malformed answer
+# can end in ValueError/KeyError while parsing).
+_ERRORS = (OSError, imaplib.IMAP4.error, ValueError, KeyError)
 # What may go into a SEARCH argument as it is: printable ASCII without space and
 # without IMAP specials. imapclient sends 7-bit arguments inline, so a CR/LF in an
 # attacker's Message-ID would otherwise become a second IMAP command, and "{5}"
@@ -262,7 +266,7 @@ class ImapMailbox:
                 )
             else:
                 client = IMAPClient(self.host, port=self.port, ssl=False, timeout=self.timeout)
-        except (OSError, imaplib.IMAP4.error) as exc:
+        except _ERRORS as exc:
             raise self._fail("connect", exc) from None
         self._client = client
         try:
@@ -272,7 +276,7 @@ class ImapMailbox:
                     log.warning("mailbox.error", backend=self.name, reason="no STARTTLS offered")
                     raise MailboxError("server does not offer STARTTLS")
                 client.starttls(ctx)
-        except (OSError, imaplib.IMAP4.error) as exc:
+        except _ERRORS as exc:
             raise self._fail("starttls", exc) from None
         self._login(client)
         return client
@@ -290,7 +294,7 @@ class ImapMailbox:
                 client.login(self.username, self._password)
         except LoginError as exc:
             raise self._fail("login", exc, auth=True) from None
-        except (OSError, imaplib.IMAP4.error) as exc:
+        except _ERRORS as exc:
             raise self._fail("login", exc) from None
 
     def _select(self, client: IMAPClient) -> int:
@@ -311,7 +315,7 @@ class ImapMailbox:
             try:
                 self._caps = frozenset(c.upper() for c in client.capabilities())
                 uidvalidity = self._select(client)
-            except (OSError, imaplib.IMAP4.error, KeyError, ValueError) as exc:
+            except _ERRORS as exc:
                 raise self._fail("select", exc) from None
             self._last_uid = None
             log.info(
@@ -358,7 +362,7 @@ class ImapMailbox:
                     found = client.search("ALL")
                 else:
                     found = client.search(["UID", f"{self._last_uid + 1}:*"])
-            except (OSError, imaplib.IMAP4.error) as exc:
+            except _ERRORS as exc:
                 raise self._fail("search", exc) from None
             uids = new_uids(found, self._last_uid)
             if uids:
@@ -378,7 +382,7 @@ class ImapMailbox:
                         size = data.get(b"RFC822.SIZE")
                         if isinstance(size, int):
                             sizes[uid] = size
-            except (OSError, imaplib.IMAP4.error) as exc:
+            except _ERRORS as exc:
                 raise self._fail("fetch", exc) from None
         # The lock is not held across yields: the caller may delete between items.
         for batch in batches(wanted, sizes, FETCH_BATCH, FETCH_BATCH_BYTES):
@@ -388,7 +392,7 @@ class ImapMailbox:
                     return
                 try:
                     data = client.fetch(batch, [b"BODY.PEEK[]"])
-                except (OSError, imaplib.IMAP4.error) as exc:
+                except _ERRORS as exc:
                     raise self._fail("fetch", exc) from None
             for uid in batch:
                 raw = data.get(uid, {}).get(b"BODY[]")
@@ -399,6 +403,9 @@ class ImapMailbox:
         with self._use():
             client, uidvalidity = self._ready()
             uids = uids_for(keys, uidvalidity)
+            if len(uids) < len(keys):
+                # Keys of an earlier UIDVALIDITY name nothing any more; never guess.
+                log.info("mailbox.stale_keys", backend=self.name, count=len(keys) - len(uids))
             if not uids:
                 return
             if b"UIDPLUS" not in self._caps:
@@ -409,7 +416,7 @@ class ImapMailbox:
                 for chunk in chunks(uids):
                     client.add_flags(chunk, [_DELETED], silent=True)
                     client.uid_expunge(chunk)
-            except (OSError, imaplib.IMAP4.error) as exc:
+            except _ERRORS as exc:
                 raise self._fail("expunge", exc) from None
             log.info("mailbox.expunged", backend=self.name, count=len(uids))
 
@@ -439,7 +446,7 @@ class ImapMailbox:
                         if any(client.search(["HEADER", "Message-ID", mid]) for mid in ids):
                             found.append(name)
                     self._select(client)
-            except (OSError, imaplib.IMAP4.error, KeyError, ValueError) as exc:
+            except _ERRORS as exc:
                 raise self._fail("verify", exc) from None
             result = sorted(set(found))
             if result or unsearchable:
@@ -469,7 +476,7 @@ class ImapMailbox:
                 self._idle_until(client, deadline, stop)
             except MailboxError:
                 raise
-            except (OSError, imaplib.IMAP4.error) as exc:
+            except _ERRORS as exc:
                 raise self._fail("idle", exc) from None
 
     def _someone_waiting(self) -> bool:

@@ -46,16 +46,25 @@ class MailServer:
         self._closed = False
 
     @classmethod
-    def start(cls) -> MailServer:
-        server = cls()
-        atexit.register(server.close)  # in case the session teardown never runs
-        try:
-            server.dovecot.start()
-            server.relay.start()
-        except BaseException:
-            server.close()
-            raise
-        return server
+    def start(cls, attempts: int = 3) -> MailServer:
+        """Start both servers. Ports are picked free but could be taken by another
+        test session before we bind them: then try again on new ports."""
+        for attempt in range(1, attempts + 1):
+            server = cls()
+            atexit.register(server.close)  # in case the session teardown never runs
+            try:
+                server.dovecot.start()
+                server.relay.start()
+            except (RuntimeError, OSError):
+                server.close()
+                if attempt == attempts:
+                    raise
+                continue
+            except BaseException:
+                server.close()
+                raise
+            return server
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Stop everything and remove the temp dir. Idempotent, never raises."""
