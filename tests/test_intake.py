@@ -255,3 +255,26 @@ def test_check_with_a_wrong_password_exits_3_with_one_line(world: World, mail: M
     assert result.returncode == 3
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
+
+
+def test_every_corpus_message_is_queued_once_and_nothing_is_lost(
+    world: World, mail: MailServer
+) -> None:
+    files = sorted(p for p in CORPUS.iterdir() if p.is_file() and p.name != "SOURCES.md")
+    assert len(files) > 50
+    raws = [p.read_bytes() for p in files]
+    mail.append_many(MAILBOX, raws)
+    # What the server stores (it may normalise line endings, making some files equal).
+    stored = mail.messages(MAILBOX)
+    assert len(stored) == len(raws)
+    world.write_config(rate="100000/h", include="none")
+    assert world.once() == 0
+    assert everything_in(mail, MAILBOX) == [], "every corpus message was taken in"
+    status = world.status()
+    # Identical stored messages are one signal (dedup); everything else one each.
+    assert status["open"] == len(set(stored)), status
+    assert status["flags"].get("auto", 0) > 10, "bounces and auto-replies are flagged"
+    assert '"level": "error"' not in world.log_text()
