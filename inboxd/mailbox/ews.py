@@ -1,0 +1,642 @@
+"""Exchange Server mailbox over EWS (exchangelib), with an explicit service endpoint.
+
+Keys are EWS item ids. New mail is found with ``SyncFolderItems``; its sync state
+is kept in memory and, when the daemon gives a path, in a small file written
+atomically only once a sync ran to its end, so that a crash mid-paging leaves the
+previous state. The first listing after :meth:`EwsMailbox.open` reports every
+message in the folder (``FindItem``), whatever the stored state says: a crash
+may have left messages that were listed but never queued.
+
+exchangelib runs with its fail-fast policy; throttling (``ErrorServerBusy`` with the
+server's back-off) is waited out here, bounded, and a 401 with an OAuth token is
+answered by fetching a new token once.
+
+The connection plumbing (:class:`EwsSettings`, :func:`connect`, :func:`call`) is
+shared with :mod:`inboxd.transport.ews`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+import requests.adapters
+from exchangelib import DELEGATE, IMPERSONATION, Account, Configuration, Credentials, FailFast
+from exchangelib.credentials import OAuth2AuthorizationCodeCredentials
+from exchangelib.errors import (
+    ErrorAccessDenied,
+    ErrorImpersonateUserDenied,
+    ErrorInvalidSyncStateData,
+    ErrorItemNotFound,
+    ErrorNonExistentMailbox,
+    ErrorServerBusy,
+    EWSError,
+    UnauthorizedError,
+)
+from exchangelib.folders import Folder
+from exchangelib.items import HARD_DELETE
+from exchangelib.properties import ItemId
+from exchangelib.protocol import BaseProtocol, Protocol
+from exchangelib.transport import BASIC, NTLM, OAUTH2
+
+from inboxd.logs import get_logger
+from inboxd.mailbox.base import MailboxError, MailboxItem
+from inboxd.msauth import TokenError, TokenSource
+
+log = get_logger(__name__)
+
+AuthType = Literal["ntlm", "basic", "oauth2"]
+T = TypeVar("T")
+
+# Bounds on waiting out ErrorServerBusy inside one call: beyond them the caller's
+# reconnect backoff takes over (and the daemon stays responsive to SIGTERM).
+MAX_BUSY_RETRIES = 4
+MAX_BUSY_WAIT = 60.0
+GET_CHUNK = 10  # MIME bodies per GetItem: signals with attachments can be large
+DELETE_CHUNK = 100
+PAGE_SIZE = 100  # FindItem page / SyncFolderItems MaxChangesReturned (Exchange caps at 512)
+
+# Indirection so tests can observe the waits without sleeping.
+_sleep: Callable[[float], None] = time.sleep
+
+
+# --- TLS: a CA bundle per EWS host ---------------------------------------------------
+
+_CA_BUNDLES: dict[tuple[str, int], str] = {}
+_CA_LOCK = threading.Lock()
+
+
+class _CaBundleAdapter(requests.adapters.HTTPAdapter):
+    """Verifies registered EWS hosts against their own CA bundle.
+
+    exchangelib builds its sessions itself and offers ``BaseProtocol.HTTP_ADAPTER_CLS``
+    as the hook; the bundle is chosen by host and port. It is applied whatever
+    ``verify`` the session computed, because requests lets ``REQUESTS_CA_BUNDLE``
+    replace a session's own setting.
+    """
+
+    @staticmethod
+    def _verify_for(url: str | None, verify: Any) -> Any:
+        if verify is False or not url:
+            return verify
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return _CA_BUNDLES.get(((parts.hostname or "").lower(), port), verify)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        super().cert_verify(conn, url, self._verify_for(url, verify), cert)
+
+    def get_connection_with_tls_context(
+        self, request: Any, verify: Any, proxies: Any = None, cert: Any = None
+    ) -> Any:
+        return super().get_connection_with_tls_context(
+            request, self._verify_for(request.url, verify), proxies=proxies, cert=cert
+        )
+
+
+def _register_ca(endpoint: str, ca_file: str) -> None:
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    with _CA_LOCK:
+        current = BaseProtocol.HTTP_ADAPTER_CLS
+        if current is not _CaBundleAdapter:
+            if current is not requests.adapters.HTTPAdapter:
+                raise MailboxError("ca_file: another HTTP adapter is installed in exchangelib")
+            BaseProtocol.HTTP_ADAPTER_CLS = _CaBundleAdapter
+        _CA_BUNDLES[((parts.hostname or "").lower(), port)] = ca_file
+
+
+# --- credentials ---------------------------------------------------------------------
+
+
+class _TokenCredentials(OAuth2AuthorizationCodeCredentials):  # type: ignore[misc]
+    """OAuth2 for exchangelib with tokens from our :class:`TokenSource`.
+
+    exchangelib would fetch tokens itself from login.microsoftonline.com (a fixed
+    URL); instead every new session takes the provider's current token. The token
+    is marked as expiring in four minutes (the provider guarantees at least five),
+    so exchangelib renews its session — and with it the token — in time.
+    """
+
+    SESSION_TOKEN_SECONDS = 240
+
+    def __init__(self, token: TokenSource, identity: Any) -> None:
+        super().__init__(identity=identity)
+        self._token_source = token
+
+    def session_params(self) -> dict[str, Any]:
+        try:
+            tok = self._token_source()
+        except TokenError as exc:
+            raise _TokenUnavailable(exc) from None
+        return {
+            "token": {
+                "access_token": tok,
+                "token_type": "Bearer",
+                "expires_at": time.time() + self.SESSION_TOKEN_SECONDS,
+            }
+        }
+
+    def refresh(self, session: Any) -> None:
+        # The next session_params() call asks the provider, which renews as needed.
+        return None
+
+    def __repr__(self) -> str:
+        return "_TokenCredentials(********)"
+
+
+class _TokenUnavailable(Exception):
+    def __init__(self, error: TokenError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
+# --- connection ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EwsSettings:
+    service_endpoint: str
+    username: str
+    password: str | None = None
+    auth_type: AuthType = "ntlm"
+    token: TokenSource | None = None
+    primary_smtp_address: str | None = None
+    ca_file: str | None = None
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.service_endpoint.startswith(("https://", "http://")):
+            raise ValueError("service_endpoint must be an http(s) URL of Exchange.asmx")
+        if self.auth_type in ("ntlm", "basic") and not self.password:
+            raise ValueError(f"auth_type {self.auth_type} needs a password")
+        if self.auth_type == "oauth2" and self.token is None:
+            raise ValueError("auth_type oauth2 needs a token provider")
+        if "@" not in self.address:
+            raise ValueError("primary_smtp_address (or an address as username) is required")
+
+    @property
+    def address(self) -> str:
+        return self.primary_smtp_address or self.username
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.service_endpoint).hostname or ""
+
+    def __repr__(self) -> str:
+        return (
+            f"EwsSettings(service_endpoint={self.service_endpoint!r}, auth_type={self.auth_type!r})"
+        )
+
+
+def connect(settings: EwsSettings) -> Account:
+    """An exchangelib Account for the mailbox; sends nothing yet."""
+    if settings.ca_file:
+        _register_ca(settings.service_endpoint, settings.ca_file)
+    credentials: Any
+    access_type = DELEGATE
+    if settings.auth_type == "oauth2":
+        assert settings.token is not None
+        from exchangelib.properties import Identity
+
+        # App-only tokens act on a mailbox by impersonation (EWS in Exchange Online).
+        credentials = _TokenCredentials(
+            settings.token, Identity(primary_smtp_address=settings.address)
+        )
+        access_type = IMPERSONATION
+        auth = OAUTH2
+    else:
+        credentials = Credentials(settings.username, settings.password)
+        auth = NTLM if settings.auth_type == "ntlm" else BASIC
+    config = Configuration(
+        service_endpoint=settings.service_endpoint,
+        credentials=credentials,
+        auth_type=auth,
+        retry_policy=FailFast(),
+        max_connections=1,
+    )
+    account = Account(
+        settings.address,
+        config=config,
+        autodiscover=False,
+        access_type=access_type,
+        locale="en_US",
+        default_timezone=None,
+    )
+    # Per instance: exchangelib's class default is 120 s.
+    account.protocol.TIMEOUT = settings.timeout
+    return account
+
+
+def disconnect(account: Account | None) -> None:
+    """Close pooled sessions and forget the cached protocol; never raises."""
+    if account is None:
+        return
+    with contextlib.suppress(Exception):
+        account.protocol.close()
+    with contextlib.suppress(Exception):
+        del Protocol[account.protocol.config]
+
+
+def reset_sessions(account: Account) -> None:
+    """Drop pooled sessions so that the next request builds one with a new token."""
+    with contextlib.suppress(Exception):
+        account.protocol.close()
+
+
+def call(
+    settings: EwsSettings,
+    account: Account,
+    fn: Callable[[], T],
+    *,
+    what: str,
+) -> T:
+    """Run one EWS operation: wait out throttling (bounded), renew an OAuth token
+    once on 401, and turn every failure into an exception without mail content.
+
+    Raises :class:`EwsFailure` carrying a short reason, ``auth`` and whether it is
+    worth retrying soon.
+    """
+    busy_retries = 0
+    waited = 0.0
+    refreshed = False
+    while True:
+        try:
+            return fn()
+        except ErrorServerBusy as exc:
+            delay = float(exc.back_off or 1.0)
+            if busy_retries >= MAX_BUSY_RETRIES or waited + delay > MAX_BUSY_WAIT:
+                log.warning("ews.throttled", kind=what, delay=delay, attempt=busy_retries)
+                raise EwsFailure("ErrorServerBusy", auth=False, temporary=True) from None
+            log.info("ews.backoff", kind=what, delay=delay, attempt=busy_retries + 1)
+            _sleep(delay)
+            waited += delay
+            busy_retries += 1
+        except UnauthorizedError:
+            if settings.auth_type == "oauth2" and not refreshed and settings.token is not None:
+                refreshed = True
+                log.info("ews.token_refresh", kind=what)
+                try:
+                    settings.token(force_refresh=True)
+                except TokenError as exc:
+                    raise _token_failure(exc) from None
+                reset_sessions(account)
+                continue
+            raise EwsFailure("UnauthorizedError", auth=True, temporary=False) from None
+        except _TokenUnavailable as exc:
+            raise _token_failure(exc.error) from None
+        except (ErrorAccessDenied, ErrorImpersonateUserDenied, ErrorNonExistentMailbox) as exc:
+            raise EwsFailure(type(exc).__name__, auth=True, temporary=False) from None
+        except EWSError as exc:
+            raise EwsFailure(type(exc).__name__, auth=False, temporary=True) from None
+        except (requests.RequestException, OSError) as exc:
+            raise EwsFailure(type(exc).__name__, auth=False, temporary=True) from None
+
+
+class EwsFailure(Exception):
+    def __init__(self, reason: str, *, auth: bool, temporary: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.auth = auth
+        self.temporary = temporary
+
+
+def _token_failure(exc: TokenError) -> EwsFailure:
+    return EwsFailure(exc.reason, auth=exc.permanent, temporary=not exc.permanent)
+
+
+# --- sync state file -------------------------------------------------------------------
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_state(path: str | None, scope: dict[str, str]) -> str | None:
+    """The stored state, if the file exists and belongs to this mailbox and folder."""
+    if not path:
+        return None
+    try:
+        doc = json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        log.warning("mailbox.state_unreadable", kind="sync_state")
+        return None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("scope") != scope
+        or not isinstance(doc.get("state"), str)
+    ):
+        log.warning("mailbox.state_ignored", kind="sync_state")
+        return None
+    return str(doc["state"])
+
+
+def store_state(path: str | None, scope: dict[str, str], state: str) -> None:
+    if not path:
+        return
+    write_atomically(path, json.dumps({"version": 1, "scope": scope, "state": state}).encode())
+
+
+# --- the mailbox -----------------------------------------------------------------------
+
+
+class EwsMailbox:
+    """A folder of an Exchange mailbox over EWS (see the module docstring)."""
+
+    name = "ews"
+
+    def __init__(
+        self,
+        service_endpoint: str,
+        username: str,
+        *,
+        password: str | None = None,
+        auth_type: AuthType = "ntlm",
+        token: TokenSource | None = None,
+        folder: str = "inbox",
+        primary_smtp_address: str | None = None,
+        ca_file: str | None = None,
+        poll_interval: float = 60.0,
+        sync_state_path: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        if folder.lower() != "inbox":
+            # Only the distinguished inbox: a folder path would need FindFolder
+            # walks and a name that survives renames.
+            raise ValueError('the EWS backend reads the inbox (folder = "inbox")')
+        self.settings = EwsSettings(
+            service_endpoint=service_endpoint,
+            username=username,
+            password=password,
+            auth_type=auth_type,
+            token=token,
+            primary_smtp_address=primary_smtp_address,
+            ca_file=ca_file,
+            timeout=timeout,
+        )
+        self.folder_name = "inbox"
+        self.poll_interval = poll_interval
+        self.sync_state_path = sync_state_path
+        self._account: Account | None = None
+        self._folder: Folder | None = None
+        self._sync_state: str | None = None
+        self._first = True
+        self._seen: set[str] = set()
+        self._scope = {
+            "backend": "ews",
+            "endpoint": service_endpoint,
+            "mailbox": self.settings.address.lower(),
+            "folder": self.folder_name,
+        }
+
+    def __repr__(self) -> str:
+        return f"EwsMailbox({self.settings.host!r})"
+
+    # --- connection ---
+
+    def open(self) -> None:
+        self.close()
+        account = connect(self.settings)
+        try:
+            folder = self._call(account, lambda: account.inbox, what="open")
+        except MailboxError:
+            disconnect(account)
+            raise
+        self._account, self._folder = account, folder
+        self._first = True
+        self._seen = set()
+        log.info("mailbox.open", backend="ews", host=self.settings.host, folder=self.folder_name)
+
+    def close(self) -> None:
+        account, self._account, self._folder = self._account, None, None
+        disconnect(account)
+
+    def _call(self, account: Account, fn: Callable[[], T], *, what: str) -> T:
+        try:
+            return call(self.settings, account, fn, what=what)
+        except EwsFailure as exc:
+            log.warning("mailbox.error", backend="ews", kind=what, error=exc.reason)
+            raise MailboxError(f"ews {what}: {exc.reason}", auth=exc.auth) from None
+
+    def _require(self) -> tuple[Account, Folder]:
+        if self._account is None or self._folder is None:
+            raise MailboxError("ews: not open")
+        return self._account, self._folder
+
+    # --- listing ---
+
+    def list_new(self) -> list[str]:
+        account, folder = self._require()
+        present: list[tuple[str, Any]] = []
+        state = self._sync_state
+        if self._first:
+            state = read_state(self.sync_state_path, self._scope)
+            if state is not None:
+                # What the last run may have listed without queueing is in the folder
+                # still: list it all, then resume the incremental sync. (Without a
+                # stored state the sync from scratch lists everything anyway.)
+                present = self._call(account, lambda: self._find_all(folder), what="find")
+        changes, new_state = self._call(account, lambda: self._sync(folder, state), what="sync")
+        fresh: dict[str, Any] = {}
+        for key, received in present:
+            if key not in self._seen:
+                fresh.setdefault(key, received)
+        for kind, key, received in changes:
+            if kind == "delete":
+                fresh.pop(key, None)
+                self._seen.discard(key)
+            elif key not in self._seen:
+                fresh.setdefault(key, received)
+        # Oldest first; items without a received time keep the server's order.
+        ordered = sorted(fresh, key=lambda k: (fresh[k] is None, fresh[k] or 0))
+        if self.sync_state_path:
+            try:
+                store_state(self.sync_state_path, self._scope, new_state)
+            except OSError as exc:
+                log.error("mailbox.state_write_failed", backend="ews", error=type(exc).__name__)
+                raise MailboxError("ews: cannot write sync state") from None
+        self._sync_state = new_state
+        self._first = False
+        self._seen.update(ordered)
+        if ordered:
+            log.info("mailbox.listed", backend="ews", count=len(ordered))
+        return ordered
+
+    def _sync(self, folder: Folder, state: str | None) -> tuple[list[tuple[str, str, Any]], str]:
+        """All changes since ``state`` (every item when None), and the new state.
+
+        The generator is consumed to its end before anything is returned: only then
+        has exchangelib the final sync state of the run. A state the server no
+        longer accepts means a sync from scratch, which lists every item present.
+        """
+        try:
+            return self._sync_once(folder, state)
+        except ErrorInvalidSyncStateData:
+            if state is None:
+                raise
+            log.warning("mailbox.state_ignored", backend="ews", kind="sync_state")
+            return self._sync_once(folder, None)
+
+    @staticmethod
+    def _sync_once(folder: Folder, state: str | None) -> tuple[list[tuple[str, str, Any]], str]:
+        folder.item_sync_state = state
+        out: list[tuple[str, str, Any]] = []
+        for change, item in folder.sync_items(
+            sync_state=state,
+            only_fields=["datetime_received"],
+            max_changes_returned=PAGE_SIZE,
+        ):
+            if change == "delete":
+                out.append(("delete", item.id, None))
+            elif change == "read_flag_change":
+                out.append(("update", item[0].id, None))
+            else:
+                out.append((change, item.id, getattr(item, "datetime_received", None)))
+        new_state = folder.item_sync_state
+        if not new_state:
+            raise ErrorInvalidSyncStateData("no sync state in the response")
+        return out, str(new_state)
+
+    def _find_all(self, folder: Folder) -> list[tuple[str, Any]]:
+        qs = folder.all().only("datetime_received").order_by("datetime_received")
+        qs.page_size = PAGE_SIZE
+        return [(item.id, item.datetime_received) for item in qs]
+
+    # --- content ---
+
+    def fetch(self, keys: Sequence[str]) -> Iterator[MailboxItem]:
+        account, folder = self._require()
+        for start in range(0, len(keys), GET_CHUNK):
+            chunk = list(keys[start : start + GET_CHUNK])
+
+            def get(chunk: list[str] = chunk) -> list[Any]:
+                return list(
+                    account.fetch(
+                        ids=[ItemId(id=k) for k in chunk],
+                        folder=folder,
+                        only_fields=["mime_content"],
+                        chunk_size=GET_CHUNK,
+                    )
+                )
+
+            results = self._call(account, get, what="fetch")
+            for key, result in zip(chunk, results, strict=True):
+                if isinstance(result, ErrorItemNotFound):
+                    continue
+                if isinstance(result, Exception):
+                    log.warning(
+                        "mailbox.error", backend="ews", kind="fetch", error=type(result).__name__
+                    )
+                    raise MailboxError(
+                        f"ews fetch: {type(result).__name__}",
+                        auth=isinstance(result, ErrorAccessDenied),
+                    )
+                raw = result.mime_content
+                if raw is None:
+                    raise MailboxError("ews fetch: no MimeContent in the response")
+                yield MailboxItem(key, bytes(raw))
+
+    def delete(self, keys: Sequence[str]) -> None:
+        account, _folder = self._require()
+        failed: list[str] = []
+        for start in range(0, len(keys), DELETE_CHUNK):
+            chunk = list(keys[start : start + DELETE_CHUNK])
+
+            def remove(chunk: list[str] = chunk) -> list[Any]:
+                return list(
+                    account.bulk_delete(
+                        ids=[ItemId(id=k) for k in chunk],
+                        delete_type=HARD_DELETE,
+                        chunk_size=DELETE_CHUNK,
+                    )
+                )
+
+            results = self._call(account, remove, what="delete")
+            for key, result in zip(chunk, results, strict=True):
+                if result is True or isinstance(result, ErrorItemNotFound):
+                    self._seen.discard(key)
+                else:
+                    failed.append(type(result).__name__)
+        if failed:
+            log.warning(
+                "mailbox.error", backend="ews", kind="delete", error=failed[0], count=len(failed)
+            )
+            raise MailboxError(
+                f"ews delete: {failed[0]} ({len(failed)} not deleted)",
+                auth=failed[0] == "ErrorAccessDenied",
+            )
+        log.info("mailbox.deleted", backend="ews", count=len(keys))
+
+    def verify_deleted(self, keys: Sequence[str], message_ids: Sequence[str]) -> list[str]:
+        """Keys of messages still in the folder: any of ``keys`` that still exists,
+        and any message whose Message-ID is one of ``message_ids``.
+
+        What Exchange keeps in Recoverable Items (single item recovery, holds) is not
+        visible here.
+        """
+        account, folder = self._require()
+        still: list[str] = []
+        for start in range(0, len(keys), DELETE_CHUNK):
+            chunk = list(keys[start : start + DELETE_CHUNK])
+
+            def probe(chunk: list[str] = chunk) -> list[Any]:
+                return list(
+                    account.fetch(
+                        ids=[ItemId(id=k) for k in chunk],
+                        folder=folder,
+                        only_fields=["id"],
+                        chunk_size=DELETE_CHUNK,
+                    )
+                )
+
+            for key, result in zip(chunk, self._call(account, probe, what="verify"), strict=True):
+                if isinstance(result, ErrorItemNotFound):
+                    continue
+                if isinstance(result, Exception):
+                    raise MailboxError(f"ews verify: {type(result).__name__}")
+                still.append(key)
+        ids = [m for m in message_ids if m]
+        for start in range(0, len(ids), 20):
+            chunk_ids = ids[start : start + 20]
+
+            def search(chunk_ids: list[str] = chunk_ids) -> list[str]:
+                qs = folder.filter(message_id__in=chunk_ids).only("id")
+                qs.page_size = PAGE_SIZE
+                return [item.id for item in qs]
+
+            for key in self._call(account, search, what="verify"):
+                if key not in still:
+                    still.append(key)
+        return still
+
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        stop.wait(max(0.0, min(timeout, self.poll_interval)))

@@ -1,0 +1,149 @@
+"""Sending through Exchange Web Services: ``CreateItem`` with
+``MessageDisposition="SendOnly"`` and the raw MIME as ``MimeContent``.
+
+SendOnly keeps no copy in Sent Items (``SendAndSaveCopy`` would leave the forwarded
+signal on the server). EWS has no SMTP envelope: Exchange takes the recipients
+from the item, so the envelope recipient is set as the item's only recipient, and
+a message whose own To/Cc/Bcc name anyone else is refused rather than sent to
+people the outbox did not ask for. The envelope sender is the mailbox itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+from typing import TypeVar
+
+from exchangelib import Account, Mailbox, Message
+from exchangelib.errors import (
+    ErrorInvalidRecipients,
+    ErrorMailRecipientNotFound,
+    ErrorMessageSizeExceeded,
+    ErrorSendAsDenied,
+)
+from exchangelib.items import SEND_ONLY
+
+from inboxd.logs import get_logger
+from inboxd.mailbox.ews import AuthType, EwsFailure, EwsSettings, call, connect, disconnect
+from inboxd.msauth import TokenSource
+from inboxd.transport.base import Envelope, SendError
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+_PERMANENT = (
+    ErrorInvalidRecipients,
+    ErrorMailRecipientNotFound,
+    ErrorMessageSizeExceeded,
+    ErrorSendAsDenied,
+)
+
+
+# A header block bigger than this is not one inboxd wrote.
+_MAX_HEADER_BYTES = 256 * 1024
+
+
+def header_recipients(message: bytes) -> list[str]:
+    """The addresses in the message's To, Cc and Bcc headers (lower case).
+
+    Servers without an SMTP envelope (EWS, Graph) deliver to these, so a transport
+    there can only honour the envelope when they name exactly its recipient.
+    """
+    head = message.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0][:_MAX_HEADER_BYTES]
+    # compat32 parses lazily and never raises on odd header values.
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(head)
+    values = [str(v) for name in ("To", "Cc", "Bcc") for v in (parsed.get_all(name) or [])]
+    return [addr.strip().lower() for _name, addr in getaddresses(values) if addr.strip()]
+
+
+def recipients_match(message: bytes, recipient: str) -> bool:
+    found = header_recipients(message)
+    return bool(found) and set(found) == {recipient.strip().lower()}
+
+
+class EwsTransport:
+    name = "ews"
+
+    def __init__(
+        self,
+        service_endpoint: str,
+        username: str,
+        *,
+        password: str | None = None,
+        auth_type: AuthType = "ntlm",
+        token: TokenSource | None = None,
+        primary_smtp_address: str | None = None,
+        ca_file: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.settings = EwsSettings(
+            service_endpoint=service_endpoint,
+            username=username,
+            password=password,
+            auth_type=auth_type,
+            token=token,
+            primary_smtp_address=primary_smtp_address,
+            ca_file=ca_file,
+            timeout=timeout,
+        )
+        self._account: Account | None = None
+
+    def __repr__(self) -> str:
+        return f"EwsTransport({self.settings.host!r})"
+
+    def _connected(self) -> Account:
+        if self._account is None:
+            self._account = connect(self.settings)
+        return self._account
+
+    def _call(self, fn: Callable[[Account], T], *, what: str) -> T:
+        account = self._connected()
+        try:
+            return call(self.settings, account, lambda: fn(account), what=what)
+        except EwsFailure as exc:
+            log.warning("transport.error", transport="ews", kind=what, error=exc.reason)
+            if exc.temporary:
+                # Start from a fresh connection next time.
+                self.close()
+            raise SendError(f"ews {what}: {exc.reason}", temporary=exc.temporary) from None
+
+    def send(self, envelope: Envelope, message: bytes) -> None:
+        if not recipients_match(message, envelope.recipient):
+            log.error("transport.refused", transport="ews", reason="recipient-mismatch")
+            raise SendError(
+                "ews send: the message's To/Cc/Bcc must name exactly the envelope recipient",
+                temporary=False,
+            )
+
+        def create(account: Account) -> list[object]:
+            item = Message(
+                account=account,
+                mime_content=message,
+                to_recipients=[Mailbox(email_address=envelope.recipient)],
+            )
+            return list(
+                account.bulk_create(folder=None, items=[item], message_disposition=SEND_ONLY)
+            )
+
+        results = self._call(create, what="send")
+        result = results[0] if results else None
+        if isinstance(result, Exception):
+            permanent = isinstance(result, _PERMANENT)
+            log.warning(
+                "transport.error", transport="ews", kind="send", error=type(result).__name__
+            )
+            raise SendError(f"ews send: {type(result).__name__}", temporary=not permanent)
+        log.info("transport.sent", transport="ews", size=len(message))
+
+    def check(self) -> None:
+        # GetFolder on the mailbox root: proves the credentials and the mailbox.
+        self._call(lambda account: account.root, what="check")
+
+    def close(self) -> None:
+        account, self._account = self._account, None
+        with contextlib.suppress(Exception):
+            disconnect(account)

@@ -1,0 +1,670 @@
+"""A fake Exchange Server EWS endpoint (``/EWS/Exchange.asmx``) speaking SOAP 1.1.
+
+It answers the operations the EWS backend sends — ``ConvertId`` (exchangelib's
+version probe), ``GetFolder``, ``SyncFolderItems``, ``FindItem``, ``GetItem`` with
+``MimeContent``, ``DeleteItem`` and ``CreateItem`` — with the envelopes Exchange
+2019 returns, including the ``ServerVersionInfo`` header, message-level errors
+(``ErrorItemNotFound``, ``ErrorAccessDenied``, ``ErrorInvalidSyncStateData``) and
+the throttling fault (``ErrorServerBusy`` with ``BackOffMilliseconds``).
+
+Requests are checked against the shapes the backend must send (XPath on the SOAP
+body). A request that does not fit is answered with ``ErrorSchemaValidation``, as
+Exchange would, and recorded in :attr:`EwsServer.protocol_errors` so that a test
+can fail on it even where the client swallowed the error.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import http.server
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lxml import etree
+
+from . import FakeHTTPServer
+from .token_server import TokenServer
+
+S = "http://schemas.xmlsoap.org/soap/envelope/"
+M = "http://schemas.microsoft.com/exchange/services/2006/messages"
+T = "http://schemas.microsoft.com/exchange/services/2006/types"
+E = "http://schemas.microsoft.com/exchange/services/2006/errors"
+NS = {"s": S, "m": M, "t": T}
+
+_VERSION_HEADER = (
+    '<h:ServerVersionInfo MajorVersion="15" MinorVersion="2" MajorBuildNumber="1544" '
+    'MinorBuildNumber="4" Version="V2017_07_11" '
+    f'xmlns:h="{T}" xmlns="{T}" '
+    'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+    'xmlns:xsd="http://www.w3.org/2001/XMLSchema"/>'
+)
+
+
+class ProtocolError(Exception):
+    """The client sent something Exchange would reject."""
+
+
+@dataclass
+class StoredItem:
+    id: str
+    changekey: str
+    mime: bytes
+    received: dt.datetime
+    message_id: str
+
+
+@dataclass
+class SentItem:
+    mime: bytes
+    to: list[str]
+    disposition: str
+    saved_folder: bool
+
+
+@dataclass
+class Call:
+    operation: str
+    body: etree._Element
+
+
+@dataclass
+class _Event:
+    seq: int
+    kind: str  # "create" | "delete"
+    item_id: str
+
+
+@dataclass
+class _State:
+    username: str
+    password: str
+    mailbox: str
+    auth: str
+    tokens: TokenServer | None
+    audience: str
+    items: dict[str, StoredItem] = field(default_factory=dict)  # insertion = arrival order
+    events: list[_Event] = field(default_factory=list)
+    seq: int = 0
+    sent: list[SentItem] = field(default_factory=list)
+    deletes: list[tuple[str, str]] = field(default_factory=list)  # (item id, DeleteType)
+    calls: list[Call] = field(default_factory=list)
+    protocol_errors: list[str] = field(default_factory=list)
+    # operation -> queue of faults to answer with instead of doing the work
+    faults: dict[str, list[str]] = field(default_factory=dict)
+    hooks: dict[str, Callable[[], None]] = field(default_factory=dict)
+    auth_failures: int = 0
+    recycle_bin: list[StoredItem] = field(default_factory=list)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+def new_item_id() -> str:
+    # Real ids are base64 of ~110 bytes of store entry id, starting "AAMkA".
+    return base64.b64encode(b"\x00\x00\x03$" + secrets.token_bytes(108)).decode()
+
+
+def _changekey() -> str:
+    return base64.b64encode(b"\x10\x00\x00\x00" + secrets.token_bytes(16)).decode()
+
+
+def _esc(text: str) -> str:
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    )
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "Microsoft-IIS/10.0"
+    protocol_version = "HTTP/1.1"
+
+    @property
+    def state(self) -> _State:
+        return self.server.fake.state  # type: ignore[attr-defined,no-any-return]
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _unauthorized(self) -> None:
+        with self.state.lock:
+            self.state.auth_failures += 1
+        if self.state.auth == "oauth2":
+            hdrs = {
+                "WWW-Authenticate": (
+                    'Bearer client_id="00000002-0000-0ff1-ce00-000000000000", '
+                    'token_types="app_asserted_user_v1 service_asserted_app_v1", '
+                    'error="invalid_token"'
+                ),
+                "x-ms-diagnostics": (
+                    '2000001;reason="The token has expired.";error_category="invalid_token"'
+                ),
+            }
+        else:
+            hdrs = {"WWW-Authenticate": 'Basic realm="mail.example"'}
+        self._send(401, b"", hdrs)
+
+    def _authorized(self) -> bool:
+        st = self.state
+        header = self.headers.get("Authorization")
+        if st.auth == "basic":
+            want = base64.b64encode(f"{st.username}:{st.password}".encode()).decode()
+            return header == f"Basic {want}"
+        if st.auth == "oauth2":
+            assert st.tokens is not None
+            return st.tokens.check(header, st.audience)
+        raise AssertionError(st.auth)
+
+    def do_GET(self) -> None:
+        # Exchange answers browsers on the EWS URL with 401 too.
+        self._unauthorized()
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        data = self.rfile.read(length)
+        if self.path.rstrip("/").lower() != "/ews/exchange.asmx":
+            self._send(404, b"")
+            return
+        if not self._authorized():
+            self._unauthorized()
+            return
+        if not self.headers.get("Content-Type", "").startswith("text/xml"):
+            self._send(415, b"")
+            return
+        try:
+            root = etree.fromstring(data, parser=etree.XMLParser(resolve_entities=False))
+        except etree.XMLSyntaxError:
+            self._send(400, b"")
+            return
+        body = root.find(f"{{{S}}}Body")
+        if body is None or len(body) == 0:
+            self._fault("ErrorSchemaValidation", "No SOAP body.")
+            return
+        op_elem = body[0]
+        op = etree.QName(op_elem).localname
+        st = self.state
+        with st.lock:
+            st.calls.append(Call(op, op_elem))
+            queued = st.faults.get(op) or []
+            fault = queued.pop(0) if queued else None
+            hook = st.hooks.pop(op, None)
+        if hook is not None:
+            hook()
+        if fault == "busy":
+            self._fault(
+                "ErrorServerBusy",
+                "The server cannot service this request right now. Try again later.",
+                back_off_ms=2500,
+            )
+            return
+        if fault == "http503":
+            self._send(503, b"Service Unavailable", {"Content-Type": "text/html"})
+            return
+        if fault == "unauthorized":
+            self._unauthorized()
+            return
+        handler = getattr(self, f"_op_{op}", None)
+        if handler is None:
+            self._protocol_error(f"unsupported operation {op}")
+            return
+        try:
+            with st.lock:
+                response = handler(op_elem, fault)
+        except ProtocolError as exc:
+            self._protocol_error(str(exc))
+            return
+        self._envelope(op, response)
+
+    # --- envelopes ----------------------------------------------------------------
+
+    def _envelope(self, op: str, messages: str) -> None:
+        xml = (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            f'<s:Envelope xmlns:s="{S}"><s:Header>{_VERSION_HEADER}</s:Header>'
+            '<s:Body xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+            'xmlns:xsd="http://www.w3.org/2001/XMLSchema">'
+            f'<m:{op}Response xmlns:m="{M}" xmlns:t="{T}">'
+            f"<m:ResponseMessages>{messages}</m:ResponseMessages>"
+            f"</m:{op}Response></s:Body></s:Envelope>"
+        )
+        self._send(200, xml.encode(), {"Content-Type": "text/xml; charset=utf-8"})
+
+    def _fault(self, code: str, text: str, back_off_ms: int | None = None) -> None:
+        extra = (
+            f'<t:MessageXml xmlns:t="{T}"><t:Value Name="BackOffMilliseconds">{back_off_ms}'
+            "</t:Value></t:MessageXml>"
+            if back_off_ms is not None
+            else ""
+        )
+        xml = (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            f'<s:Envelope xmlns:s="{S}"><s:Body><s:Fault>'
+            f'<faultcode xmlns:a="{T}">a:{code}</faultcode>'
+            f'<faultstring xml:lang="en-US">{_esc(text)}</faultstring>'
+            f'<detail><e:ResponseCode xmlns:e="{E}">{code}</e:ResponseCode>'
+            f'<e:Message xmlns:e="{E}">{_esc(text)}</e:Message>{extra}</detail>'
+            "</s:Fault></s:Body></s:Envelope>"
+        )
+        self._send(500, xml.encode(), {"Content-Type": "text/xml; charset=utf-8"})
+
+    def _protocol_error(self, what: str) -> None:
+        with self.state.lock:
+            self.state.protocol_errors.append(what)
+        self._fault("ErrorSchemaValidation", f"The request failed schema validation: {what}")
+
+    @staticmethod
+    def _message(op: str, inner: str = "") -> str:
+        return (
+            f'<m:{op}ResponseMessage ResponseClass="Success">'
+            f"<m:ResponseCode>NoError</m:ResponseCode>{inner}</m:{op}ResponseMessage>"
+        )
+
+    @staticmethod
+    def _error(op: str, code: str, text: str) -> str:
+        return (
+            f'<m:{op}ResponseMessage ResponseClass="Error">'
+            f"<m:MessageText>{_esc(text)}</m:MessageText>"
+            f"<m:ResponseCode>{code}</m:ResponseCode>"
+            f"<m:DescriptiveLinkKey>0</m:DescriptiveLinkKey></m:{op}ResponseMessage>"
+        )
+
+    def _access_denied(self, op: str) -> str:
+        return self._error(
+            op, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+        )
+
+    # --- request checks -----------------------------------------------------------
+
+    @staticmethod
+    def _one(elem: etree._Element, path: str) -> etree._Element:
+        found = elem.xpath(path, namespaces=NS)
+        if len(found) != 1:
+            raise ProtocolError(f"expected one {path}, found {len(found)}")
+        return found[0]  # type: ignore[no-any-return]
+
+    def _check_folder(self, elem: etree._Element, path: str) -> None:
+        folder = self._one(elem, path)
+        if folder.tag != f"{{{T}}}DistinguishedFolderId" or folder.get("Id") != "inbox":
+            raise ProtocolError(f"unexpected folder {etree.tostring(folder)!r}")
+        mbx = folder.find(f"{{{T}}}Mailbox/{{{T}}}EmailAddress")
+        if mbx is not None and (mbx.text or "").lower() != self.state.mailbox.lower():
+            raise ProtocolError("folder of another mailbox")
+
+    # --- operations ---------------------------------------------------------------
+
+    def _op_ConvertId(self, req: etree._Element, fault: str | None) -> str:
+        return self._error("ConvertId", "ErrorInvalidIdMalformed", "Id is malformed.")
+
+    def _op_GetFolder(self, req: etree._Element, fault: str | None) -> str:
+        self._one(req, "m:FolderShape/t:BaseShape")
+        ref = self._one(req, "m:FolderIds/*")
+        wanted = ref.get("Id")
+        if ref.tag == f"{{{T}}}DistinguishedFolderId":
+            mbx = ref.find(f"{{{T}}}Mailbox/{{{T}}}EmailAddress")
+            if mbx is not None and (mbx.text or "").lower() != self.state.mailbox.lower():
+                raise ProtocolError("folder of another mailbox")
+            wanted = {"root": _ROOT_ID, "inbox": _INBOX_ID}.get(wanted or "", "?")
+        if fault == "access_denied":
+            return self._access_denied("GetFolder")
+        st = self.state
+        if wanted == _ROOT_ID:
+            # The mailbox root: no FolderClass, no name, one child (the IPM subtree).
+            inner = (
+                f'<t:FolderId Id="{_esc(_ROOT_ID)}" ChangeKey="AQAAAA=="/>'
+                "<t:DisplayName></t:DisplayName><t:TotalCount>0</t:TotalCount>"
+                "<t:ChildFolderCount>17</t:ChildFolderCount><t:UnreadCount>0</t:UnreadCount>"
+            )
+        elif wanted == _INBOX_ID:
+            inner = (
+                f'<t:FolderId Id="{_esc(_INBOX_ID)}" ChangeKey="AQAAABYAAAA="/>'
+                f'<t:ParentFolderId Id="{_esc(_ROOT_ID)}" ChangeKey="AQAAAA=="/>'
+                "<t:FolderClass>IPF.Note</t:FolderClass><t:DisplayName>Inbox</t:DisplayName>"
+                f"<t:TotalCount>{len(st.items)}</t:TotalCount>"
+                "<t:ChildFolderCount>0</t:ChildFolderCount>"
+                f"<t:UnreadCount>{len(st.items)}</t:UnreadCount>"
+            )
+        else:
+            return self._error(
+                "GetFolder",
+                "ErrorFolderNotFound",
+                "The specified folder could not be found in the store.",
+            )
+        return self._message("GetFolder", f"<m:Folders><t:Folder>{inner}</t:Folder></m:Folders>")
+
+    def _check_inbox_ref(self, req: etree._Element, path: str) -> None:
+        folder = self._one(req, path)
+        if folder.tag == f"{{{T}}}FolderId":
+            if folder.get("Id") != _INBOX_ID:
+                raise ProtocolError("unknown FolderId")
+        else:
+            self._check_folder(req, path)
+
+    def _op_SyncFolderItems(self, req: etree._Element, fault: str | None) -> str:
+        st = self.state
+        shape = self._one(req, "m:ItemShape/t:BaseShape").text
+        if shape != "IdOnly":
+            raise ProtocolError(f"SyncFolderItems with BaseShape {shape}: ask only for ids")
+        for uri in req.xpath("m:ItemShape/t:AdditionalProperties/*/@FieldURI", namespaces=NS):
+            if uri in ("item:MimeContent", "item:Body", "item:Subject", "message:From"):
+                raise ProtocolError(f"SyncFolderItems must not fetch content ({uri})")
+        self._check_inbox_ref(req, "m:SyncFolderId/*")
+        max_changes = int(self._one(req, "m:MaxChangesReturned").text or "0")
+        if not 1 <= max_changes <= 512:
+            raise ProtocolError("MaxChangesReturned out of range")
+        if fault == "access_denied":
+            return self._access_denied("SyncFolderItems")
+        state_elem = req.find(f"{{{M}}}SyncState")
+        since = 0
+        if state_elem is not None and state_elem.text:
+            try:
+                token = base64.b64decode(state_elem.text, validate=True).decode()
+                assert token.startswith("fake-sync:")
+                since = int(token.split(":")[1])
+                if since > st.seq:
+                    raise ValueError
+            except (ValueError, AssertionError, UnicodeDecodeError):
+                return self._error(
+                    "SyncFolderItems",
+                    "ErrorInvalidSyncStateData",
+                    "Synchronization state data is corrupt or otherwise invalid.",
+                )
+        created_before = {e.item_id for e in st.events if e.kind == "create" and e.seq <= since}
+        changes: list[str] = []
+        last = since
+        pending = [e for e in st.events if e.seq > since]
+        for ev in pending:
+            if len(changes) == max_changes:
+                break
+            last = ev.seq
+            if ev.kind == "create" and ev.item_id in st.items:
+                it = st.items[ev.item_id]
+                changes.append(
+                    "<t:Create><t:Message>"
+                    f'<t:ItemId Id="{_esc(it.id)}" ChangeKey="{_esc(it.changekey)}"/>'
+                    f"{self._received(req, it)}"
+                    "</t:Message></t:Create>"
+                )
+            elif ev.kind == "delete" and ev.item_id in created_before:
+                changes.append(f'<t:Delete><t:ItemId Id="{_esc(ev.item_id)}"/></t:Delete>')
+        else:
+            last = st.seq
+        done = last >= st.seq
+        new_state = base64.b64encode(f"fake-sync:{last}".encode()).decode()
+        return self._message(
+            "SyncFolderItems",
+            f"<m:SyncState>{new_state}</m:SyncState>"
+            f"<m:IncludesLastItemInRange>{'true' if done else 'false'}</m:IncludesLastItemInRange>"
+            f"<m:Changes>{''.join(changes)}</m:Changes>",
+        )
+
+    @staticmethod
+    def _received(req: etree._Element, it: StoredItem) -> str:
+        uris = req.xpath(".//t:AdditionalProperties/t:FieldURI/@FieldURI", namespaces=NS)
+        if "item:DateTimeReceived" in uris:
+            stamp = it.received.strftime("%Y-%m-%dT%H:%M:%SZ")
+            return f"<t:DateTimeReceived>{stamp}</t:DateTimeReceived>"
+        return ""
+
+    def _op_FindItem(self, req: etree._Element, fault: str | None) -> str:
+        st = self.state
+        if req.get("Traversal") != "Shallow":
+            raise ProtocolError("FindItem must be Shallow")
+        shape = self._one(req, "m:ItemShape/t:BaseShape").text
+        if shape != "IdOnly":
+            raise ProtocolError("FindItem must ask for ids only")
+        self._check_inbox_ref(req, "m:ParentFolderIds/*")
+        if fault == "access_denied":
+            return self._access_denied("FindItem")
+        items = list(st.items.values())
+        restriction = req.find(f"{{{M}}}Restriction")
+        if restriction is not None:
+            items = self._restrict(restriction, items)
+        view = req.find(f"{{{M}}}IndexedPageItemView")
+        offset, count = 0, len(items)
+        if view is not None:
+            if view.get("BasePoint", "Beginning") != "Beginning":
+                raise ProtocolError("IndexedPageItemView BasePoint")
+            offset = int(view.get("Offset", "0"))
+            count = int(view.get("MaxEntriesReturned", str(len(items))))
+        order = req.xpath("m:SortOrder/t:FieldOrder", namespaces=NS)
+        if order:
+            uri = order[0].xpath("t:FieldURI/@FieldURI", namespaces=NS)
+            if uri != ["item:DateTimeReceived"]:
+                raise ProtocolError(f"unexpected sort {uri}")
+            items.sort(key=lambda i: i.received, reverse=order[0].get("Order") == "Descending")
+        page = items[offset : offset + count]
+        last = offset + len(page) >= len(items)
+        body = "".join(
+            f'<t:Message><t:ItemId Id="{_esc(i.id)}" ChangeKey="{_esc(i.changekey)}"/>'
+            f"{self._received(req, i)}</t:Message>"
+            for i in page
+        )
+        next_offset = "" if last else f' IndexedPagingOffset="{offset + len(page)}"'
+        return self._message(
+            "FindItem",
+            f'<m:RootFolder{next_offset} TotalItemsInView="{len(items)}" '
+            f'IncludesLastItemInRange="{"true" if last else "false"}">'
+            f"<t:Items>{body}</t:Items></m:RootFolder>",
+        )
+
+    def _restrict(self, restriction: etree._Element, items: list[StoredItem]) -> list[StoredItem]:
+        # Only what verify_deleted sends: InternetMessageId equal to one (or Or of) value.
+        wanted: set[str] = set()
+        for eq in restriction.iter(f"{{{T}}}IsEqualTo"):
+            uri = eq.xpath("t:FieldURI/@FieldURI", namespaces=NS)
+            if uri != ["message:InternetMessageId"]:
+                raise ProtocolError(f"unexpected restriction on {uri}")
+            wanted.update(eq.xpath("t:FieldURIOrConstant/t:Constant/@Value", namespaces=NS))
+        if not wanted:
+            raise ProtocolError("empty restriction")
+        return [i for i in items if i.message_id in wanted]
+
+    def _ids(self, req: etree._Element) -> list[str]:
+        ids = req.xpath("m:ItemIds/t:ItemId/@Id", namespaces=NS)
+        if not ids:
+            raise ProtocolError("no ItemIds")
+        return [str(i) for i in ids]
+
+    def _op_GetItem(self, req: etree._Element, fault: str | None) -> str:
+        st = self.state
+        uris = req.xpath("m:ItemShape/t:AdditionalProperties/t:FieldURI/@FieldURI", namespaces=NS)
+        want_mime = "item:MimeContent" in uris
+        if req.xpath("m:ItemShape/t:IncludeMimeContent[.='true']", namespaces=NS):
+            want_mime = True
+        out = []
+        for item_id in self._ids(req):
+            it = st.items.get(item_id)
+            if fault == "access_denied":
+                out.append(self._access_denied("GetItem"))
+            elif it is None:
+                out.append(
+                    self._error(
+                        "GetItem",
+                        "ErrorItemNotFound",
+                        "The specified object was not found in the store., "
+                        "The process failed to get the correct properties.",
+                    )
+                )
+            else:
+                mime = (
+                    '<t:MimeContent CharacterSet="UTF-8">'
+                    f"{base64.b64encode(it.mime).decode()}</t:MimeContent>"
+                    if want_mime
+                    else ""
+                )
+                out.append(
+                    self._message(
+                        "GetItem",
+                        f"<m:Items><t:Message>{mime}"
+                        f'<t:ItemId Id="{_esc(it.id)}" ChangeKey="{_esc(it.changekey)}"/>'
+                        "</t:Message></m:Items>",
+                    )
+                )
+        return "".join(out)
+
+    def _op_DeleteItem(self, req: etree._Element, fault: str | None) -> str:
+        st = self.state
+        delete_type = req.get("DeleteType", "")
+        if delete_type not in ("HardDelete", "SoftDelete", "MoveToDeletedItems"):
+            raise ProtocolError("DeleteType missing")
+        out = []
+        for item_id in self._ids(req):
+            st.deletes.append((item_id, delete_type))
+            if fault == "access_denied":
+                out.append(self._access_denied("DeleteItem"))
+            elif item_id not in st.items:
+                out.append(
+                    self._error(
+                        "DeleteItem",
+                        "ErrorItemNotFound",
+                        "The specified object was not found in the store.",
+                    )
+                )
+            else:
+                # Only a hard delete removes the item from what a client can see
+                # with a recoverable copy; the fake keeps soft-deleted ones in a bin.
+                if delete_type != "HardDelete":
+                    st.recycle_bin.append(st.items[item_id])
+                self.server.fake._remove(item_id)  # type: ignore[attr-defined]
+                out.append(self._message("DeleteItem"))
+        return "".join(out)
+
+    def _op_CreateItem(self, req: etree._Element, fault: str | None) -> str:
+        st = self.state
+        disposition = req.get("MessageDisposition", "")
+        if disposition not in ("SaveOnly", "SendOnly", "SendAndSaveCopy"):
+            raise ProtocolError("MessageDisposition missing")
+        messages = req.xpath("m:Items/t:Message", namespaces=NS)
+        if len(messages) != 1:
+            raise ProtocolError("CreateItem with other than one Message")
+        msg = messages[0]
+        mime_elem = self._one(msg, "t:MimeContent")
+        try:
+            mime = base64.b64decode(mime_elem.text or "", validate=True)
+        except ValueError:
+            raise ProtocolError("MimeContent is not base64") from None
+        to = [
+            str(a)
+            for a in msg.xpath("t:ToRecipients/t:Mailbox/t:EmailAddress/text()", namespaces=NS)
+        ]
+        saved = req.find(f"{{{M}}}SavedItemFolderId") is not None
+        if fault == "access_denied":
+            return self._access_denied("CreateItem")
+        if disposition != "SaveOnly" and not to and b"\nTo:" not in b"\n" + mime:
+            return self._error(
+                "CreateItem",
+                "ErrorInvalidRecipients",
+                "At least one recipient isn't valid., A message can't be sent because it "
+                "contains no recipients.",
+            )
+        st.sent.append(SentItem(mime, to, disposition, saved))
+        if disposition == "SendOnly":
+            # SendOnly returns no item: nothing was saved anywhere.
+            return self._message("CreateItem", "<m:Items/>")
+        new_id = new_item_id()
+        return self._message(
+            "CreateItem",
+            f'<m:Items><t:Message><t:ItemId Id="{new_id}" ChangeKey="{_changekey()}"/>'
+            "</t:Message></m:Items>",
+        )
+
+
+_INBOX_ID = new_item_id()
+_ROOT_ID = new_item_id()
+
+
+class EwsServer(FakeHTTPServer):
+    """An Exchange mailbox over EWS. ``auth`` is "basic" or "oauth2" (tokens checked
+    against ``tokens``, audience ``https://outlook.office365.com``)."""
+
+    def __init__(
+        self,
+        *,
+        mailbox: str = "vreemdverhaal@gemeente.example",
+        username: str = "GEMEENTE\\svc-inboxd",
+        password: str = "Exch-pa55word!",
+        auth: str = "basic",
+        tokens: TokenServer | None = None,
+        audience: str = "https://outlook.office365.com",
+        tls: bool = True,
+    ) -> None:
+        super().__init__(_Handler, tls=tls)
+        self.state = _State(username, password, mailbox, auth, tokens, audience)
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/EWS/Exchange.asmx"
+
+    # --- what a test does to the mailbox -----------------------------------------
+
+    def deliver(self, mime: bytes, *, received: dt.datetime | None = None) -> str:
+        """A message arrives in the inbox; returns its item id."""
+        st = self.state
+        with st.lock:
+            item_id = new_item_id()
+            when = received or dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(
+                seconds=len(st.events)
+            )
+            mid = ""
+            for line in mime.split(b"\r\n\r\n", 1)[0].split(b"\n"):
+                if line.lower().startswith(b"message-id:"):
+                    mid = line.split(b":", 1)[1].strip().decode()
+            st.items[item_id] = StoredItem(item_id, _changekey(), mime, when, mid)
+            st.seq += 1
+            st.events.append(_Event(st.seq, "create", item_id))
+            return item_id
+
+    def _remove(self, item_id: str) -> None:
+        st = self.state
+        with st.lock:
+            del st.items[item_id]
+            st.seq += 1
+            st.events.append(_Event(st.seq, "delete", item_id))
+
+    def remove(self, item_id: str) -> None:
+        """Someone else (Outlook) deleted the message."""
+        self._remove(item_id)
+
+    def fail(self, operation: str, kind: str, times: int = 1) -> None:
+        """The next ``times`` calls of ``operation`` answer with ``kind``: "busy"
+        (ErrorServerBusy), "http503", "unauthorized", "access_denied"."""
+        with self.state.lock:
+            self.state.faults.setdefault(operation, []).extend([kind] * times)
+
+    def on(self, operation: str, hook: Callable[[], None]) -> None:
+        """Run ``hook`` when ``operation`` arrives next (before it is answered)."""
+        with self.state.lock:
+            self.state.hooks[operation] = hook
+
+    @property
+    def items(self) -> dict[str, StoredItem]:
+        with self.state.lock:
+            return dict(self.state.items)
+
+    @property
+    def sent(self) -> list[SentItem]:
+        return list(self.state.sent)
+
+    @property
+    def deletes(self) -> list[tuple[str, str]]:
+        return list(self.state.deletes)
+
+    @property
+    def calls(self) -> list[Call]:
+        return list(self.state.calls)
+
+    def operations(self) -> list[str]:
+        return [c.operation for c in self.state.calls]
+
+    @property
+    def protocol_errors(self) -> list[str]:
+        return list(self.state.protocol_errors)
