@@ -202,6 +202,12 @@ def run_demo(keep: str | None = None) -> int:
         cfg = config.load(str(root / "inboxd.toml"))
         store = SqliteStore(cfg.state_dir, Keyring.from_files(cfg.crypto.key_files))
         open_count = sum(store.counts_by_state().values())
+        import datetime as dt
+
+        from inboxd.admin import stats_table
+
+        year = dt.datetime.now(dt.UTC).year
+        table = stats_table(store.stats_rows(year), store.stats_rows(year - 1), year, 0)
         store.close()
         state_bytes = _everything_under(root / "state")
         mailbox_bytes = _everything_under(root / "vreemdverhaal")
