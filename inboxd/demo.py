@@ -242,6 +242,7 @@ def run_demo(keep: str | None = None) -> int:
         _say(
             "Wat overblijft zijn anonieme tellingen (inboxd stats): maand × bron × vorm × uitkomst."
         )
+        print(textwrap.indent(table, "   "))
         return 0 if all(ok for *_, ok in checks) else 1
     finally:
         logs.configure("json", "info")
