@@ -76,6 +76,7 @@ def test_sigkill_during_a_backlog_loses_nothing_and_duplicates_nothing(
         _, killed = _run_until(world, rng.randint(5, 120), deadline)
         kills += killed
     assert kills >= 3, "the daemon should have been killed mid-run several times"
+    world.now = time.time() + 1  # the killed daemons ran on the real clock
     world.until_quiet(rounds=10)
 
     assert mail.messages(MAILBOX) == [], "everything taken in and expunged"
@@ -92,6 +93,7 @@ def test_sigkill_during_a_backlog_loses_nothing_and_duplicates_nothing(
 
     acks = mail.messages(REPORTER)
     acked = [find_references(str(parse(m)["Subject"]), "VV")[0] for m in acks]
-    assert {s.ref for s in signals} == set(acked), "every signal acknowledged"
+    missing = {s.ref for s in signals} - set(acked)
+    assert not missing, f"{len(missing)} of {len(signals)} not acknowledged; outbox {world.outbox_size()}; log tail: {world.log_text()[-3000:]}"
     # A duplicate is possible only when a kill fell between SMTP acceptance and its record.
     assert len(acked) - len(set(acked)) <= kills
