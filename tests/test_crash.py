@@ -94,6 +94,8 @@ def test_sigkill_during_a_backlog_loses_nothing_and_duplicates_nothing(
     acks = mail.messages(REPORTER)
     acked = [find_references(str(parse(m)["Subject"]), "VV")[0] for m in acks]
     missing = {s.ref for s in signals} - set(acked)
-    assert not missing, f"{len(missing)} of {len(signals)} not acknowledged; outbox {world.outbox_size()}; log tail: {world.log_text()[-3000:]}"
+    assert not missing, (
+        f"{len(missing)} of {len(signals)} not acknowledged; outbox {world.outbox_size()}; log tail: {world.log_text()[-3000:]}"
+    )
     # A duplicate is possible only when a kill fell between SMTP acceptance and its record.
     assert len(acked) - len(set(acked)) <= kills
