@@ -12,29 +12,36 @@ from inboxd.config import Config, read_secret
 from inboxd.crypto import Keyring
 from inboxd.intake import Intake, Mailer
 from inboxd.mailbox.base import Mailbox
+from inboxd.msauth import TokenSource
 from inboxd.outbox import Outbox
 from inboxd.store import SqliteStore
 from inboxd.templates import Templates
 from inboxd.transport.base import Transport
 
 
-def _token_provider(cfg: Config, section: str) -> Callable[[], str]:
+def _token_provider(cfg: Config, section: str, scope: str | None = None) -> TokenSource:
+    """MSAL client credentials for Microsoft 365 (Graph, EWS OAuth2, IMAP/SMTP XOAUTH2)."""
     from inboxd import msauth
 
     s = getattr(cfg, section)
-    secret = (
-        read_secret(cfg, s.client_secret_file, s.client_secret_env, f"{section}.client_secret_file")
-        if (s.client_secret_file or s.client_secret_env)
-        else None
-    )
-    provider = msauth.TokenProvider(
-        tenant_id=s.tenant_id,
-        client_id=s.client_id,
+    secret = None
+    if s.client_secret_file or s.client_secret_env:
+        secret = read_secret(
+            cfg, s.client_secret_file, s.client_secret_env, f"{section}.client_secret_file"
+        )
+    certificate = None
+    if getattr(s, "client_certificate_file", ""):
+        certificate = read_secret(
+            cfg, s.client_certificate_file, "", f"{section}.client_certificate_file"
+        )
+    return msauth.TokenProvider(
+        s.tenant_id,
+        s.client_id,
+        scope=scope or msauth.OUTLOOK_SCOPE,
         client_secret=secret,
+        client_certificate_pem=certificate,
         authority=s.authority,
-        scope=msauth.OUTLOOK_SCOPE,
     )
-    return provider  # type: ignore[return-value]
 
 
 def make_mailbox(cfg: Config) -> Mailbox:
@@ -89,7 +96,7 @@ def make_mailbox(cfg: Config) -> Mailbox:
         mb.tenant_id,
         mb.client_id,
         mb.mailbox,
-        _token_provider(cfg, "mailbox"),
+        _token_provider(cfg, "mailbox", scope=mb.endpoint.rstrip("/") + "/.default"),
         endpoint=mb.endpoint,
         folder=mb.folder if mb.folder != "INBOX" else "inbox",
         delta_state_path=f"{cfg.state_dir}/graph-delta-state",

@@ -100,10 +100,8 @@ class Mailer:
         attach: tuple[AttachRef, ...] = (),
     ) -> str:
         r = self.templates.render(template, context)
-        if answers is not None and not is_msg_id(answers):
-            answers_header = None  # a sender's odd Message-ID is not worth losing the mail over
-        else:
-            answers_header = answers
+        # A sender's odd Message-ID is not worth losing the mail over: leave it out.
+        answers_header = None if answers is not None and not is_msg_id(answers) else answers
         mail = Mail(
             sender=self.cfg.smtp.from_,
             to=to,

@@ -133,11 +133,7 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
     through the same pipeline at WARNING."""
     global _configured
     out = stream if stream is not None else sys.stdout
-    renderer: Any
-    if fmt == "console":
-        renderer = _ConsoleRenderer()
-    else:
-        renderer = structlog.processors.JSONRenderer()
+    renderer: Any = _ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
     from inboxd.metrics import count_event
 
     shared: list[Any] = [
