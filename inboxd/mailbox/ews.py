@@ -31,7 +31,15 @@ from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
-from exchangelib import DELEGATE, IMPERSONATION, Account, Configuration, Credentials, FailFast
+from exchangelib import (
+    DELEGATE,
+    IMPERSONATION,
+    Account,
+    Configuration,
+    Credentials,
+    FailFast,
+    Identity,
+)
 from exchangelib.credentials import OAuth2AuthorizationCodeCredentials
 from exchangelib.errors import (
     ErrorAccessDenied,
@@ -207,8 +215,6 @@ def connect(settings: EwsSettings) -> Account:
     access_type = DELEGATE
     if settings.auth_type == "oauth2":
         assert settings.token is not None
-        from exchangelib.properties import Identity
-
         # App-only tokens act on a mailbox by impersonation (EWS in Exchange Online).
         credentials = _TokenCredentials(
             settings.token, Identity(primary_smtp_address=settings.address)

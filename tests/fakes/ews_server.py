@@ -69,6 +69,8 @@ class SentItem:
 class Call:
     operation: str
     body: etree._Element
+    header: etree._Element | None
+    http_headers: dict[str, str]
 
 
 @dataclass
@@ -192,8 +194,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         op_elem = body[0]
         op = etree.QName(op_elem).localname
         st = self.state
+        header = root.find(f"{{{S}}}Header")
         with st.lock:
-            st.calls.append(Call(op, op_elem))
+            st.calls.append(Call(op, op_elem, header, dict(self.headers.items())))
+        if header is None or header.find(f"{{{T}}}RequestServerVersion") is None:
+            self._protocol_error("no RequestServerVersion header")
+            return
+        if st.auth == "oauth2":
+            # App-only tokens must say whose mailbox they act on (Exchange Online).
+            who = header.findtext(
+                f"{{{T}}}ExchangeImpersonation/{{{T}}}ConnectingSID/{{{T}}}PrimarySmtpAddress"
+            )
+            if (who or "").lower() != st.mailbox.lower():
+                with st.lock:
+                    st.protocol_errors.append("no ExchangeImpersonation header")
+                self._fault(
+                    "ErrorInvalidExchangeImpersonationHeaderData",
+                    "ExchangeImpersonation SOAP header must be present for this type of OAuth token.",
+                )
+                return
+        with st.lock:
             queued = st.faults.get(op) or []
             fault = queued.pop(0) if queued else None
             hook = st.hooks.pop(op, None)
@@ -205,6 +225,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 "The server cannot service this request right now. Try again later.",
                 back_off_ms=2500,
             )
+            return
+        if fault == "drop":
+            # The connection dies without an answer (a crash, a reset).
+            self.close_connection = True
             return
         if fault == "http503":
             self._send(503, b"Service Unavailable", {"Content-Type": "text/html"})
@@ -270,11 +294,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     @staticmethod
     def _error(op: str, code: str, text: str) -> str:
+        # Exchange serialises the (empty) sync fields in SyncFolderItems errors too.
+        sync = (
+            "<m:SyncState/><m:IncludesLastItemInRange>true</m:IncludesLastItemInRange>"
+            if op == "SyncFolderItems"
+            else ""
+        )
         return (
             f'<m:{op}ResponseMessage ResponseClass="Error">'
             f"<m:MessageText>{_esc(text)}</m:MessageText>"
             f"<m:ResponseCode>{code}</m:ResponseCode>"
-            f"<m:DescriptiveLinkKey>0</m:DescriptiveLinkKey></m:{op}ResponseMessage>"
+            f"<m:DescriptiveLinkKey>0</m:DescriptiveLinkKey>{sync}</m:{op}ResponseMessage>"
         )
 
     def _access_denied(self, op: str) -> str:
@@ -636,7 +666,8 @@ class EwsServer(FakeHTTPServer):
 
     def fail(self, operation: str, kind: str, times: int = 1) -> None:
         """The next ``times`` calls of ``operation`` answer with ``kind``: "busy"
-        (ErrorServerBusy), "http503", "unauthorized", "access_denied"."""
+        (ErrorServerBusy), "http503", "drop" (connection closed without an answer),
+        "unauthorized", "access_denied"."""
         with self.state.lock:
             self.state.faults.setdefault(operation, []).extend([kind] * times)
 
