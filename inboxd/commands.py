@@ -226,6 +226,8 @@ def parse_commands(text: str, destinations: Collection[str]) -> Parsed:
     end = len(lines)
     command_lines = 0
     for index, raw in enumerate(lines):
+        if not raw or raw.isspace():
+            continue
         line = _clean(raw[:_CLEAN_CHARS])
         if not line:
             continue
@@ -396,6 +398,8 @@ def _ignored(lines: list[str]) -> tuple[str, ...]:
     for raw in lines:
         if len(ignored) >= MAX_IGNORED_LINES:
             break
+        if not raw or raw.isspace():
+            continue
         line = _clean(raw[:_CLEAN_CHARS])
         if line:
             ignored.append(_cut(line))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import time
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -595,3 +596,21 @@ def test_command_only_in_plain_quote_gives_no_command() -> None:
     assert [e.code for e in parse_commands(reply_text("> KEDO", None), {"kedo"}).errors] == [
         "no_command"
     ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\n" * 1_000_000,
+        "KEDO " * 200_000,
+        "VRAAG " + "x" * 1_000_000,
+        "KEDO\n" * 200_000,
+        "Groet\n" + "KEDO\n" * 200_000,
+        ("\u200b" * 10 + "\n") * 90_000,
+    ],
+)
+def test_megabyte_texts_parse_in_bounded_time(text: str) -> None:
+    started = time.monotonic()
+    parsed = parse_commands(text, DESTS)
+    assert parsed.commands == () or parsed.errors == ()
+    assert time.monotonic() - started < 2.0
