@@ -274,9 +274,7 @@ def _destination_keys(destinations: Collection[str]) -> dict[str, str]:
 
 
 def _clean(line: str) -> str:
-    text = "".join(
-        " " if ch.isspace() else ch for ch in line if unicodedata.category(ch) != "Cf"
-    )
+    text = "".join(" " if ch.isspace() else ch for ch in line if unicodedata.category(ch) != "Cf")
     text = " ".join(text.split())
     return text.strip("*").strip()
 
@@ -291,14 +289,14 @@ def _split(line: str, keys: Mapping[str, str]) -> tuple[_Verb | None, str, str]:
     if first is None:
         return None, "", ""
     word = _fold(first.group())
-    rest = line[first.end():]
+    rest = line[first.end() :]
     if word in ("geen", "no"):
         second = _FIRST_WORD.search(rest)
         if second is not None and rest[: second.start()].strip() == "":
             verb = _TWO_WORD_VERBS.get((word, _fold(second.group())))
             if verb is not None:
                 written = f"{first.group()} {second.group()}".strip(_WORD_EDGE)
-                return verb, written.upper(), rest[second.end():]
+                return verb, written.upper(), rest[second.end() :]
         return None, "", ""
     if word in _VERBS:
         return _VERBS[word], first.group().strip(_WORD_EDGE).upper(), rest

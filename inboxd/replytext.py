@@ -68,14 +68,33 @@ _LANGUAGES = ["nl", "en"]
 _REMOVED_TAGS = frozenset({"head", "style", "script", "title", "template", "xml", "meta", "link"})
 # Ids and classes that start the quoted part in the clients functionarissen use.
 _DIVIDER_IDS = frozenset(
-    {"divrplyfwdmsg", "x_divrplyfwdmsg", "appendonsend", "x_appendonsend", "stopspelling",
-     "x_stopspelling", "olk_src_body_section", "mail-editor-reference-message-container",
-     "zwchr", "isforwardcontent", "isreplycontent"}
+    {
+        "divrplyfwdmsg",
+        "x_divrplyfwdmsg",
+        "appendonsend",
+        "x_appendonsend",
+        "stopspelling",
+        "x_stopspelling",
+        "olk_src_body_section",
+        "mail-editor-reference-message-container",
+        "zwchr",
+        "isforwardcontent",
+        "isreplycontent",
+    }
 )
 _DIVIDER_CLASSES = frozenset(
-    {"gmail_quote", "gmail_quote_container", "gmail_attr", "moz-cite-prefix",
-     "moz-forward-container", "yahoo_quoted", "protonmail_quote", "outlookmessageheader",
-     "zmail_extra", "mailquote"}
+    {
+        "gmail_quote",
+        "gmail_quote_container",
+        "gmail_attr",
+        "moz-cite-prefix",
+        "moz-forward-container",
+        "yahoo_quoted",
+        "protonmail_quote",
+        "outlookmessageheader",
+        "zmail_extra",
+        "mailquote",
+    }
 )
 _HIDING_STYLE = re.compile(
     r"(?:^|;)(?:display:none|visibility:(?:hidden|collapse)|mso-hide:all"
@@ -249,9 +268,7 @@ def _cut_from(el: Any) -> None:
 def _norm(line: str) -> str:
     """The start of a line as it reads: format characters gone, any space a space."""
     return "".join(
-        " " if ch.isspace() else ch
-        for ch in line[:_NORM_CHARS]
-        if unicodedata.category(ch) != "Cf"
+        " " if ch.isspace() else ch for ch in line[:_NORM_CHARS] if unicodedata.category(ch) != "Cf"
     ).strip()
 
 

@@ -147,6 +147,7 @@ def test_line_endings_of_any_kind_separate_commands() -> None:
 
 # --- several commands, merging and order -------------------------------------------
 
+
 def test_forward_lines_are_merged_sorted_and_unique() -> None:
     assert ok("RIEC\nKEDO\nDOORZETTEN riec NLA") == (Forward(("kedo", "nla", "riec")),)
 
@@ -262,9 +263,7 @@ def test_error_codes(text: str, code: str, detail: str) -> None:
 
 def test_an_address_is_never_a_destination_even_when_a_key_looks_alike() -> None:
     destinations = frozenset({"kedo", "kedo@gemeente.example"})
-    assert codes("DOORZETTEN kedo@gemeente.example", destinations) == [
-        (1, "unknown_destination")
-    ]
+    assert codes("DOORZETTEN kedo@gemeente.example", destinations) == [(1, "unknown_destination")]
 
 
 def test_a_configured_key_not_in_this_configuration_is_unknown() -> None:
@@ -339,6 +338,7 @@ def test_too_many_command_lines() -> None:
 
 
 # --- where commands end ----------------------------------------------------------------
+
 
 def test_first_other_line_ends_the_commands_and_the_rest_is_ignored() -> None:
     text = "KEDO\n\nVORM arbeid\nMet vriendelijke groet,\n\nAnne\nAFSLUITEN\nRIEC"
@@ -420,14 +420,26 @@ DESCRIBED = [
     (SetForm(Form.ARBEID), "Vorm vastgelegd: arbeid", "Form recorded: labour"),
     (SetForm(Form.SEKSUEEL), "Vorm vastgelegd: seksueel", "Form recorded: sexual"),
     (Close(""), "Afgesloten zonder doorzetten", "Closed without forwarding"),
-    (Close("dubbel"), "Afgesloten zonder doorzetten (reden: dubbel)",
-     "Closed without forwarding (reason: dubbel)"),
-    (Ask("Waar?"), "Vraag gesteld aan de melder: „Waar?”",
-     'Question sent to the reporter: "Waar?"'),
-    (Hold(), "In de wacht: geen herinneringen tot de volgende opdracht",
-     "On hold: no reminders until the next command"),
-    (NoFeedback(), "De melder krijgt geen automatische terugkoppeling",
-     "The reporter will get no automatic feedback"),
+    (
+        Close("dubbel"),
+        "Afgesloten zonder doorzetten (reden: dubbel)",
+        "Closed without forwarding (reason: dubbel)",
+    ),
+    (
+        Ask("Waar?"),
+        "Vraag gesteld aan de melder: „Waar?”",
+        'Question sent to the reporter: "Waar?"',
+    ),
+    (
+        Hold(),
+        "In de wacht: geen herinneringen tot de volgende opdracht",
+        "On hold: no reminders until the next command",
+    ),
+    (
+        NoFeedback(),
+        "De melder krijgt geen automatische terugkoppeling",
+        "The reporter will get no automatic feedback",
+    ),
     (Status(), "Status opgevraagd", "Status requested"),
     (Help(), "Hulp opgevraagd", "Help requested"),
 ]
@@ -462,10 +474,43 @@ def test_help_lines_describe_a_grammar_the_parser_accepts() -> None:
 # --- properties ------------------------------------------------------------------------
 
 _WORDS = st.sampled_from(
-    ["KEDO", "riec", "NLA", "DOORZETTEN", "FORWARD", "VORM", "TYPE", "arbeid", "labour",
-     "seksueel", "AFSLUITEN", "CLOSE", "VRAAG", "ASK", "WACHT", "HOLD", "GEEN",
-     "TERUGKOPPELING", "NO", "FEEDBACK", "STATUS", "HULP", "HELP", "x@evil.example", "en",
-     "naar", ":", ",", "Groet", "\u00a0", "\u200b", "*", "—", "?", "ＫＥＤＯ"]
+    [
+        "KEDO",
+        "riec",
+        "NLA",
+        "DOORZETTEN",
+        "FORWARD",
+        "VORM",
+        "TYPE",
+        "arbeid",
+        "labour",
+        "seksueel",
+        "AFSLUITEN",
+        "CLOSE",
+        "VRAAG",
+        "ASK",
+        "WACHT",
+        "HOLD",
+        "GEEN",
+        "TERUGKOPPELING",
+        "NO",
+        "FEEDBACK",
+        "STATUS",
+        "HULP",
+        "HELP",
+        "x@evil.example",
+        "en",
+        "naar",
+        ":",
+        ",",
+        "Groet",
+        "\u00a0",
+        "\u200b",
+        "*",
+        "—",
+        "?",
+        "ＫＥＤＯ",
+    ]
 )
 _LINES = st.lists(st.lists(_WORDS, max_size=5).map(" ".join), max_size=25).map("\n".join)
 
@@ -579,7 +624,7 @@ def test_fixture_gives_exactly_the_intended_commands(name: str) -> None:
         "<blockquote>KEDO</blockquote>",
         "<!-- KEDO --><p>Groet</p>",
         '<div style="display:none">KEDO</div><p>Groet</p>',
-        '<p hidden>KEDO</p>',
+        "<p hidden>KEDO</p>",
         '<div id="divRplyFwdMsg">KEDO</div>',
     ],
 )

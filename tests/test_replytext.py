@@ -229,7 +229,7 @@ def test_visible_small_text_is_still_read() -> None:
 
 
 def test_hidden_body_or_document_gives_nothing() -> None:
-    assert reply_text(None, '<html hidden><body><p>KEDO</p></body></html>') == ""
+    assert reply_text(None, "<html hidden><body><p>KEDO</p></body></html>") == ""
     assert reply_text(None, '<body style="display:none"><p>KEDO</p></body>') == ""
 
 
@@ -239,6 +239,7 @@ def test_html_with_xml_declaration_is_read() -> None:
 
 
 # --- bounds -------------------------------------------------------------------------
+
 
 def test_a_reply_too_long_to_read_without_a_quote_marker_counts_as_empty() -> None:
     lines = ["KEDO"] + [""] * replytext.MAX_LINES + ["VORM arbeid"]
@@ -294,9 +295,32 @@ def test_never_raises_on_any_text(plain: str | None, html: str | None) -> None:
 
 
 _HTML_BITS = st.sampled_from(
-    ["<div>", "</div>", "<p>", "</p>", "<br>", "<blockquote>", "</blockquote>", "<hr>",
-     "<!--", "-->", "<style>", "</style>", '<span style="display:none">', "</span>", "&nbsp;",
-     "KEDO", "RIEC", "\n", "Van: x", "> ", "<![if !mso]>", "<![endif]>", "<?xml ?>", "\x00"]
+    [
+        "<div>",
+        "</div>",
+        "<p>",
+        "</p>",
+        "<br>",
+        "<blockquote>",
+        "</blockquote>",
+        "<hr>",
+        "<!--",
+        "-->",
+        "<style>",
+        "</style>",
+        '<span style="display:none">',
+        "</span>",
+        "&nbsp;",
+        "KEDO",
+        "RIEC",
+        "\n",
+        "Van: x",
+        "> ",
+        "<![if !mso]>",
+        "<![endif]>",
+        "<?xml ?>",
+        "\x00",
+    ]
 )
 
 
@@ -309,8 +333,21 @@ def test_never_raises_on_html_soup(bits: list[str], flowed: bool, delsp: bool) -
 
 
 _COMMAND_LINES = st.sampled_from(
-    ["KEDO", "RIEC", "AFSLUITEN", "AFSLUITEN dubbel", "VORM arbeid", "VORM seksueel",
-     "VRAAG waar?", "WACHT", "GEEN TERUGKOPPELING", "STATUS", "HULP", "DOORZETTEN RIEC", ""]
+    [
+        "KEDO",
+        "RIEC",
+        "AFSLUITEN",
+        "AFSLUITEN dubbel",
+        "VORM arbeid",
+        "VORM seksueel",
+        "VRAAG waar?",
+        "WACHT",
+        "GEEN TERUGKOPPELING",
+        "STATUS",
+        "HULP",
+        "DOORZETTEN RIEC",
+        "",
+    ]
 )
 
 
@@ -319,17 +356,22 @@ _COMMAND_LINES = st.sampled_from(
 def test_quoted_lines_never_change_the_commands(top: list[str], quoted: list[str]) -> None:
     destinations = {"kedo", "riec"}
     alone = parse_commands("\n".join(top), destinations)
-    plain = "\n".join(top) + "\n\nOp 3 jun 2025 schreef Meldpunt:\n" + "\n".join(
-        "> " + q for q in quoted
+    plain = (
+        "\n".join(top)
+        + "\n\nOp 3 jun 2025 schreef Meldpunt:\n"
+        + "\n".join("> " + q for q in quoted)
     )
     from_plain = parse_commands(reply_text(plain, None), destinations)
     # Line numbers may differ: reply_text drops leading blank lines.
     assert from_plain.commands == alone.commands
     assert [e.code for e in from_plain.errors] == [e.code for e in alone.errors]
     assert from_plain.ignored == alone.ignored
-    html = "".join(f"<div>{t}</div>" for t in top) + "<blockquote>" + "".join(
-        f"<div>{q}</div>" for q in quoted
-    ) + "</blockquote>"
+    html = (
+        "".join(f"<div>{t}</div>" for t in top)
+        + "<blockquote>"
+        + "".join(f"<div>{q}</div>" for q in quoted)
+        + "</blockquote>"
+    )
     from_html = parse_commands(reply_text(None, html), destinations)
     assert from_html.commands == alone.commands
     assert [e.code for e in from_html.errors] == [e.code for e in alone.errors]
