@@ -49,6 +49,9 @@ Methods:
   permanent). ``relay.accepted`` (int), ``relay.refused`` (int) and
   ``relay.received`` (list of ``Received(mail_from, rcpt_tos, raw, port, login,
   tls)``, raw = the exact bytes sent) describe what the code under test sent.
+- Debugging: ``mail.dovecot.log_tail()`` (Dovecot's log), ``mail.dovecot.root`` (its
+  temp dir under /tmp). Needs root (Dovecot runs mail processes as the system user
+  ``inboxd-vmail``, created when missing).
 """
 
 from __future__ import annotations
