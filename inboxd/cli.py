@@ -80,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from inboxd.config import ConfigError
     from inboxd.crypto import KeyFileError
     from inboxd.mailbox.base import MailboxError
+    from inboxd.smime import CertificateError
     from inboxd.transport.base import SendError
 
     try:
@@ -89,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"configuration error in {exc.path}: {exc.key + ': ' if exc.key else ''}{exc.problem}",
             EXIT_CONFIG,
         )
+    except CertificateError as exc:
+        return _fail(f"S/MIME: {exc}; fix the certificate path in the configuration", EXIT_CONFIG)
     except KeyFileError as exc:
         return _fail(f"master key {exc.path}: {exc.problem}; {exc.fix}", EXIT_CONFIG)
     except MailboxError as exc:
@@ -172,6 +175,14 @@ def _check(cfg: object) -> int:
     print(
         f"master keys: {', '.join(k.key_id for k in keyring.keys)} (newest {keyring.newest.key_id})"
     )
+    from inboxd.smime import load_certificate
+
+    certs = [*cfg.triage.certificates.values()]
+    certs += [d.certificate for d in cfg.destinations.values() if d.certificate]
+    for path in certs:
+        load_certificate(path)
+    if certs:
+        print(f"S/MIME certificates: {len(certs)} ok")
     mailbox = make_mailbox(cfg)
     mailbox.open()
     mailbox.close()

@@ -167,6 +167,7 @@ class TriageConfig(_Section):
     digest_cron: str = "0 9 * * mon-fri"
     trusted_authserv_ids: list[str] = []
     forward_retry_for: PositiveDuration = 86400.0
+    # S/MIME: functionaris address → certificate file (PEM); mail to them is encrypted.
     certificates: dict[str, str] = {}
 
 
@@ -258,6 +259,12 @@ class Config(_Section):
                 "smtp.from",
                 'must be an address, optionally with a name: "Meldpunt <vreemdverhaal@gemeente.example>"',
             )
+        for addr in self.triage.certificates:
+            if addr.lower() not in self.triage.functionarissen:
+                raise _Problem(
+                    f"triage.certificates.{addr}",
+                    "is not one of triage.functionarissen; certificates are keyed by a functionaris' address",
+                )
         for key in self.destinations:
             if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", key):
                 raise _Problem(
@@ -384,8 +391,17 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         return rel(p)
 
     crypto = cfg.crypto.model_copy(update={"key_files": [cred(k) for k in cfg.crypto.key_files]})
+    triage = cfg.triage.model_copy(
+        update={"certificates": {a.lower(): rel(p) for a, p in cfg.triage.certificates.items()}}
+    )
+    destinations = {
+        k: d.model_copy(update={"certificate": rel(d.certificate)})
+        for k, d in cfg.destinations.items()
+    }
     return cfg.model_copy(
         update={
+            "triage": triage,
+            "destinations": destinations,
             "state_dir": rel(cfg.state_dir),
             "templates_dir": rel(cfg.templates_dir),
             "mailbox": mb,

@@ -48,8 +48,8 @@ class ReplyHandler(Protocol):
 
     def handle(
         self, tx: SqliteTransaction, item: MailboxItem, msg: ParsedMessage, decision: Decision
-    ) -> str:
-        """Returns the mailbox key's fate: "expunge" or "retained"."""
+    ) -> tuple[str, str | None]:
+        """The mailbox key's fate ("expunge" or "retained") and the signal it belongs to."""
         ...
 
 
@@ -113,8 +113,22 @@ class Mailer:
             references=(answers_header,) if answers_header else (),
             date=self.clock(),
         )
-        tx.enqueue(entry(kind, mail, self.cfg.from_address, ref, attach))
+        smime = None
+        certificate = self.certificates.get(to.lower())
+        if certificate:
+            neutral = "Beveiligd bericht" if self.cfg.language == "nl" else "Secure message"
+            smime = (certificate, f"{neutral} {ref}" if ref else neutral)
+        tx.enqueue(entry(kind, mail, self.cfg.from_address, ref, attach, smime))
         return mail.message_id
+
+    @property
+    def certificates(self) -> dict[str, str]:
+        """Recipients with an S/MIME certificate: everything sent to them is encrypted."""
+        certs = {a.lower(): p for a, p in self.cfg.triage.certificates.items() if p}
+        for d in self.cfg.destinations.values():
+            if d.certificate:
+                certs[d.address] = d.certificate
+        return certs
 
 
 @dataclass
@@ -213,9 +227,9 @@ class Intake:
             return
         if decision.kind in (Kind.COMMAND, Kind.FOLLOWUP):
             assert self.replies is not None
-            fate = self.replies.handle(tx, item, msg, decision)
+            fate, signal_id = self.replies.handle(tx, item, msg, decision)
             tx.add_dedup(digests[0], None, self.clock() + self.cfg.dedup_window)
-            tx.record_key(item.key, fate)
+            tx.record_key(item.key, fate, signal_id)
             result.handled += 1
             return
         # Automatic answers to our own mail, and our own mail come back: nothing to

@@ -18,6 +18,7 @@ from typing import Any
 
 from inboxd.logs import get_logger
 from inboxd.mails import Attachment, HeaderInjection, Mail, render
+from inboxd.smime import CertificateError, encrypt, load_certificate
 from inboxd.store import DueMail, OutboxEntry, SqliteStore
 from inboxd.transport.base import Envelope, SendError, Transport
 
@@ -32,11 +33,23 @@ class AttachRef:
 
 
 def entry(
-    kind: str, mail: Mail, bounce_to: str, ref: str | None, attach: tuple[AttachRef, ...] = ()
+    kind: str,
+    mail: Mail,
+    bounce_to: str,
+    ref: str | None,
+    attach: tuple[AttachRef, ...] = (),
+    smime: tuple[str, str] | None = None,
 ) -> OutboxEntry:
+    """``smime``: (certificate file, neutral outer subject) to encrypt the mail to."""
     body = asdict(mail)
     body["attachments"] = []
-    payload = json.dumps({"mail": body, "attach": [asdict(a) for a in attach]}).encode()
+    payload = json.dumps(
+        {
+            "mail": body,
+            "attach": [asdict(a) for a in attach],
+            "smime": list(smime) if smime else None,
+        }
+    ).encode()
     return OutboxEntry(
         kind=kind,
         ref=ref,
@@ -47,12 +60,17 @@ def entry(
     )
 
 
-def decode(payload: bytes) -> tuple[Mail, tuple[AttachRef, ...]]:
+def decode(payload: bytes) -> tuple[Mail, tuple[AttachRef, ...], tuple[str, str] | None]:
     data = json.loads(payload)
     m = data["mail"]
     m["references"] = tuple(m["references"])
     m["attachments"] = ()
-    return Mail(**m), tuple(AttachRef(**a) for a in data["attach"])
+    smime = data.get("smime")
+    return (
+        Mail(**m),
+        tuple(AttachRef(**a) for a in data["attach"]),
+        (smime[0], smime[1]) if smime else None,
+    )
 
 
 def reply_code(reason: str) -> str:
@@ -131,12 +149,18 @@ class Outbox:
     def _send_one(self, due: DueMail, result: DrainResult) -> bool:
         now = self.clock()
         try:
-            mail, refs = decode(due.payload)
+            mail, refs, smime = decode(due.payload)
             data = render(Mail(**{**asdict(mail), "attachments": self._attachments(refs)}))
-        except (HeaderInjection, ValueError, KeyError, TypeError) as exc:
+            if smime is not None:
+                # Encrypted or not at all: a certificate that cannot be used stops the
+                # mail, it never goes out in the clear instead.
+                data = encrypt(data, [load_certificate(smime[0])], smime[1])
+        except (HeaderInjection, CertificateError, ValueError, KeyError, TypeError) as exc:
             log.error("mail.unbuildable", mail_kind=due.kind, ref=due.ref, error=type(exc).__name__)
             self.store.mail_failed(due, None, type(exc).__name__)
             result.failed += 1
+            if self.on_given_up is not None:
+                self.on_given_up(due, type(exc).__name__)
             return True
         try:
             self.transport.send(Envelope(sender=due.sender, recipient=due.recipient), data)

@@ -94,10 +94,10 @@ class Triage:
     # -- intake hooks ---------------------------------------------------------
     def handle(
         self, tx: SqliteTransaction, item: MailboxItem, msg: ParsedMessage, decision: Decision
-    ) -> str:
+    ) -> tuple[str, str | None]:
         if decision.kind.value == "followup":
             return self.followup(tx, item, msg, decision.refs[0])
-        return self.command(tx, msg, decision)
+        return self.command(tx, msg, decision), None
 
     def auto_answer(self, tx: SqliteTransaction, msg: ParsedMessage, decision: Decision) -> None:
         for kind, ref in decision.answers:
@@ -121,7 +121,7 @@ class Triage:
     # -- follow-ups -------------------------------------------------------------
     def followup(
         self, tx: SqliteTransaction, item: MailboxItem, msg: ParsedMessage, ref: str
-    ) -> str:
+    ) -> tuple[str, str]:
         signal = self.app.store.signal_by_ref(ref)
         assert signal is not None
         n = sum(1 for f in tx.field_names(signal) if f.startswith("followup:")) + 1
@@ -146,7 +146,8 @@ class Triage:
             self.mailer.queue(
                 tx, "followup_notice", "followup_notice", f, context, ref=ref, attach=attach
             )
-        return "retained" if self.cfg.mailbox.retain_in_mailbox == "forwarded" else "expunge"
+        keep = self.cfg.mailbox.retain_in_mailbox == "forwarded"
+        return ("retained" if keep else "expunge"), signal.id
 
     # -- commands ---------------------------------------------------------------
     def _reject(

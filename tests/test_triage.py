@@ -352,3 +352,192 @@ def test_forward_refused_permanently_alerts_and_keeps_the_signal(
     alerts = [m for m in mail.messages(F1) if "LET OP" in str(parse(m)["Subject"])]
     assert len(alerts) == 1
     assert mail.messages(KEDO) == []
+
+
+# -- S/MIME ------------------------------------------------------------------------
+
+
+def _certificate(tmp: Path, address: str) -> tuple[Path, object, object]:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.EMAIL_ADDRESS, address)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(dt.datetime(2026, 1, 1))
+        .not_valid_after(dt.datetime(2036, 1, 1))
+        .sign(key, hashes.SHA256())
+    )
+    path = tmp / f"{address}.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path, cert, key
+
+
+def _decrypt(raw: bytes, cert: object, key: object) -> bytes:
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    return pkcs7.pkcs7_decrypt_smime(raw, cert, key, [])  # type: ignore[arg-type]
+
+
+def test_smime_triage_request_and_forward(world: World, mail: MailServer) -> None:
+    f1_path, f1_cert, f1_key = _certificate(world.root, F1)
+    kedo_path, kedo_cert, kedo_key = _certificate(world.root, KEDO)
+    world.write_config(
+        kedo_cert=str(kedo_path), extra=f'\n[triage.certificates]\n"{F1}" = "{f1_path}"\n'
+    )
+    assert world.cli("check").returncode == 0
+    mark = marker()
+    mail.deliver(signal_mail(mark), MAILBOX)
+    world.once()
+    request = mail.wait_for_messages(F1, 1)[0]
+    outer = parse(request)
+    assert outer.get_content_type() == "application/pkcs7-mime"
+    assert_absent(mark, where="the encrypted triage request as sent", data=request)
+    ref = find_references(str(outer["Subject"]), "VV")[0]
+    token = tokens_in(body_text(mail.messages(F2)[0]))[0]
+    assert token not in str(outer["Subject"]), "the outer subject is neutral"
+    inner = _decrypt(request, f1_cert, f1_key)
+    assert mark.encode() in inner and token.encode() in inner
+    assert "message/rfc822" in [p.get_content_type() for p in parse(inner).walk()]
+    # F2 has no certificate: a plain request, as before.
+    assert parse(mail.messages(F2)[0]).get_content_type() == "multipart/mixed"
+
+    # The functionaris replies from a client that quotes the decrypted text.
+    decrypted_view = (
+        f"From: {MAILBOX}\r\nSubject: Triageverzoek\r\nMessage-ID: {outer['Message-ID']}\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\n" + body_text(inner)
+    ).encode()
+    command(world, mail, reply(decrypted_view, "KEDO", subject=f"RE: {outer['Subject']}"))
+    forward = mail.wait_for_messages(KEDO, 1)[0]
+    assert parse(forward).get_content_type() == "application/pkcs7-mime"
+    assert_absent(mark, where="the encrypted forward as sent", data=forward)
+    assert mark.encode() in _decrypt(forward, kedo_cert, kedo_key)
+    assert ref in str(parse(forward)["Subject"])
+    assert world.status()["open"] == 0
+
+
+def test_unusable_certificate_stops_the_mail_instead_of_sending_it_in_clear(
+    world: World, mail: MailServer
+) -> None:
+    broken = world.root / "broken.pem"
+    broken.write_text("not a certificate")
+    world.write_config(kedo_cert=str(broken))
+    assert world.cli("check").returncode == 2
+    mark = marker()
+    _, request = new_signal(world, mail, mark)
+    command(world, mail, reply(request, "KEDO"))
+    assert mail.messages(KEDO) == []
+    assert world.status()["by_state"] == {"forwarding_failed": 1}
+    assert any("LET OP" in str(parse(m)["Subject"]) for m in mail.messages(F1))
+
+
+# -- bounces, retained originals, drills ------------------------------------------
+
+
+def _dsn(original_message_id: str, recipient: str) -> bytes:
+    return (
+        "From: Mail Delivery System <MAILER-DAEMON@gemeente.example>\r\n"
+        f"To: {MAILBOX}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        f"Message-ID: <dsn-{marker()}@gemeente.example>\r\nAuto-Submitted: auto-replied\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"\r\n\r\n'
+        "--b1\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n"
+        "--b1\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.gemeente.example\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        "--b1\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"Message-ID: {original_message_id}\r\nSubject: Signaal\r\n\r\n"
+        "--b1--\r\n"
+    ).encode()
+
+
+def test_bounce_of_a_forward_reopens_an_open_signal_and_alerts(
+    world: World, mail: MailServer
+) -> None:
+    mark = marker()
+    _, request = new_signal(world, mail, mark)
+    mail.deliver(reply(request, "KEDO RIEC"), MAILBOX, mail_from=F1)
+    # The forwards go out in key order: KEDO's is refused for now, RIEC's accepted,
+    # so the signal stays open waiting for KEDO.
+    mail.fail_next(count=1, code=451, stage="rcpt")
+    world.once()
+    riec_fwd = parse(mail.wait_for_messages(RIEC, 1)[0])["Message-ID"]
+    assert mail.messages(KEDO) == []
+    assert world.status()["by_state"] == {"forwarding": 1}
+    mail.deliver(_dsn(str(riec_fwd), RIEC), MAILBOX, mail_from="mailer-daemon@gemeente.example")
+    world.now += 3600
+    world.until_quiet()
+    assert world.status()["by_state"] == {"forwarding_failed": 1}, "a bounce reopens it"
+    assert len(mail.messages(KEDO)) == 1, "the retry to KEDO still lands"
+    alerts = [m for m in mail.messages(F1) if "LET OP" in str(parse(m)["Subject"])]
+    assert len(alerts) == 1 and "RIEC" in str(parse(alerts[0])["Subject"])
+    assert '"event": "forward.bounced"' in world.log_text()
+    # The functionaris sends it to RIEC again; then it is done and deleted.
+    command(world, mail, reply(request, "RIEC"))
+    assert len(mail.wait_for_messages(RIEC, 2)) == 2
+    assert len(mail.messages(KEDO)) == 1, "KEDO got it once"
+    assert_signal_gone(world, mail, mark)
+
+
+def test_bounce_after_deletion_alerts_without_content(world: World, mail: MailServer) -> None:
+    mark = marker()
+    _, request = new_signal(world, mail, mark)
+    command(world, mail, reply(request, "KEDO"))
+    kedo_fwd = parse(mail.wait_for_messages(KEDO, 1)[0])["Message-ID"]
+    mail.deliver(_dsn(str(kedo_fwd), KEDO), MAILBOX, mail_from="mailer-daemon@gemeente.example")
+    world.until_quiet()
+    assert world.status()["open"] == 0, "a bounce is not a new signal"
+    alerts = [m for m in mail.messages(F1) if "LET OP" in str(parse(m)["Subject"])]
+    assert len(alerts) == 1
+    assert_absent(mark, where="the alert", data=alerts[0])
+
+
+def test_retained_originals_and_follow_ups_are_hard_deleted_with_the_signal(
+    world: World, mail: MailServer
+) -> None:
+    world.write_config(retain="forwarded")
+    mark = marker()
+    ref, request = new_signal(world, mail, mark)
+    mail.deliver(
+        signal_mail(
+            marker(), subject=f"RE: Ontvangen: uw signaal {ref}", body=f"Nog iets {mark}\n"
+        ),
+        MAILBOX,
+    )
+    world.once()
+    assert len(mail.messages(MAILBOX)) == 2, "original and follow-up kept until the signal goes"
+    command(world, mail, reply(request, "KEDO"))
+    world.until_quiet()
+    assert everything_in(mail, MAILBOX) == b"", "every copy is gone"
+    assert_signal_gone(world, mail, mark)
+
+
+def test_a_drill_runs_the_whole_life_to_the_test_address_and_is_not_counted(
+    world: World, mail: MailServer
+) -> None:
+    world.write_config(kedo_test=F2)
+    mark = marker()
+    mail.deliver(
+        signal_mail(mark, sender=F1, subject=f"[OEFENING] proef {mark}"), MAILBOX, mail_from=F1
+    )
+    world.once()
+    request = [m for m in mail.wait_for_messages(F2, 1) if "OEFENING" in str(parse(m)["Subject"])][
+        0
+    ]
+    command(world, mail, reply(request, "KEDO\nVORM overig"))
+    assert mail.messages(KEDO) == [], "a drill never reaches the real destination"
+    drill_forwards = [
+        m for m in mail.messages(F2) if "Signaal mensenhandel" in str(parse(m)["Subject"])
+    ]
+    assert len(drill_forwards) == 1 and mark.encode() in drill_forwards[0]
+    assert world.status()["open"] == 0
+    assert stats(world)["rows"] == []

@@ -79,6 +79,8 @@ forward_retry_for = "{retry_for}"
 [destinations.kedo]
 label = "KEDO (slachtofferspoor)"
 address = "{kedo}"
+certificate = "{kedo_cert}"
+test_address = "{kedo_test}"
 
 [destinations.riec]
 label = "RIEC Informatieplein (daderspoor)"
@@ -159,6 +161,9 @@ class World:
             "include": "full",
             "trusted": "[]",
             "retry_for": "24h",
+            "kedo_cert": "",
+            "kedo_test": "",
+            "extra": "",
             **self.options,
         }
         self.config_path.write_text(
@@ -175,6 +180,7 @@ class World:
                 nla=NLA,
                 **o,
             )
+            + o["extra"]
         )
 
     def setup(self) -> World:
