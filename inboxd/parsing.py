@@ -18,8 +18,17 @@ our own and small:
 * the MIME structure is found by searching the raw bytes for boundary lines
   (``bytes.find``: no copies), walking iteratively with caps on depth, parts and
   bytes scanned; attachment bodies are never decoded;
-* only the one chosen text/plain and text/html part are decoded, incrementally,
-  and only up to :data:`TEXT_MAX` characters.
+* only the chosen text/plain and text/html parts are decoded, incrementally,
+  and only up to :data:`TEXT_MAX` characters; HTML is laid out by inscriptis up to
+  :data:`HTML_RENDER_MAX` characters, the rest is tag-stripped.
+
+``text``: the first non-empty text/plain part that is not an attachment, else the
+first such text/html part rendered, else the same inside an attached message (a
+forward with no words of its own), else an inline part with a file name. CRLF/CR
+become LF; other control characters become spaces. ``attachment_count`` counts
+leaves with ``Content-Disposition: attachment`` or a file name, attached messages,
+and non-text leaves, except signatures and report parts; what is inside an attached
+message is not counted again.
 
 ``auto`` (SPEC §3.2) is the OR of small named predicates (``AUTO_RULES``); the codes
 in ``auto_reasons`` are stable:
@@ -446,7 +455,7 @@ def _codec(charset: str | None, defects: _Defects) -> tuple[str, str]:
     cs = _CHARSET_ALIASES.get(cs, cs)
     try:
         info = codecs.lookup(cs)
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
         defects.add("unknown-charset")
         return "utf-8", _FALLBACK
     if info.name in _NOT_MAIL_CODECS or not getattr(info, "_is_text_encoding", True):
@@ -1133,7 +1142,13 @@ def _texts(w: _Walk, defects: _Defects) -> tuple[str, str | None]:
 
     def decode(ref: _TextRef) -> str:
         if id(ref) not in decoded:
-            body, cut = _decode_part(ref.buf, ref.start, ref.end, ref.cte, ref.charset, defects)
+            # One undecodable part must not cost the others.
+            body, cut = _guard(
+                defects,
+                "decode",
+                ("", False),
+                lambda: _decode_part(ref.buf, ref.start, ref.end, ref.cte, ref.charset, defects),
+            )
             if cut:
                 defects.add("html-truncated" if ref.is_html else "text-truncated")
             decoded[id(ref)] = body

@@ -195,6 +195,13 @@ def test_unknown_charset_is_malformed_but_read() -> None:
     assert "unknown-charset" in m.defects and m.malformed
 
 
+def test_charset_name_with_nul() -> None:
+    m = parse_message(mail(*BASIC, "Content-Type: text/plain; charset=\"utf\x00-8\"", body="hallo"))
+    assert m.text == "hallo"
+    assert "unknown-charset" in m.defects
+    assert not any(d.startswith("error:") for d in m.defects)
+
+
 def test_text_is_bounded() -> None:
     body = "a" * (TEXT_MAX + 5000)
     m = parse_message(mail(*BASIC, body=body))
