@@ -6,6 +6,7 @@ and the mail loop never interleave inside a transaction.
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -51,17 +52,25 @@ class Daemon:
                 app.outbox.drain(should_stop=self.stop.is_set)
             self.failures = 0
             return True
-        except MailboxError as exc:
+        except Exception as exc:
+            # Whatever went wrong, the daemon lives on: log it (type and place only),
+            # drop the connection so the next cycle lists the mailbox afresh, back off.
             self.failures += 1
-            log.warning(
-                "mailbox.error", error=type(exc).__name__, reason=exc.reason, attempt=self.failures
-            )
-            with app.lock:
-                import json
-
-                app.store.set_meta(
-                    "last_error", json.dumps({"event": "mailbox.error", "at": app.clock()})
+            if isinstance(exc, MailboxError):
+                event = "mailbox.error"
+                log.warning(
+                    event, error=type(exc).__name__, reason=exc.reason, attempt=self.failures
                 )
+            else:
+                event = "cycle.failed"
+                log.error(event, error=type(exc).__name__, attempt=self.failures, exc_info=True)
+            try:
+                with app.lock:
+                    app.store.set_meta(
+                        "last_error", json.dumps({"event": event, "at": app.clock()})
+                    )
+            except Exception as store_exc:
+                log.error("store.error", error=type(store_exc).__name__)
             app.mailbox.close()
             return False
 

@@ -188,8 +188,49 @@ class Intake:
         seen_digests: set[bytes] = set()
         with self.store.transaction() as tx:
             for item in items:
-                self._one(tx, item, seen_digests, result)
+                try:
+                    with tx.savepoint():
+                        self._one(tx, item, seen_digests, result)
+                except Exception as exc:
+                    # A message that trips a bug must neither be lost nor block the
+                    # queue: keep it raw, flagged, for a person to look at.
+                    log.error(
+                        "intake.unprocessable",
+                        error=type(exc).__name__,
+                        size=len(item.raw),
+                        exc_info=True,
+                    )
+                    with tx.savepoint():
+                        self._unprocessable(tx, item, result)
         self._expunge(self.store.keys_to_expunge(), result)
+
+    def _unprocessable(
+        self, tx: SqliteTransaction, item: MailboxItem, result: IntakeResult
+    ) -> None:
+        msg = ParsedMessage(
+            size=len(item.raw),
+            message_id=None,
+            in_reply_to=(),
+            references=(),
+            from_addr=None,
+            return_path_null=False,
+            subject="",
+            text="",
+            html=None,
+            attachment_count=0,
+            auto=False,
+            auto_reasons=(),
+            report_type=None,
+            reported_message_ids=(),
+            authentication_results=(),
+            auto_submitted=None,
+            malformed=True,
+            defects=("unprocessable",),
+        )
+        decision = Decision(Kind.SIGNAL, frozenset({"malformed", "unprocessable"}), source="extern")
+        digest = self.keyring.dedup_digests(None, item.raw)[0]
+        self.new_signal(tx, item, msg, decision, digest)
+        result.queued += 1
 
     def _lookup_context(self, msg: ParsedMessage) -> Context:
         base = self.context()

@@ -221,6 +221,19 @@ class SqliteTransaction:
         self._k = keyring
         self.now = now
 
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction: one message's failure undoes only that message."""
+        name = f"sp_{uuid.uuid4().hex[:12]}"
+        self._c.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self._c.execute(f"ROLLBACK TO {name}")
+            self._c.execute(f"RELEASE {name}")
+            raise
+        self._c.execute(f"RELEASE {name}")
+
     def add_signal(self, s: NewSignal) -> Signal:
         data_key = self._k.new_data_key()
         key_id, wrapped = self._k.wrap(data_key, f"signal:{s.id}")

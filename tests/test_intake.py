@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,46 @@ def test_every_corpus_message_is_queued_once_and_nothing_is_lost(
     assert status["open"] == len(set(stored)), status
     assert status["flags"].get("auto", 0) > 10, "bounces and auto-replies are flagged"
     assert '"level": "error"' not in world.log_text()
+
+
+def test_a_message_that_trips_a_bug_is_kept_flagged_and_does_not_block_the_rest(
+    world: World, mail: MailServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inboxd.intake as intake_module
+
+    real_parse = intake_module.parse_message
+    poison = marker()
+
+    def parse(raw: bytes):  # type: ignore[no-untyped-def]
+        if poison.encode() in raw:
+            raise RuntimeError("a bug in the parser")
+        return real_parse(raw)
+
+    monkeypatch.setattr(intake_module, "parse_message", parse)
+    mail.append_many(MAILBOX, [signal_mail(marker()), signal_mail(poison), signal_mail(marker())])
+    world.once()
+    assert everything_in(mail, MAILBOX) == []
+    status = world.status()
+    assert status["open"] == 3
+    assert status["flags"].get("unprocessable") == 1
+    assert '"event": "intake.unprocessable"' in world.log_text()
+    assert_absent(poison, where="the logs", data=world.log_text())
+    requests = mail.wait_for_messages(F1, 3)
+    assert any(poison.encode() in r for r in requests), "the raw message reaches triage"
+    assert len(mail.messages(REPORTER)) == 2, "no acknowledgement without a trustworthy sender"
+
+
+def test_a_failing_cycle_is_logged_and_the_daemon_goes_on(world: World, mail: MailServer) -> None:
+    from inboxd.daemon import Daemon
+
+    app = world.app()
+    daemon = Daemon(app)
+
+    def broken(should_stop: object = None) -> None:
+        raise RuntimeError("boom")
+
+    app.intake.run_once = broken  # type: ignore[assignment,method-assign]
+    assert daemon.cycle() is False
+    assert '"event": "cycle.failed"' in world.log_text()
+    assert json.loads(app.store.get_meta("last_error") or "{}")["event"] == "cycle.failed"
+    app.close()
