@@ -196,7 +196,7 @@ def test_unknown_charset_is_malformed_but_read() -> None:
 
 
 def test_charset_name_with_nul() -> None:
-    m = parse_message(mail(*BASIC, "Content-Type: text/plain; charset=\"utf\x00-8\"", body="hallo"))
+    m = parse_message(mail(*BASIC, 'Content-Type: text/plain; charset="utf\x00-8"', body="hallo"))
     assert m.text == "hallo"
     assert "unknown-charset" in m.defects
     assert not any(d.startswith("error:") for d in m.defects)
