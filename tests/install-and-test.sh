@@ -32,7 +32,7 @@ apt_install() {
 }
 
 missing=()
-for pkg in dovecot-imapd dovecot-lmtpd; do
+for pkg in dovecot-imapd dovecot-lmtpd systemd openssl; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing+=("$pkg")
     fi

@@ -39,7 +39,15 @@ class Daemon:
         )
         self.events: queue.Queue[dict[str, object]] = queue.Queue()
         self.lines: list[str] = []
+        self.errors: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
+        # Drain stderr too: a full pipe would block the daemon.
+        threading.Thread(target=self._read_err, daemon=True).start()
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.errors.append(line)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -69,7 +77,10 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"inboxd run did not stop within {timeout}s of SIGTERM") from None
+            raise AssertionError(
+                f"inboxd run did not stop within {timeout}s of SIGTERM; log: "
+                f"{''.join(self.lines[-10:])} stderr: {''.join(self.errors[-10:])}"
+            ) from None
 
 
 @pytest.fixture
