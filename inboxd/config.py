@@ -24,6 +24,14 @@ _ADDR = re.compile(
 _SECRET_KEYS = {"password", "client_secret", "secret", "token", "key"}
 
 
+# Destination keys become command words: they must not collide with the commands or
+# with the words a reply's quote header and destination lists are made of.
+RESERVED_DESTINATION_KEYS = frozenset(
+    "doorzetten forward vorm type afsluiten close vraag ask wacht hold status hulp help "
+    "geen no en and naar to van from op on aan cc bcc date datum onderwerp subject".split()
+)
+
+
 class ConfigError(Exception):
     def __init__(self, path: str, key: str, problem: str) -> None:
         super().__init__(f"{path}: {key}: {problem}" if key else f"{path}: {problem}")
@@ -266,6 +274,11 @@ class Config(_Section):
                     "is not one of triage.functionarissen; certificates are keyed by a functionaris' address",
                 )
         for key in self.destinations:
+            if key in RESERVED_DESTINATION_KEYS:
+                raise _Problem(
+                    f"destinations.{key}",
+                    "this word is a command or a reply-header word; give the destination another key",
+                )
             if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", key):
                 raise _Problem(
                     f"destinations.{key}",

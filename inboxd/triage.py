@@ -198,6 +198,9 @@ class Triage:
             return self._reject(tx, msg, ref, "authentication")
         if signal.state not in OPEN_STATES:
             return self._reject(tx, msg, ref, "closed")
+        if "text-truncated" in msg.defects:
+            # Commands are all-or-nothing; a reply we could not read whole is refused.
+            return self._reject(tx, msg, ref, "too_long")
         # With an HTML part, read that: msg.text may be its rendering, and reply_text
         # drops hidden elements and comments before rendering it again.
         plain = None if msg.html is not None else msg.text
