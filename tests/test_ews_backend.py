@@ -19,7 +19,8 @@ from inboxd.mailbox.base import MailboxError
 from inboxd.mailbox.ews import EwsMailbox
 from inboxd.msauth import OUTLOOK_SCOPE, TokenProvider
 from inboxd.transport.base import Envelope, SendError
-from inboxd.transport.ews import EwsTransport, header_recipients
+from inboxd.transport.ews import EwsTransport
+from inboxd.transport.graph import header_recipients
 
 DATA = Path(__file__).parent / "data" / "ews"
 SIGNAL = (DATA / "signal.eml").read_bytes()

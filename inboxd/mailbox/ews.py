@@ -18,14 +18,10 @@ shared with :mod:`inboxd.transport.ews`.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -59,6 +55,7 @@ from exchangelib.transport import BASIC, NTLM, OAUTH2
 
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import MailboxError, MailboxItem
+from inboxd.mailbox.graph import read_state, store_state
 from inboxd.msauth import TokenError, TokenSource
 
 log = get_logger(__name__)
@@ -319,57 +316,6 @@ class EwsFailure(Exception):
 
 def _token_failure(exc: TokenError) -> EwsFailure:
     return EwsFailure(exc.reason, auth=exc.permanent, temporary=not exc.permanent)
-
-
-# --- sync state file -------------------------------------------------------------------
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def read_state(path: str | None, scope: dict[str, str]) -> str | None:
-    """The stored state, if the file exists and belongs to this mailbox and folder."""
-    if not path:
-        return None
-    try:
-        doc = json.loads(Path(path).read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        log.warning("mailbox.state_unreadable", kind="sync_state")
-        return None
-    if (
-        not isinstance(doc, dict)
-        or doc.get("scope") != scope
-        or not isinstance(doc.get("state"), str)
-    ):
-        log.warning("mailbox.state_ignored", kind="sync_state")
-        return None
-    return str(doc["state"])
-
-
-def store_state(path: str | None, scope: dict[str, str], state: str) -> None:
-    if not path:
-        return
-    write_atomically(path, json.dumps({"version": 1, "scope": scope, "state": state}).encode())
 
 
 # --- the mailbox -----------------------------------------------------------------------

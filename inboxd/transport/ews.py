@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from email.utils import getaddresses
 from typing import TypeVar
 
 from exchangelib import Account, Mailbox, Message
@@ -30,6 +27,7 @@ from inboxd.logs import get_logger
 from inboxd.mailbox.ews import AuthType, EwsFailure, EwsSettings, call, connect, disconnect
 from inboxd.msauth import TokenSource
 from inboxd.transport.base import Envelope, SendError
+from inboxd.transport.graph import recipients_match
 
 log = get_logger(__name__)
 
@@ -41,28 +39,6 @@ _PERMANENT = (
     ErrorMessageSizeExceeded,
     ErrorSendAsDenied,
 )
-
-
-# A header block bigger than this is not one inboxd wrote.
-_MAX_HEADER_BYTES = 256 * 1024
-
-
-def header_recipients(message: bytes) -> list[str]:
-    """The addresses in the message's To, Cc and Bcc headers (lower case).
-
-    Servers without an SMTP envelope (EWS, Graph) deliver to these, so a transport
-    there can only honour the envelope when they name exactly its recipient.
-    """
-    head = message.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0][:_MAX_HEADER_BYTES]
-    # compat32 parses lazily and never raises on odd header values.
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(head)
-    values = [str(v) for name in ("To", "Cc", "Bcc") for v in (parsed.get_all(name) or [])]
-    return [addr.strip().lower() for _name, addr in getaddresses(values) if addr.strip()]
-
-
-def recipients_match(message: bytes, recipient: str) -> bool:
-    found = header_recipients(message)
-    return bool(found) and set(found) == {recipient.strip().lower()}
 
 
 class EwsTransport:

@@ -1,0 +1,552 @@
+"""A fake Microsoft Graph (v1.0) for one mailbox, over TLS on 127.0.0.1.
+
+Serves the mail endpoints the Graph backend uses, with Graph's JSON shapes:
+
+- ``GET  /v1.0/users/{m}/mailFolders/{folder}`` (``$select=id``)
+- ``GET  /v1.0/users/{m}/mailFolders/{folder}/messages/delta`` — pages of
+  ``odata.maxpagesize``, ``@odata.nextLink`` / ``@odata.deltaLink``, ``@removed``
+  entries, 410 for a delta token it no longer knows
+- ``GET  /v1.0/users/{m}/mailFolders/{folder}/messages`` (``$select``, ``$top``,
+  ``$orderby=receivedDateTime asc``, ``$filter=internetMessageId eq '…'``, paging)
+- ``GET  /v1.0/users/{m}/messages/{id}`` (``$select=id``) and ``…/$value`` (MIME)
+- ``POST /v1.0/users/{m}/messages/{id}/permanentDelete`` (204)
+- ``POST /v1.0/users/{m}/sendMail`` with ``text/plain`` base64 MIME (202), which,
+  like Exchange Online, files a copy in Sent Items
+
+Tokens are checked with the fake Entra ID (audience: this server's base URL); an
+expired or revoked token gets Graph's 401 ``InvalidAuthenticationToken``. Faults
+can be queued per route: 429/503 with ``Retry-After``, 401, 403, a dropped
+connection. Requests that do not fit what Graph accepts get Graph's 400 and are
+recorded in :attr:`GraphServer.protocol_errors`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import http.server
+import json
+import re
+import secrets
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from . import FakeHTTPServer
+from .token_server import TokenServer
+
+
+@dataclass
+class GraphMessage:
+    id: str
+    mime: bytes
+    received: dt.datetime
+    internet_message_id: str
+    folder: str  # "inbox" | "sentitems"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    route: str
+
+
+@dataclass
+class _Event:
+    seq: int
+    kind: str
+    id: str
+
+
+@dataclass
+class _State:
+    mailbox: str
+    tokens: TokenServer
+    messages: dict[str, GraphMessage] = field(default_factory=dict)
+    events: list[_Event] = field(default_factory=list)
+    seq: int = 0
+    expired_before: int = 0  # delta tokens below this seq answer 410
+    sent: list[bytes] = field(default_factory=list)
+    permanent_deletes: list[str] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
+    protocol_errors: list[str] = field(default_factory=list)
+    faults: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    passes: dict[str, int] = field(default_factory=dict)  # requests let through first
+    file_sent_copies: bool = True
+    held_copies: list[GraphMessage] = field(default_factory=list)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+def new_message_id() -> str:
+    # Graph REST ids: URL-safe base64 of the store entry id, padded.
+    return base64.urlsafe_b64encode(b"\x00\x00\x03$\x00\x00" + secrets.token_bytes(136)).decode()
+
+
+def _stamp(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _graph_error(status: int, code: str, message: str) -> tuple[int, dict[str, Any]]:
+    return status, {
+        "error": {
+            "code": code,
+            "message": message,
+            "innerError": {
+                "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+                "request-id": str(uuid.uuid4()),
+                "client-request-id": str(uuid.uuid4()),
+            },
+        }
+    }
+
+
+class ProtocolError(Exception):
+    pass
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "Microsoft-HTTPAPI/2.0"
+
+    @property
+    def fake(self) -> GraphServer:
+        return self.server.fake  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def state(self) -> _State:
+        return self.fake.state
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        hdrs = {"request-id": str(uuid.uuid4()), **headers}
+        for k, v in hdrs.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(
+        self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        self._send(
+            status,
+            json.dumps(doc).encode(),
+            {
+                "Content-Type": "application/json;odata.metadata=minimal;charset=utf-8",
+                **(headers or {}),
+            },
+        )
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        st = self.state
+        route = self._route(method, parts.path)
+        with st.lock:
+            st.requests.append(
+                Request(method, parts.path, query, dict(self.headers.items()), route)
+            )
+        if not self.fake.tokens.check(self.headers.get("Authorization"), self.fake.base_url):
+            self._json(
+                *_graph_error(
+                    401,
+                    "InvalidAuthenticationToken",
+                    "Access token has expired or is not yet valid.",
+                ),
+                headers={
+                    "WWW-Authenticate": (
+                        'Bearer realm="", authorization_uri="https://login.microsoftonline.com/'
+                        'common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000"'
+                    )
+                },
+            )
+            return
+        with st.lock:
+            queued = st.faults.get(route) or []
+            fault = None
+            if queued and st.passes.get(route, 0) > 0:
+                st.passes[route] -= 1
+            elif queued:
+                fault = queued.pop(0)
+        if fault is not None:
+            status, hdrs = fault
+            if status == 0:
+                self.close_connection = True  # dropped without an answer
+                return
+            code, text = {
+                429: ("ApplicationThrottled", "Application is over its MailboxConcurrency limit."),
+                503: ("ServiceUnavailable", "Service is temporarily unavailable."),
+                401: (
+                    "InvalidAuthenticationToken",
+                    "Access token has expired or is not yet valid.",
+                ),
+                403: ("ErrorAccessDenied", "Access is denied. Check credentials and try again."),
+            }.get(status, ("UnknownError", ""))
+            self._json(*_graph_error(status, code, text), headers=hdrs)
+            return
+        try:
+            handler = getattr(self, f"_r_{route}", None)
+            if handler is None:
+                raise ProtocolError(f"unsupported {method} {parts.path}")
+            handler(method, parts.path, query, body)
+        except ProtocolError as exc:
+            with st.lock:
+                st.protocol_errors.append(str(exc))
+            self._json(*_graph_error(400, "BadRequest", str(exc)))
+
+    # --- routing --------------------------------------------------------------------
+
+    _ROUTES = (
+        ("GET", r"/mailFolders/(?P<f>[^/]+)/messages/delta", "delta"),
+        ("GET", r"/mailFolders/(?P<f>[^/]+)/messages", "list"),
+        ("GET", r"/mailFolders/(?P<f>[^/]+)", "folder"),
+        ("GET", r"/messages/(?P<id>[^/]+)/\$value", "value"),
+        ("GET", r"/messages/(?P<id>[^/]+)", "message"),
+        ("POST", r"/messages/(?P<id>[^/]+)/permanentDelete", "permanentDelete"),
+        ("POST", r"/sendMail", "sendMail"),
+    )
+
+    def _route(self, method: str, path: str) -> str:
+        prefix = f"/v1.0/users/{quote(self.state.mailbox, safe='@')}"
+        if not path.startswith(prefix):
+            return "unknown"
+        rest = path[len(prefix) :]
+        for m, pattern, name in self._ROUTES:
+            match = re.fullmatch(pattern, rest)
+            if m == method and match:
+                self._params = {k: unquote(v) for k, v in match.groupdict().items()}
+                return name
+        return "unknown"
+
+    def _folder(self) -> str:
+        folder = self._params["f"].lower()
+        if folder not in ("inbox", "sentitems"):
+            raise ProtocolError(f"unknown folder {folder}")
+        return folder
+
+    def _select(self, query: dict[str, str], allowed: set[str]) -> list[str]:
+        sel = [s.strip() for s in query.get("$select", "").split(",") if s.strip()]
+        if not sel:
+            raise ProtocolError("$select missing: ask only for what is needed")
+        extra = set(sel) - allowed
+        if extra:
+            raise ProtocolError(f"$select asks for {sorted(extra)}")
+        return sel
+
+    def _entry(self, msg: GraphMessage, sel: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {"@odata.etag": 'W/"CQAAABYAAAB' + msg.id[-12:] + '"', "id": msg.id}
+        if "receivedDateTime" in sel:
+            out["receivedDateTime"] = _stamp(msg.received)
+        if "internetMessageId" in sel:
+            out["internetMessageId"] = msg.internet_message_id
+        return out
+
+    def _link(self, path: str, **params: str) -> str:
+        q = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+        return f"{self.fake.base_url}{path}?{q}"
+
+    # --- handlers ----------------------------------------------------------------------
+
+    def _r_folder(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
+        if self._params["f"].lower() not in FOLDER_IDS:
+            self._json(*_graph_error(400, "ErrorInvalidIdMalformed", "Id is malformed."))
+            return
+        folder = self._folder()
+        self._select(query, {"id", "displayName"})
+        self._json(
+            200,
+            {
+                "@odata.context": (
+                    f"{self.fake.base_url}/v1.0/$metadata#users('{quote(self.state.mailbox)}')"
+                    "/mailFolders(id)/$entity"
+                ),
+                "id": FOLDER_IDS[folder],
+            },
+        )
+
+    def _r_delta(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
+        st = self.state
+        folder = self._folder()
+        page_size = 10  # Graph's default for messages delta
+        prefer = self.headers.get("Prefer", "")
+        m = re.search(r"odata\.maxpagesize=(\d+)", prefer)
+        if m:
+            page_size = int(m.group(1))
+        if "$deltatoken" in query or "$skiptoken" in query:
+            if set(query) - {"$deltatoken", "$skiptoken"}:
+                raise ProtocolError("a delta or next link must be used as given")
+            token = query.get("$deltatoken") or query["$skiptoken"]
+            try:
+                kind, since_s, offset_s, sel_s = base64.urlsafe_b64decode(token).decode().split("|")
+                since, offset = int(since_s), int(offset_s)
+            except (ValueError, binascii.Error, UnicodeDecodeError):
+                raise ProtocolError("malformed delta token") from None
+            if since < st.expired_before:
+                self._json(
+                    *_graph_error(
+                        410,
+                        "SyncStateNotFound",
+                        "The sync state generation is not found. The delta token is expired "
+                        "and data must be synchronized again.",
+                    )
+                )
+                return
+            sel = sel_s.split(",")
+        else:
+            sel = self._select(query, {"id", "receivedDateTime"})
+            since, offset = 0, 0
+        with st.lock:
+            current = st.seq
+            if since == 0:
+                # Initial round: what is in the folder now.
+                entries: list[dict[str, Any]] = [
+                    self._entry(msg, sel) for msg in st.messages.values() if msg.folder == folder
+                ]
+            else:
+                created_before = {e.id for e in st.events if e.kind == "create" and e.seq <= since}
+                entries = []
+                for ev in st.events:
+                    if ev.seq <= since:
+                        continue
+                    msg = st.messages.get(ev.id)
+                    if ev.kind == "create" and msg is not None and msg.folder == folder:
+                        entries.append(self._entry(msg, sel))
+                    elif ev.kind == "delete" and ev.id in created_before:
+                        entries.append(
+                            {
+                                "@odata.type": "#microsoft.graph.message",
+                                "id": ev.id,
+                                "@removed": {"reason": "deleted"},
+                            }
+                        )
+        page = entries[offset : offset + page_size]
+        doc: dict[str, Any] = {
+            "@odata.context": f"{self.fake.base_url}/v1.0/$metadata#Collection(message)",
+            "value": page,
+        }
+        base = path
+        if offset + page_size < len(entries):
+            tok = base64.urlsafe_b64encode(
+                f"skip|{since}|{offset + page_size}|{','.join(sel)}".encode()
+            ).decode()
+            doc["@odata.nextLink"] = self._link(base, **{"$skiptoken": tok})
+        else:
+            tok = base64.urlsafe_b64encode(f"delta|{current}|0|{','.join(sel)}".encode()).decode()
+            doc["@odata.deltaLink"] = self._link(base, **{"$deltatoken": tok})
+        self._json(200, doc)
+
+    def _r_list(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
+        st = self.state
+        folder = self._folder()
+        sel = self._select(query, {"id", "receivedDateTime", "internetMessageId"})
+        top = int(query.get("$top", "10"))
+        skip = int(query.get("$skip", "0"))
+        with st.lock:
+            msgs = [m for m in st.messages.values() if m.folder == folder]
+        flt = query.get("$filter")
+        if flt is not None:
+            m = re.fullmatch(r"internetMessageId eq '((?:[^']|'')*)'", flt)
+            if not m:
+                raise ProtocolError(f"unsupported $filter {flt!r}")
+            wanted = m.group(1).replace("''", "'")
+            msgs = [x for x in msgs if x.internet_message_id == wanted]
+        order = query.get("$orderby")
+        if order is not None:
+            if order not in ("receivedDateTime asc", "receivedDateTime desc", "receivedDateTime"):
+                raise ProtocolError(f"unsupported $orderby {order!r}")
+            msgs.sort(key=lambda x: x.received, reverse=order.endswith("desc"))
+        page = msgs[skip : skip + top]
+        doc: dict[str, Any] = {
+            "@odata.context": f"{self.fake.base_url}/v1.0/$metadata#users('x')/messages",
+            "value": [self._entry(x, sel) for x in page],
+        }
+        if skip + top < len(msgs):
+            nxt = dict(query)
+            nxt["$skip"] = str(skip + top)
+            doc["@odata.nextLink"] = self._link(path, **nxt)
+        self._json(200, doc)
+
+    def _not_found(self) -> None:
+        self._json(
+            *_graph_error(
+                404, "ErrorItemNotFound", "The specified object was not found in the store."
+            )
+        )
+
+    def _r_message(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
+        sel = self._select(query, {"id"})
+        msg = self.state.messages.get(self._params["id"])
+        if msg is None:
+            self._not_found()
+            return
+        self._json(200, self._entry(msg, sel))
+
+    def _r_value(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
+        msg = self.state.messages.get(self._params["id"])
+        if msg is None:
+            self._not_found()
+            return
+        self._send(200, msg.mime, {"Content-Type": "text/plain"})
+
+    def _r_permanentDelete(
+        self, method: str, path: str, query: dict[str, str], body: bytes
+    ) -> None:
+        if body:
+            raise ProtocolError("permanentDelete takes no body")
+        key = self._params["id"]
+        st = self.state
+        with st.lock:
+            st.permanent_deletes.append(key)
+            if key not in st.messages:
+                self._not_found()
+                return
+            self.fake._remove(key)
+        self._send(204, b"", {})
+
+    def _r_sendMail(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
+        ctype = self.headers.get("Content-Type", "")
+        if not ctype.startswith("text/plain"):
+            raise ProtocolError(f"MIME sendMail needs Content-Type text/plain, got {ctype!r}")
+        try:
+            mime = base64.b64decode(body, validate=True)
+        except binascii.Error:
+            self._json(
+                *_graph_error(
+                    400,
+                    "ErrorMimeContentInvalidBase64String",
+                    "Invalid base64 string for MIME content.",
+                )
+            )
+            return
+        st = self.state
+        mid = _header(mime, b"message-id")
+        with st.lock:
+            st.sent.append(mime)
+            # Exchange Online files a copy in Sent Items (no way to opt out with MIME).
+            copy = GraphMessage(new_message_id(), mime, dt.datetime.now(dt.UTC), mid, "sentitems")
+            if st.file_sent_copies:
+                self.fake._add(copy)
+            else:
+                st.held_copies.append(copy)
+        self._send(202, b"", {})
+
+
+def _header(mime: bytes, name: bytes) -> str:
+    for line in mime.split(b"\r\n\r\n", 1)[0].split(b"\n"):
+        if line.lower().startswith(name + b":"):
+            return line.split(b":", 1)[1].strip().decode()
+    return ""
+
+
+FOLDER_IDS = {
+    "inbox": "AQMkADAwATM0MDAAMS1iNTcwLWI2NTEtMDACLTAwCgAuAAADiQ8RE6fqaEOyolbOQFkY_wEAhpLPQ4Jl0km1OXh3XTeZLwAAAgEMAAAA",
+    "sentitems": "AQMkADAwATM0MDAAMS1iNTcwLWI2NTEtMDACLTAwCgAuAAADiQ8RE6fqaEOyolbOQFkY_wEAhpLPQ4Jl0km1OXh3XTeZLwAAAgEJAAAA",
+}
+
+
+class GraphServer(FakeHTTPServer):
+    def __init__(
+        self, tokens: TokenServer, *, mailbox: str = "vreemdverhaal@gemeente.example"
+    ) -> None:
+        super().__init__(_Handler)
+        self.tokens = tokens
+        self.state = _State(mailbox, tokens)
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url
+
+    def _add(self, msg: GraphMessage) -> None:
+        st = self.state
+        with st.lock:
+            st.messages[msg.id] = msg
+            st.seq += 1
+            st.events.append(_Event(st.seq, "create", msg.id))
+
+    def _remove(self, key: str) -> None:
+        st = self.state
+        with st.lock:
+            del st.messages[key]
+            st.seq += 1
+            st.events.append(_Event(st.seq, "delete", key))
+
+    # --- what a test does ----------------------------------------------------------
+
+    def deliver(self, mime: bytes, *, received: dt.datetime | None = None) -> str:
+        with self.state.lock:
+            when = received or dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC) + dt.timedelta(
+                seconds=self.state.seq
+            )
+            msg = GraphMessage(new_message_id(), mime, when, _header(mime, b"message-id"), "inbox")
+            self._add(msg)
+            return msg.id
+
+    def remove(self, key: str) -> None:
+        self._remove(key)
+
+    def fail(
+        self,
+        route: str,
+        status: int,
+        *,
+        times: int = 1,
+        retry_after: str | None = None,
+        after: int = 0,
+    ) -> None:
+        """After ``after`` good answers, the next ``times`` requests to ``route``
+        (delta, list, folder, value, message, permanentDelete, sendMail) answer
+        ``status`` (0: the connection drops without an answer)."""
+        hdrs = {"Retry-After": retry_after} if retry_after is not None else {}
+        with self.state.lock:
+            self.state.faults.setdefault(route, []).extend([(status, hdrs)] * times)
+            self.state.passes[route] = after
+
+    def expire_delta_tokens(self) -> None:
+        with self.state.lock:
+            self.state.expired_before = self.state.seq + 1
+
+    def hold_sent_copies(self) -> None:
+        """Sent Items copies appear only at :meth:`file_held_copies` (Exchange files them
+        a moment after the 202)."""
+        self.state.file_sent_copies = False
+
+    def file_held_copies(self) -> None:
+        with self.state.lock:
+            for msg in self.state.held_copies:
+                self._add(msg)
+            self.state.held_copies.clear()
+
+    def folder(self, name: str) -> list[GraphMessage]:
+        with self.state.lock:
+            return [m for m in self.state.messages.values() if m.folder == name]
+
+    @property
+    def requests(self) -> list[Request]:
+        return list(self.state.requests)
+
+    def routes(self) -> list[str]:
+        return [r.route for r in self.state.requests]
+
+    @property
+    def protocol_errors(self) -> list[str]:
+        return list(self.state.protocol_errors)

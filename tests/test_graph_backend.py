@@ -1,0 +1,438 @@
+"""Graph mailbox and transport against the fake Graph and Entra ID (real HTTP over TLS)."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fakes import pki
+from fakes.graph_server import GraphServer
+from fakes.token_server import TokenServer
+
+from inboxd import logs
+from inboxd.mailbox import graph as graph_module
+from inboxd.mailbox.base import MailboxError
+from inboxd.mailbox.graph import GraphMailbox
+from inboxd.msauth import TokenProvider, graph_scope
+from inboxd.transport.base import Envelope, SendError
+from inboxd.transport.graph import GraphTransport, message_id
+
+DATA = Path(__file__).parent / "data" / "graph"
+SIGNAL = (DATA / "signal.eml").read_bytes()
+FORWARD = (DATA / "forward.eml").read_bytes()
+CLIENT, SECRET = "c0ffee00-1234-4abc-9def-0123456789ab", "graph~secret.0123456789abcdef"
+KEDO = "intake-kedo@gemeente.example"
+
+
+def msg(n: int) -> bytes:
+    return (
+        f"Message-ID: <g{n}@melder.example>\r\nFrom: melder{n}@gemeente.example\r\n"
+        f"To: vreemdverhaal@gemeente.example\r\nSubject: signaal {n}\r\n\r\nbody {n}\r\n"
+    ).encode()
+
+
+@pytest.fixture
+def aad() -> Iterator[TokenServer]:
+    with TokenServer(secrets={CLIENT: SECRET}) as t:
+        yield t
+
+
+@pytest.fixture
+def graph(aad: TokenServer) -> Iterator[GraphServer]:
+    with GraphServer(aad) as g:
+        yield g
+        assert g.protocol_errors == []
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    waited: list[float] = []
+    monkeypatch.setattr(graph_module, "_sleep", waited.append)
+    return waited
+
+
+def token(aad: TokenServer, graph: GraphServer, secret: str = SECRET) -> TokenProvider:
+    return TokenProvider(
+        aad.tenant_id,
+        CLIENT,
+        client_secret=secret,
+        scope=graph_scope(graph.endpoint),
+        authority=aad.authority,
+        ca_file=pki().ca_file,
+    )
+
+
+def mailbox(
+    aad: TokenServer, graph: GraphServer, tmp_path: Path | None = None, **kw: object
+) -> GraphMailbox:
+    args: dict[str, object] = {
+        "endpoint": graph.endpoint,
+        "ca_file": pki().ca_file,
+        "timeout": 5.0,
+    }
+    if tmp_path is not None:
+        args["delta_state_path"] = str(tmp_path / "graph.delta")
+    args.update(kw)
+    tp = args.pop("token", None) or token(aad, graph)
+    return GraphMailbox(aad.tenant_id, CLIENT, graph.state.mailbox, tp, **args)  # type: ignore[arg-type]
+
+
+def test_first_listing_has_everything_then_only_new(
+    aad: TokenServer, graph: GraphServer, tmp_path: Path
+) -> None:
+    first = [graph.deliver(msg(i)) for i in range(3)]
+    mb = mailbox(aad, graph, tmp_path)
+    mb.open()
+    assert mb.list_new() == first
+    assert mb.list_new() == []
+    later = graph.deliver(msg(3))
+    assert mb.list_new() == [later]
+    deltas = [r for r in graph.requests if r.route == "delta"]
+    assert deltas[0].query["$select"] == "id,receivedDateTime"
+    assert "$deltatoken" in deltas[-1].query  # the deltaLink, used as given
+    assert deltas[0].headers["Prefer"] == "odata.maxpagesize=100"
+
+
+def test_paging_follows_next_links(aad: TokenServer, graph: GraphServer) -> None:
+    keys = [graph.deliver(msg(i)) for i in range(230)]
+    mb = mailbox(aad, graph)
+    mb.open()
+    assert mb.list_new() == keys
+    assert graph.routes().count("delta") == 3
+
+
+def test_oldest_first(aad: TokenServer, graph: GraphServer) -> None:
+    import datetime as dt
+
+    t0 = dt.datetime(2026, 11, 3, 8, 0, tzinfo=dt.UTC)
+    newer = graph.deliver(msg(1), received=t0 + dt.timedelta(hours=1))
+    older = graph.deliver(msg(2), received=t0)
+    mb = mailbox(aad, graph)
+    mb.open()
+    assert mb.list_new() == [older, newer]
+
+
+def test_first_listing_after_open_lists_what_a_crash_left(
+    aad: TokenServer, graph: GraphServer, tmp_path: Path
+) -> None:
+    keys = [graph.deliver(msg(i)) for i in range(2)]
+    mb = mailbox(aad, graph, tmp_path)
+    mb.open()
+    assert mb.list_new() == keys
+    mb.close()
+    again = mailbox(aad, graph, tmp_path)
+    again.open()
+    new = graph.deliver(msg(5))
+    assert again.list_new() == [*keys, new]
+    assert "list" in graph.routes()  # reconciled with a plain listing
+    assert again.list_new() == []
+
+
+def test_delta_link_stored_only_after_the_last_page(
+    aad: TokenServer, graph: GraphServer, tmp_path: Path
+) -> None:
+    state = tmp_path / "graph.delta"
+    early = [graph.deliver(msg(i)) for i in range(2)]
+    mb = mailbox(aad, graph, tmp_path)
+    mb.open()
+    assert mb.list_new() == early
+    stored = state.read_bytes()
+    assert "$deltatoken" in json.loads(stored)["state"]
+
+    burst = [graph.deliver(msg(100 + i)) for i in range(250)]  # three pages
+    graph.fail("delta", 0, after=1)  # the connection drops on the second page
+    with pytest.raises(MailboxError) as ei:
+        mb.list_new()
+    assert not ei.value.auth
+    assert graph.routes()[-2:] == ["delta", "delta"]
+    assert state.read_bytes() == stored  # the old link, not a half-way one
+
+    restarted = mailbox(aad, graph, tmp_path)
+    restarted.open()
+    assert restarted.list_new() == early + burst  # nothing lost
+    assert state.read_bytes() != stored
+
+
+def test_expired_delta_link_starts_over(
+    aad: TokenServer, graph: GraphServer, tmp_path: Path
+) -> None:
+    a = graph.deliver(msg(1))
+    mb = mailbox(aad, graph, tmp_path)
+    mb.open()
+    assert mb.list_new() == [a]
+    b = graph.deliver(msg(2))
+    graph.expire_delta_tokens()
+    assert mb.list_new() == [b]  # a fresh round lists a and b; a was seen already
+    assert graph.routes()[-2:] == ["delta", "delta"]
+
+
+def test_removed_entries_and_deleted_items(aad: TokenServer, graph: GraphServer) -> None:
+    a, b = graph.deliver(msg(1)), graph.deliver(msg(2))
+    mb = mailbox(aad, graph)
+    mb.open()
+    assert mb.list_new() == [a, b]
+    graph.remove(a)  # deleted in Outlook
+    mb.delete([b])
+    c = graph.deliver(msg(3))
+    assert mb.list_new() == [c]
+
+
+def test_fetch_returns_bytes_unchanged_and_skips_vanished(
+    aad: TokenServer, graph: GraphServer
+) -> None:
+    key = graph.deliver(SIGNAL)
+    gone = graph.deliver(msg(1))
+    graph.remove(gone)
+    mb = mailbox(aad, graph)
+    mb.open()
+    items = list(mb.fetch([key, gone]))
+    assert [i.key for i in items] == [key]
+    assert items[0].raw == SIGNAL
+    assert any(r.route == "value" and r.path.endswith("/$value") for r in graph.requests)
+
+
+def test_delete_is_permanent_and_exact(aad: TokenServer, graph: GraphServer) -> None:
+    keep = graph.deliver(msg(1))
+    drop = [graph.deliver(msg(2)), graph.deliver(msg(3))]
+    mb = mailbox(aad, graph)
+    mb.open()
+    mb.delete(drop)
+    assert graph.state.permanent_deletes == drop
+    assert [m.id for m in graph.folder("inbox")] == [keep]
+    assert all(r.route != "unknown" and r.method != "DELETE" for r in graph.requests)
+    mb.delete(drop)  # already gone: fine
+    assert [m.id for m in graph.folder("inbox")] == [keep]
+
+
+def test_verify_deleted(aad: TokenServer, graph: GraphServer) -> None:
+    a = graph.deliver(msg(1))
+    b = graph.deliver(msg(2))
+    copy = graph.deliver(msg(1))
+    mb = mailbox(aad, graph)
+    mb.open()
+    mb.delete([a])
+    assert mb.verify_deleted([a, b], ["<g1@melder.example>"]) == [b, copy]
+    mb.delete([b, copy])
+    assert mb.verify_deleted([a, b, copy], ["<g1@melder.example>", "<g2@melder.example>"]) == []
+
+
+def test_throttling_honours_retry_after(
+    aad: TokenServer, graph: GraphServer, sleeps: list[float]
+) -> None:
+    key = graph.deliver(msg(1))
+    mb = mailbox(aad, graph)
+    mb.open()
+    graph.fail("value", 429, retry_after="7")
+    graph.fail("delta", 503, retry_after="3")
+    assert mb.list_new() == [key]
+    assert [i.key for i in mb.fetch([key])] == [key]
+    assert sleeps == [3.0, 7.0]
+
+
+def test_throttling_is_bounded(aad: TokenServer, graph: GraphServer, sleeps: list[float]) -> None:
+    graph.deliver(msg(1))
+    mb = mailbox(aad, graph)
+    mb.open()
+    graph.fail("delta", 429, retry_after="600")  # longer than we wait inside a call
+    with pytest.raises(MailboxError) as ei:
+        mb.list_new()
+    assert not ei.value.auth and "429" in str(ei.value)
+    assert sleeps == []
+    graph.fail("delta", 429, times=10, retry_after="1")
+    with pytest.raises(MailboxError):
+        mb.list_new()
+    assert sleeps == [1.0] * graph_module.MAX_RETRIES
+
+
+def test_expired_token_is_refreshed_once(aad: TokenServer, graph: GraphServer) -> None:
+    key = graph.deliver(msg(1))
+    mb = mailbox(aad, graph)
+    mb.open()
+    assert len(aad.token_requests) == 1
+    aad.revoke_all()
+    assert mb.list_new() == [key]
+    assert len(aad.token_requests) == 2
+    graph.fail("value", 401, times=2)
+    with pytest.raises(MailboxError) as ei:
+        list(mb.fetch([key]))
+    assert ei.value.auth
+
+
+def test_wrong_secret_is_auth_error(aad: TokenServer, graph: GraphServer) -> None:
+    mb = mailbox(aad, graph, token=token(aad, graph, secret="wrong"))
+    with pytest.raises(MailboxError) as ei:
+        mb.open()
+    assert ei.value.auth and "AADSTS7000215" in str(ei.value)
+    assert graph.requests == []
+
+
+def test_access_denied_is_auth_error(aad: TokenServer, graph: GraphServer) -> None:
+    graph.fail("folder", 403)
+    with pytest.raises(MailboxError) as ei:
+        mailbox(aad, graph).open()
+    assert ei.value.auth
+
+
+def test_unknown_folder_is_config_error(aad: TokenServer, graph: GraphServer) -> None:
+    with pytest.raises(MailboxError) as ei:
+        mailbox(aad, graph, folder="no-such-folder").open()
+    assert ei.value.auth
+    assert "ErrorInvalidIdMalformed" in str(ei.value)
+
+
+def test_untrusted_certificate_is_refused(aad: TokenServer, graph: GraphServer) -> None:
+    mb = mailbox(aad, graph, ca_file=None)
+    with pytest.raises(MailboxError) as ei:
+        mb.open()
+    assert not ei.value.auth
+    assert graph.requests == []
+
+
+def test_links_outside_the_endpoint_are_not_followed(aad: TokenServer, graph: GraphServer) -> None:
+    # A nextLink/deltaLink naming another host would carry our bearer token there.
+    from inboxd.mailbox.graph import GraphFailure
+
+    client = mailbox(aad, graph).client
+    with pytest.raises(GraphFailure):
+        client.request("GET", "https://evil.example/v1.0/users/x/messages", what="test")
+    with pytest.raises(GraphFailure):
+        client.request("GET", graph.endpoint + ".evil.example/v1.0/users/x", what="test")
+    assert graph.requests == []
+    assert aad.token_requests == []
+
+
+def test_wait_polls_and_stops(aad: TokenServer, graph: GraphServer) -> None:
+    mb = mailbox(aad, graph, poll_interval=0.01)
+    stop = threading.Event()
+    mb.wait(60.0, stop)
+    stop.set()
+    mb.wait(60.0, stop)
+
+
+def test_not_open(aad: TokenServer, graph: GraphServer) -> None:
+    with pytest.raises(MailboxError):
+        mailbox(aad, graph).list_new()
+
+
+# --- transport -------------------------------------------------------------------------
+
+
+def transport(aad: TokenServer, graph: GraphServer, **kw: object) -> GraphTransport:
+    args: dict[str, object] = {"endpoint": graph.endpoint, "ca_file": pki().ca_file, "timeout": 5.0}
+    args.update(kw)
+    tp = args.pop("token", None) or token(aad, graph)
+    return GraphTransport(graph.state.mailbox, tp, **args)  # type: ignore[arg-type]
+
+
+def test_transport_sends_mime_unchanged_and_purges_sent_copy(
+    aad: TokenServer, graph: GraphServer
+) -> None:
+    tr = transport(aad, graph)
+    tr.check()
+    tr.send(Envelope("vreemdverhaal@gemeente.example", KEDO), FORWARD)
+    assert graph.state.sent == [FORWARD]
+    req = [r for r in graph.requests if r.route == "sendMail"][0]
+    assert req.headers["Content-Type"] == "text/plain"
+    assert "saveToSentItems" not in json.dumps(req.query)
+    assert graph.folder("sentitems") == []  # the copy Graph filed is gone
+    assert tr.pending_copies() == []
+    assert len(graph.state.permanent_deletes) == 1
+
+
+def test_transport_purges_copies_filed_later(aad: TokenServer, graph: GraphServer) -> None:
+    graph.hold_sent_copies()
+    tr = transport(aad, graph)
+    tr.send(Envelope("", KEDO), FORWARD)
+    assert tr.pending_copies() == [message_id(FORWARD)]
+    graph.file_held_copies()
+    assert len(graph.folder("sentitems")) == 1
+    assert tr.purge_sent() == 0
+    assert graph.folder("sentitems") == []
+    # After a restart the daemon passes the Message-IDs it remembers.
+    tr2 = transport(aad, graph)
+    graph.hold_sent_copies()
+    tr2.send(Envelope("", KEDO), FORWARD)
+    graph.file_held_copies()
+    tr3 = transport(aad, graph)
+    assert tr3.purge_sent([str(message_id(FORWARD))]) == 0
+    assert graph.folder("sentitems") == []
+
+
+def test_transport_refuses_when_headers_name_others(aad: TokenServer, graph: GraphServer) -> None:
+    tr = transport(aad, graph)
+    with pytest.raises(SendError) as ei:
+        tr.send(Envelope("", "a.jansen@gemeente.example"), FORWARD)
+    assert not ei.value.temporary
+    assert graph.state.sent == []
+
+
+def test_transport_auth_failure_is_permanent(aad: TokenServer, graph: GraphServer) -> None:
+    tr = transport(aad, graph, token=token(aad, graph, secret="nope"))
+    with pytest.raises(SendError) as ei:
+        tr.send(Envelope("", KEDO), FORWARD)
+    assert not ei.value.temporary
+    with pytest.raises(SendError) as ei:
+        tr.check()
+    assert not ei.value.temporary
+
+
+def test_transport_throttling_then_temporary(
+    aad: TokenServer, graph: GraphServer, sleeps: list[float]
+) -> None:
+    tr = transport(aad, graph)
+    graph.fail("sendMail", 429, retry_after="2")
+    tr.send(Envelope("", KEDO), FORWARD)
+    assert sleeps == [2.0] and len(graph.state.sent) == 1
+    graph.fail("sendMail", 503, times=10, retry_after="1")
+    with pytest.raises(SendError) as ei:
+        tr.send(Envelope("", KEDO), FORWARD)
+    assert ei.value.temporary
+
+
+def test_transport_refusal_is_permanent(aad: TokenServer, graph: GraphServer) -> None:
+    tr = transport(aad, graph)
+    graph.fail("sendMail", 403)
+    with pytest.raises(SendError) as ei:
+        tr.send(Envelope("", KEDO), FORWARD)
+    assert not ei.value.temporary
+
+
+# --- logs ------------------------------------------------------------------------------
+
+
+def test_logs_carry_no_secret_token_or_content(
+    aad: TokenServer, graph: GraphServer, sleeps: list[float]
+) -> None:
+    buf = io.StringIO()
+    logs.configure(stream=buf)
+    key = graph.deliver(SIGNAL)
+    tp = token(aad, graph)
+    mb = mailbox(aad, graph, token=tp)
+    mb.open()
+    mb.list_new()
+    graph.fail("value", 429, retry_after="1")
+    list(mb.fetch([key]))
+    mb.delete([key])
+    with pytest.raises(MailboxError):
+        mailbox(aad, graph, token=token(aad, graph, secret="hunter2")).open()
+    tr = transport(aad, graph, token=tp)
+    tr.send(Envelope("", KEDO), FORWARD)
+    out = buf.getvalue()
+    assert "graph.backoff" in out and "mailbox.open" in out
+    for secret in (
+        SECRET,
+        "hunter2",
+        tp(),
+        graph.state.mailbox,
+        KEDO,
+        "Uitbuiting",
+        "melder@gemeente.example",
+        key[:40],
+    ):
+        assert secret not in out, secret
+    for line in out.splitlines():
+        json.loads(line)
