@@ -99,3 +99,70 @@ def test_sigkill_during_a_backlog_loses_nothing_and_duplicates_nothing(
     )
     # A duplicate is possible only when a kill fell between SMTP acceptance and its record.
     assert len(acked) - len(set(acked)) <= kills
+
+
+class Crash(BaseException):
+    """Stands for the process dying: not an Exception, so nothing catches it."""
+
+
+def _reply_kedo_riec(world: World, mail: MailServer) -> str:
+    from test_triage import reply
+
+    from inboxd.references import find_references as refs_in
+
+    mail.deliver(signal_mail(f"fwd-{uuid.uuid4().hex[:6]}"), MAILBOX)
+    world.once()
+    request = mail.wait_for_messages("a.jansen@gemeente.example", 1)[0]
+    mail.deliver(reply(request, "KEDO RIEC"), MAILBOX, mail_from="a.jansen@gemeente.example")
+    return refs_in(str(parse(request)["Subject"]), "VV")[0]
+
+
+@pytest.mark.parametrize("when", ["after_acceptance", "after_record"])
+def test_crash_during_forwarding_never_deletes_early_nor_forwards_twice_outside_the_window(
+    world: World, mail: MailServer, when: str
+) -> None:
+    from world import KEDO, RIEC
+
+    world.write_config(rate="100000/h", include="full")
+    ref = _reply_kedo_riec(world, mail)
+    app = world.app()
+    app.mailbox.open()
+    app.intake.run_once()  # the command: both forwards are now in the outbox
+    forwards_sent = 0
+    if when == "after_acceptance":
+        real_send = app.transport.send
+
+        def send(envelope, message):  # type: ignore[no-untyped-def]
+            nonlocal forwards_sent
+            real_send(envelope, message)
+            if b"Signaal mensenhandel" in message:
+                forwards_sent += 1
+                raise Crash  # accepted by the server, not yet recorded
+
+        app.transport.send = send  # type: ignore[method-assign]
+    else:
+        real_sent = app.store.mail_sent
+
+        def mail_sent(due, now, then=None):  # type: ignore[no-untyped-def]
+            real_sent(due, now, then)
+            if due.kind.startswith("forward:"):
+                raise Crash  # recorded, then the process dies
+
+        app.store.mail_sent = mail_sent  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        app.outbox.drain()
+    app.store._c.close()  # the process is gone; nothing else is committed
+
+    status = world.status()
+    assert status["open"] == 1, "not deleted before every destination accepted it"
+    # A fresh process finishes the job.
+    world.now = time.time() + 1
+    world.until_quiet()
+    assert world.status()["open"] == 0
+    kedo, riec = mail.messages(KEDO), mail.messages(RIEC)
+    assert len(riec) == 1, "the destination that was not in flight gets it exactly once"
+    if when == "after_acceptance":
+        assert len(kedo) == 2, "the documented window: accepted but not recorded is sent again"
+    else:
+        assert len(kedo) == 1
+    assert all(ref in str(parse(m)["Subject"]) for m in kedo + riec)
