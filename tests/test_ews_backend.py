@@ -486,3 +486,30 @@ def test_logs_carry_no_secret_address_or_content(srv: EwsServer, sleeps: list[fl
         assert secret not in out, secret
     for line in out.splitlines():
         json.loads(line)
+
+
+# --- NTLM (the default for Exchange Server) ---------------------------------------------
+
+
+@pytest.fixture
+def ntlm_srv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EwsServer]:
+    with EwsServer(auth="ntlm") as s:
+        monkeypatch.setenv("NTLM_USER_FILE", s.ntlm_user_file(str(tmp_path)))
+        yield s
+        assert s.protocol_errors == []
+
+
+def test_ntlm_handshake_and_reuse(ntlm_srv: EwsServer) -> None:
+    key = ntlm_srv.deliver(msg(1))
+    mb = mailbox(ntlm_srv, auth_type="ntlm")
+    mb.open()
+    assert mb.list_new() == [key]
+    assert [i.raw for i in mb.fetch([key])] == [msg(1)]
+    # One handshake (two 401s: plain, then the challenge) for the whole session.
+    assert ntlm_srv.state.auth_failures == 1
+
+
+def test_ntlm_wrong_password_is_auth_error(ntlm_srv: EwsServer) -> None:
+    with pytest.raises(MailboxError) as ei:
+        mailbox(ntlm_srv, auth_type="ntlm", password="Wrong-pa55").open()
+    assert ei.value.auth

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import spnego
+import spnego.exceptions
 from lxml import etree
 
 from . import FakeHTTPServer
@@ -151,6 +153,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     '2000001;reason="The token has expired.";error_category="invalid_token"'
                 ),
             }
+        elif self.state.auth == "ntlm":
+            hdrs = {"WWW-Authenticate": "NTLM"}
         else:
             hdrs = {"WWW-Authenticate": 'Basic realm="mail.example"'}
         self._send(401, b"", hdrs)
@@ -164,7 +168,40 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if st.auth == "oauth2":
             assert st.tokens is not None
             return st.tokens.check(header, st.audience)
+        if st.auth == "ntlm":
+            return self._ntlm(header)
         raise AssertionError(st.auth)
+
+    def _ntlm(self, header: str | None) -> bool:
+        """NTLM is per connection: Negotiate, a Challenge in a 401, Authenticate.
+
+        Returns True once this connection is authenticated; otherwise it has sent
+        the 401 itself (``_ntlm_sent``) or the caller sends a plain 401.
+        """
+        if getattr(self, "_ntlm_user", None) is not None:
+            return True
+        if not header or not header.startswith("NTLM "):
+            return False
+        ctx = getattr(self, "_ntlm_ctx", None)
+        if ctx is None:
+            # The acceptor reads the accounts from NTLM_USER_FILE (see EwsServer).
+            ctx = self._ntlm_ctx = spnego.server(protocol="ntlm")
+        try:
+            out = ctx.step(base64.b64decode(header[5:]))
+        except spnego.exceptions.SpnegoError:
+            self._ntlm_ctx = None
+            return False
+        if not ctx.complete:
+            self._ntlm_sent = True
+            self._send(
+                401,
+                b"",
+                {"WWW-Authenticate": "NTLM " + base64.b64encode(out or b"").decode()},
+            )
+            return False
+        self._ntlm_ctx = None
+        self._ntlm_user = ctx.client_principal
+        return bool(self._ntlm_user.lower() == self.state.username.lower())
 
     def do_GET(self) -> None:
         # Exchange answers browsers on the EWS URL with 401 too.
@@ -176,8 +213,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path.rstrip("/").lower() != "/ews/exchange.asmx":
             self._send(404, b"")
             return
+        self._ntlm_sent = False
         if not self._authorized():
-            self._unauthorized()
+            if not self._ntlm_sent:
+                self._unauthorized()
             return
         if not self.headers.get("Content-Type", "").startswith("text/xml"):
             self._send(415, b"")
@@ -613,7 +652,9 @@ _ROOT_ID = new_item_id()
 
 
 class EwsServer(FakeHTTPServer):
-    """An Exchange mailbox over EWS. ``auth`` is "basic" or "oauth2" (tokens checked
+    """An Exchange mailbox over EWS. ``auth`` is "basic", "ntlm" (the username must
+    be ``DOMAIN\\user``; the caller points ``NTLM_USER_FILE`` at a file holding
+    ``DOMAIN:user:password``, see :meth:`ntlm_user_file`) or "oauth2" (tokens checked
     against ``tokens``, audience ``https://outlook.office365.com``)."""
 
     def __init__(
@@ -633,6 +674,16 @@ class EwsServer(FakeHTTPServer):
     @property
     def url(self) -> str:
         return f"{self.base_url}/EWS/Exchange.asmx"
+
+    def ntlm_user_file(self, directory: str) -> str:
+        """Write the NTLM account file spnego's acceptor reads; returns its path."""
+        import os
+
+        domain, _, user = self.state.username.partition("\\")
+        path = os.path.join(directory, "ntlm-users")
+        with open(path, "w") as fh:
+            fh.write(f"{domain}:{user}:{self.state.password}\n")
+        return path
 
     # --- what a test does to the mailbox -----------------------------------------
 
