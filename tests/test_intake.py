@@ -322,3 +322,44 @@ def test_a_failing_cycle_is_logged_and_the_daemon_goes_on(world: World, mail: Ma
     assert '"event": "cycle.failed"' in world.log_text()
     assert json.loads(app.store.get_meta("last_error") or "{}")["event"] == "cycle.failed"
     app.close()
+
+
+def test_header_tricks_and_template_syntax_in_a_signal_stay_inert(
+    world: World, mail: MailServer
+) -> None:
+    raw = (
+        f'From: "{{{{7*7}}}} Melder" <{REPORTER}>\r\n'
+        f"To: {MAILBOX}\r\n"
+        "Subject: {{7*7}} =?utf-8?q?hallo=0D=0ABcc=3A_y=40evil=2Eexample?= {% raw %}\r\n"
+        "Message-ID: <=?utf-8?q?a=0D=0ABcc=3A_z=40evil=2Eexample?=@x>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "Body with {{ 7*7 }} and {% for x in range(3) %}loop{% endfor %}\r\n"
+    ).encode()
+    mail.deliver(raw, MAILBOX)
+    world.once()
+    ack = mail.wait_for_messages(REPORTER, 1)[0]
+    a = parse(ack)
+    assert a["Bcc"] is None and b"evil.example" not in ack
+    assert "49" not in str(a["Subject"])
+    for request in mail.wait_for_messages(F1, 1):
+        r = parse(request)
+        assert r["Bcc"] is None
+        text = body_text(request)
+        assert "{{7*7}}" in text and "{{ 7*7 }}" in text, "user text is data, printed as written"
+        assert "looplooploop" not in text
+    assert not any("evil.example" in str(rec.rcpt_tos) for rec in mail.relay.received)
+
+
+def test_an_encoded_newline_in_the_senders_name_gets_no_acknowledgement_but_is_queued(
+    world: World, mail: MailServer
+) -> None:
+    raw = (
+        f'From: "=?utf-8?q?Evil=0D=0ABcc=3A_x=40evil=2Eexample?=" <{REPORTER}>\r\n'
+        f"To: {MAILBOX}\r\nSubject: gewoon\r\nMessage-ID: <enc-1@gemeente.example>\r\n\r\nTekst\r\n"
+    ).encode()
+    mail.deliver(raw, MAILBOX)
+    world.once()
+    assert world.status()["open"] == 1
+    assert len(mail.wait_for_messages(F1, 1)) == 1
+    assert mail.messages(REPORTER) == [], "an ambiguous sender is never answered"
+    assert not any("evil.example" in str(rec.rcpt_tos) for rec in mail.relay.received)
