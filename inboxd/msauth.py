@@ -15,6 +15,7 @@ and then the token endpoint named there.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from typing import Any, Protocol
@@ -102,6 +103,8 @@ class TokenProvider:
             raise ValueError("tenant_id must be a tenant GUID or domain")
         if not authority.startswith("https://"):
             raise ValueError("authority must be an https:// URL")
+        if ca_file and not os.path.isfile(ca_file):
+            raise ValueError("ca_file does not exist")
         self.tenant_id = tenant_id
         self.client_id = client_id
         self.scope = scope

@@ -213,6 +213,8 @@ def test_constructor_rejects_bad_configuration() -> None:
         TokenProvider("t", CLIENT, client_secret="x", authority="http://login.example")
     with pytest.raises(ValueError):
         TokenProvider("t", CLIENT, client_certificate_pem="-----BEGIN CERTIFICATE-----")
+    with pytest.raises(ValueError):
+        TokenProvider("t", CLIENT, client_secret="x", ca_file="/nonexistent/ca.pem")
 
 
 def test_log_line_on_new_token_has_no_token(aad: TokenServer) -> None:

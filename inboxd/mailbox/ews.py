@@ -18,6 +18,7 @@ shared with :mod:`inboxd.transport.ews`.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -67,7 +68,9 @@ T = TypeVar("T")
 # reconnect backoff takes over (and the daemon stays responsive to SIGTERM).
 MAX_BUSY_RETRIES = 4
 MAX_BUSY_WAIT = 60.0
-GET_CHUNK = 10  # MIME bodies per GetItem: signals with attachments can be large
+# One MIME body per GetItem: a signal with attachments can be tens of MB, and
+# exchangelib holds a whole response (base64) in memory while parsing it.
+GET_CHUNK = 1
 DELETE_CHUNK = 100
 PAGE_SIZE = 100  # FindItem page / SyncFolderItems MaxChangesReturned (Exchange caps at 512)
 
@@ -116,7 +119,7 @@ def _register_ca(endpoint: str, ca_file: str) -> None:
         current = BaseProtocol.HTTP_ADAPTER_CLS
         if current is not _CaBundleAdapter:
             if current is not requests.adapters.HTTPAdapter:
-                raise MailboxError("ca_file: another HTTP adapter is installed in exchangelib")
+                raise ValueError("ca_file: another HTTP adapter is installed in exchangelib")
             BaseProtocol.HTTP_ADAPTER_CLS = _CaBundleAdapter
         _CA_BUNDLES[((parts.hostname or "").lower(), port)] = ca_file
 
@@ -189,6 +192,10 @@ class EwsSettings:
             raise ValueError("auth_type oauth2 needs a token provider")
         if "@" not in self.address:
             raise ValueError("primary_smtp_address (or an address as username) is required")
+        if self.ca_file:
+            if not os.path.isfile(self.ca_file):
+                raise ValueError("ca_file does not exist")
+            _register_ca(self.service_endpoint, self.ca_file)
 
     @property
     def address(self) -> str:
@@ -206,8 +213,6 @@ class EwsSettings:
 
 def connect(settings: EwsSettings) -> Account:
     """An exchangelib Account for the mailbox; sends nothing yet."""
-    if settings.ca_file:
-        _register_ca(settings.service_endpoint, settings.ca_file)
     credentials: Any
     access_type = DELEGATE
     if settings.auth_type == "oauth2":

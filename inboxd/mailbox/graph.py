@@ -146,6 +146,8 @@ class GraphClient:
             raise ValueError("endpoint must be an https:// URL")
         if not mailbox:
             raise ValueError("mailbox (user id or principal name) is required")
+        if ca_file and not os.path.isfile(ca_file):
+            raise ValueError("ca_file does not exist")
         self.endpoint = endpoint.rstrip("/")
         self.base = f"{self.endpoint}/v1.0/users/{quote(mailbox, safe='@')}"
         self.host = urlsplit(self.endpoint).hostname or ""
