@@ -14,7 +14,7 @@ from inboxd.intake import Intake, Mailer
 from inboxd.mailbox.base import Mailbox
 from inboxd.msauth import TokenSource
 from inboxd.outbox import Outbox
-from inboxd.store import SqliteStore
+from inboxd.store import SqliteStore, Store
 from inboxd.templates import Templates
 from inboxd.transport.base import Transport
 
@@ -137,7 +137,7 @@ def make_transport(cfg: Config, mailbox: Mailbox | None = None) -> Transport:
 class App:
     cfg: Config
     keyring: Keyring
-    store: SqliteStore
+    store: Store
     mailbox: Mailbox
     transport: Transport
     intake: Intake

@@ -24,7 +24,7 @@ from inboxd.mails import Mail, is_msg_id, new_message_id
 from inboxd.outbox import AttachRef, entry
 from inboxd.parsing import ParsedMessage, parse_message
 from inboxd.references import new_reference
-from inboxd.store import NewSignal, Signal, SqliteStore, SqliteTransaction
+from inboxd.store import NewSignal, Signal, Store, Transaction
 from inboxd.templates import Templates
 
 log = get_logger(__name__)
@@ -47,7 +47,7 @@ class ReplyHandler(Protocol):
     """Commands and follow-ups (the triage module); same transaction as intake."""
 
     def handle(
-        self, tx: SqliteTransaction, item: MailboxItem, msg: ParsedMessage, decision: Decision
+        self, tx: Transaction, item: MailboxItem, msg: ParsedMessage, decision: Decision
     ) -> tuple[str, str | None]:
         """The mailbox key's fate ("expunge" or "retained") and the signal it belongs to."""
         ...
@@ -89,7 +89,7 @@ class Mailer:
 
     def queue(
         self,
-        tx: SqliteTransaction,
+        tx: Transaction,
         kind: str,
         template: str,
         to: str,
@@ -134,7 +134,7 @@ class Mailer:
 @dataclass
 class Intake:
     cfg: Config
-    store: SqliteStore
+    store: Store
     keyring: Keyring
     mailbox: Mailbox
     mailer: Mailer
@@ -204,9 +204,7 @@ class Intake:
                         self._unprocessable(tx, item, result)
         self._expunge(self.store.keys_to_expunge(), result)
 
-    def _unprocessable(
-        self, tx: SqliteTransaction, item: MailboxItem, result: IntakeResult
-    ) -> None:
+    def _unprocessable(self, tx: Transaction, item: MailboxItem, result: IntakeResult) -> None:
         msg = ParsedMessage(
             size=len(item.raw),
             message_id=None,
@@ -246,7 +244,7 @@ class Intake:
         return Context(**{**base.__dict__, "sent": sent, "open_reporters": open_reporters})
 
     def _one(
-        self, tx: SqliteTransaction, item: MailboxItem, seen: set[bytes], result: IntakeResult
+        self, tx: Transaction, item: MailboxItem, seen: set[bytes], result: IntakeResult
     ) -> None:
         msg = parse_message(item.raw)
         digests = self.keyring.dedup_digests(msg.message_id, item.raw)
@@ -291,7 +289,7 @@ class Intake:
 
     def new_signal(
         self,
-        tx: SqliteTransaction,
+        tx: Transaction,
         item: MailboxItem | None,
         msg: ParsedMessage,
         decision: Decision,
@@ -328,7 +326,7 @@ class Intake:
         return signal
 
     def _acknowledge(
-        self, tx: SqliteTransaction, signal: Signal, msg: ParsedMessage, decision: Decision
+        self, tx: Transaction, signal: Signal, msg: ParsedMessage, decision: Decision
     ) -> None:
         recent = 0
         if msg.from_addr is not None:
@@ -353,7 +351,7 @@ class Intake:
         )
 
     def triage_requests(
-        self, tx: SqliteTransaction, signal: Signal, msg: ParsedMessage, data_key: bytes
+        self, tx: Transaction, signal: Signal, msg: ParsedMessage, data_key: bytes
     ) -> None:
         include = self.cfg.triage.include_content
         context = {
@@ -378,7 +376,7 @@ class Intake:
             )
 
 
-def status_snapshot(store: SqliteStore, now: float) -> dict[str, object]:
+def status_snapshot(store: Store, now: float) -> dict[str, object]:
     by_state = store.counts_by_state()
     oldest = store.oldest_open()
 

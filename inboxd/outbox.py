@@ -19,7 +19,7 @@ from typing import Any
 from inboxd.logs import get_logger
 from inboxd.mails import Attachment, HeaderInjection, Mail, render
 from inboxd.smime import CertificateError, encrypt, load_certificate
-from inboxd.store import DueMail, OutboxEntry, SqliteStore
+from inboxd.store import DueMail, OutboxEntry, Store
 from inboxd.transport.base import Envelope, SendError, Transport
 
 log = get_logger(__name__)
@@ -103,7 +103,7 @@ SentHook = Callable[[Any, DueMail], None]
 class Outbox:
     def __init__(
         self,
-        store: SqliteStore,
+        store: Store,
         transport: Transport,
         clock: Callable[[], float],
         retry_for: float,

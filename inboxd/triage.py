@@ -24,7 +24,7 @@ from inboxd.mailbox.base import MailboxItem
 from inboxd.outbox import AttachRef
 from inboxd.parsing import ParsedMessage
 from inboxd.replytext import reply_text
-from inboxd.store import OPEN_STATES, DueMail, Signal, SqliteTransaction
+from inboxd.store import OPEN_STATES, DueMail, Signal, Transaction
 
 if TYPE_CHECKING:
     from inboxd.app import App
@@ -93,13 +93,13 @@ class Triage:
 
     # -- intake hooks ---------------------------------------------------------
     def handle(
-        self, tx: SqliteTransaction, item: MailboxItem, msg: ParsedMessage, decision: Decision
+        self, tx: Transaction, item: MailboxItem, msg: ParsedMessage, decision: Decision
     ) -> tuple[str, str | None]:
         if decision.kind.value == "followup":
             return self.followup(tx, item, msg, decision.refs[0])
         return self.command(tx, msg, decision), None
 
-    def auto_answer(self, tx: SqliteTransaction, msg: ParsedMessage, decision: Decision) -> None:
+    def auto_answer(self, tx: Transaction, msg: ParsedMessage, decision: Decision) -> None:
         for kind, ref in decision.answers:
             if not kind.startswith("forward:") or ref is None:
                 continue
@@ -120,7 +120,7 @@ class Triage:
 
     # -- follow-ups -------------------------------------------------------------
     def followup(
-        self, tx: SqliteTransaction, item: MailboxItem, msg: ParsedMessage, ref: str
+        self, tx: Transaction, item: MailboxItem, msg: ParsedMessage, ref: str
     ) -> tuple[str, str]:
         signal = self.app.store.signal_by_ref(ref)
         assert signal is not None
@@ -152,7 +152,7 @@ class Triage:
     # -- commands ---------------------------------------------------------------
     def _reject(
         self,
-        tx: SqliteTransaction,
+        tx: Transaction,
         msg: ParsedMessage,
         ref: str | None,
         reason: str,
@@ -171,7 +171,7 @@ class Triage:
         )
         return "expunge"
 
-    def command(self, tx: SqliteTransaction, msg: ParsedMessage, decision: Decision) -> str:
+    def command(self, tx: Transaction, msg: ParsedMessage, decision: Decision) -> str:
         store = self.app.store
         ref = decision.refs[0]
         signal = store.signal_by_ref(ref)
@@ -284,9 +284,7 @@ class Triage:
         return address.rsplit("@", 1)[-1] in {d.lower() for d in self.cfg.reporters.ack_domains}
 
     # -- forwarding ---------------------------------------------------------------
-    def _forward(
-        self, tx: SqliteTransaction, signal: Signal, destinations: Sequence[str]
-    ) -> Signal:
+    def _forward(self, tx: Transaction, signal: Signal, destinations: Sequence[str]) -> Signal:
         drill = "drill" in signal.flags
         wanted = sorted(set(signal.destinations) | set(destinations))
         attach = [AttachRef(signal.ref, "raw", "signaal.eml")]
@@ -326,7 +324,7 @@ class Triage:
             log.info("forward.queued", ref=signal.ref, destination=key)
         return tx.update_signal(signal, state="forwarding", destinations=wanted)
 
-    def mail_sent(self, tx: SqliteTransaction, due: DueMail) -> None:
+    def mail_sent(self, tx: Transaction, due: DueMail) -> None:
         """Called inside the transaction that removes ``due`` from the outbox."""
         if not due.kind.startswith("forward:") or due.ref is None:
             return
@@ -352,9 +350,7 @@ class Triage:
                 tx.update_signal(signal, state="forwarding_failed")
             self._alert(tx, due.ref, dest, "failed", still_open=signal is not None)
 
-    def _alert(
-        self, tx: SqliteTransaction, ref: str, dest: str, what: str, *, still_open: bool
-    ) -> None:
+    def _alert(self, tx: Transaction, ref: str, dest: str, what: str, *, still_open: bool) -> None:
         label = self.cfg.destinations[dest].label if dest in self.cfg.destinations else dest
         for f in self.cfg.triage.functionarissen:
             self.mailer.queue(
@@ -373,7 +369,7 @@ class Triage:
             )
 
     # -- deletion -----------------------------------------------------------------
-    def delete(self, tx: SqliteTransaction, signal: Signal, destinations: Sequence[str]) -> None:
+    def delete(self, tx: Transaction, signal: Signal, destinations: Sequence[str]) -> None:
         now = self.app.clock()
         outcome = outcome_of(destinations)
         if "drill" not in signal.flags:
