@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakes import pki
+from fakes import captured_logs, pki
 from fakes.graph_server import GraphServer
 from fakes.token_server import TokenServer
 
-from inboxd import logs
 from inboxd.mailbox import graph as graph_module
 from inboxd.mailbox.base import MailboxError
 from inboxd.mailbox.graph import GraphMailbox
@@ -407,20 +405,19 @@ def test_transport_refusal_is_permanent(aad: TokenServer, graph: GraphServer) ->
 def test_logs_carry_no_secret_token_or_content(
     aad: TokenServer, graph: GraphServer, sleeps: list[float]
 ) -> None:
-    buf = io.StringIO()
-    logs.configure(stream=buf)
     key = graph.deliver(SIGNAL)
     tp = token(aad, graph)
-    mb = mailbox(aad, graph, token=tp)
-    mb.open()
-    mb.list_new()
-    graph.fail("value", 429, retry_after="1")
-    list(mb.fetch([key]))
-    mb.delete([key])
-    with pytest.raises(MailboxError):
-        mailbox(aad, graph, token=token(aad, graph, secret="hunter2")).open()
-    tr = transport(aad, graph, token=tp)
-    tr.send(Envelope("", KEDO), FORWARD)
+    with captured_logs() as buf:
+        mb = mailbox(aad, graph, token=tp)
+        mb.open()
+        mb.list_new()
+        graph.fail("value", 429, retry_after="1")
+        list(mb.fetch([key]))
+        mb.delete([key])
+        with pytest.raises(MailboxError):
+            mailbox(aad, graph, token=token(aad, graph, secret="hunter2")).open()
+        tr = transport(aad, graph, token=tp)
+        tr.send(Envelope("", KEDO), FORWARD)
     out = buf.getvalue()
     assert "graph.backoff" in out and "mailbox.open" in out
     for secret in (

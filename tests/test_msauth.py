@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 
 import pytest
-from fakes import pki
+from fakes import captured_logs, pki
 from fakes.token_server import TokenServer, thumbprint_sha1_hex
 
-from inboxd import logs
 from inboxd.msauth import OUTLOOK_SCOPE, TokenError, TokenProvider, graph_scope
 
 SECRET = "s3cr3t~Value.With-Chars_0123456789"
@@ -80,10 +78,8 @@ def test_graph_scope_for_national_cloud() -> None:
 
 
 def test_wrong_secret_names_aadsts_code_never_the_secret(aad: TokenServer) -> None:
-    buf = io.StringIO()
-    logs.configure(stream=buf)
     tp = provider(aad, client_secret="wrong-" + SECRET)
-    with pytest.raises(TokenError) as ei:
+    with captured_logs() as buf, pytest.raises(TokenError) as ei:
         tp()
     err = ei.value
     assert err.permanent
@@ -218,9 +214,8 @@ def test_constructor_rejects_bad_configuration() -> None:
 
 
 def test_log_line_on_new_token_has_no_token(aad: TokenServer) -> None:
-    buf = io.StringIO()
-    logs.configure(stream=buf)
-    tok = provider(aad)()
+    with captured_logs() as buf:
+        tok = provider(aad)()
     lines = [json.loads(line) for line in buf.getvalue().splitlines()]
     assert any(line["event"] == "msauth.token" for line in lines)
     assert tok not in buf.getvalue()

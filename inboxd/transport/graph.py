@@ -35,6 +35,8 @@ log = get_logger(__name__)
 
 # Give up looking for a Sent Items copy after this long (and say so in the log).
 PURGE_GIVE_UP = 24 * 3600.0
+# Copies looked for per purge call, oldest first: a send stays a few requests.
+PURGE_BATCH = 20
 
 
 # A header block bigger than this is not one inboxd wrote.
@@ -132,7 +134,7 @@ class GraphTransport:
         now = time.monotonic()
         for mid in message_ids:
             self._pending.setdefault(mid, now)
-        for mid, since in list(self._pending.items()):
+        for mid, since in list(self._pending.items())[:PURGE_BATCH]:
             try:
                 found = self._purge_one(mid)
             except GraphFailure as exc:

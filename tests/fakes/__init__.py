@@ -7,17 +7,22 @@ nothing can reach a real Microsoft host.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import http.server
+import io
 import ipaddress
+import logging
 import ssl
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -158,3 +163,21 @@ class FakeHTTPServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def captured_logs() -> Iterator[io.StringIO]:
+    """inboxd's JSON logging into a buffer; the previous set-up is restored after."""
+    from inboxd import logs
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    buf = io.StringIO()
+    logs.configure(stream=buf)
+    try:
+        yield buf
+    finally:
+        structlog.contextvars.clear_contextvars()
+        structlog.reset_defaults()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
