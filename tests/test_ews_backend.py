@@ -307,6 +307,10 @@ def test_constructor_checks() -> None:
         EwsMailbox("https://e/EWS/Exchange.asmx", "DOMAIN\\user", password="p")  # no address
     with pytest.raises(ValueError):
         EwsMailbox("https://e/EWS/Exchange.asmx", "u@x.example", password="p", folder="Signalen")
+    with pytest.raises(ValueError):
+        EwsMailbox("http://mail.example/EWS/Exchange.asmx", "u@x.example", password="p")
+    with pytest.raises(ValueError):
+        EwsMailbox("https://e/EWS/Exchange.asmx", "u@x.example", password="p", ca_file="/no/ca")
 
 
 # --- OAuth2 (Exchange Online style: app token + impersonation) -------------------------

@@ -184,8 +184,12 @@ class EwsSettings:
     timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        if not self.service_endpoint.startswith(("https://", "http://")):
-            raise ValueError("service_endpoint must be an http(s) URL of Exchange.asmx")
+        parts = urlsplit(self.service_endpoint)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("service_endpoint must be an https URL of Exchange.asmx")
+        if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "::1", "localhost"):
+            # Credentials (Basic, NTLM hashes, bearer tokens) would cross the wire in clear.
+            raise ValueError("service_endpoint must use https (http only on loopback)")
         if self.auth_type in ("ntlm", "basic") and not self.password:
             raise ValueError(f"auth_type {self.auth_type} needs a password")
         if self.auth_type == "oauth2" and self.token is None:
