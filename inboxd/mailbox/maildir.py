@@ -39,6 +39,8 @@ class MaildirMailbox:
         return out
 
     def open(self) -> None:
+        if self._listed is not None:
+            return  # already open: like a live connection, keep what was listed
         for sub in ("new", "cur", "tmp"):
             if not (self.path / sub).is_dir():
                 raise MailboxError(f"{self.path} is not a Maildir (no {sub}/)")
