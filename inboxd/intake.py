@@ -322,7 +322,7 @@ class Intake:
             "signal.queued", ref=ref, size=msg.size, flags=sorted(decision.flags), state="queued"
         )
         self._acknowledge(tx, signal, msg, decision)
-        self.triage_requests(tx, signal, msg, tx.data_key(signal))
+        self.triage_requests(tx, signal, msg, tx.data_key(signal), related=decision.refs)
         return signal
 
     def _acknowledge(
@@ -351,7 +351,12 @@ class Intake:
         )
 
     def triage_requests(
-        self, tx: Transaction, signal: Signal, msg: ParsedMessage, data_key: bytes
+        self,
+        tx: Transaction,
+        signal: Signal,
+        msg: ParsedMessage,
+        data_key: bytes,
+        related: tuple[str, ...] = (),
     ) -> None:
         include = self.cfg.triage.include_content
         context = {
@@ -363,6 +368,9 @@ class Intake:
             "size": signal.size,
             "attachment_count": signal.attachment_count,
             "flags": sorted(signal.flags),
+            # References the mail mentions: a follow-up to a signal already deleted
+            # comes in as a new signal, and this is how triage sees the link.
+            "related": [r for r in related if r != signal.ref],
             "destinations": [k.upper() for k in self.cfg.destinations],
             "include_content": include,
             "reporter": msg.from_addr or "(onbekend)",

@@ -32,6 +32,7 @@ def triage_context(**kw: Any) -> dict[str, Any]:
         "size": 4321,
         "attachment_count": 2,
         "flags": [],
+        "related": [],
         "destinations": ["KEDO", "RIEC", "NLA"],
         "include_content": "full",
         "reporter": "melder@gemeente.example",

@@ -541,3 +541,46 @@ def test_a_drill_runs_the_whole_life_to_the_test_address_and_is_not_counted(
     assert len(drill_forwards) == 1 and mark.encode() in drill_forwards[0]
     assert world.status()["open"] == 0
     assert stats(world)["rows"] == []
+
+
+def test_follow_up_to_a_deleted_signal_is_a_new_signal_that_mentions_the_old_reference(
+    world: World, mail: MailServer
+) -> None:
+    ref, request = new_signal(world, mail, marker())
+    command(world, mail, reply(request, "AFSLUITEN"))
+    mark = marker()
+    mail.deliver(signal_mail(mark, subject=f"RE: Ontvangen: uw signaal {ref}"), MAILBOX)
+    world.until_quiet()
+    assert world.status()["open"] == 1
+    requests = [
+        m for m in mail.messages(F1) if str(parse(m)["Subject"]).startswith("Triageverzoek")
+    ]
+    new_request = requests[-1]
+    assert ref not in str(parse(new_request)["Subject"]), "it has a reference of its own"
+    assert f"Noemt:        {ref}" in body_text(new_request)
+
+
+@pytest.mark.parametrize("include", ["text", "none"])
+def test_include_content_text_and_none(world: World, mail: MailServer, include: str) -> None:
+    world.write_config(include=include)
+    mark = marker()
+    mail.deliver(signal_mail(mark), MAILBOX)
+    world.once()
+    request = mail.wait_for_messages(F1, 1)[0]
+    assert list(parse(request).iter_attachments()) == [], "the original is attached only with full"
+    if include == "text":
+        assert mark in body_text(request)
+    else:
+        assert_absent(mark, where="a triage request with include_content = none", data=request)
+
+
+def test_status_and_help_answer_with_metadata_only(world: World, mail: MailServer) -> None:
+    mark = marker()
+    ref, request = new_signal(world, mail, mark)
+    command(world, mail, reply(request, "STATUS\nHULP"))
+    answer = [m for m in mail.messages(F1) if str(parse(m)["Subject"]).startswith("Uitgevoerd")][-1]
+    text = body_text(answer)
+    assert f"{ref}: queued" in text
+    assert "KEDO" in text and "RIEC" in text, "HULP lists the destinations"
+    assert_absent(mark, where="the STATUS/HULP answer", data=answer)
+    assert world.status()["by_state"] == {"queued": 1}, "STATUS and HULP change nothing"
