@@ -22,7 +22,7 @@ from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox, MailboxItem
 from inboxd.mails import Mail, is_msg_id, new_message_id
 from inboxd.outbox import AttachRef, entry
-from inboxd.parsing import ParsedMessage, parse_message
+from inboxd.parsing import ParsedMessage, parse_message, unreadable
 from inboxd.references import new_reference
 from inboxd.store import NewSignal, Signal, Store, Transaction
 from inboxd.templates import Templates
@@ -205,26 +205,7 @@ class Intake:
         self._expunge(self.store.keys_to_expunge(), result)
 
     def _unprocessable(self, tx: Transaction, item: MailboxItem, result: IntakeResult) -> None:
-        msg = ParsedMessage(
-            size=len(item.raw),
-            message_id=None,
-            in_reply_to=(),
-            references=(),
-            from_addr=None,
-            return_path_null=False,
-            subject="",
-            text="",
-            html=None,
-            attachment_count=0,
-            auto=False,
-            auto_reasons=(),
-            report_type=None,
-            reported_message_ids=(),
-            authentication_results=(),
-            auto_submitted=None,
-            malformed=True,
-            defects=("unprocessable",),
-        )
+        msg = unreadable(len(item.raw), "unprocessable")
         decision = Decision(Kind.SIGNAL, frozenset({"malformed", "unprocessable"}), source="extern")
         digest = self.keyring.dedup_digests(None, item.raw)[0]
         self.new_signal(tx, item, msg, decision, digest)

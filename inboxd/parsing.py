@@ -1262,23 +1262,28 @@ def parse_message(raw: bytes) -> ParsedMessage:
         raise
     except Exception as exc:  # noqa: BLE001 - last line of defence, never drop a signal
         size = len(raw) if isinstance(raw, bytes | bytearray | memoryview) else 0
-        return ParsedMessage(
-            size=size,
-            message_id=None,
-            in_reply_to=(),
-            references=(),
-            from_addr=None,
-            return_path_null=False,
-            subject="",
-            text="",
-            html=None,
-            attachment_count=0,
-            auto=False,
-            auto_reasons=(),
-            report_type=None,
-            reported_message_ids=(),
-            authentication_results=(),
-            auto_submitted=None,
-            malformed=True,
-            defects=(f"error:parse:{type(exc).__name__}",),
-        )
+        return unreadable(size, f"error:parse:{type(exc).__name__}")
+
+
+def unreadable(size: int, defect: str) -> ParsedMessage:
+    """What is known of a message nothing could be read from: its size."""
+    return ParsedMessage(
+        size=size,
+        message_id=None,
+        in_reply_to=(),
+        references=(),
+        from_addr=None,
+        return_path_null=False,
+        subject="",
+        text="",
+        html=None,
+        attachment_count=0,
+        auto=False,
+        auto_reasons=(),
+        report_type=None,
+        reported_message_ids=(),
+        authentication_results=(),
+        auto_submitted=None,
+        malformed=True,
+        defects=(defect,),
+    )
