@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
+from tzlocal import get_localzone
 
 from inboxd.logs import get_logger
 from inboxd.store import OPEN_STATES, Signal
@@ -26,6 +27,71 @@ log = get_logger(__name__)
 
 DAY = 86400.0
 VACUUM_EVERY = 7 * DAY
+# How far back a missed digest is still sent (a daemon down over a long weekend).
+DIGEST_LOOKBACK = 8 * DAY
+
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def local_zone() -> dt.tzinfo:
+    """The machine's time zone with its DST rules. (A fixed UTC offset taken from the
+    current moment would put the digest an hour off for half of the year.)"""
+    return get_localzone()
+
+
+def _crontab_weekdays(field: str) -> str:
+    """Crontab day-of-week numbers (0 and 7 Sunday, 1 Monday) as APScheduler names.
+
+    APScheduler 3 reads numbers as 0 = Monday, so "0 9 * * 1-5" would mean Tuesday to
+    Saturday, and "sun-sat" would be no range at all: every part is spelled out as
+    a list of names, which both read the same way.
+    """
+    out: list[str] = []
+    for part in field.split(","):
+        if part == "*":
+            out.append(part)
+            continue
+        span, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if span == "*":
+            first, last = 0, 6
+        else:
+            lo, _, hi = span.partition("-")
+            first = _weekday_number(lo)
+            last = _weekday_number(hi) if hi else (6 if step_text else first)
+        if step < 1 or last < first:
+            raise ValueError(f"bad day-of-week range {part!r}")
+        days = {n % 7 for n in range(first, last + 1, step)}
+        out += [_WEEKDAYS[n] for n in sorted(days)]
+    return ",".join(dict.fromkeys(out))
+
+
+def _weekday_number(text: str) -> int:
+    t = text.strip().lower()
+    if t.isdigit():
+        n = int(t)
+        if n > 7:
+            raise ValueError(f"bad day of week {text!r}")
+        return n
+    if t in _WEEKDAYS:
+        return _WEEKDAYS.index(t)
+    raise ValueError(f"bad day of week {text!r}")
+
+
+def cron_trigger(cron: str, tz: dt.tzinfo | None = None) -> CronTrigger:
+    """A crontab expression with crontab's meaning, in ``tz`` (default: local time)."""
+    values = cron.split()
+    if len(values) != 5:
+        raise ValueError(f"wrong number of fields: {len(values)}, expected 5")
+    minute, hour, day, month, weekday = values
+    return CronTrigger(
+        minute=minute,
+        hour=hour,
+        day=day,
+        month=month,
+        day_of_week=_crontab_weekdays(weekday),
+        timezone=tz or local_zone(),
+    )
 
 
 def due_reminders(signals: Sequence[Signal], now: float, remind_after: float) -> list[Signal]:
@@ -41,16 +107,21 @@ def due_reminders(signals: Sequence[Signal], now: float, remind_after: float) ->
 
 
 def last_fire_before(cron: str, now: float, tz: dt.tzinfo | None = None) -> float | None:
-    """When the cron expression last fired at or before ``now`` (within 8 days)."""
-    trigger = CronTrigger.from_crontab(cron, timezone=tz or dt.UTC)
-    start = dt.datetime.fromtimestamp(now - 8 * DAY, tz or dt.UTC)
-    end = dt.datetime.fromtimestamp(now, tz or dt.UTC)
-    last = None
-    fire = trigger.get_next_fire_time(None, start)
-    while fire is not None and fire <= end:
-        last = fire
-        fire = trigger.get_next_fire_time(fire, fire + dt.timedelta(seconds=1))
-    return None if last is None else last.timestamp()
+    """When the cron expression last fired at or before ``now`` (within 8 days), in
+    ``tz`` (default: local time)."""
+    zone = tz or local_zone()
+    trigger = cron_trigger(cron, zone)
+    end = dt.datetime.fromtimestamp(now, zone)
+    # Widening windows: an every-minute expression need not be walked for 8 days.
+    for lookback in (3600.0, DAY, DIGEST_LOOKBACK):
+        last: dt.datetime | None = None
+        fire = trigger.get_next_fire_time(None, dt.datetime.fromtimestamp(now - lookback, zone))
+        while fire is not None and fire <= end:
+            last = fire
+            fire = trigger.get_next_fire_time(fire, fire + dt.timedelta(seconds=1))
+        if last is not None:
+            return last.timestamp()
+    return None
 
 
 def digest_due(cron: str, now: float, last_sent: float | None, tz: dt.tzinfo | None = None) -> bool:
@@ -72,20 +143,33 @@ def rows(signals: Sequence[Signal], now: float) -> list[dict[str, Any]]:
     ]
 
 
+def overdue(signals: Sequence[Signal], now: float, remind_after: float) -> list[Signal]:
+    """Open signals older than ``remind_after`` and not on hold."""
+    return [
+        s
+        for s in signals
+        if s.state in OPEN_STATES and not s.hold and now - s.created_at >= remind_after
+    ]
+
+
 def send_reminders(app: App) -> int:
+    """One reminder mail per functionaris when a signal is due, listing every overdue
+    signal: signals that fell due at different hours then share one mail a day
+    instead of each bringing its own."""
     now = app.clock()
-    due = due_reminders(app.store.signals(), now, app.cfg.triage.remind_after)
-    if not due:
+    signals = app.store.signals()
+    if not due_reminders(signals, now, app.cfg.triage.remind_after):
         return 0
+    listed = overdue(signals, now, app.cfg.triage.remind_after)
     with app.store.transaction() as tx:
         for f in app.cfg.triage.functionarissen:
             app.intake.mailer.queue(
-                tx, "reminder", "reminder", f, {"signals": rows(due, now)}, ref=None
+                tx, "reminder", "reminder", f, {"signals": rows(listed, now)}, ref=None
             )
-        for s in due:
+        for s in listed:
             tx.update_signal(s, last_reminder_at=now)
-    log.info("reminder.queued", count=len(due), refs=[s.ref for s in due])
-    return len(due)
+    log.info("reminder.queued", count=len(listed), refs=[s.ref for s in listed])
+    return len(listed)
 
 
 def send_digest(app: App, *, force: bool = False) -> bool:
@@ -95,9 +179,8 @@ def send_digest(app: App, *, force: bool = False) -> bool:
         # A fresh store starts counting from now: no digest for times it never saw.
         app.store.set_meta("last_digest", str(now))
         return False
-    local_tz = dt.datetime.now().astimezone().tzinfo
     if not force and not digest_due(
-        app.cfg.triage.digest_cron, now, float(last) if last else None, local_tz
+        app.cfg.triage.digest_cron, now, float(last) if last else None, local_zone()
     ):
         return False
     signals = app.store.signals()
@@ -148,13 +231,16 @@ def _guarded(app: App, name: str, fn: Callable[[App], object]) -> Callable[[], N
 
 
 def start_scheduler(app: App, stop: threading.Event) -> BackgroundScheduler:
+    zone = local_zone()
     sched = BackgroundScheduler(
+        timezone=zone,
         job_defaults={
             "coalesce": True,  # after downtime, one run, not a burst
             "max_instances": 1,
-            "misfire_grace_time": 6 * 3600,  # a restart must not skip the morning digest
-        }
+            "misfire_grace_time": 6 * 3600,  # a busy lock must not cost the morning digest
+        },
     )
+    soon = dt.datetime.now(zone)
     sched.add_job(
         _guarded(app, "outbox", lambda a: a.outbox.drain(should_stop=stop.is_set)),
         "interval",
@@ -166,19 +252,23 @@ def start_scheduler(app: App, stop: threading.Event) -> BackgroundScheduler:
         "interval",
         hours=1,
         id="reminders",
-        next_run_time=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20),
+        next_run_time=soon + dt.timedelta(seconds=20),
     )
     sched.add_job(
         _guarded(app, "digest", send_digest),
-        CronTrigger.from_crontab(app.cfg.triage.digest_cron),
+        cron_trigger(app.cfg.triage.digest_cron, zone),
         id="digest",
+        # Jobs live in memory, so a digest time missed while the daemon was down is
+        # not a misfire APScheduler knows of: one run at start sends it (or, on a
+        # fresh store, sets the baseline), as ``inboxd once`` would; then the cron.
+        next_run_time=soon + dt.timedelta(seconds=20),
     )
     sched.add_job(
         _guarded(app, "housekeeping", housekeeping),
         "interval",
         hours=1,
         id="housekeeping",
-        next_run_time=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60),
+        next_run_time=soon + dt.timedelta(seconds=60),
     )
     sched.start()
     return sched
