@@ -287,7 +287,9 @@ def world(mail: MailServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def subjects(mail: MailServer, address: str, prefix: str) -> list[bytes]:
-    return [m for m in mail.messages(address) if str(parse(m)["Subject"]).startswith(prefix)]
+    return [
+        m for m in mail.messages(address) if str(parse(m)["Subject"]).strip().startswith(prefix)
+    ]
 
 
 def new_signal(world: World, mail: MailServer, mark: str) -> tuple[str, bytes]:
