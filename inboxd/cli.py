@@ -165,9 +165,12 @@ def _keys_generate(out: Path) -> int:
 
 
 def _check(cfg: object) -> int:
-    from inboxd.app import make_mailbox, make_transport
+    from inboxd.app import explain_failure, make_mailbox, make_transport, token_sources
     from inboxd.config import Config
     from inboxd.crypto import Keyring
+    from inboxd.mailbox.base import MailboxError
+    from inboxd.msauth import TokenError
+    from inboxd.transport.base import SendError
 
     assert isinstance(cfg, Config)
     keyring = Keyring.from_files(cfg.crypto.key_files)
@@ -183,14 +186,33 @@ def _check(cfg: object) -> int:
         load_certificate(path)
     if certs:
         print(f"S/MIME certificates: {len(certs)} ok")
+    # Tokens first: a refused secret is then named as such, not as a failed login.
+    for section, token in token_sources(cfg):
+        try:
+            token()
+        except TokenError as exc:
+            return _fail(explain_failure(cfg, f"token:{section}", exc), EXIT_CONNECT)
+        print(f"token for [{section}]: ok")
     mailbox = make_mailbox(cfg)
-    mailbox.open()
-    mailbox.close()
+    try:
+        mailbox.open()
+    except MailboxError as exc:
+        return _fail(explain_failure(cfg, "mailbox", exc), EXIT_CONNECT)
+    finally:
+        mailbox.close()
     print(f"mailbox ({cfg.mailbox.backend}): logged in")
     transport = make_transport(cfg, mailbox)
-    transport.check()
-    transport.close()
-    print(f"outgoing mail ({cfg.smtp.transport}): ok, nothing sent")
+    try:
+        transport.check()
+    except SendError as exc:
+        return _fail(explain_failure(cfg, "transport", exc), EXIT_CONNECT)
+    finally:
+        transport.close()
+    note = {
+        "graph": " (Mail.Send is proven by the first mail sent)",
+        "ews": " (sending is proven by the first mail sent)",
+    }.get(cfg.smtp.transport, "")
+    print(f"outgoing mail ({cfg.smtp.transport}): ok, nothing sent{note}")
     return EXIT_OK
 
 

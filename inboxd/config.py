@@ -110,15 +110,17 @@ class MailboxConfig(_Section):
     poll_interval: PositiveDuration = 60.0
     retain_in_mailbox: Literal["queued", "forwarded"] = "queued"
     path: str = ""
-    # Exchange Server (EWS)
+    # Exchange (EWS): the URL of Exchange.asmx (no autodiscover).
     service_endpoint: str = ""
     auth_type: Literal["ntlm", "basic", "oauth2"] = "ntlm"
-    # Microsoft 365 (Graph) and XOAUTH2
+    # Microsoft 365 app (Graph, EWS oauth2, IMAP XOAUTH2): client credentials.
     tenant_id: str = ""
     client_id: str = ""
     client_secret_file: str = ""
     client_secret_env: str = ""
-    client_certificate_file: str = ""
+    client_certificate_file: str = ""  # PEM: private key and certificate
+    # The mailbox acted on: Graph's user (address or object id); for EWS its primary
+    # SMTP address (needed when username is DOMAIN\user, and for oauth2 impersonation).
     mailbox: str = ""
     authority: str = "https://login.microsoftonline.com"
     endpoint: str = "https://graph.microsoft.com"
@@ -142,10 +144,14 @@ class SmtpConfig(_Section):
     password_env: str = ""
     from_: str = Field("", alias="from")
     path: str = ""
+    # auth = "xoauth2": the app's client credentials. When [smtp] names no app at all
+    # (no tenant_id, client_id or credential), the [mailbox] app is used, authority
+    # included.
     tenant_id: str = ""
     client_id: str = ""
     client_secret_file: str = ""
     client_secret_env: str = ""
+    client_certificate_file: str = ""
     authority: str = "https://login.microsoftonline.com"
 
     @property
@@ -153,6 +159,16 @@ class SmtpConfig(_Section):
         if self.port is not None:
             return self.port
         return {"tls": 465, "starttls": 587, "none": 25}[self.security]
+
+    @property
+    def names_app(self) -> bool:
+        return bool(
+            self.tenant_id
+            or self.client_id
+            or self.client_secret_file
+            or self.client_secret_env
+            or self.client_certificate_file
+        )
 
 
 class CryptoConfig(_Section):
@@ -215,6 +231,8 @@ class Config(_Section):
             _need(mb.username, "mailbox.username", "the mailbox account to log in as")
             if mb.auth == "password":
                 _need_secret(mb.password_file, mb.password_env, "mailbox.password_file")
+            else:
+                _need_app(mb, "mailbox", "XOAUTH2")
             if mb.security == "none" and not is_loopback(mb.host):
                 raise _Problem(
                     "mailbox.security",
@@ -228,19 +246,30 @@ class Config(_Section):
                 "mailbox.service_endpoint",
                 "the EWS URL, e.g. https://mail.example/EWS/Exchange.asmx",
             )
-            _need(mb.username, "mailbox.username", "the account to log in as")
-        elif mb.backend == "graph":
-            for key in ("tenant_id", "client_id", "mailbox"):
-                _need(
-                    getattr(mb, key),
-                    f"mailbox.{key}",
-                    "see the Microsoft 365 section of the README",
-                )
-            if not (mb.client_secret_file or mb.client_secret_env or mb.client_certificate_file):
+            _need_https(mb.service_endpoint, "mailbox.service_endpoint")
+            if mb.auth_type == "oauth2":
+                _need_app(mb, "mailbox", "EWS oauth2")
+                if "@" not in (mb.mailbox or mb.username):
+                    raise _Problem(
+                        "mailbox.mailbox",
+                        "missing; set it to the mailbox's primary SMTP address (the app impersonates it)",
+                    )
+            else:
+                _need(mb.username, "mailbox.username", "the account to log in as")
+                _need_secret(mb.password_file, mb.password_env, "mailbox.password_file")
+                if "@" not in (mb.mailbox or mb.username):
+                    raise _Problem(
+                        "mailbox.mailbox",
+                        "missing; set it to the mailbox's primary SMTP address (username is not an address)",
+                    )
+            if mb.folder.lower() != "inbox":
                 raise _Problem(
-                    "mailbox.client_secret_file",
-                    "missing; set client_secret_file, client_secret_env or client_certificate_file",
+                    "mailbox.folder", 'the ews backend reads the inbox; set folder = "inbox"'
                 )
+        elif mb.backend == "graph":
+            _need_app(mb, "mailbox", "Microsoft Graph")
+            _need(mb.mailbox, "mailbox.mailbox", "the signals mailbox's address (or user id)")
+            _need_https(mb.endpoint, "mailbox.endpoint", loopback_http=False)
         if smtp.transport == "smtp":
             _need(smtp.host, "smtp.host", "the SMTP server's host name")
             if smtp.security == "none" and not is_loopback(smtp.host):
@@ -250,6 +279,14 @@ class Config(_Section):
                 )
             if smtp.username and smtp.auth == "password":
                 _need_secret(smtp.password_file, smtp.password_env, "smtp.password_file")
+            if smtp.auth == "xoauth2":
+                _need(smtp.username, "smtp.username", "the mailbox to send as (XOAUTH2 user)")
+                if smtp.names_app:
+                    _need_app(smtp, "smtp", "XOAUTH2")
+                elif mb.tenant_id or mb.client_id:
+                    _need_app(mb, "mailbox", "XOAUTH2 for [smtp]")
+                else:
+                    _need_app(smtp, "smtp", "XOAUTH2")
         elif smtp.transport == "maildir":
             _need(smtp.path, "smtp.path", "the folder outgoing mail is dropped into (demo only)")
         elif smtp.transport != mb.backend:
@@ -310,6 +347,27 @@ class _Problem(ValueError):
 def _need(value: str, key: str, what: str) -> None:
     if not value:
         raise _Problem(key, f"missing; set it to {what}")
+
+
+def _need_app(section: MailboxConfig | SmtpConfig, name: str, what: str) -> None:
+    """Client credentials of a Microsoft 365 app: tenant, client, one credential."""
+    _need(section.tenant_id, f"{name}.tenant_id", f"the directory (tenant) id for {what}")
+    _need(section.client_id, f"{name}.client_id", f"the application (client) id for {what}")
+    has_secret = bool(section.client_secret_file or section.client_secret_env)
+    if has_secret == bool(section.client_certificate_file):
+        raise _Problem(
+            f"{name}.client_secret_file",
+            "set exactly one credential: client_secret_file, client_secret_env or client_certificate_file",
+        )
+    _need_https(section.authority, f"{name}.authority", loopback_http=False)
+
+
+def _need_https(url: str, key: str, *, loopback_http: bool = True) -> None:
+    # Credentials (passwords, NTLM, bearer tokens) never cross the wire in clear.
+    m = re.fullmatch(r"(https?)://([^/:?#]+|\[[0-9a-fA-F:]+\])(?::\d+)?(?:[/?].*)?", url)
+    host = m.group(2).strip("[]") if m else ""
+    if not m or (m.group(1) == "http" and not (loopback_http and is_loopback(host))):
+        raise _Problem(key, f"must be an https:// URL, not {url!r}")
 
 
 def _need_secret(file: str, env: str, key: str) -> None:
