@@ -14,11 +14,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from inboxd.config import Config
-from inboxd.crypto import Keyring
+from inboxd.crypto import DecryptError, Keyring
 from inboxd.logs import get_logger
 from inboxd.store import OPEN_STATES, SqliteStore
 
 log = get_logger(__name__)
+
+# Data keys re-wrapped per transaction: an interruption loses at most one batch of work.
+ROTATE_BATCH = 100
 
 
 # -- statistics (pure) ---------------------------------------------------------
@@ -161,16 +164,30 @@ def rotate(store: SqliteStore, keyring: Keyring) -> int:
     an interrupted rotation leaves every row readable and is simply run again."""
     newest = keyring.newest.key_id
     todo = [row for row in store.wrapped_keys() if row[2] != newest]
-    for i in range(0, len(todo), 100):
+    done = 0
+    unreadable: dict[str, int] = defaultdict(int)
+    for i in range(0, len(todo), ROTATE_BATCH):
         with store.transaction():
-            for table, row_id, key_id, wrapped in todo[i : i + 100]:
+            for table, row_id, key_id, wrapped in todo[i : i + ROTATE_BATCH]:
                 owner = f"{'signal' if table == 'signals' else 'outbox'}:{row_id}"
-                data_key = keyring.unwrap(key_id, wrapped, owner)
+                try:
+                    data_key = keyring.unwrap(key_id, wrapped, owner)
+                except DecryptError:
+                    # Its master key was removed (or the row damaged): say so and go on;
+                    # the other rows must still be re-wrapped.
+                    unreadable[key_id] += 1
+                    continue
                 new_id, new_wrapped = keyring.wrap(data_key, owner)
                 store.rewrap(table, row_id, new_id, new_wrapped)
+                done += 1
     store.audit("rotate", None)
     store.checkpoint()
     left = [r for r in store.wrapped_keys() if r[2] != newest]
-    log.info("keys.rotated", count=len(todo), key_id=newest)
-    print(f"{len(todo)} data keys re-wrapped under {newest}; {len(left)} left under older keys")
+    log.info("keys.rotated", count=done, key_id=newest)
+    print(f"{done} data keys re-wrapped under {newest}; {len(left)} left under older keys")
+    for key_id, n in sorted(unreadable.items()):
+        sys.stderr.write(
+            f"inboxd: {n} data keys under master key {key_id} could not be unwrapped;"
+            f" add that key file to crypto.key_files (before the newest) and run again\n"
+        )
     return 0 if not left else 1
