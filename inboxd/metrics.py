@@ -7,6 +7,7 @@ from the store at scrape time, under the work lock, and match ``status --json``.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -26,25 +27,17 @@ EVENTS = Counter(
     registry=REGISTRY,
 )
 
-_COUNTED = (
-    "signal.",
-    "ack.",
-    "mail.",
-    "mailbox.",
-    "forward.",
-    "command.",
-    "triage_request.",
-    "feedback.",
-    "job.",
-    "intake.",
-)
+# Every event name of the code is a dotted constant ("signal.queued", "cycle.failed",
+# "transport.error" …): count them all, so failures can be alerted on too. The
+# pattern keeps anything else (free text) from becoming a label value.
+_EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,30}(\.[a-z][a-z0-9_]{0,30}){1,2}")
 
 
 def count_event(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    name = str(event_dict.get("event", ""))
-    if name.startswith(_COUNTED):
+    name = event_dict.get("event")
+    if isinstance(name, str) and _EVENT_NAME.fullmatch(name):
         EVENTS.labels(event=name).inc()
     return event_dict
 
@@ -83,12 +76,23 @@ class StoreCollector(Collector):
             )
 
 
+def registry_for(app: App) -> CollectorRegistry:
+    """The event counters (process-wide) and this app's store gauges, in a registry of
+    their own: a second app in the same process (tests, a restart) does not collide
+    with the first one's gauges."""
+    registry = CollectorRegistry(auto_describe=False)
+    # Gauges first: they wait for the work lock, so the counters read after them
+    # include every event of the cycle the gauges show the end of.
+    registry.register(StoreCollector(app))
+    registry.register(EVENTS)
+    return registry
+
+
 def serve(app: App) -> threading.Thread | None:
     if app.cfg.metrics is None:
         return None
     host, _, port = app.cfg.metrics.listen.rpartition(":")
-    REGISTRY.register(StoreCollector(app))
-    server, thread = start_http_server(
-        int(port), addr=host.strip("[]") or "127.0.0.1", registry=REGISTRY
+    _server, thread = start_http_server(
+        int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry_for(app)
     )
     return thread
