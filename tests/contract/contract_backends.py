@@ -1,0 +1,228 @@
+"""The signals mailbox and the outgoing mail as the contract tests see them: the same
+small API whatever backend serves them.
+
+``backend`` is parametrised over:
+
+- ``imap``: the real Dovecot + SMTP relay of ``tests/conftest.py``;
+- ``maildir``: a local Maildir as the mailbox, ``transport = "maildir"`` out;
+- ``ews``: the fake Exchange Server (SOAP over TLS, Basic auth), sending via EWS;
+- ``graph``: the fake Microsoft Graph + Entra ID (client credentials), sending via
+  Graph ``sendMail``.
+
+Each exposes ``config_fragment()`` (its ``[mailbox]`` and ``[smtp]`` TOML),
+``deliver(raw)``, ``mailbox_contents()`` (everything the account can still see, in
+every folder, Sent Items and soft-deleted items included) and ``received(address)``
+(what a recipient got; for EWS and Graph: what the fake recorded as sent to them).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Protocol
+
+from fakes import pki
+from fakes.ews_server import EwsServer
+from fakes.graph_server import GraphServer
+from fakes.token_server import TokenServer
+from world import MAILBOX
+
+from inboxd.transport.graph import header_recipients
+
+FROM = f"Meldpunt vreemdverhaal <{MAILBOX}>"
+GRAPH_CLIENT = "5d1e6c2a-0b7f-4a8e-9c3d-2f1a0b9c8d7e"
+GRAPH_SECRET = "contract~secret.0123456789abcdef"
+
+
+class Backend(Protocol):
+    name: str
+
+    def config_fragment(self) -> str: ...
+
+    def deliver(self, raw: bytes) -> None: ...
+
+    def mailbox_contents(self) -> list[bytes]: ...
+
+    def received(self, address: str) -> list[bytes]: ...
+
+
+def _secret_file(path: Path, value: str) -> str:
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+def _maildir_files(box: Path, subs: tuple[str, ...] = ("new", "cur", "tmp")) -> list[bytes]:
+    out: list[tuple[float, str, bytes]] = []
+    for sub in subs:
+        d = box / sub
+        if d.is_dir():
+            for p in d.iterdir():
+                out.append((p.stat().st_mtime, p.name, p.read_bytes()))
+    return [raw for *_, raw in sorted(out)]
+
+
+class ImapBackend:
+    name = "imap"
+
+    def __init__(self, mail: object, root: Path) -> None:
+        from servers import MailServer
+
+        assert isinstance(mail, MailServer)
+        self.mail = mail
+        self.root = root
+
+    def config_fragment(self) -> str:
+        pw = _secret_file(self.root / "imap-password", self.mail.password(MAILBOX))
+        return f"""
+[mailbox]
+backend = "imap"
+host = "127.0.0.1"
+port = {self.mail.imap_tls_port}
+security = "tls"
+ca_file = "{self.mail.ca_file}"
+username = "{MAILBOX}"
+password_file = "{pw}"
+idle = false
+
+[smtp]
+host = "127.0.0.1"
+port = {self.mail.smtp_port}
+security = "starttls"
+ca_file = "{self.mail.ca_file}"
+username = "{MAILBOX}"
+password_file = "{pw}"
+from = "{FROM}"
+"""
+
+    def deliver(self, raw: bytes) -> None:
+        # APPEND: the bytes land unchanged, as a delivery would leave them.
+        self.mail.append(MAILBOX, raw)
+
+    def mailbox_contents(self) -> list[bytes]:
+        return [m for msgs in self.mail.all_messages(MAILBOX).values() for m in msgs]
+
+    def received(self, address: str) -> list[bytes]:
+        return self.mail.messages(address)
+
+
+class MaildirBackend:
+    name = "maildir"
+
+    def __init__(self, root: Path) -> None:
+        self.box = root / "vreemdverhaal"
+        self.out = root / "outgoing"
+        for sub in ("new", "cur", "tmp"):
+            (self.box / sub).mkdir(parents=True)
+
+    def config_fragment(self) -> str:
+        return f"""
+[mailbox]
+backend = "maildir"
+path = "{self.box}"
+poll_interval = "1s"
+
+[smtp]
+transport = "maildir"
+path = "{self.out}"
+from = "{FROM}"
+"""
+
+    def deliver(self, raw: bytes) -> None:
+        name = f"{secrets.token_hex(8)}.contract"
+        tmp = self.box / "tmp" / name
+        tmp.write_bytes(raw)
+        os.rename(tmp, self.box / "new" / name)
+
+    def mailbox_contents(self) -> list[bytes]:
+        return _maildir_files(self.box)
+
+    def received(self, address: str) -> list[bytes]:
+        return _maildir_files(self.out / address.lower(), ("new", "cur"))
+
+
+class EwsBackend:
+    name = "ews"
+
+    def __init__(self, server: EwsServer, root: Path) -> None:
+        self.server = server
+        self.root = root
+
+    def config_fragment(self) -> str:
+        st = self.server.state
+        pw = _secret_file(self.root / "ews-password", st.password)
+        user = st.username.replace("\\", "\\\\")  # DOMAIN\user, TOML-escaped
+        return f"""
+[mailbox]
+backend = "ews"
+service_endpoint = "{self.server.url}"
+auth_type = "basic"
+username = "{user}"
+password_file = "{pw}"
+mailbox = "{MAILBOX}"
+ca_file = "{pki().ca_file}"
+folder = "inbox"
+poll_interval = "1s"
+
+[smtp]
+transport = "ews"
+from = "{FROM}"
+"""
+
+    def deliver(self, raw: bytes) -> None:
+        self.server.deliver(raw)
+
+    def mailbox_contents(self) -> list[bytes]:
+        st = self.server.state
+        with st.lock:
+            seen = [i.mime for i in st.items.values()]
+            seen += [i.mime for i in st.recycle_bin]  # soft-deleted: still recoverable
+            # SendAndSaveCopy / SaveOnly would leave a copy in a folder of the account.
+            seen += [s.mime for s in st.sent if s.disposition != "SendOnly" or s.saved_folder]
+        return seen
+
+    def received(self, address: str) -> list[bytes]:
+        a = address.lower()
+        return [s.mime for s in self.server.sent if a in (t.lower() for t in s.to)]
+
+
+class GraphBackend:
+    name = "graph"
+
+    def __init__(self, aad: TokenServer, graph: GraphServer, root: Path) -> None:
+        self.aad = aad
+        self.graph = graph
+        self.root = root
+
+    def config_fragment(self) -> str:
+        secret = _secret_file(self.root / "graph-secret", GRAPH_SECRET)
+        return f"""
+[mailbox]
+backend = "graph"
+tenant_id = "{self.aad.tenant_id}"
+client_id = "{GRAPH_CLIENT}"
+client_secret_file = "{secret}"
+mailbox = "{MAILBOX}"
+authority = "{self.aad.authority}"
+endpoint = "{self.graph.endpoint}"
+ca_file = "{pki().ca_file}"
+poll_interval = "1s"
+
+[smtp]
+transport = "graph"
+from = "{FROM}"
+"""
+
+    def deliver(self, raw: bytes) -> None:
+        self.graph.deliver(raw)
+
+    def mailbox_contents(self) -> list[bytes]:
+        st = self.graph.state
+        with st.lock:
+            # Every folder (Inbox and Sent Items), and copies Exchange has yet to file.
+            return [m.mime for m in st.messages.values()] + [m.mime for m in st.held_copies]
+
+    def received(self, address: str) -> list[bytes]:
+        a = address.lower()
+        return [m for m in self.graph.state.sent if a in header_recipients(m)]

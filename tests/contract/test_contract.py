@@ -1,0 +1,296 @@
+"""The same life of a signal over every backend (IMAP, Maildir, EWS, Graph), in
+process through ``inboxd.app.build`` + ``inboxd.daemon.once``: intake, triage by
+reply, forward and hard delete, and what a crash between commit and delete leaves.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+import structlog
+from contract_backends import Backend
+from world import F1, F2, KEDO, MAILBOX, NLA, REPORTER, RIEC, body_text, marker, parse, signal_mail
+
+from inboxd import config, logs
+from inboxd.app import App, build, make_mailbox
+from inboxd.crypto import Keyring, generate_key_file
+from inboxd.daemon import once
+from inboxd.mailbox.base import Mailbox
+from inboxd.references import find_references
+from inboxd.store import SqliteStore
+
+BASE = """\
+state_dir = "{root}/state"
+language = "nl"
+reference_prefix = "VV"
+{fragment}
+[crypto]
+key_files = ["{root}/master-key"]
+
+[reporters]
+ack_domains = ["gemeente.example"]
+ack_rate_limit = "50/h"
+
+[triage]
+functionarissen = ["{f1}", "{f2}"]
+include_content = "full"
+
+[destinations.kedo]
+label = "KEDO (slachtofferspoor)"
+address = "{kedo}"
+
+[destinations.riec]
+label = "RIEC Informatieplein (daderspoor)"
+address = "{riec}"
+
+[destinations.nla]
+label = "Nederlandse Arbeidsinspectie"
+address = "{nla}"
+"""
+
+
+class Crash(BaseException):
+    """The process dies here (not an error any layer would catch)."""
+
+
+@dataclass
+class Contract:
+    backend: Backend
+    root: Path
+    log: io.StringIO = field(default_factory=io.StringIO)
+
+    def setup(self) -> Contract:
+        self.root.mkdir()
+        generate_key_file(self.root / "master-key")
+        (self.root / "inboxd.toml").write_text(
+            BASE.format(
+                root=self.root,
+                fragment=self.backend.config_fragment(),
+                f1=F1,
+                f2=F2,
+                kedo=KEDO,
+                riec=RIEC,
+                nla=NLA,
+            )
+        )
+        return self
+
+    def cfg(self) -> config.Config:
+        return config.load(str(self.root / "inboxd.toml"))
+
+    def app(self, prepare: Callable[[Mailbox], None] | None = None) -> App:
+        cfg = self.cfg()
+        mailbox = make_mailbox(cfg)
+        if prepare is not None:
+            prepare(mailbox)
+        return build(cfg, mailbox=mailbox)
+
+    def once(self) -> int:
+        """One ``inboxd once``: a fresh process's worth of objects each time."""
+        return once(self.app())
+
+    def until_quiet(self, rounds: int = 5) -> None:
+        for _ in range(rounds):
+            self.once()
+            if not self.backend.mailbox_contents() and self.outbox_size() == 0:
+                return
+        raise AssertionError(f"still busy after {rounds} rounds")
+
+    def store(self) -> SqliteStore:
+        cfg = self.cfg()
+        return SqliteStore(cfg.state_dir, Keyring.from_files(cfg.crypto.key_files))
+
+    def open_signals(self) -> int:
+        s = self.store()
+        try:
+            return len(s.signals())
+        finally:
+            s.close()
+
+    def outbox_size(self) -> int:
+        s = self.store()
+        try:
+            return s.outbox_size()
+        finally:
+            s.close()
+
+    def state_bytes(self) -> bytes:
+        files = [p for p in (self.root / "state").rglob("*") if p.is_file()]
+        assert files, "the store left no files at all?"
+        return b"".join(p.read_bytes() for p in files)
+
+
+@pytest.fixture
+def contract(backend: Backend, tmp_path: Path) -> Iterator[Contract]:
+    c = Contract(backend, tmp_path / "inboxd")
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    logs.configure("json", "debug", stream=c.log)
+    try:
+        yield c.setup()
+    finally:
+        structlog.contextvars.clear_contextvars()
+        structlog.reset_defaults()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
+def absent(mark: str, where: str, data: bytes | str | list[bytes]) -> None:
+    hay = b"".join(data) if isinstance(data, list) else data
+    hay_b = hay if isinstance(hay, bytes) else hay.encode()
+    assert mark.encode().lower() not in hay_b.lower(), f"marker found in {where}"
+
+
+def attached_originals(raw: bytes) -> list[bytes]:
+    msg = parse(raw)
+    out = []
+    for part in msg.iter_attachments():
+        if part.get_content_type() == "message/rfc822":
+            inner = part.get_content()
+            assert isinstance(inner, EmailMessage)
+            out.append(inner.as_bytes())
+    return out
+
+
+def triage_requests(backend: Backend, address: str, ref: str) -> list[bytes]:
+    return [
+        m
+        for m in backend.received(address)
+        if ref in str(parse(m)["Subject"]) and attached_originals(m)
+    ]
+
+
+def the_reference(backend: Backend) -> str:
+    acks = backend.received(REPORTER)
+    assert len(acks) == 1, f"expected one acknowledgement, got {len(acks)}"
+    refs = find_references(str(parse(acks[0])["Subject"]), "VV")
+    assert len(refs) == 1
+    return refs[0]
+
+
+def reply(request: bytes, text: str) -> bytes:
+    """An Outlook-style reply from F1: the commands on top, the request quoted below
+    (the quote carries the token that ties the reply to the signal)."""
+    req = parse(request)
+    quoted = body_text(request).replace("\n", "\r\n")
+    return (
+        f'From: "A. Jansen" <{F1}>\r\nTo: {MAILBOX}\r\nSubject: RE: {req["Subject"]}\r\n'
+        f"Message-ID: <reply-{marker()}@gemeente.example>\r\nIn-Reply-To: {req['Message-ID']}\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        + text.replace("\n", "\r\n")
+        + "\r\n\r\nMet vriendelijke groet,\r\nAnneke\r\n\r\n"
+        f"Van: {MAILBOX}\r\nVerzonden: maandag 23 november 2026 10:13\r\n"
+        f"Aan: {F1}\r\nOnderwerp: {req['Subject']}\r\n\r\n" + quoted + "\r\n"
+    ).encode()
+
+
+def new_signal(contract: Contract, mark: str) -> tuple[bytes, str]:
+    raw = signal_mail(mark, display=f"Melder {mark}")
+    contract.backend.deliver(raw)
+    assert contract.once() == 0
+    return raw, the_reference(contract.backend)
+
+
+def test_intake(contract: Contract) -> None:
+    b = contract.backend
+    mark = marker()
+    raw, ref = new_signal(contract, mark)
+
+    assert contract.open_signals() == 1, "queued exactly once"
+    assert b.mailbox_contents() == [], "the original (and every copy) is gone from the account"
+    ack = b.received(REPORTER)[0]
+    assert ref in body_text(ack)
+    absent(mark, "the acknowledgement", ack)
+    for f in (F1, F2):
+        requests = triage_requests(b, f, ref)
+        assert len(requests) == 1, f"one triage request for {f}"
+        originals = attached_originals(requests[0])
+        assert len(originals) == 1
+        assert mark in originals[0].decode("utf-8", "replace"), "the original travels attached"
+        assert parse(originals[0])["Message-ID"] == parse(raw)["Message-ID"]
+    absent(mark, "the store on disk", contract.state_bytes())
+    absent(mark, "the logs", contract.log.getvalue())
+    assert '"event": "signal.queued"' in contract.log.getvalue()
+
+
+def test_reply_forwards_to_kedo_and_deletes_everything(contract: Contract) -> None:
+    b = contract.backend
+    mark = marker()
+    _raw, ref = new_signal(contract, mark)
+    request = triage_requests(b, F1, ref)[0]
+
+    b.deliver(reply(request, "KEDO\nVORM arbeid"))
+    contract.until_quiet()
+
+    forwards = b.received(KEDO)
+    assert len(forwards) == 1, "KEDO receives the signal once"
+    assert mark in forwards[0].decode("utf-8", "replace"), "KEDO receives the signal itself"
+    assert ref in str(parse(forwards[0])["Subject"])
+    feedback = b.received(REPORTER)
+    assert len(feedback) == 2, "acknowledgement, then feedback"
+    assert ref in str(parse(feedback[-1])["Subject"])
+    absent(mark, "what the reporter received", feedback)
+    assert b.received(RIEC) == [] and b.received(NLA) == []
+
+    assert contract.open_signals() == 0, "the signal is deleted"
+    absent(mark, "the store on disk", contract.state_bytes())
+    absent(mark, "the logs", contract.log.getvalue())
+    absent(mark, "the signals account (every folder)", b.mailbox_contents())
+    assert b.mailbox_contents() == []
+
+
+def test_the_same_message_twice_is_one_signal(contract: Contract) -> None:
+    b = contract.backend
+    mark = marker()
+    raw = signal_mail(mark)
+    b.deliver(raw)
+    b.deliver(raw)
+    assert contract.once() == 0
+    ref = the_reference(b)
+    assert contract.open_signals() == 1
+    assert b.mailbox_contents() == [], "both copies are deleted"
+    for f in (F1, F2):
+        assert len(triage_requests(b, f, ref)) == 1
+
+
+def test_crash_between_commit_and_delete(contract: Contract) -> None:
+    b = contract.backend
+    mark = marker()
+    b.deliver(signal_mail(mark))
+    calls: list[int] = []
+
+    def crash_on_first_delete(mailbox: Mailbox) -> None:
+        real = mailbox.delete
+
+        def delete(keys: object) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise Crash
+            real(keys)  # type: ignore[arg-type]
+
+        mailbox.delete = delete  # type: ignore[method-assign]
+
+    app = contract.app(prepare=crash_on_first_delete)
+    with pytest.raises(Crash):
+        once(app)
+    # The process is gone: its connections with it, nothing flushed or drained.
+    app.store.close()
+    app.mailbox.close()
+    app.transport.close()
+    assert calls == [1], "the crash came at the delete after the commit"
+    assert len(b.mailbox_contents()) == 1, "the message outlived the crash"
+    assert contract.open_signals() == 1, "it was committed before the crash"
+
+    assert contract.once() == 0  # the restarted daemon
+    assert contract.open_signals() == 1, "still exactly one signal"
+    assert b.mailbox_contents() == [], "and nothing left in the mailbox"
+    ref = the_reference(b)  # exactly one acknowledgement
+    for f in (F1, F2):
+        assert len(triage_requests(b, f, ref)) == 1
+    absent(mark, "the logs", contract.log.getvalue())
