@@ -418,3 +418,17 @@ def test_digest_at_nine_local_in_summer_time(world: World, mail: MailServer) -> 
     world.now = ts(2026, 7, 6, 7, 0, 30)  # 09:00:30 CEST, 08:00:30 CET
     world.once()
     assert len(digests(mail, F1)) == 1
+
+
+def test_housekeeping_vacuums_once_a_week(world: World, mail: MailServer) -> None:
+    def vacuums() -> int:
+        return world.log_text().count('"event": "store.vacuumed"')
+
+    world.once()
+    assert vacuums() == 1, "a fresh store is vacuumed at once"
+    world.now += 6 * DAY
+    world.once()
+    assert vacuums() == 1
+    world.now += DAY
+    world.once()
+    assert vacuums() == 2
