@@ -1,0 +1,512 @@
+"""From configuration to running backends (inboxd.app) for Exchange and Microsoft 365,
+and what ``inboxd check`` says when a permission or credential is missing: all
+against the local fakes of EWS, Graph and Entra ID."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fakes import captured_logs, pki
+from fakes.ews_server import EwsServer
+from fakes.graph_server import GraphServer
+from fakes.token_server import TokenServer
+from world import F1, MAILBOX, signal_mail
+
+from inboxd import cli, config
+from inboxd.app import (
+    EWS_SYNC_STATE,
+    GRAPH_DELTA_STATE,
+    build,
+    make_mailbox,
+    make_transport,
+    purge_sent_copies,
+    token_sources,
+)
+from inboxd.config import ConfigError
+from inboxd.crypto import generate_key_file
+from inboxd.daemon import once
+from inboxd.mailbox.ews import EwsMailbox
+from inboxd.mailbox.graph import GraphMailbox
+from inboxd.msauth import OUTLOOK_SCOPE, TokenProvider, graph_scope
+from inboxd.transport.base import Envelope
+from inboxd.transport.ews import EwsTransport
+from inboxd.transport.graph import GraphTransport
+from inboxd.transport.smtp import SmtpTransport
+
+CLIENT, SECRET = "3b9f0c1d-2e4a-4f6b-8c7d-9e0f1a2b3c4d", "wiring~secret.0123456789abcdef"
+FROM = f'from = "Meldpunt vreemdverhaal <{MAILBOX}>"'
+
+REST = """
+[crypto]
+key_files = ["{root}/master-key"]
+
+[reporters]
+ack_domains = ["gemeente.example"]
+
+[triage]
+functionarissen = ["a.jansen@gemeente.example", "b.devries@gemeente.example"]
+
+[destinations.kedo]
+label = "KEDO"
+address = "intake-kedo@gemeente.example"
+"""
+
+
+@dataclass
+class Setup:
+    root: Path
+
+    def write(self, sections: str) -> Path:
+        if not (self.root / "master-key").exists():
+            generate_key_file(self.root / "master-key")
+        path = self.root / "inboxd.toml"
+        path.write_text(
+            f'state_dir = "{self.root}/state"\n' + sections + REST.format(root=self.root)
+        )
+        return path
+
+    def secret(self, name: str, value: str) -> str:
+        p = self.root / name
+        p.write_text(value + "\n")
+        p.chmod(0o600)
+        return str(p)
+
+    def cfg(self, sections: str) -> config.Config:
+        return config.load(str(self.write(sections)))
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    return Setup(tmp_path)
+
+
+@pytest.fixture
+def aad() -> Iterator[TokenServer]:
+    with TokenServer(secrets={CLIENT: SECRET}, certificates={CLIENT: pki().client_cert}) as t:
+        yield t
+
+
+@pytest.fixture
+def graph(aad: TokenServer) -> Iterator[GraphServer]:
+    with GraphServer(aad, mailbox=MAILBOX) as g:
+        yield g
+        assert g.protocol_errors == []
+
+
+def graph_toml(
+    setup: Setup,
+    aad: TokenServer,
+    graph: GraphServer,
+    *,
+    secret: str = SECRET,
+    credential: str | None = None,
+    tenant: str | None = None,
+) -> str:
+    cred = credential or f'client_secret_file = "{setup.secret("graph-secret", secret)}"'
+    return f"""
+[mailbox]
+backend = "graph"
+tenant_id = "{tenant or aad.tenant_id}"
+client_id = "{CLIENT}"
+{cred}
+mailbox = "{MAILBOX}"
+authority = "{aad.authority}"
+endpoint = "{graph.endpoint}"
+ca_file = "{pki().ca_file}"
+
+[smtp]
+transport = "graph"
+{FROM}
+"""
+
+
+def ews_toml(
+    setup: Setup,
+    srv: EwsServer,
+    *,
+    auth_type: str = "basic",
+    password: str | None = None,
+    aad: TokenServer | None = None,
+    secret: str = SECRET,
+) -> str:
+    if auth_type == "oauth2":
+        assert aad is not None
+        creds = f"""tenant_id = "{aad.tenant_id}"
+client_id = "{CLIENT}"
+client_secret_file = "{setup.secret("ews-secret", secret)}"
+authority = "{aad.authority}"
+"""
+    else:
+        pw = setup.secret("ews-password", password or srv.state.password)
+        user = srv.state.username.replace("\\", "\\\\")
+        creds = f'username = "{user}"\npassword_file = "{pw}"\n'
+    return f"""
+[mailbox]
+backend = "ews"
+service_endpoint = "{srv.url}"
+auth_type = "{auth_type}"
+{creds}mailbox = "{MAILBOX}"
+ca_file = "{pki().ca_file}"
+folder = "inbox"
+
+[smtp]
+transport = "ews"
+{FROM}
+"""
+
+
+def run_check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    # In process (the fakes live here); logging is restored afterwards.
+    with captured_logs():
+        code = cli.main(["check", "--config", str(path)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# --- wiring ---------------------------------------------------------------------------
+
+
+def test_graph_mailbox_and_transport_from_the_mailbox_section(
+    setup: Setup, aad: TokenServer, graph: GraphServer
+) -> None:
+    cfg = setup.cfg(graph_toml(setup, aad, graph))
+    mb = make_mailbox(cfg)
+    tr = make_transport(cfg, mb)
+    assert isinstance(mb, GraphMailbox) and isinstance(tr, GraphTransport)
+    assert mb.delta_state_path == str(Path(cfg.state_dir) / GRAPH_DELTA_STATE)
+    assert mb.folder == "inbox"  # the setting's IMAP default "INBOX" maps to Graph's name
+    assert tr.client.base == mb.client.base == f"{graph.endpoint}/v1.0/users/{MAILBOX}"
+
+    graph.deliver(signal_mail("GRAPHWIRE"))
+    assert once(build(cfg, mailbox=mb, transport=tr)) == 0
+    # Tokens were asked for Graph's own scope (national clouds: their endpoint's).
+    scopes = {r.form.get("scope") for r in aad.token_requests}
+    assert scopes == {graph_scope(graph.endpoint)}
+    assert (Path(cfg.state_dir) / GRAPH_DELTA_STATE).is_file()
+    assert graph.folder("inbox") == [] and graph.folder("sentitems") == []
+    assert len(graph.state.sent) == 3  # acknowledgement + two triage requests
+
+
+def test_graph_with_a_certificate_credential(
+    setup: Setup, aad: TokenServer, graph: GraphServer
+) -> None:
+    pem = setup.secret("app.pem", pki().client_pem)
+    cfg = setup.cfg(graph_toml(setup, aad, graph, credential=f'client_certificate_file = "{pem}"'))
+    mb = make_mailbox(cfg)
+    mb.open()
+    mb.close()
+    form = aad.token_requests[-1].form
+    assert "client_assertion" in form and "client_secret" not in form
+
+
+def test_ews_basic_mailbox_and_transport(setup: Setup) -> None:
+    with EwsServer(auth="basic") as srv:
+        cfg = setup.cfg(ews_toml(setup, srv))
+        mb = make_mailbox(cfg)
+        tr = make_transport(cfg, mb)
+        assert isinstance(mb, EwsMailbox) and isinstance(tr, EwsTransport)
+        # [mailbox] mailbox is the primary SMTP address; username is DOMAIN\user.
+        assert mb.settings.address == tr.settings.address == MAILBOX
+        assert mb.settings.username == srv.state.username
+        assert mb.sync_state_path == str(Path(cfg.state_dir) / EWS_SYNC_STATE)
+        srv.deliver(signal_mail("EWSWIRE"))
+        assert once(build(cfg, mailbox=mb, transport=tr)) == 0
+        assert srv.items == {}
+        assert [s.disposition for s in srv.sent] == ["SendOnly"] * 3
+        assert (Path(cfg.state_dir) / EWS_SYNC_STATE).is_file()
+        assert srv.protocol_errors == []
+
+
+def test_ews_oauth2_impersonates_the_mailbox_with_an_outlook_token(
+    setup: Setup, aad: TokenServer
+) -> None:
+    with EwsServer(auth="oauth2", tokens=aad) as srv:
+        cfg = setup.cfg(ews_toml(setup, srv, auth_type="oauth2", aad=aad))
+        srv.deliver(signal_mail("EWSOAUTH"))
+        assert once(build(cfg)) == 0
+        assert srv.items == {} and len(srv.sent) == 3
+        assert {r.form.get("scope") for r in aad.token_requests} == {OUTLOOK_SCOPE}
+        assert srv.protocol_errors == []  # ExchangeImpersonation header present
+
+
+def test_ews_ntlm(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    with EwsServer(auth="ntlm") as srv:
+        monkeypatch.setenv("NTLM_USER_FILE", srv.ntlm_user_file(str(setup.root)))
+        cfg = setup.cfg(ews_toml(setup, srv, auth_type="ntlm"))
+        key = srv.deliver(signal_mail("EWSNTLM"))
+        app = build(cfg)
+        app.mailbox.open()
+        assert app.mailbox.list_new() == [key]
+        app.close()
+        assert srv.state.auth_failures >= 1  # the NTLM challenge round trip happened
+
+
+def test_smtp_xoauth2_uses_the_mailbox_app_unless_smtp_names_its_own(
+    setup: Setup, aad: TokenServer
+) -> None:
+    imap = f"""
+[mailbox]
+backend = "imap"
+host = "127.0.0.1"
+username = "{MAILBOX}"
+auth = "xoauth2"
+tenant_id = "{aad.tenant_id}"
+client_id = "{CLIENT}"
+client_secret_file = "{setup.secret("app-secret", SECRET)}"
+authority = "{aad.authority}"
+ca_file = "{pki().ca_file}"
+"""
+    smtp = f"""
+[smtp]
+host = "127.0.0.1"
+username = "{MAILBOX}"
+auth = "xoauth2"
+{FROM}
+"""
+    cfg = setup.cfg(imap + smtp)
+    tr = make_transport(cfg)
+    assert isinstance(tr, SmtpTransport)
+    provider = tr._oauth2_token
+    assert isinstance(provider, TokenProvider)
+    assert (provider.tenant_id, provider.client_id, provider.scope) == (
+        aad.tenant_id,
+        CLIENT,
+        OUTLOOK_SCOPE,
+    )
+    sources = dict(token_sources(cfg))
+    assert set(sources) == {"mailbox", "smtp"}
+    sources["smtp"]()  # a real client-credentials grant at the fake directory
+    assert aad.token_requests[-1].form["client_id"] == CLIENT
+    assert aad.token_requests[-1].form["scope"] == OUTLOOK_SCOPE
+
+    other = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+    own = smtp + f'tenant_id = "{aad.tenant_id}"\nclient_id = "{other}"\n'
+    own += f'client_secret_file = "{setup.secret("smtp-secret", "x")}"\n'
+    own += f'authority = "{aad.authority}"\n'
+    tr2 = make_transport(setup.cfg(imap + own))
+    assert isinstance(tr2, SmtpTransport)
+    assert isinstance(tr2._oauth2_token, TokenProvider)
+    assert tr2._oauth2_token.client_id == other
+
+
+def test_purge_of_sent_items_copies_filed_late(
+    setup: Setup, aad: TokenServer, graph: GraphServer
+) -> None:
+    cfg = setup.cfg(graph_toml(setup, aad, graph))
+    app = build(cfg)
+    graph.hold_sent_copies()  # Exchange files the copy a moment after the 202
+    mail = f"From: {MAILBOX}\r\nTo: {F1}\r\nMessage-ID: <late@x>\r\nSubject: t\r\n\r\nx\r\n"
+    app.transport.send(Envelope(MAILBOX, F1), mail.encode())
+    graph.file_held_copies()
+    assert len(graph.folder("sentitems")) == 1
+    assert purge_sent_copies(app) == 0
+    assert graph.folder("sentitems") == []
+
+    # And a copy still awaited when the app closes (end of once, daemon stop) goes too.
+    app.transport.send(Envelope(MAILBOX, F1), mail.replace("late@x", "late2@x").encode())
+    graph.file_held_copies()
+    app.close()
+    assert graph.folder("sentitems") == []
+
+
+def test_purge_is_a_no_op_for_other_transports(setup: Setup) -> None:
+    box = setup.root / "box"
+    for sub in ("new", "cur", "tmp"):
+        (box / sub).mkdir(parents=True)
+    cfg = setup.cfg(
+        f'[mailbox]\nbackend = "maildir"\npath = "{box}"\n'
+        f'[smtp]\ntransport = "maildir"\npath = "{setup.root}/out"\n{FROM}\n'
+    )
+    app = build(cfg)
+    assert purge_sent_copies(app) == 0
+    app.close()
+
+
+# --- configuration ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        # DOMAIN\user is no address, and no [mailbox] mailbox says which one.
+        (lambda t: t.replace(f'mailbox = "{MAILBOX}"\n', ""), "mailbox.mailbox"),
+        (
+            lambda t: t.replace('service_endpoint = "https://', 'service_endpoint = "http://'),
+            "mailbox.service_endpoint",
+        ),
+        (lambda t: t.replace('folder = "inbox"', 'folder = "Signalen"'), "mailbox.folder"),
+        (lambda t: t.replace('auth_type = "basic"', 'auth_type = "oauth2"'), "mailbox.tenant_id"),
+    ],
+)
+def test_ews_configuration_errors_name_the_key(setup: Setup, change: object, key: str) -> None:
+    srv_url = "https://mail.gemeente.example/EWS/Exchange.asmx"
+    text = f"""
+[mailbox]
+backend = "ews"
+service_endpoint = "{srv_url}"
+auth_type = "basic"
+username = "GEMEENTE\\\\svc-inboxd"
+password_file = "/run/credentials/inboxd.service/ews-password"
+mailbox = "{MAILBOX}"
+folder = "inbox"
+
+[smtp]
+transport = "ews"
+{FROM}
+"""
+    setup.cfg(text)  # the unchanged text is valid
+    assert callable(change)
+    with pytest.raises(ConfigError) as err:
+        setup.cfg(change(text))
+    assert err.value.key == key
+
+
+def test_graph_needs_exactly_one_credential(
+    setup: Setup, aad: TokenServer, graph: GraphServer
+) -> None:
+    both = graph_toml(setup, aad, graph).replace(
+        "client_secret_file", 'client_certificate_file = "/x.pem"\nclient_secret_file'
+    )
+    with pytest.raises(ConfigError) as err:
+        setup.cfg(both)
+    assert err.value.key == "mailbox.client_secret_file"
+    none = "\n".join(
+        line
+        for line in graph_toml(setup, aad, graph).splitlines()
+        if not line.startswith("client_secret_file")
+    )
+    with pytest.raises(ConfigError):
+        setup.cfg(none)
+
+
+def test_a_missing_ca_file_is_a_configuration_error_not_a_crash(
+    setup: Setup, aad: TokenServer, graph: GraphServer
+) -> None:
+    text = graph_toml(setup, aad, graph).replace(pki().ca_file, str(setup.root / "nope.pem"))
+    with pytest.raises(ConfigError) as err:
+        make_mailbox(setup.cfg(text))
+    assert "ca_file" in err.value.problem
+
+
+# --- inboxd check ------------------------------------------------------------------------
+
+
+def test_check_graph_ok(
+    setup: Setup, aad: TokenServer, graph: GraphServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_check(setup.write(graph_toml(setup, aad, graph)), capsys)
+    assert code == 0, err
+    assert "token for [mailbox]: ok" in out
+    assert "mailbox (graph): logged in" in out
+    assert "outgoing mail (graph): ok, nothing sent" in out
+    assert graph.state.sent == []
+
+
+def test_check_graph_403_names_mail_readwrite(
+    setup: Setup, aad: TokenServer, graph: GraphServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph.fail("folder", 403)
+    code, _out, err = run_check(setup.write(graph_toml(setup, aad, graph)), capsys)
+    assert code == 3
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert f"Graph answered 403 for /users/{MAILBOX}/mailFolders/inbox" in lines[0]
+    assert "Mail.ReadWrite" in lines[0] and "RBAC for Applications" in lines[0]
+
+
+def test_check_graph_403_on_sent_items_names_mail_send(
+    setup: Setup, aad: TokenServer, graph: GraphServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph.fail("folder", 403, after=1)  # the inbox probe passes, Sent Items is refused
+    code, out, err = run_check(setup.write(graph_toml(setup, aad, graph)), capsys)
+    assert code == 3
+    assert "mailbox (graph): logged in" in out
+    assert f"/users/{MAILBOX}/mailFolders/sentitems" in err and "Mail.Send" in err
+
+
+def test_check_graph_wrong_secret(
+    setup: Setup, aad: TokenServer, graph: GraphServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = "not-the-secret~0123456789"
+    code, out, err = run_check(setup.write(graph_toml(setup, aad, graph, secret=wrong)), capsys)
+    assert code == 3
+    assert err.startswith("inboxd: AADSTS7000215: invalid client secret")
+    assert "mailbox.client_secret_file" in err
+    assert wrong not in err + out and SECRET not in err + out
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_check_graph_unknown_tenant(
+    setup: Setup, aad: TokenServer, graph: GraphServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml = graph_toml(setup, aad, graph, tenant="0b0b0b0b-0000-4000-8000-000000000000")
+    code, _out, err = run_check(setup.write(toml), capsys)
+    assert code == 3
+    assert "AADSTS90002" in err and "mailbox.tenant_id" in err
+
+
+def test_check_graph_401_even_after_a_new_token(
+    setup: Setup, aad: TokenServer, graph: GraphServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph.fail("folder", 401, times=2)
+    code, _out, err = run_check(setup.write(graph_toml(setup, aad, graph)), capsys)
+    assert code == 3
+    assert "Graph answered 401" in err and "New-ServicePrincipal" in err
+
+
+def test_check_ews_wrong_password(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+    with EwsServer(auth="basic") as srv:
+        toml = ews_toml(setup, srv, password="Wrong-pa55word!")
+        code, out, err = run_check(setup.write(toml), capsys)
+    assert code == 3
+    assert f"Exchange answered 401 at {srv.url}" in err
+    assert "wrong mailbox.username or password" in err
+    assert "Wrong-pa55word!" not in err + out
+
+
+def test_check_ews_access_denied_names_mailbox_permission(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with EwsServer(auth="basic") as srv:
+        srv.fail("GetFolder", "access_denied")
+        code, _out, err = run_check(setup.write(ews_toml(setup, srv)), capsys)
+    assert code == 3
+    assert "ErrorAccessDenied" in err
+    assert f"Add-MailboxPermission -Identity {MAILBOX}" in err
+
+
+def test_check_ews_oauth2_denied_names_ews_access_as_app(
+    setup: Setup, aad: TokenServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with EwsServer(auth="oauth2", tokens=aad) as srv:
+        srv.fail("GetFolder", "access_denied")
+        code, out, err = run_check(
+            setup.write(ews_toml(setup, srv, auth_type="oauth2", aad=aad)), capsys
+        )
+    assert code == 3
+    assert "token for [mailbox]: ok" in out
+    assert "Application EWS.AccessAsApp" in err
+
+
+def test_check_ews_oauth2_wrong_secret(
+    setup: Setup, aad: TokenServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with EwsServer(auth="oauth2", tokens=aad) as srv:
+        toml = ews_toml(setup, srv, auth_type="oauth2", aad=aad, secret="wrong~secret")
+        code, _out, err = run_check(setup.write(toml), capsys)
+    assert code == 3
+    assert err.startswith("inboxd: AADSTS7000215")
+    assert srv.calls == [], "nothing was sent to Exchange with a refused credential"
+
+
+def test_check_ews_unreachable_is_exit_3_without_a_permission_hint(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with EwsServer(auth="basic") as srv:
+        srv.fail("GetFolder", "drop", times=3)
+        code, _out, err = run_check(setup.write(ews_toml(setup, srv)), capsys)
+    assert code == 3
+    assert "Add-MailboxPermission" not in err and "mailbox (ews)" in err
