@@ -13,6 +13,7 @@ from fakes import captured_logs, pki
 from fakes.ews_server import EwsServer
 from fakes.graph_server import GraphServer
 from fakes.token_server import TokenServer
+from servers import MailServer
 from world import F1, MAILBOX, signal_mail
 
 from inboxd import cli, config
@@ -510,3 +511,64 @@ def test_check_ews_unreachable_is_exit_3_without_a_permission_hint(
         code, _out, err = run_check(setup.write(ews_toml(setup, srv)), capsys)
     assert code == 3
     assert "Add-MailboxPermission" not in err and "mailbox (ews)" in err
+
+
+def test_check_imap_and_smtp_xoauth2_refused_name_the_exchange_permissions(
+    setup: Setup, aad: TokenServer, mail: MailServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The real Dovecot and relay accept XOAUTH2, but not tokens of this (fake) tenant:
+    # what Exchange Online does for an app without IMAP.AccessAsApp / SMTP.SendAsApp.
+    app = f"""tenant_id = "{aad.tenant_id}"
+client_id = "{CLIENT}"
+client_secret_file = "{setup.secret("app-secret", SECRET)}"
+authority = "{aad.authority}"
+"""
+    imap_xoauth2 = f"""
+[mailbox]
+backend = "imap"
+host = "127.0.0.1"
+port = {mail.imap_tls_port}
+username = "{MAILBOX}"
+auth = "xoauth2"
+ca_file = "{mail.ca_file}"
+{app}"""
+    pw = setup.secret("password", mail.password(MAILBOX))
+    imap_password = f"""
+[mailbox]
+backend = "imap"
+host = "127.0.0.1"
+port = {mail.imap_tls_port}
+username = "{MAILBOX}"
+password_file = "{pw}"
+ca_file = "{mail.ca_file}"
+"""
+    smtp = f"""
+[smtp]
+host = "127.0.0.1"
+port = {mail.smtp_port}
+security = "starttls"
+ca_file = "{mail.ca_file}"
+username = "{MAILBOX}"
+{FROM}
+"""
+    # pki's CA signed the fake directory, the mail servers' CA signed Dovecot: one
+    # ca_file per section, so give the section a bundle of both.
+    bundle = setup.root / "bundle.pem"
+    bundle.write_text(Path(mail.ca_file).read_text() + Path(pki().ca_file).read_text())
+    code, out, err = run_check(
+        setup.write(
+            (imap_xoauth2 + smtp + f'password_file = "{pw}"\n').replace(mail.ca_file, str(bundle))
+        ),
+        capsys,
+    )
+    assert code == 3
+    assert "token for [mailbox]: ok" in out
+    assert f"IMAP refused the XOAUTH2 login of {MAILBOX}" in err and "IMAP.AccessAsApp" in err
+
+    smtp_xoauth2 = smtp + 'auth = "xoauth2"\n' + app
+    code, out, err = run_check(
+        setup.write((imap_password + smtp_xoauth2).replace(mail.ca_file, str(bundle))), capsys
+    )
+    assert code == 3
+    assert "mailbox (imap): logged in" in out and "token for [smtp]: ok" in out
+    assert f"SMTP refused the XOAUTH2 login of {MAILBOX}" in err and "SMTP.SendAsApp" in err
