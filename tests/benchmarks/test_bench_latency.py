@@ -8,6 +8,7 @@ Prints figures; asserts only that things worked (not how fast). Run with
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -58,13 +59,17 @@ class Daemon:
             stderr=subprocess.PIPE,
             cwd=REPO,
             text=True,
+            # On a hang the benchmark sends SIGABRT: faulthandler then prints every
+            # thread's stack to stderr, which the failure message shows.
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
         self.events: queue.Queue[dict[str, object]] = queue.Queue()
         self.lines: list[str] = []
         self.errors: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
         # A full stderr pipe would block the daemon: drain it too.
-        threading.Thread(target=self._read_err, daemon=True).start()
+        self._err_reader = threading.Thread(target=self._read_err, daemon=True)
+        self._err_reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -93,6 +98,15 @@ class Daemon:
             f"no {event} {match} within {timeout}s; log tail: {''.join(self.lines[-15:])}"
             f" stderr: {''.join(self.errors[-10:])}"
         )
+
+    def stacks(self) -> str:
+        """Every thread's stack of a hung daemon (faulthandler, on SIGABRT)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+        self._err_reader.join(timeout=5)
+        return "".join(self.errors[-60:])
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -171,7 +185,10 @@ def test_delivery_to_acknowledgement_under_idle(mail: MailServer, tmp_path: Path
         try:
             code = daemon.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            raise AssertionError("inboxd run did not exit within 10 s of SIGTERM") from None
+            raise AssertionError(
+                "inboxd run did not exit within 10 s of SIGTERM; log tail:\n"
+                f"{''.join(daemon.lines[-10:])}\nstacks (SIGABRT):\n{daemon.stacks()}"
+            ) from None
         stop_s = time.monotonic() - t_stop
     finally:
         daemon.kill()
