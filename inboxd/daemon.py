@@ -32,10 +32,13 @@ class Daemon:
         self.app = app
         self.stop = threading.Event()
         self.failures = 0
+        self.stop_signal: int | None = None
         self.watchdog = sdnotify.Watchdog.from_env()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("daemon.stopping", signal=signal.Signals(signum).name)
+        # Only set flags here: logging from a signal handler can deadlock on the
+        # logger's lock when the signal lands in the middle of a log write.
+        self.stop_signal = signum
         self.stop.set()
 
     def cycle(self) -> bool:
@@ -105,6 +108,8 @@ class Daemon:
                     self.stop.wait(min(reconnect_delay(self.failures), MAX_WAIT))
                 self.watchdog.maybe_ping(time.monotonic())
         finally:
+            if self.stop_signal is not None:
+                log.info("daemon.stopping", signal=signal.Signals(self.stop_signal).name)
             sdnotify.stopping()
             if scheduler is not None:
                 scheduler.shutdown(wait=True)

@@ -426,7 +426,7 @@ class SqliteTransaction:
             (dedup_until, signal.id),
         )
         self._c.execute(
-            "DELETE FROM outbox WHERE ref = ? AND kind IN ('triage_request', 'followup_notice')",
+            "DELETE FROM outbox WHERE ref = ? AND kind != 'ack'",
             (signal.ref,),
         )
         self._c.execute("DELETE FROM signal_fields WHERE signal_id = ?", (signal.id,))

@@ -147,11 +147,6 @@ def test_purging_a_drill_is_not_counted(world: World, mail: MailServer) -> None:
     assert stats["rows"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: store.delete_signal leaves forward:* and question outbox entries of the "
-    "ref; after a purge the forward still goes out (without its attachment)",
-)
 def test_purge_of_a_signal_with_a_forward_waiting_forwards_nothing(
     world: World, mail: MailServer
 ) -> None:

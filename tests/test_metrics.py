@@ -216,13 +216,6 @@ class BlockingStream(io.StringIO):
         return super().write(s)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: daemon._on_signal logs (and so counts) inside the signal handler; a SIGTERM "
-    "that lands while the main thread is writing a log line deadlocks on structlog's lock "
-    "(inboxd run hung on the 2nd SIGTERM sent right after mailbox.connected; "
-    "test_daemon's sd_notify test failed so in a full run)",
-)
 def test_the_stop_signal_handler_never_waits_for_the_log() -> None:
     from inboxd.daemon import Daemon as RealDaemon
 
