@@ -27,8 +27,7 @@ _SECRET_KEYS = {"password", "client_secret", "secret", "token", "key"}
 # Destination keys become command words: they must not collide with the commands or
 # with the words a reply's quote header and destination lists are made of.
 RESERVED_DESTINATION_KEYS = frozenset(
-    "doorzetten forward vorm type afsluiten close vraag ask wacht hold status hulp help "
-    "geen no en and naar to van from op on aan cc bcc date datum onderwerp subject".split()
+    ["doorzetten", "forward", "vorm", "type", "afsluiten", "close", "vraag", "ask", "wacht", "hold", "status", "hulp", "help", "geen", "no", "en", "and", "naar", "to", "van", "from", "op", "on", "aan", "cc", "bcc", "date", "datum", "onderwerp", "subject"]
 )
 
 
