@@ -86,10 +86,11 @@ class _Section(BaseModel):
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """The one test for "loopback only" (config checks and the backends share it)."""
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 

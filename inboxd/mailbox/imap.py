@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import inspect
-import ipaddress
 import re
 import ssl
 import threading
@@ -23,6 +22,7 @@ from typing import Any, Literal
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
+from inboxd.config import is_loopback
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import MailboxError, MailboxItem
 
@@ -120,15 +120,6 @@ def has_new_mail(responses: Iterable[Any]) -> bool:
 
 def says_bye(responses: Iterable[Any]) -> bool:
     return any(isinstance(r, tuple) and r and r[0] == b"BYE" for r in responses)
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def searchable_message_id(message_id: str) -> str | None:

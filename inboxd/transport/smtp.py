@@ -20,8 +20,9 @@ import threading
 from collections.abc import Callable
 from typing import Literal
 
+from inboxd.config import is_loopback
 from inboxd.logs import get_logger
-from inboxd.mailbox.imap import is_loopback, tls_context
+from inboxd.mailbox.imap import tls_context
 from inboxd.transport.base import Envelope, SendError
 
 log = get_logger(__name__)
