@@ -19,7 +19,7 @@ from inboxd.classify import Context, Decision, Kind, classify, mentioned_ids, re
 from inboxd.config import Config
 from inboxd.crypto import Keyring, signal_token
 from inboxd.logs import get_logger
-from inboxd.mailbox.base import Mailbox, MailboxItem
+from inboxd.mailbox.base import Mailbox, MailboxItem, verify_deletion
 from inboxd.mails import Mail, is_msg_id, new_message_id
 from inboxd.outbox import AttachRef, entry
 from inboxd.parsing import ParsedMessage, parse_message, unreadable
@@ -143,6 +143,11 @@ class Intake:
     batch_messages: int = BATCH_MESSAGES
     batch_bytes: int = BATCH_BYTES
     _context_base: Context | None = field(default=None, init=False)
+    # Message-IDs of messages listed but not yet deleted (retained ones stay until
+    # their signal is deleted), and keys deleted but not yet verified. Memory only:
+    # after a restart a leftover key is still verified, by key alone.
+    _message_ids: dict[str, str] = field(default_factory=dict, init=False)
+    _unverified: list[str] = field(default_factory=list, init=False)
 
     def context(self) -> Context:
         if self._context_base is None:
@@ -175,7 +180,16 @@ class Intake:
         if batch:
             self._commit(batch, result)
         self.store.set_meta("last_fetch", str(self.clock()))
+        self._verify()
         return result
+
+    def _verify(self) -> None:
+        """Once per cycle rather than per batch: a backlog costs one check, not one
+        folder walk per 50 messages."""
+        keys, self._unverified = self._unverified, []
+        if keys:
+            ids = [self._message_ids.pop(k) for k in keys if k in self._message_ids]
+            verify_deletion(self.mailbox, keys, ids)
 
     def _expunge(self, keys: Sequence[str], result: IntakeResult) -> None:
         if not keys:
@@ -183,6 +197,7 @@ class Intake:
         self.mailbox.delete(keys)
         self.store.mark_expunged(keys)
         result.expunged += len(keys)
+        self._unverified.extend(keys)
 
     def _commit(self, items: list[MailboxItem], result: IntakeResult) -> None:
         seen_digests: set[bytes] = set()
@@ -228,6 +243,8 @@ class Intake:
         self, tx: Transaction, item: MailboxItem, seen: set[bytes], result: IntakeResult
     ) -> None:
         msg = parse_message(item.raw)
+        if msg.message_id:
+            self._message_ids[item.key] = msg.message_id
         digests = self.keyring.dedup_digests(msg.message_id, item.raw)
         if digests[0] in seen or self.store.has_dedup(digests):
             tx.record_key(item.key, "expunge")

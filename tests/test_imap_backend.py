@@ -15,9 +15,10 @@ from servers.tlsca import make_ca
 
 from inboxd.logs import ALLOWED_FIELDS
 from inboxd.mailbox import imap as imap_mod
-from inboxd.mailbox.base import MailboxError
+from inboxd.mailbox.base import MailboxError, verify_deletion
 from inboxd.mailbox.imap import (
     ImapMailbox,
+    any_message_id,
     batches,
     has_new_mail,
     new_uids,
@@ -397,12 +398,14 @@ def test_verify_deleted_searches_every_folder(
     assert mb.verify_deleted(keys, ["<sig-1@gemeente.example>"]) == ["Archief/2026", "INBOX"]
     mb.delete(keys)
     with structlog.testing.capture_logs() as logs:
-        assert mb.verify_deleted(keys, ["<sig-1@gemeente.example>"]) == ["Archief/2026"]
-    assert any(e["event"] == "mailbox.delete_unverified" for e in logs)
+        assert not verify_deletion(mb, keys, ["<sig-1@gemeente.example>"])
+    assert [(e["event"], e["folder"]) for e in logs] == [
+        ("mailbox.delete_unverified", "Archief/2026")
+    ]
     with mail.imap(BOX) as c:
         c.delete_folder("Archief/2026")
     with structlog.testing.capture_logs() as logs:
-        assert mb.verify_deleted(keys, ["<sig-1@gemeente.example>"]) == []
+        assert verify_deletion(mb, keys, ["<sig-1@gemeente.example>"])
     assert [e["event"] for e in logs] == ["mailbox.delete_verified"]
     # Still usable on its own folder afterwards (re-selected read-write).
     mail.append(BOX, msg(3))
@@ -422,6 +425,35 @@ def test_verify_deleted_never_sends_a_hostile_message_id(
         assert mb.verify_deleted([], ["<x>\r\nA1 DELETE INBOX"]) == []
     assert [e.get("reason") for e in logs] == ["message_id_unsearchable"]
     assert len(mail.messages(BOX)) == 1
+
+
+def test_verify_deleted_finds_any_of_many_message_ids_with_one_search_per_folder(
+    mail: MailServer, make_box: Callable[..., ImapMailbox]
+) -> None:
+    ids = [f"<many-{i}@gemeente.example>" for i in range(45)]
+    mail.append(BOX, msg(1, ids[37]), folder="Archief")
+    mail.append(BOX, msg(2, "<other@gemeente.example>"), folder="Prullenbak")
+    mb = make_box("tls")
+    mb.open()
+    assert mb.verify_deleted([], ids) == ["Archief"]
+    assert mb.verify_deleted([], ids[:37] + ids[38:]) == []
+    assert any_message_id(["<a@x>", "<b@x>", "<c@x>"]) == [
+        "OR", "OR",
+        "HEADER", "Message-ID", "<a@x>",
+        "HEADER", "Message-ID", "<b@x>",
+        "HEADER", "Message-ID", "<c@x>",
+    ]  # fmt: skip
+
+
+def test_verify_deletion_reports_a_failed_check_as_a_warning(
+    mail: MailServer, make_box: Callable[..., ImapMailbox]
+) -> None:
+    mb = make_box("tls", password="not-the-password")  # the check cannot log in
+    with structlog.testing.capture_logs() as logs:
+        assert not verify_deletion(mb, ["1:1"], [])
+    assert [(e["event"], e["reason"]) for e in logs if e["event"].startswith("mailbox.del")] == [
+        ("mailbox.delete_unverified", "check_failed")
+    ]
 
 
 # --- waiting -----------------------------------------------------------------------

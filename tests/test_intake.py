@@ -73,6 +73,28 @@ def test_plain_signal_is_queued_acknowledged_triaged_and_gone(
     assert_absent(mark, where="the store on disk", data=world.state_bytes())
     assert_absent(REPORTER, where="the store on disk", data=world.state_bytes())
     assert '"event": "signal.queued"' in world.log_text()
+    assert '"event": "mailbox.delete_verified"' in world.log_text()
+
+
+def test_a_copy_left_in_another_folder_is_named_in_a_warning(
+    world: World, mail: MailServer
+) -> None:
+    """A server-side rule (or a colleague) that copied the signal elsewhere defeats
+    the hard delete: inboxd deletes only what it processed, and says where a copy is."""
+    mark = marker()
+    raw = signal_mail(mark)
+    mail.deliver(raw, MAILBOX)
+    mail.append(MAILBOX, raw, folder="Kopie")
+    assert world.once() == 0
+    assert mail.messages(MAILBOX) == []
+    assert len(mail.messages(MAILBOX, folder="Kopie")) == 1
+    events = [json.loads(line) for line in world.log_text().splitlines() if line.startswith("{")]
+    warned = [e for e in events if e["event"] == "mailbox.delete_unverified"]
+    assert [(e["folder"], e["reason"], e["level"]) for e in warned] == [
+        ("Kopie", "found", "warning")
+    ]
+    assert not any(e["event"] == "mailbox.delete_verified" for e in events)
+    assert_absent(mark, where="the logs", data=world.log_text())
 
 
 def test_marker_in_display_name_subject_and_body_leaks_nowhere(

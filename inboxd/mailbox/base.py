@@ -13,6 +13,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from inboxd.logs import get_logger
+
+log = get_logger(__name__)
+
 
 class MailboxError(Exception):
     """The mailbox could not be reached or refused us.
@@ -64,6 +68,48 @@ class Mailbox(Protocol):
         Keys that are already gone are not an error. Never removes anything else.
         """
 
+    def verify_deleted(self, keys: Sequence[str], message_ids: Sequence[str]) -> list[str]:
+        """Where any of these just-deleted messages can still be found: by key, and by
+        Message-ID in every folder the account can see. Folder names (IMAP, Maildir)
+        or item keys (EWS, Graph); an empty list means nothing visible is left.
+        Does not log the outcome: :func:`verify_deletion` does, for every backend."""
+
     def wait(self, timeout: float, stop: threading.Event) -> None:
         """Block until new mail may have arrived, ``timeout`` seconds passed, or
         ``stop`` is set — whichever comes first (IMAP IDLE where offered)."""
+
+
+def verify_deletion(mailbox: Mailbox, keys: Sequence[str], message_ids: Sequence[str]) -> bool:
+    """Check that what was just hard-deleted is gone, and say so in the log.
+
+    ``mailbox.delete_verified`` when nothing is found; otherwise a warning
+    ``mailbox.delete_unverified`` with where it was found (IMAP folder names; for
+    EWS/Graph only the count, their item ids say nothing to an administrator). A
+    failure to check is a warning too, never an exception: the delete itself
+    happened, and the next delete is checked again.
+    """
+    if not keys and not message_ids:
+        return True
+    try:
+        found = mailbox.verify_deleted(keys, message_ids)
+    except MailboxError as exc:
+        log.warning(
+            "mailbox.delete_unverified",
+            backend=mailbox.name,
+            count=len(keys),
+            reason="check_failed",
+            error=exc.reason[:100],
+        )
+        return False
+    if not found:
+        log.info("mailbox.delete_verified", backend=mailbox.name, count=len(keys))
+        return True
+    named = {"folder": ",".join(sorted(set(found)))} if mailbox.name in ("imap", "maildir") else {}
+    log.warning(
+        "mailbox.delete_unverified",
+        backend=mailbox.name,
+        count=len(found),
+        reason="found",
+        **named,
+    )
+    return False

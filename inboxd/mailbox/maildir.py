@@ -93,5 +93,12 @@ class MaildirMailbox:
         if gone:
             log.info("mailbox.expunged", backend=self.name, count=gone)
 
+    def verify_deleted(self, keys: Sequence[str], message_ids: Sequence[str]) -> list[str]:
+        """A Maildir has no other folders inboxd can see and no server-side copies:
+        the file under ``new/`` or ``cur/`` is the message. ``message_ids`` are not
+        needed (a redelivered copy would carry a new key and be taken in again)."""
+        files = self._files()
+        return sorted({files[k].parent.name for k in keys if k in files})
+
     def wait(self, timeout: float, stop: threading.Event) -> None:
         stop.wait(min(timeout, self.poll_interval))

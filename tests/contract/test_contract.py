@@ -217,6 +217,8 @@ def test_intake(contract: Contract) -> None:
     absent(mark, "the store on disk", contract.state_bytes())
     absent(mark, "the logs", contract.log.getvalue())
     assert '"event": "signal.queued"' in contract.log.getvalue()
+    assert '"event": "mailbox.delete_verified"' in contract.log.getvalue(), "checked gone"
+    assert '"event": "mailbox.delete_unverified"' not in contract.log.getvalue()
 
 
 def test_reply_forwards_to_kedo_and_deletes_everything(contract: Contract) -> None:
@@ -290,6 +292,7 @@ def test_crash_between_commit_and_delete(contract: Contract) -> None:
     assert contract.once() == 0  # the restarted daemon
     assert contract.open_signals() == 1, "still exactly one signal"
     assert b.mailbox_contents() == [], "and nothing left in the mailbox"
+    assert '"event": "mailbox.delete_verified"' in contract.log.getvalue(), "checked by key"
     ref = the_reference(b)  # exactly one acknowledgement
     for f in (F1, F2):
         assert len(triage_requests(b, f, ref)) == 1
