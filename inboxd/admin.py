@@ -159,6 +159,10 @@ def purge(cfg: Config, store: SqliteStore, ref_text: str, yes: bool) -> int:
     return 0
 
 
+# The AAD owner each table's data keys are wrapped for.
+OWNERS = {"signals": "signal", "outbox": "outbox", "inbound": "inbound"}
+
+
 def rotate(store: SqliteStore, keyring: Keyring) -> int:
     """Re-wrap every data key under the newest master key, in small transactions:
     an interrupted rotation leaves every row readable and is simply run again."""
@@ -169,7 +173,7 @@ def rotate(store: SqliteStore, keyring: Keyring) -> int:
     for i in range(0, len(todo), ROTATE_BATCH):
         with store.transaction():
             for table, row_id, key_id, wrapped in todo[i : i + ROTATE_BATCH]:
-                owner = f"{'signal' if table == 'signals' else 'outbox'}:{row_id}"
+                owner = f"{OWNERS[table]}:{row_id}"
                 try:
                     data_key = keyring.unwrap(key_id, wrapped, owner)
                 except DecryptError:

@@ -1,10 +1,19 @@
 """Intake: from the mailbox to the encrypted queue, then out of the mailbox.
 
-Order matters and is the whole point: parse → classify → seal and commit a batch
-(one fsync for many messages) together with the acknowledgements and triage
-requests it causes → only then hard-delete the originals. A crash anywhere loses
-nothing: before the commit the message is still in the mailbox; after it, the store
-knows the message's key and only finishes the expunge.
+Two steps, each one transaction per batch (one fsync for many messages):
+
+1. **accept**: fetch → seal each message as it came → commit → hard-delete the
+   originals. Nothing is parsed yet, so a message leaves the mailbox as fast as the
+   server hands it over, and no message can hold the others up.
+2. **process**: open what was accepted → parse → classify → a signal with its
+   acknowledgement and triage requests (or a command, a follow-up, an automatic
+   answer) → commit, in the same transaction that removes the accepted copy.
+
+A crash anywhere loses nothing and doubles nothing: before the first commit the
+message is in the mailbox; after it, the store holds it sealed and knows its key
+(the expunge is finished on the next start); after the second, it is a signal.
+With ``retain_in_mailbox = "forwarded"`` the key waits as ``accepted`` until step 2
+decides whether the original stays.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from inboxd.mails import Mail, is_msg_id, new_message_id
 from inboxd.outbox import AttachRef, entry
 from inboxd.parsing import ParsedMessage, parse_message, unreadable
 from inboxd.references import new_reference
-from inboxd.store import NewSignal, Signal, Store, Transaction
+from inboxd.store import Inbound, NewSignal, Signal, Store, Transaction
 from inboxd.templates import Templates
 
 log = get_logger(__name__)
@@ -37,6 +46,7 @@ BATCH_BYTES = 32 * 1024 * 1024
 @dataclass
 class IntakeResult:
     listed: int = 0
+    accepted: int = 0
     queued: int = 0
     duplicates: int = 0
     handled: int = 0
@@ -161,7 +171,16 @@ class Intake:
         return self._context_base
 
     def run_once(self, should_stop: Callable[[], bool] = lambda: False) -> IntakeResult:
-        result = IntakeResult()
+        result = self.accept(should_stop)
+        self.process(should_stop, result)
+        self._verify()
+        return result
+
+    def accept(
+        self, should_stop: Callable[[], bool] = lambda: False, result: IntakeResult | None = None
+    ) -> IntakeResult:
+        """Step 1: whatever is new in the mailbox, sealed and committed, then deleted."""
+        result = result or IntakeResult()
         self._expunge(self.store.keys_to_expunge(), result)
         keys = self.mailbox.list_new()
         result.listed = len(keys)
@@ -173,14 +192,35 @@ class Intake:
             batch.append(item)
             size += len(item.raw)
             if len(batch) >= self.batch_messages or size >= self.batch_bytes:
-                self._commit(batch, result)
+                self._accept(batch, result)
                 batch, size = [], 0
                 if should_stop():
                     break
         if batch:
-            self._commit(batch, result)
+            self._accept(batch, result)
         self.store.set_meta("last_fetch", str(self.clock()))
-        self._verify()
+        return result
+
+    def _accept(self, items: list[MailboxItem], result: IntakeResult) -> None:
+        status = "accepted" if self.cfg.mailbox.retain_in_mailbox == "forwarded" else "expunge"
+        with self.store.transaction() as tx:
+            for item in items:
+                tx.accept(item.key, item.raw, status)
+        result.accepted += len(items)
+        self._expunge(self.store.keys_to_expunge(), result)
+
+    def process(
+        self, should_stop: Callable[[], bool] = lambda: False, result: IntakeResult | None = None
+    ) -> IntakeResult:
+        """Step 2: everything accepted (now or before a crash) becomes what it is."""
+        result = result or IntakeResult()
+        while True:
+            batch = self.store.inbound(self.batch_messages, self.batch_bytes)
+            if not batch:
+                break
+            self._commit(batch, result)
+            if should_stop():
+                break
         return result
 
     def _verify(self) -> None:
@@ -199,13 +239,15 @@ class Intake:
         result.expunged += len(keys)
         self._unverified.extend(keys)
 
-    def _commit(self, items: list[MailboxItem], result: IntakeResult) -> None:
+    def _commit(self, accepted: list[Inbound], result: IntakeResult) -> None:
         seen_digests: set[bytes] = set()
         with self.store.transaction() as tx:
-            for item in items:
+            for a in accepted:
+                tx.processed(a.id)
+                item = MailboxItem(a.mailbox_key, a.raw)
                 try:
                     with tx.savepoint():
-                        self._one(tx, item, seen_digests, result)
+                        self._one(tx, item, seen_digests, result, a.received_at)
                 except Exception as exc:
                     # A message that trips a bug must neither be lost nor block the
                     # queue: keep it raw, flagged, for a person to look at.
@@ -216,14 +258,16 @@ class Intake:
                         exc_info=True,
                     )
                     with tx.savepoint():
-                        self._unprocessable(tx, item, result)
+                        self._unprocessable(tx, item, result, a.received_at)
         self._expunge(self.store.keys_to_expunge(), result)
 
-    def _unprocessable(self, tx: Transaction, item: MailboxItem, result: IntakeResult) -> None:
+    def _unprocessable(
+        self, tx: Transaction, item: MailboxItem, result: IntakeResult, received_at: float
+    ) -> None:
         msg = unreadable(len(item.raw), "unprocessable")
         decision = Decision(Kind.SIGNAL, frozenset({"malformed", "unprocessable"}), source="extern")
         digest = self.keyring.dedup_digests(None, item.raw)[0]
-        self.new_signal(tx, item, msg, decision, digest)
+        self.new_signal(tx, item, msg, decision, digest, received_at=received_at)
         result.queued += 1
 
     def _lookup_context(self, msg: ParsedMessage) -> Context:
@@ -240,7 +284,12 @@ class Intake:
         return Context(**{**base.__dict__, "sent": sent, "open_reporters": open_reporters})
 
     def _one(
-        self, tx: Transaction, item: MailboxItem, seen: set[bytes], result: IntakeResult
+        self,
+        tx: Transaction,
+        item: MailboxItem,
+        seen: set[bytes],
+        result: IntakeResult,
+        received_at: float,
     ) -> None:
         msg = parse_message(item.raw)
         if msg.message_id:
@@ -259,7 +308,7 @@ class Intake:
         if decision.kind is Kind.SIGNAL or (
             decision.kind in (Kind.COMMAND, Kind.FOLLOWUP) and self.replies is None
         ):
-            self.new_signal(tx, item, msg, decision, digests[0])
+            self.new_signal(tx, item, msg, decision, digests[0], received_at=received_at)
             result.queued += 1
             return
         if decision.kind in (Kind.COMMAND, Kind.FOLLOWUP):
@@ -293,6 +342,8 @@ class Intake:
         decision: Decision,
         digest: bytes | None,
         raw: bytes | None = None,
+        *,
+        received_at: float | None = None,
     ) -> Signal:
         raw_bytes = item.raw if item is not None else (raw or b"")
         ref = self.new_reference()
@@ -310,7 +361,7 @@ class Intake:
                 size=msg.size,
                 attachment_count=msg.attachment_count,
                 fields=fields,
-                received_at=self.clock(),
+                received_at=self.clock() if received_at is None else received_at,
                 dedup_digest=digest,
                 mailbox_key=item.key if item is not None else None,
                 retain=retain,
@@ -413,4 +464,6 @@ def status_snapshot(store: Store, now: float) -> dict[str, object]:
         "last_send": ts("last_send"),
         "last_error": last_error,
         "outbox": store.outbox_size(),
+        # Taken from the mailbox, sealed, not yet processed (a stop between the steps).
+        "accepted": store.inbound_count(),
     }

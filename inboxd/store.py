@@ -59,9 +59,17 @@ CREATE TABLE IF NOT EXISTS signal_fields (
     PRIMARY KEY (signal_id, name)
 );
 CREATE TABLE IF NOT EXISTS refs_used (ref TEXT PRIMARY KEY, closed_at REAL);
+CREATE TABLE IF NOT EXISTS inbound (
+    id TEXT PRIMARY KEY,           -- accepted from the mailbox, not yet processed
+    mailbox_key TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    key_id TEXT NOT NULL,
+    wrapped_key BLOB NOT NULL,
+    raw BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS mailbox_keys (
     key TEXT PRIMARY KEY,
-    status TEXT NOT NULL,          -- expunge | retained | expunged
+    status TEXT NOT NULL,          -- accepted | expunge | retained | expunged
     signal_id TEXT,
     seen_at REAL NOT NULL
 );
@@ -142,6 +150,16 @@ class DueMail:
     payload: bytes
 
 
+@dataclass(frozen=True)
+class Inbound:
+    """A message accepted from the mailbox (sealed on disk) and not yet processed."""
+
+    id: str
+    mailbox_key: str
+    received_at: float
+    raw: bytes
+
+
 @dataclass
 class NewSignal:
     ref: str
@@ -177,6 +195,8 @@ class Transaction(Protocol):
         self, month: str, source: str, form: str, outcome: str, triage_bucket: str
     ) -> None: ...
     def record_key(self, key: str, status: str, signal_id: str | None = None) -> None: ...
+    def accept(self, key: str, raw: bytes, status: str) -> str: ...
+    def processed(self, inbound_id: str) -> None: ...
     def add_dedup(self, digest: bytes, signal_id: str | None, expires_at: float | None) -> None: ...
     def enqueue(self, entry: OutboxEntry, *, not_before: float | None = None) -> str: ...
     def pending_kinds(self, ref: str) -> list[str]: ...
@@ -195,6 +215,8 @@ class Store(Protocol):
     def has_dedup(self, digests: Sequence[bytes]) -> bool: ...
     def acks_since(self, sender_digest: bytes, since: float) -> int: ...
     def keys_to_expunge(self) -> list[str]: ...
+    def inbound(self, limit_messages: int, limit_bytes: int) -> list[Inbound]: ...
+    def inbound_count(self) -> int: ...
     def mark_expunged(self, keys: Sequence[str]) -> None: ...
     # outbox
     def due_mail(self, now: float, limit: int = 100) -> list[DueMail]: ...
@@ -304,12 +326,34 @@ class SqliteTransaction:
         return self._k.unwrap(row["key_id"], row["wrapped_key"], f"signal:{signal.id}")
 
     def record_key(self, key: str, status: str, signal_id: str | None = None) -> None:
+        # A key already expunged stays expunged: processing after acceptance may say
+        # "expunge" again about a message that is long gone.
         self._c.execute(
             "INSERT INTO mailbox_keys (key, status, signal_id, seen_at) VALUES (?,?,?,?)"
-            " ON CONFLICT(key) DO UPDATE SET status = excluded.status,"
+            " ON CONFLICT(key) DO UPDATE SET status = CASE"
+            " WHEN mailbox_keys.status = 'expunged' AND excluded.status = 'expunge'"
+            " THEN 'expunged' ELSE excluded.status END,"
             " signal_id = COALESCE(excluded.signal_id, mailbox_keys.signal_id)",
             (key, status, signal_id, self.now),
         )
+
+    def accept(self, key: str, raw: bytes, status: str) -> str:
+        """Seal a fetched message under its own data key and remember its mailbox key
+        (``expunge`` when it may leave the mailbox now, ``accepted`` when processing
+        decides). Parsing comes later, in :meth:`processed`'s transaction."""
+        iid = uuid.uuid4().hex
+        data_key = self._k.new_data_key()
+        key_id, wrapped = self._k.wrap(data_key, f"inbound:{iid}")
+        self._c.execute(
+            "INSERT INTO inbound (id, mailbox_key, received_at, key_id, wrapped_key, raw)"
+            " VALUES (?,?,?,?,?,?)",
+            (iid, key, self.now, key_id, wrapped, seal(data_key, f"inbound:{iid}", "raw", raw)),
+        )
+        self.record_key(key, status)
+        return iid
+
+    def processed(self, inbound_id: str) -> None:
+        self._c.execute("DELETE FROM inbound WHERE id = ?", (inbound_id,))
 
     def add_dedup(self, digest: bytes, signal_id: str | None, expires_at: float | None) -> None:
         self._c.execute(
@@ -527,6 +571,33 @@ class SqliteStore:
             for r in self._c.execute("SELECT key FROM mailbox_keys WHERE status = 'expunge'")
         ]
 
+    def inbound(self, limit_messages: int, limit_bytes: int) -> list[Inbound]:
+        """Accepted messages, oldest first, up to a count and a size (at least one).
+        A row whose key cannot be unwrapped stays where it is and is logged."""
+        out: list[Inbound] = []
+        size = 0
+        rows = self._c.execute(
+            "SELECT id, mailbox_key, received_at, key_id, wrapped_key, length(raw) AS n"
+            " FROM inbound ORDER BY received_at, rowid"
+        )
+        for r in rows:
+            if out and (len(out) >= limit_messages or size + r["n"] > limit_bytes):
+                break
+            owner = f"inbound:{r['id']}"
+            blob = self._c.execute("SELECT raw FROM inbound WHERE id = ?", (r["id"],)).fetchone()
+            try:
+                data_key = self.keyring.unwrap(r["key_id"], r["wrapped_key"], owner)
+                raw = open_sealed(data_key, owner, "raw", blob["raw"])
+            except DecryptError as exc:
+                log.error("intake.inbound_unreadable", key_id=r["key_id"], error=type(exc).__name__)
+                continue
+            out.append(Inbound(r["id"], r["mailbox_key"], r["received_at"], raw))
+            size += r["n"]
+        return out
+
+    def inbound_count(self) -> int:
+        return int(self._c.execute("SELECT COUNT(*) FROM inbound").fetchone()[0])
+
     def mark_expunged(self, keys: Sequence[str]) -> None:
         with self.transaction():
             self._c.executemany(
@@ -696,10 +767,14 @@ class SqliteStore:
             ("outbox", r["id"], r["key_id"], r["wrapped_key"])
             for r in self._c.execute("SELECT id, key_id, wrapped_key FROM outbox")
         ]
+        out += [
+            ("inbound", r["id"], r["key_id"], r["wrapped_key"])
+            for r in self._c.execute("SELECT id, key_id, wrapped_key FROM inbound")
+        ]
         return out
 
     def rewrap(self, table: str, row_id: str, key_id: str, wrapped: bytes) -> None:
-        assert table in ("signals", "outbox")
+        assert table in ("signals", "outbox", "inbound")
         self._c.execute(
             f"UPDATE {table} SET key_id = ?, wrapped_key = ? WHERE id = ?",
             (key_id, wrapped, row_id),

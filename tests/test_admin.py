@@ -347,3 +347,28 @@ def test_rotation_with_an_old_key_already_removed_says_so_and_does_the_rest(
     assert "Traceback" not in out.stderr
     assert key_ids(world)[third] == 5
     assert second not in key_ids(world)
+
+
+def test_keys_rotate_includes_messages_accepted_but_not_yet_processed(world: World) -> None:
+    """A daemon stopped between its two intake steps leaves sealed raw mail in the
+    store: a rotation must re-wrap those keys too, or removing the old key loses them."""
+    cfg = world.cfg()
+    store = SqliteStore(cfg.state_dir, Keyring.from_files(cfg.crypto.key_files))
+    raws = [f"Subject: geaccepteerd {i}\r\n\r\n{marker()}\r\n".encode() for i in range(3)]
+    try:
+        with store.transaction() as tx:
+            for i, raw in enumerate(raws):
+                tx.accept(f"1:{i + 1}", raw, "expunge")
+    finally:
+        store.close()
+    new = generate_key_file(world.root / "master-key-2")
+    use_keys(world, "master-key", "master-key-2")
+    out = world.cli("keys", "rotate")
+    assert out.returncode == 0, out.stderr
+    assert f"3 data keys re-wrapped under {new}; 0 left under older keys" in out.stdout
+    use_keys(world, "master-key-2")  # the old key is gone: the accepted mail must still open
+    store = SqliteStore(world.cfg().state_dir, Keyring.from_files(world.cfg().crypto.key_files))
+    try:
+        assert [a.raw for a in store.inbound(10, 10**9)] == raws
+    finally:
+        store.close()

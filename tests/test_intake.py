@@ -229,6 +229,57 @@ def test_retain_until_forwarded_keeps_the_original_and_queues_it_once(
     assert len(mail.messages(REPORTER)) == 1
 
 
+def test_a_stop_between_accepting_and_processing_loses_nothing(
+    world: World, mail: MailServer
+) -> None:
+    """Step 1 alone (fetch, seal, commit, delete) empties the mailbox; what it took
+    is sealed on disk, and the next cycle turns it into signals, once each."""
+    marks = [marker() for _ in range(3)]
+    for m in marks:
+        mail.deliver(signal_mail(m), MAILBOX)
+    app = world.app()
+    try:
+        result = app.intake.accept()
+    finally:
+        app.store.close()
+        app.mailbox.close()
+        app.transport.close()
+    assert (result.accepted, result.expunged, result.queued) == (3, 3, 0)
+    assert everything_in(mail, MAILBOX) == []
+    status = world.status()
+    assert (status["accepted"], status["open"]) == (3, 0)
+    for m in marks:
+        assert_absent(m, where="the store on disk", data=world.state_bytes())
+    assert mail.messages(REPORTER) == [], "no acknowledgement before processing"
+
+    assert world.once() == 0
+    status = world.status()
+    assert (status["accepted"], status["open"]) == (0, 3)
+    assert len(mail.wait_for_messages(REPORTER, 3)) == 3
+    for m in marks:
+        assert_absent(m, where="the store on disk", data=world.state_bytes())
+        assert_absent(m, where="the logs", data=world.log_text())
+
+
+def test_retain_until_forwarded_keeps_the_original_through_acceptance(
+    world: World, mail: MailServer
+) -> None:
+    world.write_config(retain="forwarded")
+    mail.deliver(signal_mail(marker()), MAILBOX)
+    app = world.app()
+    try:
+        assert app.intake.accept().expunged == 0
+        assert len(mail.messages(MAILBOX)) == 1, "accepted, but the original stays"
+        assert app.intake.process().queued == 1
+        assert app.intake.accept().expunged == 0
+    finally:
+        app.store.close()
+        app.mailbox.close()
+        app.transport.close()
+    assert len(mail.messages(MAILBOX)) == 1, "retained until the signal is deleted"
+    assert world.status()["open"] == 1
+
+
 def test_same_message_delivered_twice_is_queued_once(world: World, mail: MailServer) -> None:
     raw = signal_mail(marker())
     mail.append(MAILBOX, raw)
