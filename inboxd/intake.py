@@ -40,6 +40,9 @@ log = get_logger(__name__)
 
 MAX_TRIAGE_TEXT = 200_000
 BATCH_MESSAGES = 50
+# Accepting costs little per message (no parsing), so a bigger batch spreads the
+# commit, the fetch round trip and the UID EXPUNGE over more messages.
+ACCEPT_BATCH_MESSAGES = 200
 BATCH_BYTES = 32 * 1024 * 1024
 
 
@@ -151,6 +154,7 @@ class Intake:
     clock: Callable[[], float]
     replies: ReplyHandler | None = None
     batch_messages: int = BATCH_MESSAGES
+    accept_batch_messages: int = ACCEPT_BATCH_MESSAGES
     batch_bytes: int = BATCH_BYTES
     _context_base: Context | None = field(default=None, init=False)
     # Message-IDs of messages listed but not yet deleted (retained ones stay until
@@ -191,7 +195,7 @@ class Intake:
         for item in self.mailbox.fetch(fresh):
             batch.append(item)
             size += len(item.raw)
-            if len(batch) >= self.batch_messages or size >= self.batch_bytes:
+            if len(batch) >= self.accept_batch_messages or size >= self.batch_bytes:
                 self._accept(batch, result)
                 batch, size = [], 0
                 if should_stop():

@@ -30,7 +30,7 @@ log = get_logger(__name__)
 
 Security = Literal["tls", "starttls", "none"]
 
-FETCH_BATCH = 50
+FETCH_BATCH = 200  # bounded by FETCH_BATCH_BYTES too
 FETCH_BATCH_BYTES = 16 * 1024 * 1024
 UID_CHUNK = 500  # UIDs per command, to keep command lines short
 IDLE_SLICE = 0.5  # seconds between looks at ``stop`` while idling
