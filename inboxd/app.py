@@ -3,6 +3,7 @@ which backend class goes with which setting)."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -252,6 +253,29 @@ def purge_sent_copies(app: App) -> int:
         return 0
 
 
+SENT_COPIES_META = "sent_copies_pending"
+
+
+def _keep_sent_copies(transport: Transport, store: Store) -> None:
+    """Graph: the Sent Items copies still awaited live in the store (our own
+    Message-IDs, no content), so a restart goes on looking for them."""
+    expect = getattr(transport, "expect_copies", None)
+    if expect is None:
+        return
+    saved = store.get_meta(SENT_COPIES_META)
+    if saved:
+        try:
+            ids = json.loads(saved)
+        except ValueError:
+            ids = []
+        expect([i for i in ids if isinstance(i, str)] if isinstance(ids, list) else [])
+
+    def save(ids: list[str]) -> None:
+        store.set_meta(SENT_COPIES_META, json.dumps(ids))
+
+    transport.on_pending = save  # type: ignore[attr-defined]
+
+
 @dataclass
 class App:
     cfg: Config
@@ -290,6 +314,7 @@ def build(
     mailer = Mailer(cfg, templates, clock)
     intake = Intake(cfg=cfg, store=store, keyring=keyring, mailbox=mb, mailer=mailer, clock=clock)
     outbox = Outbox(store, tr, clock, cfg.triage.forward_retry_for)
+    _keep_sent_copies(tr, store)
     app = App(
         cfg=cfg,
         keyring=keyring,

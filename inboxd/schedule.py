@@ -231,6 +231,8 @@ def _guarded(app: App, name: str, fn: Callable[[App], object]) -> Callable[[], N
 
 
 def start_scheduler(app: App, stop: threading.Event) -> BackgroundScheduler:
+    from inboxd.app import purge_sent_copies  # app imports this module's neighbours
+
     zone = local_zone()
     sched = BackgroundScheduler(
         timezone=zone,
@@ -262,6 +264,14 @@ def start_scheduler(app: App, stop: threading.Event) -> BackgroundScheduler:
         # not a misfire APScheduler knows of: one run at start sends it (or, on a
         # fresh store, sets the baseline), as ``inboxd once`` would; then the cron.
         next_run_time=soon + dt.timedelta(seconds=20),
+    )
+    # Graph files a Sent Items copy of each MIME sendMail, sometimes after the send
+    # returned: look for the awaited copies every few minutes (a no-op elsewhere).
+    sched.add_job(
+        _guarded(app, "purge_sent", purge_sent_copies),
+        "interval",
+        minutes=5,
+        id="purge_sent",
     )
     sched.add_job(
         _guarded(app, "housekeeping", housekeeping),

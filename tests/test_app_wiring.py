@@ -313,6 +313,51 @@ def test_purge_of_sent_items_copies_filed_late(
     assert graph.folder("sentitems") == []
 
 
+def test_a_copy_filed_after_the_process_ended_is_purged_by_the_next_one(
+    setup: Setup, aad: TokenServer, graph: GraphServer
+) -> None:
+    cfg = setup.cfg(graph_toml(setup, aad, graph))
+    app = build(cfg)
+    graph.hold_sent_copies()
+    mail = f"From: {MAILBOX}\r\nTo: {F1}\r\nMessage-ID: <after@x>\r\nSubject: t\r\n\r\nx\r\n"
+    app.transport.send(Envelope(MAILBOX, F1), mail.encode())
+    app.close()  # tries once more: Exchange has not filed it yet
+    graph.file_held_copies()  # ... and files it after the process is gone
+    assert len(graph.folder("sentitems")) == 1
+
+    app2 = build(cfg)  # a restart: no network at build, the awaited id comes back
+    try:
+        assert app2.transport.pending_copies() == ["<after@x>"]  # type: ignore[attr-defined]
+        assert purge_sent_copies(app2) == 0  # what the daemon's 5-minute job runs
+        assert graph.folder("sentitems") == []
+    finally:
+        app2.close()
+    app3 = build(cfg)  # nothing left to wait for, and that is remembered too
+    try:
+        assert app3.transport.pending_copies() == []  # type: ignore[attr-defined]
+    finally:
+        app3.close()
+
+
+def test_the_daemon_purges_sent_copies_every_five_minutes(
+    setup: Setup, aad: TokenServer, graph: GraphServer
+) -> None:
+    import datetime as dt
+    import threading
+
+    from inboxd import schedule
+
+    app = build(setup.cfg(graph_toml(setup, aad, graph)))
+    sched = schedule.start_scheduler(app, threading.Event())
+    try:
+        job = sched.get_job("purge_sent")
+        assert job is not None
+        assert job.trigger.interval == dt.timedelta(minutes=5)
+    finally:
+        sched.shutdown(wait=True)
+        app.close()
+
+
 def test_purge_is_a_no_op_for_other_transports(setup: Setup) -> None:
     box = setup.root / "box"
     for sub in ("new", "cur", "tmp"):

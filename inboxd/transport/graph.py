@@ -10,9 +10,11 @@ only for JSON messages), and forwards carry the whole signal. So every send
 remembers the Message-ID, and :meth:`GraphTransport.purge_sent` permanently deletes
 the copies from Sent Items once Exchange has filed them (it does so after the
 202, asynchronously). ``send`` and ``check`` purge what is already there; the
-daemon should call ``purge_sent`` now and then as well, and
-:meth:`GraphTransport.pending_copies` says what is still waiting. Copies of mail
-sent before a restart are found when the daemon passes their Message-IDs again.
+daemon calls ``purge_sent`` every few minutes as well, and
+:meth:`GraphTransport.pending_copies` says what is still waiting. What is still
+awaited is handed to ``on_pending`` whenever it changes (the app keeps it in the
+store), and :meth:`GraphTransport.expect_copies` takes it back after a restart, so
+a copy Exchange files after the process ended is deleted by the next one.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
@@ -83,6 +85,24 @@ class GraphTransport:
             mailbox, token, endpoint=endpoint, timeout=timeout, ca_file=ca_file
         )
         self._pending: dict[str, float] = {}  # Message-ID -> when sent (monotonic)
+        self.on_pending: Callable[[list[str]], None] | None = None
+
+    def _pending_changed(self) -> None:
+        if self.on_pending is None:
+            return
+        try:
+            self.on_pending(list(self._pending))
+        except Exception as exc:
+            # Losing the list costs at most a copy left in Sent Items after a restart,
+            # which is logged as such; never a mail.
+            log.warning("transport.purge_state_failed", transport="graph", error=type(exc).__name__)
+
+    def expect_copies(self, message_ids: Iterable[str]) -> None:
+        """Copies a previous process was still waiting for: look for them again
+        (from now on: the give-up clock restarts)."""
+        now = time.monotonic()
+        for mid in message_ids:
+            self._pending.setdefault(mid, now)
 
     def __repr__(self) -> str:
         return f"GraphTransport({self.client.host!r})"
@@ -110,6 +130,7 @@ class GraphTransport:
         log.info("transport.sent", transport="graph", size=len(message))
         if mid:
             self._pending[mid] = time.monotonic()
+            self._pending_changed()
         else:
             log.warning("transport.sent_copy_untraceable", transport="graph")
         self.purge_sent()
@@ -131,9 +152,17 @@ class GraphTransport:
     def purge_sent(self, message_ids: Iterable[str] = ()) -> int:
         """Permanently delete the Sent Items copies of what was sent (and of
         ``message_ids``). Never raises; returns how many copies are still awaited."""
+        self.expect_copies(message_ids)
         now = time.monotonic()
-        for mid in message_ids:
-            self._pending.setdefault(mid, now)
+        before = len(self._pending)
+        try:
+            self._purge_some(now)
+        finally:
+            if len(self._pending) != before:
+                self._pending_changed()
+        return len(self._pending)
+
+    def _purge_some(self, now: float) -> None:
         for mid, since in list(self._pending.items())[:PURGE_BATCH]:
             try:
                 found = self._purge_one(mid)
@@ -148,7 +177,6 @@ class GraphTransport:
             elif now - since > PURGE_GIVE_UP:
                 del self._pending[mid]
                 log.error("transport.sent_copy_not_found", transport="graph")
-        return len(self._pending)
 
     def _purge_one(self, mid: str) -> bool:
         flt = quote(f"internetMessageId eq {odata_quote(mid)}", safe="")
