@@ -154,6 +154,10 @@ class ParsedMessage:
     auto_submitted: str | None
     malformed: bool
     defects: tuple[str, ...]
+    # ``text`` came from a text/plain part with format=flowed (RFC 3676): its soft
+    # line breaks are not the writer's; reading commands must join them first.
+    text_flowed: bool = False
+    text_delsp: bool = False
 
 
 # --- defects and guards ---------------------------------------------------------
@@ -757,6 +761,8 @@ class _TextRef:
     cte: str
     charset: str | None
     is_html: bool
+    flowed: bool = False
+    delsp: bool = False
 
 
 # Rank of a text part as the body text: the first non-empty of the lowest rank wins.
@@ -912,7 +918,16 @@ def _visit(ent: _Entity, w: _Walk, defects: _Defects) -> list[_Entity]:
     named = kind == "attachment" or has_name or ct.param("name") is not None
     if ct.type in ("text/plain", "text/html") and len(w.texts) < MAX_TEXT_CANDIDATES:
         is_html = ct.subtype == "html"
-        ref = _TextRef(ent.buf, ent.body_start, ent.body_end, cte, ct.param("charset"), is_html)
+        ref = _TextRef(
+            ent.buf,
+            ent.body_start,
+            ent.body_end,
+            cte,
+            ct.param("charset"),
+            is_html,
+            flowed=not is_html and (ct.param("format") or "").lower() == "flowed",
+            delsp=(ct.param("delsp") or "").lower() == "yes",
+        )
         if not named:
             rank = (_RANK_HTML if is_html else _RANK_PLAIN) + (0 if outside else 2)
             w.texts.append((rank, ref))
@@ -1136,8 +1151,9 @@ def _auto_submitted(headers: _Headers) -> str | None:
     return _one_line(_first_token(value), 64)
 
 
-def _texts(w: _Walk, defects: _Defects) -> tuple[str, str | None]:
-    """(text, html): the first non-empty text of the best rank, and the raw html."""
+def _texts(w: _Walk, defects: _Defects) -> tuple[str, str | None, _TextRef | None]:
+    """(text, html, where text came from): the first non-empty text of the best
+    rank, and the raw html."""
     decoded: dict[int, str] = {}
 
     def decode(ref: _TextRef) -> str:
@@ -1164,8 +1180,8 @@ def _texts(w: _Walk, defects: _Defects) -> tuple[str, str | None]:
         body = decode(ref)
         if not body.strip():
             continue
-        return (_render_html(body, defects) if ref.is_html else body), html
-    return "", html
+        return (_render_html(body, defects) if ref.is_html else body), html, ref
+    return "", html, None
 
 
 def _quoted_ids(text: str) -> list[str]:
@@ -1210,8 +1226,8 @@ def _parse(raw: bytes) -> ParsedMessage:
 
     top = _Entity(raw, headers, body_start, len(raw), 0, False)
     walk = _guard(d, "mime", _Walk(), lambda: _walk(top, d))
-    no_text: tuple[str, str | None] = ("", None)
-    text, html = _guard(d, "text", no_text, lambda: _texts(walk, d))
+    no_text: tuple[str, str | None, _TextRef | None] = ("", None, None)
+    text, html, text_ref = _guard(d, "text", no_text, lambda: _texts(walk, d))
     top_type = _guard(
         d,
         "content-type",
@@ -1250,6 +1266,8 @@ def _parse(raw: bytes) -> ParsedMessage:
         auto_submitted=auto_submitted,
         malformed=any(c not in MINOR_DEFECTS for c in d.codes),
         defects=tuple(d.codes),
+        text_flowed=text_ref is not None and text_ref.flowed,
+        text_delsp=text_ref is not None and text_ref.delsp,
     )
 
 

@@ -204,7 +204,8 @@ class Triage:
         # With an HTML part, read that: msg.text may be its rendering, and reply_text
         # drops hidden elements and comments before rendering it again.
         plain = None if msg.html is not None else msg.text
-        parsed = cmd.parse_commands(reply_text(plain, msg.html), self.cfg.destinations.keys())
+        text = reply_text(plain, msg.html, flowed=msg.text_flowed, delsp=msg.text_delsp)
+        parsed = cmd.parse_commands(text, self.cfg.destinations.keys())
         if parsed.errors:
             return self._reject(
                 tx, msg, ref, "invalid", [cmd.explain(e, self.lang) for e in parsed.errors]

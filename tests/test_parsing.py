@@ -808,3 +808,15 @@ def _mutated(draw: st.DrawFn) -> bytes:
 @given(_mutated())
 def test_never_raises_on_mutated_messages(raw: bytes) -> None:
     _check(parse_message(raw), raw)
+
+
+def test_format_flowed_of_the_chosen_plain_part_is_reported() -> None:
+    head = b"From: a@b.example\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+    flowed = parse_message(
+        head + b"Content-Type: text/plain; charset=utf-8; format=Flowed; DelSp=yes\r\n\r\nhoi \r\n"
+    )
+    assert (flowed.text_flowed, flowed.text_delsp) == (True, True)
+    fixed = parse_message(head + b"Content-Type: text/plain; charset=utf-8\r\n\r\nhoi\r\n")
+    assert (fixed.text_flowed, fixed.text_delsp) == (False, False)
+    html = parse_message(head + b"Content-Type: text/html; format=flowed\r\n\r\n<p>hoi</p>\r\n")
+    assert html.text_flowed is False

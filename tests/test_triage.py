@@ -188,6 +188,30 @@ def test_question_answer_and_forward_with_the_follow_up(world: World, mail: Mail
     assert_absent(answer_mark, where="the store on disk", data=world.state_bytes())
 
 
+def test_a_long_question_in_a_format_flowed_reply_reaches_the_reporter_whole(
+    world: World, mail: MailServer
+) -> None:
+    """Thunderbird wraps a long plain-text line at ~72 characters with a trailing
+    space (format=flowed): the question is one line, not two."""
+    _ref, request = new_signal(world, mail, marker())
+    question = (
+        "VRAAG Kunt u nog vertellen op welke dag van de week u de busjes bij het pand "
+        "aan de Havenweg zag aankomen, en hoe laat ongeveer?"
+    )
+    wrapped = "VRAAG Kunt u nog vertellen op welke dag van de week u de busjes bij het \n"
+    wrapped += "pand aan de Havenweg zag aankomen, en hoe laat ongeveer?"
+    raw = reply(request, wrapped).replace(
+        b"Content-Type: text/plain; charset=utf-8",
+        b"Content-Type: text/plain; charset=utf-8; format=flowed",
+    )
+    command(world, mail, raw)
+    asked = mail.wait_for_messages(REPORTER, 2)[-1]
+    text = " ".join(body_text(asked).split())
+    assert question[len("VRAAG ") :] in text, text
+    assert world.status()["by_state"] == {"waiting_info": 1}
+    assert _rejected(mail, F1) == []
+
+
 def test_no_feedback_and_hold(world: World, mail: MailServer) -> None:
     mark = marker()
     _, request = new_signal(world, mail, mark)
