@@ -13,7 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_PATH = "/etc/inboxd/inboxd.toml"
 
@@ -27,7 +35,38 @@ _SECRET_KEYS = {"password", "client_secret", "secret", "token", "key"}
 # Destination keys become command words: they must not collide with the commands or
 # with the words a reply's quote header and destination lists are made of.
 RESERVED_DESTINATION_KEYS = frozenset(
-    ["doorzetten", "forward", "vorm", "type", "afsluiten", "close", "vraag", "ask", "wacht", "hold", "status", "hulp", "help", "geen", "no", "en", "and", "naar", "to", "van", "from", "op", "on", "aan", "cc", "bcc", "date", "datum", "onderwerp", "subject"]
+    [
+        "doorzetten",
+        "forward",
+        "vorm",
+        "type",
+        "afsluiten",
+        "close",
+        "vraag",
+        "ask",
+        "wacht",
+        "hold",
+        "status",
+        "hulp",
+        "help",
+        "geen",
+        "no",
+        "en",
+        "and",
+        "naar",
+        "to",
+        "van",
+        "from",
+        "op",
+        "on",
+        "aan",
+        "cc",
+        "bcc",
+        "date",
+        "datum",
+        "onderwerp",
+        "subject",
+    ]
 )
 
 
@@ -205,6 +244,14 @@ class DestinationConfig(_Section):
 class MetricsConfig(_Section):
     listen: str = "127.0.0.1:9464"
 
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError('write host:port, e.g. "127.0.0.1:9464" or "[::1]:9464"')
+        return v
+
 
 class Config(_Section):
     state_dir: str = "/var/lib/inboxd"
@@ -322,9 +369,13 @@ class Config(_Section):
                     "destination keys are lower-case letters, digits and _ (they become commands like KEDO)",
                 )
         try:
-            from apscheduler.triggers.cron import CronTrigger
+            import datetime as dt
 
-            CronTrigger.from_crontab(self.triage.digest_cron)
+            # The scheduler's own reading (crontab weekdays: 0 and 7 are Sunday), so
+            # what passes here also runs there.
+            from inboxd.schedule import cron_trigger
+
+            cron_trigger(self.triage.digest_cron, dt.UTC)
         except ValueError:
             raise _Problem(
                 "triage.digest_cron", 'not a cron expression; write e.g. "0 9 * * mon-fri"'

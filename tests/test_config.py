@@ -287,6 +287,28 @@ def test_bad_cron(tmp_path: Path) -> None:
     err = error_for(tmp_path, in_section("triage", 'digest_cron = "every morning"'))
     assert err.key == "triage.digest_cron"
     assert "cron" in err.problem
+    err = error_for(tmp_path, in_section("triage", 'digest_cron = "0 9 * * 5-1"'))
+    assert err.key == "triage.digest_cron"
+
+
+@pytest.mark.parametrize("cron", ["0 9 * * 7", "0 9 * * 0", "30 8 * * 1-5", "0 9 * * sun"])
+def test_crontab_sunday_as_7_or_0_is_accepted(tmp_path: Path, cron: str) -> None:
+    """What the scheduler runs, the check accepts (APScheduler's own parser would
+    refuse 7 and read 0 as Monday)."""
+    assert load(write(tmp_path, in_section("triage", f'digest_cron = "{cron}"'))).triage
+
+
+@pytest.mark.parametrize("listen", ["9464", "localhost:", ":9464", "127.0.0.1:99999", "a:b"])
+def test_bad_metrics_listen(tmp_path: Path, listen: str) -> None:
+    err = error_for(tmp_path, BASE + f'\n[metrics]\nlisten = "{listen}"\n')
+    assert err.key == "metrics.listen"
+    assert "host:port" in err.problem
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9464", "[::1]:9100", "0.0.0.0:1"])
+def test_good_metrics_listen(tmp_path: Path, listen: str) -> None:
+    cfg = load(write(tmp_path, BASE + f'\n[metrics]\nlisten = "{listen}"\n'))
+    assert cfg.metrics is not None and cfg.metrics.listen == listen
 
 
 @pytest.mark.parametrize("section", ["mailbox", "smtp"])
