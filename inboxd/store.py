@@ -475,7 +475,10 @@ class SqliteTransaction:
         )
         self._c.execute("DELETE FROM signal_fields WHERE signal_id = ?", (signal.id,))
         self._c.execute("DELETE FROM signals WHERE id = ?", (signal.id,))
-        self._c.execute("UPDATE refs_used SET closed_at = ? WHERE ref = ?", (self.now, signal.ref))
+        # Only the day: a closing time to the second, kept for ever, would date each
+        # signal's end long after everything else about it is gone.
+        day = self.now - self.now % 86400
+        self._c.execute("UPDATE refs_used SET closed_at = ? WHERE ref = ?", (day, signal.ref))
 
     def ref_closed(self, ref: str) -> bool:
         row = self._c.execute("SELECT closed_at FROM refs_used WHERE ref = ?", (ref,)).fetchone()

@@ -199,6 +199,7 @@ def test_a_year_of_signals_counted_by_source_form_and_outcome(
         refs = db.execute("SELECT * FROM refs_used").fetchall()
         assert sorted(r[0] for r in refs) == sorted(ref for _, ref in signals.values())
         assert all(len(r) == 2 and r[1] is not None for r in refs), "ref and closed_at only"
+        assert all(r[1] % 86400 == 0 for r in refs), "closed on a day, not at a time"
         assert db.execute("SELECT COUNT(*) FROM stats").fetchone() == (4,)
         assert db.execute("SELECT SUM(count) FROM stats").fetchone() == (6,)
     finally:
