@@ -7,6 +7,7 @@ reference in a reply is caught instead of acting on another signal.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 
@@ -45,6 +46,7 @@ def normalise(candidate: str, prefix: str) -> str | None:
     return f"{p}-{code[:4]}-{code[4:]}"
 
 
+@functools.lru_cache(maxsize=8)
 def _pattern(prefix: str) -> re.Pattern[str]:
     chars = "0-9A-Za-z"
     return re.compile(
@@ -56,7 +58,10 @@ def _pattern(prefix: str) -> re.Pattern[str]:
 def find_references(text: str, prefix: str) -> list[str]:
     """Every valid reference in ``text``, canonical, in order of appearance, unique."""
     found: list[str] = []
-    for m in _pattern(prefix).finditer(text[:2_000_000]):
+    text = text[:2_000_000]
+    if prefix.lower() not in text.lower():
+        return found  # the usual case for a new signal, and a cheap test
+    for m in _pattern(prefix).finditer(text):
         ref = normalise(f"{prefix}-{m.group(1)}-{m.group(2)}", prefix)
         if ref is not None and ref not in found:
             found.append(ref)
