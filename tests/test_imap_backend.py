@@ -675,3 +675,35 @@ def kill_imap_processes(mail: MailServer) -> list[int]:
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
     return killed
+
+
+def test_a_large_message_is_fetched_in_parts_byte_for_byte(
+    mail: MailServer, make_box: Callable[..., ImapMailbox], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    part = 64 * 1024
+    monkeypatch.setattr(imap_mod, "FETCH_PART_BYTES", part)
+    body = bytes(range(33, 127)) * 1000
+    raws = [
+        msg(1, "<big-1@gemeente.example>").replace(b"\r\n\r\n", b"\r\n\r\n" + body, 1),
+        msg(2),  # small: one FETCH as usual
+    ]
+    # Exactly a multiple of the part size: the last, empty part ends the loop.
+    exact = msg(3)
+    exact += b"x" * (2 * part - len(exact))
+    raws.append(exact)
+    for raw in raws:
+        mail.append(BOX, raw)
+    mb = make_box("tls")
+    mb.open()
+    sent: list[bytes] = []
+    real_fetch = mb._ready()[0].fetch
+
+    def spy(uids: Any, items: Any, *a: Any, **kw: Any) -> Any:
+        sent.extend(i if isinstance(i, bytes) else str(i).encode() for i in items)
+        return real_fetch(uids, items, *a, **kw)
+
+    monkeypatch.setattr(mb._ready()[0], "fetch", spy)
+    got = [item.raw for item in mb.fetch(mb.list_new())]
+    assert [bytes(g) for g in got] == raws
+    assert any(s.startswith(b"BODY.PEEK[]<0.") for s in sent), sent
+    assert len([s for s in sent if s.startswith(b"BODY.PEEK[]<")]) >= len(raws[0]) // part

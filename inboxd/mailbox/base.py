@@ -34,6 +34,8 @@ class MailboxError(Exception):
 @dataclass(frozen=True)
 class MailboxItem:
     key: str
+    # The message as the server has it. A large one may come as a bytearray (fetched
+    # in parts into one buffer): treat it as read-only bytes.
     raw: bytes
 
 

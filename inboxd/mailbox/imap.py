@@ -17,7 +17,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
@@ -31,7 +31,11 @@ log = get_logger(__name__)
 Security = Literal["tls", "starttls", "none"]
 
 FETCH_BATCH = 200  # bounded by FETCH_BATCH_BYTES too
-FETCH_BATCH_BYTES = 16 * 1024 * 1024
+FETCH_BATCH_BYTES = 4 * 1024 * 1024  # a bigger message comes alone, in parts
+# A message bigger than this is fetched in parts of this size (BODY.PEEK[]<offset.n>)
+# into one buffer: imaplib holds a whole literal two or three times over while it
+# reads it, which for a 40 MB signal would be the daemon's peak memory.
+FETCH_PART_BYTES = 4 * 1024 * 1024
 UID_CHUNK = 500  # UIDs per command, to keep command lines short
 IDLE_SLICE = 0.5  # seconds between looks at ``stop`` while idling
 
@@ -129,6 +133,23 @@ def searchable_message_id(message_id: str) -> str | None:
     """The Message-ID if it can go into a SEARCH safely, else None."""
     value = message_id.strip()
     return value if _SAFE_MESSAGE_ID.fullmatch(value) else None
+
+
+def fetch_in_parts(client: IMAPClient, uid: int, part: int) -> bytearray | None:
+    """The message's bytes, fetched ``part`` bytes at a time (RFC 3501 partial
+    fetch) into one growing buffer; None when the message is gone. The buffer is
+    returned as is: copying it into ``bytes`` would double the peak again."""
+    buf = bytearray()
+    while True:
+        reply = client.fetch([uid], [f"BODY.PEEK[]<{len(buf)}.{part}>".encode()])
+        chunk = next((v for k, v in reply.get(uid, {}).items() if k.startswith(b"BODY[]<")), None)
+        if not isinstance(chunk, bytes):
+            return buf if buf else None
+        buf += chunk
+        got = len(chunk)
+        del reply, chunk
+        if got < part:  # a short (or empty) part is the last one
+            return buf
 
 
 def any_message_id(ids: Sequence[str]) -> list[str]:
@@ -388,19 +409,26 @@ class ImapMailbox:
             except _ERRORS as exc:
                 raise self._fail("fetch", exc) from None
         # The lock is not held across yields: the caller may delete between items.
-        for batch in batches(wanted, sizes, FETCH_BATCH, FETCH_BATCH_BYTES):
+        limit = min(FETCH_BATCH_BYTES, FETCH_PART_BYTES)
+        for batch in batches(wanted, sizes, FETCH_BATCH, limit):
             with self._use():
                 client, current = self._ready()
                 if current != uidvalidity:
                     return
                 try:
-                    data = client.fetch(batch, [b"BODY.PEEK[]"])
+                    if len(batch) == 1 and sizes.get(batch[0], 0) > limit:
+                        big = fetch_in_parts(client, batch[0], FETCH_PART_BYTES)
+                        data = {} if big is None else {batch[0]: {b"BODY[]": big}}
+                    else:
+                        data = client.fetch(batch, [b"BODY.PEEK[]"])
                 except _ERRORS as exc:
                     raise self._fail("fetch", exc) from None
             for uid in batch:
                 raw = data.get(uid, {}).get(b"BODY[]")
-                if isinstance(raw, bytes):
-                    yield MailboxItem(make_key(uidvalidity, uid), raw)
+                if isinstance(raw, bytes | bytearray):
+                    # A bytearray is used as bytes from here on (see MailboxItem).
+                    yield MailboxItem(make_key(uidvalidity, uid), cast(bytes, raw))
+                data.pop(uid, None)  # one big message in memory at a time, not two
 
     def delete(self, keys: Sequence[str]) -> None:
         with self._use():
