@@ -8,13 +8,13 @@ these machines predates the fix for encoded newlines (CVE-2024-6923).
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from email import policy
+from email import policy, quoprimime
 from email.header import decode_header
-from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime, formatdate
 
 _CRLF = b"\r\n"
@@ -114,56 +114,99 @@ def _attachment_part(att: Attachment) -> bytes:
     return head + data + (b"" if data.endswith(_CRLF) else _CRLF)
 
 
-def _set_headers(msg: EmailMessage, headers: list[tuple[str, str] | None]) -> None:
-    for h in headers:
-        if h is None:
-            continue
-        try:
-            msg[h[0]] = _safe(h[0], h[1])
-        except HeaderInjection:
-            raise
-        except (ValueError, IndexError, TypeError):
-            # The email package's own objections (an encoded CR/LF in a display
-            # name, a broken address) mean the same thing here.
-            raise HeaderInjection(f"{h[0]} header value is not acceptable") from None
+_POLICY = policy.SMTP
+
+
+@functools.lru_cache(maxsize=512)
+def _header(name: str, value: str) -> bytes:
+    """One header line as the email package folds and encodes it (RFC 2047 for
+    non-ASCII, folded at 78). Cached: From, To and most values repeat from mail to
+    mail, and the header registry's parsing is most of the cost of a mail."""
+    _safe(name, value)
+    try:
+        folded = _POLICY.header_factory(name, value).fold(policy=_POLICY)
+    except (ValueError, IndexError, TypeError):
+        # The email package's own objections (an encoded CR/LF in a display name, a
+        # broken address) mean the same thing here.
+        raise HeaderInjection(f"{name} header value is not acceptable") from None
+    try:
+        return str(folded).encode("ascii")
+    except UnicodeEncodeError:
+        raise HeaderInjection(f"{name} header value is not acceptable") from None
+
+
+def _plain_header(name: str, value: str) -> bytes:
+    """A header whose value inboxd made and checked to be short plain ASCII (a
+    Message-ID it generated, a date): no parsing, no folding needed."""
+    _safe(name, value)
+    return f"{name}: {value}\r\n".encode("ascii")
+
+
+def _date(ts: float) -> str:
+    import datetime as dt
+
+    return format_datetime(dt.datetime.fromtimestamp(int(ts), dt.UTC))
+
+
+def _text_part(body: str) -> tuple[bytes, bytes]:
+    """(content headers, quoted-printable body) exactly as ``set_content(body,
+    charset="utf-8", cte="quoted-printable")`` writes them, without building a
+    message object."""
+    lines = body.encode("utf-8").splitlines()
+    normal = (b"\n".join(lines) + b"\n").decode("latin-1")
+    encoded = quoprimime.body_encode(normal, _POLICY.max_line_length or 78)
+    head = (
+        b'Content-Type: text/plain; charset="utf-8"\r\n'
+        b"Content-Transfer-Encoding: quoted-printable\r\n"
+    )
+    return head, encoded.replace("\n", "\r\n").encode("ascii")
+
+
+def _headers(mail: Mail) -> list[bytes]:
+    out = [
+        _header("From", mail.sender),
+        _header("To", mail.to),
+        _header("Subject", mail.subject),
+        # As the header registry writes a date: numeric zone, not "GMT".
+        _plain_header("Date", _date(time.time() if mail.date is None else mail.date)),
+        _plain_header("Message-ID", mail.message_id)
+        if len(mail.message_id) < 60
+        else _header("Message-ID", mail.message_id),
+        _header("Auto-Submitted", mail.auto_submitted),
+        b"X-Auto-Response-Suppress: All\r\n",
+    ]
+    if mail.auto_submitted == "auto-generated":
+        out.append(b"Precedence: bulk\r\n")
+    if mail.in_reply_to:
+        out.append(_header("In-Reply-To", mail.in_reply_to))
+    if mail.references:
+        out.append(_header("References", " ".join(mail.references)))
+    return out
 
 
 def render(mail: Mail) -> bytes:
-    headers: list[tuple[str, str] | None] = [
-        ("From", mail.sender),
-        ("To", mail.to),
-        ("Subject", mail.subject),
-        ("Date", format_datetime_ts(mail.date)),
-        ("Message-ID", mail.message_id),
-        ("Auto-Submitted", mail.auto_submitted),
-        ("X-Auto-Response-Suppress", "All"),
-        ("Precedence", "bulk") if mail.auto_submitted == "auto-generated" else None,
-    ]
-    if mail.in_reply_to:
-        headers.append(("In-Reply-To", mail.in_reply_to))
-    if mail.references:
-        headers.append(("References", " ".join(mail.references)))
-    text = MIMEPart(policy=policy.SMTP)
-    text.set_content(mail.body, charset="utf-8", cte="quoted-printable")
+    headers = _headers(mail)
+    text_head, text_body = _text_part(mail.body)
     if not mail.attachments:
-        msg = EmailMessage(policy=policy.SMTP)
-        _set_headers(msg, headers)
-        msg.set_content(mail.body, charset="utf-8", cte="quoted-printable")
-        return msg.as_bytes()
+        return b"".join([*headers, text_head, b"MIME-Version: 1.0\r\n\r\n", text_body])
     boundary = "inboxd-" + secrets.token_hex(20)
     while any(boundary.encode() in a.raw for a in mail.attachments):
         boundary = "inboxd-" + secrets.token_hex(20)
-    head = EmailMessage(policy=policy.SMTP)
-    _set_headers(head, headers)
-    head["MIME-Version"] = "1.0"
-    head["Content-Type"] = f'multipart/mixed; boundary="{boundary}"'
-    # Only the header block of ``head``: the body is assembled here so that the
-    # originals go out exactly as they came in.
-    header_block = head.as_bytes().split(_CRLF + _CRLF, 1)[0] + _CRLF + _CRLF
-    out = [header_block, b"--" + boundary.encode() + _CRLF, text.as_bytes()]
+    delimiter = b"--" + boundary.encode()
+    out = [
+        *headers,
+        b"MIME-Version: 1.0\r\n",
+        _header("Content-Type", f'multipart/mixed; boundary="{boundary}"'),
+        b"\r\n",
+        delimiter + _CRLF,
+        text_head,
+        b"\r\n",
+        text_body,
+    ]
+    # The originals go out exactly as they came in.
     for att in mail.attachments:
-        out += [_CRLF + b"--" + boundary.encode() + _CRLF, _attachment_part(att)]
-    out.append(_CRLF + b"--" + boundary.encode() + b"--" + _CRLF)
+        out += [_CRLF + delimiter + _CRLF, _attachment_part(att)]
+    out.append(_CRLF + delimiter + b"--" + _CRLF)
     return b"".join(out)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import smtplib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,45 @@ def test_reconnects_after_the_server_went_away(
     mail.start_relay()
     t.send(Envelope(FROM, KEDO), MESSAGE)
     assert mail.relay.accepted == 2
+
+
+def test_a_connection_closed_by_the_server_is_replaced_without_a_duplicate(
+    mail: MailServer, make_transport: Callable[..., SmtpTransport]
+) -> None:
+    """A recently used connection is not asked with a NOOP first; when the server
+    has dropped it meanwhile, MAIL fails, and that mail goes once over a new one."""
+    t = make_transport("starttls")
+    t.send(Envelope(FROM, KEDO), MESSAGE)
+    mail.stop_relay()
+    mail.start_relay()  # the old connection is gone, the server is back
+    before = mail.relay.accepted
+    with structlog.testing.capture_logs() as logs:
+        t.send(Envelope(FROM, KEDO), MESSAGE)
+    assert mail.relay.accepted == before + 1, "accepted once by the restarted relay"
+    assert [e["event"] for e in logs].count("transport.connected") == 1
+
+
+def test_noop_only_after_the_connection_was_idle(
+    mail: MailServer, make_transport: Callable[..., SmtpTransport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inboxd.transport.smtp as smtp_mod
+
+    t = make_transport("starttls")
+    noops: list[int] = []
+    real = smtplib.SMTP.noop
+
+    def counting(self: smtplib.SMTP) -> tuple[int, bytes]:
+        noops.append(1)
+        return real(self)
+
+    monkeypatch.setattr(smtplib.SMTP, "noop", counting)
+    for _ in range(5):
+        t.send(Envelope(FROM, KEDO), MESSAGE)
+    assert noops == [], "no round trip per mail on a connection just used"
+    monkeypatch.setattr(smtp_mod, "NOOP_AFTER_IDLE", 0.0)
+    t.send(Envelope(FROM, KEDO), MESSAGE)
+    assert noops == [1], "an idle connection is asked first"
+    assert mail.relay.accepted == 6
 
 
 @pytest.mark.parametrize(

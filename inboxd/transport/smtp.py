@@ -17,6 +17,7 @@ import smtplib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Literal
 
@@ -26,6 +27,16 @@ from inboxd.mailbox.imap import tls_context
 from inboxd.transport.base import Envelope, SendError
 
 log = get_logger(__name__)
+
+# A connection used within this many seconds is trusted without a NOOP: a NOOP per
+# mail costs a round trip, and a server that closed a fresh connection is noticed at
+# MAIL anyway (then the mail is retried once on a new connection).
+NOOP_AFTER_IDLE = 5.0
+
+
+class _Stale(Exception):
+    """The reused connection was gone before MAIL was accepted."""
+
 
 Security = Literal["tls", "starttls", "none"]
 Stage = Literal["MAIL", "RCPT", "DATA"]
@@ -95,6 +106,7 @@ class SmtpTransport:
         self.timeout = timeout
         self._local_hostname = local_hostname
         self._conn: smtplib.SMTP | None = None
+        self._last_used = 0.0
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -204,27 +216,40 @@ class SmtpTransport:
 
         conn.auth("XOAUTH2", respond, initial_response_ok=True)
 
-    def _connection(self) -> smtplib.SMTP:
-        """The open connection if it still answers, else a new one."""
+    def _connection(self) -> tuple[smtplib.SMTP, bool]:
+        """The open connection — asked with a NOOP only when it has been idle a
+        while — else a new one; and whether it is reused unchecked."""
         conn = self._conn
         if conn is not None:
+            if time.monotonic() - self._last_used < NOOP_AFTER_IDLE:
+                return conn, True
             try:
                 code, _ = conn.noop()
                 if code == 250:
-                    return conn
+                    return conn, False
             except (OSError, smtplib.SMTPException):
                 pass
             self._drop()
-        return self._connect()
+        return self._connect(), False
 
     # --- the Transport interface ----------------------------------------------------------
 
     def send(self, envelope: Envelope, message: bytes) -> None:
         with self._lock:
-            conn = self._connection()
-            self._transaction(conn, envelope, message)
+            conn, unchecked = self._connection()
+            try:
+                self._transaction(conn, envelope, message, stale_ok=unchecked)
+            except _Stale:
+                # The server had closed the connection before our MAIL: nothing of
+                # this mail reached it, so one retry on a new connection cannot
+                # send it twice.
+                self._drop()
+                self._transaction(self._connect(), envelope, message, stale_ok=False)
+            self._last_used = time.monotonic()
 
-    def _transaction(self, conn: smtplib.SMTP, envelope: Envelope, message: bytes) -> None:
+    def _transaction(
+        self, conn: smtplib.SMTP, envelope: Envelope, message: bytes, *, stale_ok: bool = False
+    ) -> None:
         mail_options: list[str] = []
         if conn.has_extn("size"):
             mail_options.append(f"SIZE={len(message)}")
@@ -237,6 +262,8 @@ class SmtpTransport:
         stage: Stage = "MAIL"
         try:
             code, text = conn.mail(envelope.sender, mail_options)
+            if code in (421, -1) and stale_ok:
+                raise _Stale  # the server timed our idle connection out
             if code != 250:
                 raise self._refused(conn, stage, code, text)
             stage = "RCPT"
@@ -252,10 +279,14 @@ class SmtpTransport:
             # DATA itself (the 354 step) was refused.
             raise self._refused(conn, "DATA", exc.smtp_code, exc.smtp_error) from None
         except smtplib.SMTPServerDisconnected as exc:
+            if stale_ok and stage == "MAIL":
+                raise _Stale from None
             raise self._fail(f"connection lost at {stage}", exc) from None
         except smtplib.SMTPResponseException as exc:
             raise self._refused(conn, stage, exc.smtp_code, exc.smtp_error) from None
         except (OSError, smtplib.SMTPException) as exc:
+            if stale_ok and stage == "MAIL" and isinstance(exc, OSError):
+                raise _Stale from None
             raise self._fail(f"connection lost at {stage} ({type(exc).__name__})", exc) from None
 
     def _refused(self, conn: smtplib.SMTP, stage: Stage, code: int, text: bytes | str) -> SendError:
