@@ -15,17 +15,23 @@ import hashlib
 import hmac
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from inboxd.references import ALPHABET
 
 NONCE_BYTES = 12
+TAG_BYTES = 16
 KEY_BYTES = 32
+# Pieces in which a large value is sealed into (or opened from) storage.
+STREAM_CHUNK = 1024 * 1024
 
 
 class KeyFileError(Exception):
@@ -169,6 +175,51 @@ def open_sealed(data_key: bytes, owner: str, field: str, blob: bytes) -> bytes:
         )
     except Exception:
         raise DecryptError(f"field {field} did not open") from None
+
+
+def sealed_size(plain_size: int) -> int:
+    return NONCE_BYTES + plain_size + TAG_BYTES
+
+
+def seal_to(
+    data_key: bytes, owner: str, field: str, plaintext: bytes, write: Callable[[bytes], object]
+) -> None:
+    """:func:`seal`, written piece by piece (nonce, ciphertext, tag) instead of
+    returned: the same bytes, without a second and third copy of a large value."""
+    nonce = os.urandom(NONCE_BYTES)
+    enc = Cipher(algorithms.AES(data_key), modes.GCM(nonce)).encryptor()
+    enc.authenticate_additional_data(f"inboxd:{owner}:{field}".encode())
+    write(nonce)
+    view = memoryview(plaintext)
+    for start in range(0, len(view), STREAM_CHUNK):
+        write(enc.update(view[start : start + STREAM_CHUNK]))
+    write(enc.finalize())
+    write(enc.tag)
+
+
+def open_from(
+    data_key: bytes, owner: str, field: str, size: int, read: Callable[[int], bytes]
+) -> bytes:
+    """:func:`open_sealed` of a stored value of ``size`` bytes, read piece by piece.
+    Nothing is returned unless the tag verifies."""
+    if size < NONCE_BYTES + TAG_BYTES:
+        raise DecryptError(f"field {field} did not open")
+    nonce = read(NONCE_BYTES)
+    dec = Cipher(algorithms.AES(data_key), modes.GCM(nonce)).decryptor()
+    dec.authenticate_additional_data(f"inboxd:{owner}:{field}".encode())
+    parts: list[bytes] = []
+    left = size - NONCE_BYTES - TAG_BYTES
+    while left > 0:
+        chunk = read(min(STREAM_CHUNK, left))
+        if not chunk:
+            raise DecryptError(f"field {field} did not open")
+        parts.append(dec.update(chunk))
+        left -= len(chunk)
+    try:
+        dec.finalize_with_tag(read(TAG_BYTES))
+    except (InvalidTag, ValueError):
+        raise DecryptError(f"field {field} did not open") from None
+    return b"".join(parts)
 
 
 TOKEN_CHARS = 16

@@ -85,15 +85,28 @@ def _safe(name: str, value: str) -> str:
 
 
 def _crlf(raw: bytes) -> bytes:
-    """Line endings as the wire wants them; the content itself is untouched."""
+    """Line endings as the wire wants them; the content itself is untouched. An
+    original that has only CRLF already (the usual case) is returned as it is."""
+    crlf = raw.count(_CRLF)
+    if raw.count(b"\n") == crlf and raw.count(b"\r") == crlf:
+        return raw
     return raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", _CRLF)
 
 
+# A line longer than RFC 5322 allows (998 octets before the CRLF).
+_LONG_LINE = re.compile(rb"(?m)^[^\r\n]{999}")
+
+
 def _attachment_part(att: Attachment) -> bytes:
+    return b"".join(_attachment_pieces(att))
+
+
+def _attachment_pieces(att: Attachment) -> list[bytes]:
+    """The part as pieces, so that a large original is copied once, into the
+    finished mail, and not once per step on the way."""
     data = _crlf(att.raw)
-    lines = data.split(_CRLF)
     name = _safe("filename", att.filename).replace('"', "")
-    if b"\0" in data or any(len(line) > 998 for line in lines):
+    if b"\0" in data or _LONG_LINE.search(data):
         # message/rfc822 may not be base64-encoded (RFC 2046 §5.2.1); an original
         # that cannot travel as 8bit goes as an opaque file instead, still unchanged.
         import base64
@@ -104,14 +117,14 @@ def _attachment_part(att: Attachment) -> bytes:
             f'Content-Disposition: attachment; filename="{name}"\r\n'
             "Content-Transfer-Encoding: base64\r\n\r\n"
         ).encode()
-        return head + b64
+        return [head, b64]
     cte = "7bit" if data.isascii() else "8bit"
     head = (
         "Content-Type: message/rfc822\r\n"
         f'Content-Disposition: attachment; filename="{name}"\r\n'
         f"Content-Transfer-Encoding: {cte}\r\n\r\n"
     ).encode()
-    return head + data + (b"" if data.endswith(_CRLF) else _CRLF)
+    return [head, data, b"" if data.endswith(_CRLF) else _CRLF]
 
 
 _POLICY = policy.SMTP
@@ -205,7 +218,7 @@ def render(mail: Mail) -> bytes:
     ]
     # The originals go out exactly as they came in.
     for att in mail.attachments:
-        out += [_CRLF + delimiter + _CRLF, _attachment_part(att)]
+        out += [_CRLF + delimiter + _CRLF, *_attachment_pieces(att)]
     out.append(_CRLF + delimiter + b"--" + _CRLF)
     return b"".join(out)
 

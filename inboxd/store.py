@@ -16,13 +16,21 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from inboxd.crypto import DecryptError, Keyring, open_sealed, seal
+from inboxd.crypto import (
+    DecryptError,
+    Keyring,
+    open_from,
+    open_sealed,
+    seal,
+    seal_to,
+    sealed_size,
+)
 from inboxd.logs import get_logger
 
 log = get_logger(__name__)
@@ -241,6 +249,64 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+# A sealed value bigger than this is written and read through SQLite's incremental
+# blob I/O, a piece at a time: binding a 40 MB value makes SQLite copy it whole.
+BIG_VALUE = 1024 * 1024
+
+
+def _write_sealed(
+    conn: sqlite3.Connection,
+    table: str,
+    column: str,
+    sql: str,
+    params: tuple[Any, ...],
+    key: bytes,
+    owner: str,
+    field: str,
+    plain: bytes,
+) -> None:
+    """Run ``sql`` — an INSERT whose last value is ``{blob}`` — with ``plain`` sealed
+    as that value."""
+    if len(plain) <= BIG_VALUE:
+        conn.execute(sql.format(blob="?"), (*params, seal(key, owner, field, plain)))
+        return
+    cur = conn.execute(sql.format(blob="zeroblob(?)"), (*params, sealed_size(len(plain))))
+    assert cur.lastrowid is not None
+    with conn.blobopen(table, column, cur.lastrowid) as blob:
+        seal_to(key, owner, field, plain, blob.write)
+
+
+def _read_sealed(
+    conn: sqlite3.Connection,
+    table: str,
+    column: str,
+    rowid: int,
+    size: int,
+    key: bytes,
+    owner: str,
+    field: str,
+) -> bytes:
+    if size <= BIG_VALUE:
+        row = conn.execute(f"SELECT {column} FROM {table} WHERE rowid = ?", (rowid,)).fetchone()
+        return open_sealed(key, owner, field, row[0])
+    with conn.blobopen(table, column, rowid, readonly=True) as blob:
+        return open_from(key, owner, field, size, blob.read)
+
+
+def _read_field(
+    conn: sqlite3.Connection, signal_id: str, name: str, key: Callable[[], bytes]
+) -> bytes | None:
+    row = conn.execute(
+        "SELECT rowid, length(blob) FROM signal_fields WHERE signal_id = ? AND name = ?",
+        (signal_id, name),
+    ).fetchone()
+    if row is None:
+        return None
+    return _read_sealed(
+        conn, "signal_fields", "blob", row[0], row[1], key(), f"signal:{signal_id}", name
+    )
+
+
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -308,9 +374,16 @@ class SqliteTransaction:
         )
         self._c.execute("INSERT INTO refs_used (ref) VALUES (?)", (s.ref,))
         for name, plain in s.fields.items():
-            self._c.execute(
-                "INSERT INTO signal_fields (signal_id, name, blob) VALUES (?,?,?)",
-                (s.id, name, seal(data_key, f"signal:{s.id}", name, plain)),
+            _write_sealed(
+                self._c,
+                "signal_fields",
+                "blob",
+                "INSERT INTO signal_fields (signal_id, name, blob) VALUES (?,?,{blob})",
+                (s.id, name),
+                data_key,
+                f"signal:{s.id}",
+                name,
+                plain,
             )
         if s.dedup_digest is not None:
             self.add_dedup(s.dedup_digest, s.id, None)
@@ -344,10 +417,17 @@ class SqliteTransaction:
         iid = uuid.uuid4().hex
         data_key = self._k.new_data_key()
         key_id, wrapped = self._k.wrap(data_key, f"inbound:{iid}")
-        self._c.execute(
+        _write_sealed(
+            self._c,
+            "inbound",
+            "raw",
             "INSERT INTO inbound (id, mailbox_key, received_at, key_id, wrapped_key, raw)"
-            " VALUES (?,?,?,?,?,?)",
-            (iid, key, self.now, key_id, wrapped, seal(data_key, f"inbound:{iid}", "raw", raw)),
+            " VALUES (?,?,?,?,?,{blob})",
+            (iid, key, self.now, key_id, wrapped),
+            data_key,
+            f"inbound:{iid}",
+            "raw",
+            raw,
         )
         self.record_key(key, status)
         return iid
@@ -428,19 +508,20 @@ class SqliteTransaction:
         ]
 
     def add_field(self, signal: Signal, name: str, plain: bytes) -> None:
-        data_key = self.data_key(signal)
-        self._c.execute(
-            "INSERT OR REPLACE INTO signal_fields (signal_id, name, blob) VALUES (?,?,?)",
-            (signal.id, name, seal(data_key, f"signal:{signal.id}", name, plain)),
+        _write_sealed(
+            self._c,
+            "signal_fields",
+            "blob",
+            "INSERT OR REPLACE INTO signal_fields (signal_id, name, blob) VALUES (?,?,{blob})",
+            (signal.id, name),
+            self.data_key(signal),
+            f"signal:{signal.id}",
+            name,
+            plain,
         )
 
     def read_field(self, signal: Signal, name: str) -> bytes | None:
-        row = self._c.execute(
-            "SELECT blob FROM signal_fields WHERE signal_id = ? AND name = ?", (signal.id, name)
-        ).fetchone()
-        if row is None:
-            return None
-        return open_sealed(self.data_key(signal), f"signal:{signal.id}", name, row["blob"])
+        return _read_field(self._c, signal.id, name, lambda: self.data_key(signal))
 
     def count(self, month: str, source: str, form: str, outcome: str, triage_bucket: str) -> None:
         self._c.execute(
@@ -580,17 +661,18 @@ class SqliteStore:
         out: list[Inbound] = []
         size = 0
         rows = self._c.execute(
-            "SELECT id, mailbox_key, received_at, key_id, wrapped_key, length(raw) AS n"
+            "SELECT rowid, id, mailbox_key, received_at, key_id, wrapped_key, length(raw) AS n"
             " FROM inbound ORDER BY received_at, rowid"
-        )
+        ).fetchall()
         for r in rows:
             if out and (len(out) >= limit_messages or size + r["n"] > limit_bytes):
                 break
             owner = f"inbound:{r['id']}"
-            blob = self._c.execute("SELECT raw FROM inbound WHERE id = ?", (r["id"],)).fetchone()
             try:
                 data_key = self.keyring.unwrap(r["key_id"], r["wrapped_key"], owner)
-                raw = open_sealed(data_key, owner, "raw", blob["raw"])
+                raw = _read_sealed(
+                    self._c, "inbound", "raw", r["rowid"], r["n"], data_key, owner, "raw"
+                )
             except DecryptError as exc:
                 log.error("intake.inbound_unreadable", key_id=r["key_id"], error=type(exc).__name__)
                 continue
@@ -706,12 +788,7 @@ class SqliteStore:
         return self.keyring.unwrap(row["key_id"], row["wrapped_key"], f"signal:{signal.id}")
 
     def read_field(self, signal: Signal, name: str) -> bytes | None:
-        row = self._c.execute(
-            "SELECT blob FROM signal_fields WHERE signal_id = ? AND name = ?", (signal.id, name)
-        ).fetchone()
-        if row is None:
-            return None
-        return open_sealed(self.data_key(signal), f"signal:{signal.id}", name, row["blob"])
+        return _read_field(self._c, signal.id, name, lambda: self.data_key(signal))
 
     # -- status -------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

@@ -21,8 +21,11 @@ from inboxd.crypto import (
     generate_key_file,
     key_id_of,
     load_key_file,
+    open_from,
     open_sealed,
     seal,
+    seal_to,
+    sealed_size,
     signal_token,
     tokens_equal,
 )
@@ -377,3 +380,49 @@ def test_master_key_is_frozen() -> None:
     key = MasterKey("abcd", b"x" * 32)
     with pytest.raises(AttributeError):
         key.secret = b"y" * 32  # type: ignore[misc]
+
+
+def _stream_seal(key: bytes, plain: bytes) -> bytes:
+    out = bytearray()
+    seal_to(key, "signal:x", "raw", plain, out.extend)
+    return bytes(out)
+
+
+def _reader(blob: bytes):  # type: ignore[no-untyped-def]
+    pos = 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        piece = blob[pos : pos + n]
+        pos += len(piece)
+        return piece
+
+    return read
+
+
+@settings(max_examples=50, deadline=None)
+@given(plain=st.binary(max_size=5000), chunk=st.integers(min_value=1, max_value=700))
+def test_sealing_in_pieces_is_the_same_format(plain: bytes, chunk: int) -> None:
+    import inboxd.crypto as crypto_mod
+
+    key = os.urandom(KEY_BYTES)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(crypto_mod, "STREAM_CHUNK", chunk)
+        streamed = _stream_seal(key, plain)
+        whole = seal(key, "signal:x", "raw", plain)
+        opened = open_from(key, "signal:x", "raw", len(whole), _reader(whole))
+    assert len(streamed) == sealed_size(len(plain))
+    assert open_sealed(key, "signal:x", "raw", streamed) == plain
+    assert opened == plain
+
+
+def test_opening_in_pieces_refuses_tampering_and_the_wrong_owner() -> None:
+    key = os.urandom(KEY_BYTES)
+    blob = bytearray(_stream_seal(key, b"x" * 3000))
+    with pytest.raises(DecryptError):
+        open_from(key, "signal:y", "raw", len(blob), _reader(bytes(blob)))
+    blob[500] ^= 1
+    with pytest.raises(DecryptError):
+        open_from(key, "signal:x", "raw", len(blob), _reader(bytes(blob)))
+    with pytest.raises(DecryptError):
+        open_from(key, "signal:x", "raw", 10, _reader(bytes(blob)))

@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from servers import MailServer
 from servers.tlsca import make_ca
 
 from inboxd.transport.base import Envelope, SendError
-from inboxd.transport.smtp import SmtpTransport, refusal, status
+from inboxd.transport.smtp import SmtpTransport, dot_stuffed, refusal, status
 
 FROM = "vreemdverhaal@gemeente.example"
 KEDO = "intake-kedo@gemeente.example"
@@ -279,3 +281,38 @@ def test_close_is_idempotent(make_transport: Callable[..., SmtpTransport]) -> No
     t.close()
     t.close()
     t.send(Envelope(FROM, KEDO), MESSAGE)  # reconnects
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    lines=st.lists(
+        st.sampled_from(
+            [b"", b".", b"..", b".x", b"a.b", b"plain", b"\xc3\xa9t\xc3\xa9", b"x" * 40]
+        ),
+        max_size=40,
+    ),
+    ending=st.sampled_from([b"\r\n", b""]),
+    chunk=st.integers(min_value=1, max_value=64),
+)
+def test_dot_stuffing_in_pieces_is_what_smtplib_sends(
+    lines: list[bytes], ending: bytes, chunk: int
+) -> None:
+    message = b"\r\n".join(lines) + ending
+    expected = smtplib._quote_periods(message)  # type: ignore[attr-defined]
+    if expected[-2:] != b"\r\n":
+        expected += b"\r\n"
+    expected += b".\r\n"
+    assert b"".join(dot_stuffed(message, chunk)) == expected
+
+
+def test_a_large_message_with_dots_arrives_unchanged(
+    mail: MailServer, make_transport: Callable[..., SmtpTransport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inboxd.transport.smtp as smtp_mod
+
+    monkeypatch.setattr(smtp_mod, "DATA_CHUNK", 1000)  # many pieces, boundaries everywhere
+    body = b"".join(b".%d line with a leading dot\r\n..twice\r\nplain\r\n" % i for i in range(500))
+    message = MESSAGE.replace(b"\r\n\r\n", b"\r\n\r\n" + body, 1)
+    t = make_transport("starttls")
+    t.send(Envelope(FROM, KEDO), message)
+    assert mail.relay.received[-1].raw == message
