@@ -313,7 +313,7 @@ def build(
     templates = Templates(cfg.language, cfg.templates_dir)
     mailer = Mailer(cfg, templates, clock)
     intake = Intake(cfg=cfg, store=store, keyring=keyring, mailbox=mb, mailer=mailer, clock=clock)
-    outbox = Outbox(store, tr, clock, cfg.triage.forward_retry_for)
+    outbox = Outbox(store, tr, clock, cfg.triage.forward_retry_for, language=cfg.language)
     _keep_sent_copies(tr, store)
     app = App(
         cfg=cfg,

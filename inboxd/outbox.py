@@ -25,6 +25,20 @@ from inboxd.transport.base import Envelope, SendError, Transport
 log = get_logger(__name__)
 
 
+TOO_BIG_NOTE = {
+    "nl": (
+        "\n\nHet oorspronkelijke bericht (ongeveer {} MB) is niet bijgevoegd: de mailserver"
+        " neemt zo'n groot bericht niet aan. Het staat versleuteld in de wachtrij. Een"
+        " doorzending kan om dezelfde reden mislukken; dan krijgt u daarvan bericht.\n"
+    ),
+    "en": (
+        "\n\nThe original message (about {} MB) is not attached: the mail server does not"
+        " accept a message that large. It is kept encrypted in the queue. A forward may"
+        " fail for the same reason; you will be told if it does.\n"
+    ),
+}
+
+
 @dataclass(frozen=True)
 class AttachRef:
     ref: str
@@ -108,7 +122,9 @@ class Outbox:
         clock: Callable[[], float],
         retry_for: float,
         on_given_up: FailureHook | None = None,
+        language: str = "nl",
     ) -> None:
+        self.language = language
         self.store = store
         self.transport = transport
         self.clock = clock
@@ -126,6 +142,27 @@ class Outbox:
             if raw is not None:
                 out.append(Attachment(raw=raw, filename=a.filename))
         return tuple(out)
+
+    @staticmethod
+    def _build(
+        mail: Mail, attachments: tuple[Attachment, ...], smime: tuple[str, str] | None
+    ) -> bytes:
+        data = render(Mail(**{**asdict(mail), "attachments": attachments}))
+        if smime is not None:
+            # Encrypted or not at all: a certificate that cannot be used stops the
+            # mail, it never goes out in the clear instead.
+            data = encrypt(data, [load_certificate(smime[0])], smime[1])
+        return data
+
+    def _too_big(self, data: bytes) -> bool:
+        size_limit = getattr(self.transport, "size_limit", None)
+        if size_limit is None:
+            return False
+        try:
+            limit = size_limit()
+        except SendError:
+            return False  # the send itself will say what is wrong
+        return limit is not None and len(data) > limit
 
     def drain(
         self, limit: int = 1000, should_stop: Callable[[], bool] = lambda: False
@@ -150,11 +187,16 @@ class Outbox:
         now = self.clock()
         try:
             mail, refs, smime = decode(due.payload)
-            data = render(Mail(**{**asdict(mail), "attachments": self._attachments(refs)}))
-            if smime is not None:
-                # Encrypted or not at all: a certificate that cannot be used stops the
-                # mail, it never goes out in the clear instead.
-                data = encrypt(data, [load_certificate(smime[0])], smime[1])
+            data = self._build(mail, self._attachments(refs), smime)
+            if refs and due.kind == "triage_request" and self._too_big(data):
+                # The functionarissen must hear of the signal even when the server
+                # will not carry the original: without it, and saying so.
+                size = len(data)
+                del data
+                note = TOO_BIG_NOTE[self.language if self.language in TOO_BIG_NOTE else "nl"]
+                body = mail.body + note.format(max(1, round(size / 1_000_000)))
+                data = self._build(Mail(**{**asdict(mail), "body": body}), (), smime)
+                log.warning("mail.attachment_left_out", mail_kind=due.kind, ref=due.ref, size=size)
         except (HeaderInjection, CertificateError, ValueError, KeyError, TypeError) as exc:
             log.error("mail.unbuildable", mail_kind=due.kind, ref=due.ref, error=type(exc).__name__)
             self.store.mail_failed(due, None, type(exc).__name__)

@@ -280,6 +280,37 @@ def test_retain_until_forwarded_keeps_the_original_through_acceptance(
     assert world.status()["open"] == 1
 
 
+def test_a_signal_too_big_for_the_mail_server_still_reaches_triage_without_it(
+    world: World, mail: MailServer
+) -> None:
+    """The relay advertises SIZE; a triage request that would exceed it goes without
+    the original and says so, instead of failing (552) and never arriving."""
+    mark = marker()
+    photo = bytes(range(256)) * 1200  # ~300 kB once base64-encoded
+    raw = signal_mail(mark, attachments=[("foto.jpg", photo, "image/jpeg")])
+    mail.stop_relay()
+    mail.relay.data_size_limit = 100_000
+    mail.start_relay()
+    try:
+        mail.append(MAILBOX, raw)  # IMAP APPEND: the relay would refuse it too
+        assert world.once() == 0
+        for f in (F1, F2):
+            req = mail.wait_for_messages(f, 1)[0]
+            r = parse(req)
+            assert not [p for p in r.iter_attachments()], "no original attached"
+            text = body_text(req)
+            assert "niet bijgevoegd" in text and "MB" in text
+            assert len(req) < 100_000
+        assert len(mail.wait_for_messages(REPORTER, 1)) == 1
+    finally:
+        mail.stop_relay()
+        mail.relay.data_size_limit = 32 * 1024 * 1024
+        mail.start_relay()
+    assert '"event": "mail.attachment_left_out"' in world.log_text()
+    assert '"event": "mail.failed"' not in world.log_text()
+    assert_absent(mark, where="the logs", data=world.log_text())
+
+
 def test_same_message_delivered_twice_is_queued_once(world: World, mail: MailServer) -> None:
     raw = signal_mail(marker())
     mail.append(MAILBOX, raw)

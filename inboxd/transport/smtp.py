@@ -273,6 +273,15 @@ class SmtpTransport:
 
     # --- the Transport interface ----------------------------------------------------------
 
+    def size_limit(self) -> int | None:
+        """The largest message the server takes (its ESMTP SIZE), None if it names
+        none. Connects when not connected: it is asked right before a send."""
+        with self._lock:
+            conn, _ = self._connection()
+            self._conn = conn
+            value = conn.esmtp_features.get("size", "").strip()
+            return int(value) if value.isdigit() and int(value) > 0 else None
+
     def send(self, envelope: Envelope, message: bytes) -> None:
         with self._lock:
             conn, unchecked = self._connection()

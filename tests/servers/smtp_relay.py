@@ -228,6 +228,9 @@ class Relay:
         self.plain_port = free_port()
         self._tls = tls
         self._controllers: list[Controller] = []
+        # What the relay advertises as SIZE and enforces (aiosmtpd's default);
+        # a test may lower it around a stop()/start().
+        self.data_size_limit = 32 * 1024 * 1024
 
     # --- authentication -----------------------------------------------------
 
@@ -259,6 +262,7 @@ class Relay:
             "server_hostname": "relay.test",
             "authenticator": self._authenticator,
             "ready_timeout": 10.0,
+            "data_size_limit": self.data_size_limit,
         }
         submission = Controller(
             _Handler(self, self.port, implicit_tls=False),
