@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from fakes import captured_logs, pki
 from fakes.ews_server import EwsServer
 from fakes.token_server import TokenServer
@@ -517,3 +519,93 @@ def test_ntlm_wrong_password_is_auth_error(ntlm_srv: EwsServer) -> None:
     with pytest.raises(MailboxError) as ei:
         mailbox(ntlm_srv, auth_type="ntlm", password="Wrong-pa55").open()
     assert ei.value.auth
+
+
+# -- pull notifications in wait() -------------------------------------------------------
+
+
+def _timed_wait(mb: EwsMailbox, timeout: float, stop: threading.Event) -> float:
+    t = time.monotonic()
+    mb.wait(timeout, stop)
+    return time.monotonic() - t
+
+
+def test_wait_returns_soon_after_new_mail_is_announced(
+    srv: EwsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ews_module, "NOTIFY_INTERVAL", 0.05)
+    mb = mailbox(srv, poll_interval=300.0)
+    mb.open()
+    assert mb.list_new() == []
+    stop = threading.Event()
+    # The first wait makes the subscription and returns at once (mail that came
+    # before it would never be announced), the next one waits for an event.
+    assert _timed_wait(mb, 60.0, stop) < 2.0
+    timer = threading.Timer(0.3, lambda: srv.deliver(msg(1)))
+    timer.start()
+    took = _timed_wait(mb, 60.0, stop)
+    timer.join()
+    assert took < 3.0, f"new mail announced, but wait() took {took:.1f} s"
+    assert len(mb.list_new()) == 1
+    ops = srv.operations()
+    assert ops.count("Subscribe") == 1 and "GetEvents" in ops
+    subscribe = next(c.body for c in srv.calls if c.operation == "Subscribe")
+    assert subscribe.xpath("//*[local-name()='EventType']/text()") == list(
+        ews_module.NOTIFY_EVENT_TYPES
+    )
+    # Quiet mailbox: the wait runs to its timeout, asking GetEvents, never syncing.
+    syncs = ops.count("SyncFolderItems")
+    assert 0.3 <= _timed_wait(mb, 0.4, stop) < 2.0
+    assert srv.operations().count("SyncFolderItems") == syncs
+
+
+def test_wait_with_notifications_honours_stop(
+    srv: EwsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ews_module, "NOTIFY_INTERVAL", 0.05)
+    mb = mailbox(srv)
+    mb.open()
+    stop = threading.Event()
+    mb.wait(60.0, stop)  # subscribes
+    threading.Timer(0.2, stop.set).start()
+    assert _timed_wait(mb, 60.0, stop) < 2.0
+
+
+def test_a_server_without_subscriptions_is_polled(
+    srv: EwsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ews_module, "NOTIFY_INTERVAL", 0.05)
+    srv.refuse_subscriptions()
+    mb = mailbox(srv, poll_interval=0.3)
+    mb.open()
+    stop = threading.Event()
+    with structlog.testing.capture_logs() as logs:
+        took = [_timed_wait(mb, 60.0, stop) for _ in range(3)]
+    assert all(0.25 <= t < 2.0 for t in took), took  # poll_interval, not 60 s
+    events = [e["event"] for e in logs]
+    assert events.count("mailbox.notify_unavailable") == 1, events
+    assert srv.operations().count("Subscribe") == 1, "asked once per connection"
+    srv.refuse_subscriptions(False)
+    mb.open()  # a reconnect tries again
+    mb.wait(60.0, stop)
+    assert srv.operations().count("Subscribe") == 2
+
+
+def test_an_expired_subscription_is_renewed_without_an_error(
+    srv: EwsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ews_module, "NOTIFY_INTERVAL", 0.05)
+    mb = mailbox(srv, poll_interval=300.0)
+    mb.open()
+    stop = threading.Event()
+    mb.wait(60.0, stop)  # subscribes
+    srv.expire_subscriptions()
+    # GetEvents fails (ErrorSubscriptionNotFound), a new Subscribe follows, and the
+    # wait returns so that a sync covers what the lost subscription might have seen.
+    assert _timed_wait(mb, 60.0, stop) < 2.0
+    assert srv.operations().count("Subscribe") == 2
+    timer = threading.Timer(0.3, lambda: srv.deliver(msg(2)))
+    timer.start()
+    assert _timed_wait(mb, 60.0, stop) < 3.0
+    timer.join()
+    assert len(mb.list_new()) == 1

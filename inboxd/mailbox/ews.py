@@ -50,7 +50,7 @@ from exchangelib.errors import (
 )
 from exchangelib.folders import Folder
 from exchangelib.items import HARD_DELETE
-from exchangelib.properties import ItemId
+from exchangelib.properties import CopiedEvent, CreatedEvent, ItemId, MovedEvent, NewMailEvent
 from exchangelib.protocol import BaseProtocol, Protocol
 from exchangelib.transport import BASIC, NTLM, OAUTH2
 
@@ -73,6 +73,12 @@ MAX_BUSY_WAIT = 60.0
 GET_CHUNK = 1
 DELETE_CHUNK = 100
 PAGE_SIZE = 100  # FindItem page / SyncFolderItems MaxChangesReturned (Exchange caps at 512)
+# Pull notifications (see EwsMailbox.wait): how often GetEvents is asked, and how
+# long the server keeps an unasked subscription (minutes; each GetEvents renews it).
+NOTIFY_INTERVAL = 2.0
+SUBSCRIPTION_MINUTES = 10
+NOTIFY_EVENT_TYPES = ("NewMailEvent", "CreatedEvent", "MovedEvent", "CopiedEvent")
+_NEW_MAIL = (NewMailEvent, CreatedEvent, MovedEvent, CopiedEvent)
 
 # Indirection so tests can observe the waits without sleeping.
 _sleep: Callable[[float], None] = time.sleep
@@ -349,6 +355,7 @@ class EwsMailbox:
         poll_interval: float = 60.0,
         sync_state_path: str | None = None,
         timeout: float = 30.0,
+        notifications: bool = True,
     ) -> None:
         if folder.lower() != "inbox":
             # Only the distinguished inbox: a folder path would need FindFolder
@@ -367,6 +374,9 @@ class EwsMailbox:
         self.folder_name = "inbox"
         self.poll_interval = poll_interval
         self.sync_state_path = sync_state_path
+        self.notifications = notifications
+        self._notify_ok = notifications
+        self._subscription: tuple[str, str] | None = None  # (id, watermark)
         self._account: Account | None = None
         self._folder: Folder | None = None
         self._sync_state: str | None = None
@@ -393,6 +403,10 @@ class EwsMailbox:
             disconnect(account)
             raise
         self._account, self._folder = account, folder
+        # A new connection tries notifications again (the server may have been
+        # restarted with them on); subscriptions expire by themselves, unasked.
+        self._notify_ok = self.notifications
+        self._subscription = None
         self._first = True
         self._seen = set()
         log.info("mailbox.open", backend="ews", host=self.settings.host, folder=self.folder_name)
@@ -600,4 +614,66 @@ class EwsMailbox:
         return still
 
     def wait(self, timeout: float, stop: threading.Event) -> None:
-        stop.wait(max(0.0, min(timeout, self.poll_interval)))
+        """Until the server announces new mail, ``timeout`` passes or ``stop`` is set.
+
+        With a pull subscription (``Subscribe`` + ``GetEvents`` every
+        :data:`NOTIFY_INTERVAL` seconds: one small request, no SyncFolderItems) new
+        mail is noticed within seconds. Pull rather than streaming: a streaming
+        ``GetStreamingEvents`` holds a request open for whole minutes, which a
+        SIGTERM could not interrupt. A server that refuses subscriptions (or a
+        subscription that cannot be renewed) means polling every ``poll_interval``
+        until the next reconnect, logged once as ``mailbox.notify_unavailable``.
+        """
+        if not self._notify_ok or self._account is None or self._folder is None:
+            stop.wait(max(0.0, min(timeout, self.poll_interval)))
+            return
+        deadline = time.monotonic() + max(0.0, timeout)
+        while not stop.is_set():
+            if self._announced(self._account, self._folder):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if not self._notify_ok:
+                stop.wait(min(left, self.poll_interval))
+                return
+            stop.wait(min(NOTIFY_INTERVAL, left))
+
+    def _announced(self, account: Account, folder: Folder) -> bool:
+        """Whether new mail may be there: announced by an event, or a subscription
+        was (re)made, and mail that came in before it would not be announced."""
+        if self._subscription is None:
+            try:
+                sub_id, mark = call(
+                    self.settings,
+                    account,
+                    lambda: folder.subscribe_to_pull(
+                        event_types=NOTIFY_EVENT_TYPES, timeout=SUBSCRIPTION_MINUTES
+                    ),
+                    what="subscribe",
+                )
+            except EwsFailure as exc:
+                self._notify_ok = False
+                log.warning("mailbox.notify_unavailable", backend="ews", error=exc.reason)
+                return False
+            self._subscription = (str(sub_id), str(mark))
+            return True
+        sub_id, mark = self._subscription
+
+        def poll() -> tuple[bool, str]:
+            found, latest = False, mark
+            for notification in folder.get_events(sub_id, mark):
+                for event in notification.events:
+                    latest = event.watermark or latest
+                    found = found or isinstance(event, _NEW_MAIL)
+            return found, latest
+
+        try:
+            found, latest = call(self.settings, account, poll, what="notify")
+        except EwsFailure as exc:
+            # Expired or forgotten (a server restart): subscribe afresh next time.
+            log.info("mailbox.notify_renew", backend="ews", error=exc.reason)
+            self._subscription = None
+            return False
+        self._subscription = (sub_id, latest)
+        return found

@@ -101,6 +101,9 @@ class _State:
     faults: dict[str, list[str]] = field(default_factory=dict)
     hooks: dict[str, Callable[[], None]] = field(default_factory=dict)
     auth_failures: int = 0
+    # Pull subscriptions: id -> the event seq its client has seen (the watermark).
+    subscriptions: dict[str, int] = field(default_factory=dict)
+    refuse_subscriptions: bool = False
     recycle_bin: list[StoredItem] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -607,6 +610,71 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 out.append(self._message("DeleteItem"))
         return "".join(out)
 
+    # --- pull notifications -------------------------------------------------------
+
+    def _op_Subscribe(self, req: etree._Element, fault: str | None) -> str:
+        request = self._one(req, "m:PullSubscriptionRequest")
+        self._check_inbox_ref(request, "t:FolderIds/*")
+        types = request.xpath("t:EventTypes/t:EventType/text()", namespaces=NS)
+        if not types:
+            raise ProtocolError("no EventTypes")
+        timeout = request.findtext(f"{{{T}}}Timeout")
+        if not (timeout or "").isdigit() or not 1 <= int(timeout or "0") <= 1440:
+            raise ProtocolError("Timeout must be 1..1440 minutes")
+        st = self.state
+        if st.refuse_subscriptions:
+            return self._error(
+                "Subscribe",
+                "ErrorInvalidPullSubscriptionId",
+                "Notifications are not available on this server.",
+            )
+        sub_id = new_item_id()
+        st.subscriptions[sub_id] = st.seq
+        return self._message(
+            "Subscribe",
+            f"<m:SubscriptionId>{sub_id}</m:SubscriptionId><m:Watermark>{st.seq}</m:Watermark>",
+        )
+
+    def _op_GetEvents(self, req: etree._Element, fault: str | None) -> str:
+        sub_id = self._one(req, "m:SubscriptionId").text or ""
+        mark = self._one(req, "m:Watermark").text or ""
+        st = self.state
+        if sub_id not in st.subscriptions:
+            return self._error(
+                "GetEvents",
+                "ErrorSubscriptionNotFound",
+                "The specified subscription was not found.",
+            )
+        if not mark.isdigit():
+            raise ProtocolError("not a watermark this server gave out")
+        since = int(mark)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        parent = f'<t:ParentFolderId Id="{_esc(_INBOX_ID)}" ChangeKey="AQAAABYAAAA="/>'
+        events = []
+        for ev in st.events:
+            if ev.seq <= since:
+                continue
+            kinds = ("NewMailEvent", "CreatedEvent") if ev.kind == "create" else ("DeletedEvent",)
+            for kind in kinds:
+                events.append(
+                    f"<t:{kind}><t:Watermark>{ev.seq}</t:Watermark>"
+                    f"<t:TimeStamp>{stamp}</t:TimeStamp>"
+                    f'<t:ItemId Id="{_esc(ev.item_id)}" ChangeKey="CQAAAA=="/>{parent}</t:{kind}>'
+                )
+        if not events:
+            events.append(f"<t:StatusEvent><t:Watermark>{since}</t:Watermark></t:StatusEvent>")
+        st.subscriptions[sub_id] = st.seq
+        return self._message(
+            "GetEvents",
+            f"<m:Notification><t:SubscriptionId>{sub_id}</t:SubscriptionId>"
+            f"<t:PreviousWatermark>{since}</t:PreviousWatermark>"
+            f"<t:MoreEvents>false</t:MoreEvents>{''.join(events)}</m:Notification>",
+        )
+
+    def _op_Unsubscribe(self, req: etree._Element, fault: str | None) -> str:
+        self.state.subscriptions.pop(self._one(req, "m:SubscriptionId").text or "", None)
+        return self._message("Unsubscribe")
+
     def _op_CreateItem(self, req: etree._Element, fault: str | None) -> str:
         st = self.state
         disposition = req.get("MessageDisposition", "")
@@ -721,6 +789,16 @@ class EwsServer(FakeHTTPServer):
         "unauthorized", "access_denied"."""
         with self.state.lock:
             self.state.faults.setdefault(operation, []).extend([kind] * times)
+
+    def refuse_subscriptions(self, refuse: bool = True) -> None:
+        """Answer Subscribe with an error, as a server without notifications would."""
+        with self.state.lock:
+            self.state.refuse_subscriptions = refuse
+
+    def expire_subscriptions(self) -> None:
+        """Every subscription is forgotten (a server restart, a timeout)."""
+        with self.state.lock:
+            self.state.subscriptions.clear()
 
     def on(self, operation: str, hook: Callable[[], None]) -> None:
         """Run ``hook`` when ``operation`` arrives next (before it is answered)."""
