@@ -316,3 +316,20 @@ def test_a_large_message_with_dots_arrives_unchanged(
     t = make_transport("starttls")
     t.send(Envelope(FROM, KEDO), message)
     assert mail.relay.received[-1].raw == message
+
+
+@pytest.mark.parametrize("message", [MESSAGE, MESSAGE.rstrip(b"\r\n"), b""])
+def test_a_small_message_and_its_end_of_data_are_one_write(message: bytes) -> None:
+    """A separate small write for the final "." after a small message waits for the
+    server's delayed ACK (Nagle's algorithm): ~40 ms a mail."""
+    pieces = list(dot_stuffed(message))
+    assert len(pieces) == 1
+    assert pieces[0].endswith(b"\r\n.\r\n")
+
+
+def test_a_large_message_ends_in_its_last_piece() -> None:
+    message = b"".join(b"line %d\r\n" % i for i in range(2000))
+    pieces = list(dot_stuffed(message, 1000))
+    assert len(pieces) > 10
+    assert all(len(p) <= 1000 for p in pieces[:-1])
+    assert pieces[-1].endswith(b"\r\n.\r\n") and not pieces[-1].startswith(b".\r\n")
