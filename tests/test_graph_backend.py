@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from fakes import captured_logs, pki
 from fakes.graph_server import GraphServer
 from fakes.token_server import TokenServer
@@ -216,6 +217,30 @@ def test_verify_deleted(aad: TokenServer, graph: GraphServer) -> None:
     assert mb.verify_deleted([a, b], ["<g1@melder.example>"]) == [b, copy]
     mb.delete([b, copy])
     assert mb.verify_deleted([a, b, copy], ["<g1@melder.example>", "<g2@melder.example>"]) == []
+
+
+def test_verify_deleted_searches_every_folder_and_recoverable_items(
+    aad: TokenServer, graph: GraphServer
+) -> None:
+    a = graph.deliver(msg(1))
+    archived = graph.deliver(msg(1), folder="archive")  # a rule filed a copy
+    mb = mailbox(aad, graph)
+    mb.open()
+    mb.delete([a])
+    assert mb.verify_deleted([a], ["<g1@melder.example>"]) == [archived]
+    graph.remove(archived)
+    assert mb.verify_deleted([a], ["<g1@melder.example>"]) == []
+    # A litigation hold: permanentDelete keeps the item in Recoverable Items.
+    graph.state.hold = True
+    b = graph.deliver(msg(2))
+    mb.list_new()
+    mb.delete([b])
+    assert mb.verify_deleted([b], ["<g2@melder.example>"]) == [b]
+    # Where the app may not read Recoverable Items, the rest is still checked.
+    graph.state.recoverable_readable = False
+    with structlog.testing.capture_logs() as logs:
+        assert mb.verify_deleted([], ["<g2@melder.example>"]) == []
+    assert [e["event"] for e in logs] == ["mailbox.verify_limited"]
 
 
 def test_throttling_honours_retry_after(

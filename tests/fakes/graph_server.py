@@ -45,7 +45,7 @@ class GraphMessage:
     mime: bytes
     received: dt.datetime
     internet_message_id: str
-    folder: str  # "inbox" | "sentitems"
+    folder: str  # "inbox" | "sentitems" | "archive" | "recoverableitemsdeletions"
 
 
 @dataclass
@@ -80,7 +80,15 @@ class _State:
     passes: dict[str, int] = field(default_factory=dict)  # requests let through first
     file_sent_copies: bool = True
     held_copies: list[GraphMessage] = field(default_factory=list)
+    # A hold / single item recovery: permanentDelete keeps the item, out of sight
+    # of the folders, in Recoverable Items (readable where the app is permitted).
+    hold: bool = False
+    recoverable_readable: bool = True
     lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+class _Denied(Exception):
+    pass
 
 
 def new_message_id() -> str:
@@ -219,6 +227,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     _ROUTES = (
         ("GET", r"/mailFolders/(?P<f>[^/]+)/messages/delta", "delta"),
         ("GET", r"/mailFolders/(?P<f>[^/]+)/messages", "list"),
+        ("GET", r"/messages", "list_all"),
         ("GET", r"/mailFolders/(?P<f>[^/]+)", "folder"),
         ("GET", r"/messages/(?P<id>[^/]+)/\$value", "value"),
         ("GET", r"/messages/(?P<id>[^/]+)", "message"),
@@ -240,7 +249,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _folder(self) -> str:
         folder = self._params["f"].lower()
-        if folder not in ("inbox", "sentitems"):
+        if folder == "recoverableitemsdeletions" and not self.state.recoverable_readable:
+            raise _Denied
+        if folder not in ("inbox", "sentitems", "archive", "recoverableitemsdeletions"):
             raise ProtocolError(f"unknown folder {folder}")
         return folder
 
@@ -355,14 +366,34 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             doc["@odata.deltaLink"] = self._link(base, **{"$deltatoken": tok})
         self._json(200, doc)
 
-    def _r_list(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
+    def _r_list_all(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
+        """``/users/{id}/messages``: every mail folder, not Recoverable Items."""
+        self._r_list(method, path, query, body, everywhere=True)
+
+    def _r_list(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        body: bytes,
+        *,
+        everywhere: bool = False,
+    ) -> None:
         st = self.state
-        folder = self._folder()
+        try:
+            folder = "" if everywhere else self._folder()
+        except _Denied:
+            self._json(*_graph_error(403, "ErrorAccessDenied", "Access is denied."))
+            return
         sel = self._select(query, {"id", "receivedDateTime", "internetMessageId"})
         top = int(query.get("$top", "10"))
         skip = int(query.get("$skip", "0"))
         with st.lock:
-            msgs = [m for m in st.messages.values() if m.folder == folder]
+            msgs = [
+                m
+                for m in st.messages.values()
+                if m.folder == folder or (everywhere and m.folder != "recoverableitemsdeletions")
+            ]
         flt = query.get("$filter")
         if flt is not None:
             m = re.fullmatch(r"internetMessageId eq '((?:[^']|'')*)'", flt)
@@ -417,10 +448,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         st = self.state
         with st.lock:
             st.permanent_deletes.append(key)
-            if key not in st.messages:
+            if key not in st.messages or st.messages[key].folder == "recoverableitemsdeletions":
                 self._not_found()
                 return
-            self.fake._remove(key)
+            if st.hold:
+                kept = st.messages[key]
+                self.fake._remove(key)
+                st.messages[key] = GraphMessage(
+                    kept.id, kept.mime, kept.received, kept.internet_message_id,
+                    "recoverableitemsdeletions",
+                )  # fmt: skip
+            else:
+                self.fake._remove(key)
         self._send(204, b"", {})
 
     def _r_sendMail(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
@@ -492,13 +531,18 @@ class GraphServer(FakeHTTPServer):
 
     # --- what a test does ----------------------------------------------------------
 
-    def deliver(self, mime: bytes, *, received: dt.datetime | None = None) -> str:
+    def deliver(
+        self, mime: bytes, *, received: dt.datetime | None = None, folder: str = "inbox"
+    ) -> str:
         with self.state.lock:
             when = received or dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC) + dt.timedelta(
                 seconds=self.state.seq
             )
-            msg = GraphMessage(new_message_id(), mime, when, _header(mime, b"message-id"), "inbox")
-            self._add(msg)
+            msg = GraphMessage(new_message_id(), mime, when, _header(mime, b"message-id"), folder)
+            if folder == "inbox":
+                self._add(msg)
+            else:  # not in the inbox's delta
+                self.state.messages[msg.id] = msg
             return msg.id
 
     def remove(self, key: str) -> None:
