@@ -163,6 +163,32 @@ def test_verify_deleted(srv: EwsServer) -> None:
     assert mb.verify_deleted([a, b], ["<m1@melder.example>", "<m2@melder.example>"]) == []
 
 
+def test_verify_deleted_searches_every_folder_and_recoverable_items(srv: EwsServer) -> None:
+    archive = srv.add_folder("Archief")
+    a = srv.deliver(msg(1))
+    filed = srv.deliver(msg(1), folder=archive)  # a rule filed a copy
+    mb = mailbox(srv)
+    mb.open()
+    assert mb.list_new() == [a], "the inbox only"
+    mb.delete([a])
+    assert mb.verify_deleted([a], ["<m1@melder.example>"]) == [filed]
+    finds = [c.body for c in srv.calls if c.operation == "FindFolder"]
+    assert finds and finds[-1].get("Traversal") == "Deep"
+    srv.remove(filed)
+    assert mb.verify_deleted([a], ["<m1@melder.example>"]) == []
+    # A hold: the hard delete keeps the item in Recoverable Items.
+    srv.state.hold = True
+    b = srv.deliver(msg(2))
+    mb.list_new()
+    mb.delete([b])
+    assert mb.verify_deleted([], ["<m2@melder.example>"]) == [b]
+    # Not permitted to read Recoverable Items: said once, the folders still checked.
+    srv.state.recoverable_readable = False
+    with structlog.testing.capture_logs() as logs:
+        assert mb.verify_deleted([], ["<m2@melder.example>"]) == []
+    assert "mailbox.verify_limited" in [e["event"] for e in logs]
+
+
 def test_state_is_stored_only_after_the_sync_completed(
     srv: EwsServer, tmp_path: Path, sleeps: list[float]
 ) -> None:

@@ -48,7 +48,8 @@ from exchangelib.errors import (
     EWSError,
     UnauthorizedError,
 )
-from exchangelib.folders import Folder
+from exchangelib.folders import DEEP, Folder, FolderCollection
+from exchangelib.folders.known_folders import RecoverableItemsDeletions
 from exchangelib.items import HARD_DELETE
 from exchangelib.properties import CopiedEvent, CreatedEvent, ItemId, MovedEvent, NewMailEvent
 from exchangelib.protocol import BaseProtocol, Protocol
@@ -600,17 +601,57 @@ class EwsMailbox:
                     raise MailboxError(f"ews verify: {type(result).__name__}")
                 still.append(key)
         ids = [m for m in message_ids if m]
+        if not ids:
+            return still
+
+        def mail_folders() -> list[Folder]:
+            # Every folder under the mailbox's top (one FindFolder, deep): a rule or
+            # a colleague may have filed a copy anywhere.
+            found = FolderCollection(
+                account=account, folders=[account.msg_folder_root]
+            ).find_folders(depth=DEEP)
+            return [
+                f
+                for f in found
+                if isinstance(f, Folder)
+                and (f.folder_class is None or f.folder_class.startswith("IPF.Note"))
+            ]
+
+        places: list[list[Folder]] = []
+        everywhere = self._call(account, mail_folders, what="verify")
+        for start in range(0, len(everywhere), 50):
+            places.append(everywhere[start : start + 50])
+        try:
+            recoverable: list[Folder] = [
+                self._call(
+                    account,
+                    lambda: RecoverableItemsDeletions.get_distinguished(root=account.root),
+                    what="verify",
+                )
+            ]
+        except MailboxError as exc:
+            if not exc.auth:
+                raise
+            # Not permitted to look there: say so, check the rest.
+            log.info("mailbox.verify_limited", backend="ews", folder="recoverable_items")
+            recoverable = []
         for start in range(0, len(ids), 20):
             chunk_ids = ids[start : start + 20]
+            for where in [*places, recoverable]:
+                if not where:
+                    continue
 
-            def search(chunk_ids: list[str] = chunk_ids) -> list[str]:
-                qs = folder.filter(message_id__in=chunk_ids).only("id")
-                qs.page_size = PAGE_SIZE
-                return [item.id for item in qs]
+                def search(
+                    where: list[Folder] = where, chunk_ids: list[str] = chunk_ids
+                ) -> list[str]:
+                    qs = FolderCollection(account=account, folders=where).filter(
+                        message_id__in=chunk_ids
+                    )
+                    return [item.id for item in qs.only("id")]
 
-            for key in self._call(account, search, what="verify"):
-                if key not in still:
-                    still.append(key)
+                for key in self._call(account, search, what="verify"):
+                    if key not in still:
+                        still.append(key)
         return still
 
     def wait(self, timeout: float, stop: threading.Event) -> None:

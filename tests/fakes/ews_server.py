@@ -57,6 +57,7 @@ class StoredItem:
     mime: bytes
     received: dt.datetime
     message_id: str
+    folder: str = "inbox"  # "inbox", a folder id of ``_State.folders``, or "recoverable"
 
 
 @dataclass
@@ -104,8 +105,16 @@ class _State:
     # Pull subscriptions: id -> the event seq its client has seen (the watermark).
     subscriptions: dict[str, int] = field(default_factory=dict)
     refuse_subscriptions: bool = False
+    # Mail folders besides the inbox (id -> display name), found by FindFolder.
+    folders: dict[str, str] = field(default_factory=dict)
+    # A hold: a HardDelete leaves the item in Recoverable Items (readable or not).
+    hold: bool = False
+    recoverable_readable: bool = True
     recycle_bin: list[StoredItem] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+_GONE = StoredItem("", "", b"", dt.datetime(2000, 1, 1, tzinfo=dt.UTC), "", "gone")
 
 
 def new_item_id() -> str:
@@ -384,11 +393,35 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             mbx = ref.find(f"{{{T}}}Mailbox/{{{T}}}EmailAddress")
             if mbx is not None and (mbx.text or "").lower() != self.state.mailbox.lower():
                 raise ProtocolError("folder of another mailbox")
-            wanted = {"root": _ROOT_ID, "inbox": _INBOX_ID}.get(wanted or "", "?")
+            wanted = {
+                "root": _ROOT_ID,
+                "inbox": _INBOX_ID,
+                "msgfolderroot": _TOP_ID,
+                "recoverableitemsdeletions": _RECOVERABLE_ID,
+            }.get(wanted or "", "?")
         if fault == "access_denied":
             return self._access_denied("GetFolder")
         st = self.state
-        if wanted == _ROOT_ID:
+        if wanted == _RECOVERABLE_ID:
+            if not st.recoverable_readable:
+                return self._access_denied("GetFolder")
+            inner = (
+                f'<t:FolderId Id="{_esc(_RECOVERABLE_ID)}" ChangeKey="AQAAAA=="/>'
+                f'<t:ParentFolderId Id="{_esc(_ROOT_ID)}" ChangeKey="AQAAAA=="/>'
+                "<t:DisplayName>Deletions</t:DisplayName><t:TotalCount>0</t:TotalCount>"
+                "<t:ChildFolderCount>0</t:ChildFolderCount><t:UnreadCount>0</t:UnreadCount>"
+            )
+        elif wanted == _TOP_ID:
+            # "Top of Information Store": the folders a user sees live under it.
+            inner = (
+                f'<t:FolderId Id="{_esc(_TOP_ID)}" ChangeKey="AQAAAA=="/>'
+                f'<t:ParentFolderId Id="{_esc(_ROOT_ID)}" ChangeKey="AQAAAA=="/>'
+                "<t:FolderClass>IPF.Note</t:FolderClass>"
+                "<t:DisplayName>Top of Information Store</t:DisplayName>"
+                f"<t:TotalCount>0</t:TotalCount><t:ChildFolderCount>{1 + len(st.folders)}"
+                "</t:ChildFolderCount><t:UnreadCount>0</t:UnreadCount>"
+            )
+        elif wanted == _ROOT_ID:
             # The mailbox root: no FolderClass, no name, one child (the IPM subtree).
             inner = (
                 f'<t:FolderId Id="{_esc(_ROOT_ID)}" ChangeKey="AQAAAA=="/>'
@@ -457,7 +490,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if len(changes) == max_changes:
                 break
             last = ev.seq
-            if ev.kind == "create" and ev.item_id in st.items:
+            if ev.kind == "create" and st.items.get(ev.item_id, _GONE).folder == "inbox":
                 it = st.items[ev.item_id]
                 changes.append(
                     "<t:Create><t:Message>"
@@ -486,6 +519,56 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return f"<t:DateTimeReceived>{stamp}</t:DateTimeReceived>"
         return ""
 
+    def _op_FindFolder(self, req: etree._Element, fault: str | None) -> str:
+        if req.get("Traversal") != "Deep":
+            raise ProtocolError("FindFolder: only a Deep walk is expected")
+        parent = self._one(req, "m:ParentFolderIds/*")
+        if parent.get("Id") not in ("msgfolderroot", _TOP_ID):
+            raise ProtocolError("FindFolder from msgfolderroot only")
+        st = self.state
+        folders = [(_INBOX_ID, "Inbox"), *st.folders.items()]
+        body = "".join(
+            f'<t:Folder><t:FolderId Id="{_esc(fid)}" ChangeKey="AQAAABYAAAA="/>'
+            f'<t:ParentFolderId Id="{_esc(_ROOT_ID)}" ChangeKey="AQAAAA=="/>'
+            f"<t:FolderClass>IPF.Note</t:FolderClass><t:DisplayName>{_esc(name)}</t:DisplayName>"
+            "<t:TotalCount>0</t:TotalCount><t:ChildFolderCount>0</t:ChildFolderCount>"
+            "<t:UnreadCount>0</t:UnreadCount></t:Folder>"
+            for fid, name in folders
+        )
+        return self._message(
+            "FindFolder",
+            f'<m:RootFolder TotalItemsInView="{len(folders)}" IncludesLastItemInRange="true">'
+            f"<t:Folders>{body}</t:Folders></m:RootFolder>",
+        )
+
+    def _parent_folders(self, req: etree._Element) -> list[str] | None:
+        """The folders a FindItem searches, in request order; None when one of them
+        may not be read."""
+        wanted: list[str] = []
+        parents = req.xpath("m:ParentFolderIds/*", namespaces=NS)
+        if not parents:
+            raise ProtocolError("no ParentFolderIds")
+        for ref in parents:
+            if ref.tag == f"{{{T}}}DistinguishedFolderId":
+                name = ref.get("Id")
+                if name == "inbox":
+                    wanted.append("inbox")
+                elif name == "recoverableitemsdeletions":
+                    if not self.state.recoverable_readable:
+                        return None
+                    wanted.append("recoverable")
+                else:
+                    raise ProtocolError(f"unexpected distinguished folder {name}")
+            elif ref.get("Id") == _INBOX_ID:
+                wanted.append("inbox")
+            elif ref.get("Id") == _RECOVERABLE_ID:
+                wanted.append("recoverable")
+            elif ref.get("Id") in self.state.folders:
+                wanted.append(ref.get("Id") or "")
+            else:
+                raise ProtocolError("unknown FolderId")
+        return wanted
+
     def _op_FindItem(self, req: etree._Element, fault: str | None) -> str:
         st = self.state
         if req.get("Traversal") != "Shallow":
@@ -493,10 +576,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         shape = self._one(req, "m:ItemShape/t:BaseShape").text
         if shape != "IdOnly":
             raise ProtocolError("FindItem must ask for ids only")
-        self._check_inbox_ref(req, "m:ParentFolderIds/*")
-        if fault == "access_denied":
+        folders = self._parent_folders(req)
+        if fault == "access_denied" or folders is None:
             return self._access_denied("FindItem")
-        items = list(st.items.values())
+        # Exchange answers one response message per parent folder, in order.
+        return "".join(
+            self._find_in(req, [i for i in st.items.values() if i.folder == f]) for f in folders
+        )
+
+    def _find_in(self, req: etree._Element, items: list[StoredItem]) -> str:
         restriction = req.find(f"{{{M}}}Restriction")
         if restriction is not None:
             items = self._restrict(restriction, items)
@@ -606,7 +694,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 # with a recoverable copy; the fake keeps soft-deleted ones in a bin.
                 if delete_type != "HardDelete":
                     st.recycle_bin.append(st.items[item_id])
+                kept = st.items[item_id]
                 self.server.fake._remove(item_id)  # type: ignore[attr-defined]
+                if st.hold:
+                    # Gone from the folders, kept in Recoverable Items.
+                    kept.folder = "recoverable"
+                    st.items[item_id] = kept
                 out.append(self._message("DeleteItem"))
         return "".join(out)
 
@@ -716,6 +809,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 _INBOX_ID = new_item_id()
+_TOP_ID = new_item_id()
+_RECOVERABLE_ID = new_item_id()
 _ROOT_ID = new_item_id()
 
 
@@ -755,8 +850,18 @@ class EwsServer(FakeHTTPServer):
 
     # --- what a test does to the mailbox -----------------------------------------
 
-    def deliver(self, mime: bytes, *, received: dt.datetime | None = None) -> str:
-        """A message arrives in the inbox; returns its item id."""
+    def add_folder(self, name: str) -> str:
+        """A mail folder beside the inbox (FindFolder lists it); returns its id."""
+        with self.state.lock:
+            fid = new_item_id()
+            self.state.folders[fid] = name
+            return fid
+
+    def deliver(
+        self, mime: bytes, *, received: dt.datetime | None = None, folder: str = "inbox"
+    ) -> str:
+        """A message arrives in the inbox (or is filed in ``folder``, a folder id);
+        returns its item id."""
         st = self.state
         with st.lock:
             item_id = new_item_id()
@@ -767,9 +872,10 @@ class EwsServer(FakeHTTPServer):
             for line in mime.split(b"\r\n\r\n", 1)[0].split(b"\n"):
                 if line.lower().startswith(b"message-id:"):
                     mid = line.split(b":", 1)[1].strip().decode()
-            st.items[item_id] = StoredItem(item_id, _changekey(), mime, when, mid)
-            st.seq += 1
-            st.events.append(_Event(st.seq, "create", item_id))
+            st.items[item_id] = StoredItem(item_id, _changekey(), mime, when, mid, folder)
+            if folder == "inbox":
+                st.seq += 1
+                st.events.append(_Event(st.seq, "create", item_id))
             return item_id
 
     def _remove(self, item_id: str) -> None:
