@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import io
 import os
 import stat
 from collections.abc import Callable
@@ -207,19 +208,25 @@ def open_from(
     nonce = read(NONCE_BYTES)
     dec = Cipher(algorithms.AES(data_key), modes.GCM(nonce)).decryptor()
     dec.authenticate_additional_data(f"inboxd:{owner}:{field}".encode())
-    parts: list[bytes] = []
     left = size - NONCE_BYTES - TAG_BYTES
+    # Into a buffer of the final size whose getvalue() hands over that very bytes
+    # object: a list of pieces joined at the end would hold the value twice.
+    out = io.BytesIO()
+    if left > 0:
+        out.seek(left - 1)
+        out.write(b"\0")
+        out.seek(0)
     while left > 0:
         chunk = read(min(STREAM_CHUNK, left))
         if not chunk:
             raise DecryptError(f"field {field} did not open")
-        parts.append(dec.update(chunk))
+        out.write(dec.update(chunk))
         left -= len(chunk)
     try:
         dec.finalize_with_tag(read(TAG_BYTES))
     except (InvalidTag, ValueError):
         raise DecryptError(f"field {field} did not open") from None
-    return b"".join(parts)
+    return out.getvalue()
 
 
 TOKEN_CHARS = 16

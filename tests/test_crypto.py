@@ -414,6 +414,7 @@ def test_sealing_in_pieces_is_the_same_format(plain: bytes, chunk: int) -> None:
     assert len(streamed) == sealed_size(len(plain))
     assert open_sealed(key, "signal:x", "raw", streamed) == plain
     assert opened == plain
+    assert type(opened) is bytes  # hashable, immutable: what callers had before
 
 
 def test_opening_in_pieces_refuses_tampering_and_the_wrong_owner() -> None:
