@@ -15,7 +15,7 @@ from servers import MailServer
 from servers.tlsca import make_ca
 
 from inboxd.transport.base import Envelope, SendError
-from inboxd.transport.smtp import SmtpTransport, dot_stuffed, refusal, status
+from inboxd.transport.smtp import SmtpTransport, dot_stuffed, needs_8bitmime, refusal, status
 
 FROM = "vreemdverhaal@gemeente.example"
 KEDO = "intake-kedo@gemeente.example"
@@ -333,3 +333,17 @@ def test_a_large_message_ends_in_its_last_piece() -> None:
     assert len(pieces) > 10
     assert all(len(p) <= 1000 for p in pieces[:-1])
     assert pieces[-1].endswith(b"\r\n.\r\n") and not pieces[-1].startswith(b".\r\n")
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (b"", False),
+        (b"plain\r\n", False),
+        (b"\x7f", False),
+        (b"\x80", True),
+        (b"caf\xc3\xa9", True),
+    ],
+)
+def test_needs_8bitmime_for_any_byte_above_7f(message: bytes, expected: bool) -> None:
+    assert needs_8bitmime(b"x" * 5000 + message) is expected
