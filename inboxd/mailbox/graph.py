@@ -487,9 +487,9 @@ class GraphMailbox:
                 except (ValueError, AttributeError):
                     raise MailboxError("graph verify: response is not JSON") from None
                 for entry in found:
-                    key = entry.get("id") if isinstance(entry, dict) else None
-                    if isinstance(key, str) and key not in still:
-                        still.append(key)
+                    item = entry.get("id") if isinstance(entry, dict) else None
+                    if isinstance(item, str) and item not in still:
+                        still.append(item)
         return still
 
     def wait(self, timeout: float, stop: threading.Event) -> None:
