@@ -198,10 +198,17 @@ def _headers(mail: Mail) -> list[bytes]:
 
 
 def render(mail: Mail) -> bytes:
+    return b"".join(render_pieces(mail))
+
+
+def render_pieces(mail: Mail) -> list[bytes]:
+    """The mail as pieces whose concatenation is :func:`render`'s result. An
+    original that needs no line-ending repair is one of the pieces itself, not a
+    copy: a transport that sends pieces never holds a large original twice."""
     headers = _headers(mail)
     text_head, text_body = _text_part(mail.body)
     if not mail.attachments:
-        return b"".join([*headers, text_head, b"MIME-Version: 1.0\r\n\r\n", text_body])
+        return [b"".join([*headers, text_head, b"MIME-Version: 1.0\r\n\r\n", text_body])]
     boundary = "inboxd-" + secrets.token_hex(20)
     while any(boundary.encode() in a.raw for a in mail.attachments):
         boundary = "inboxd-" + secrets.token_hex(20)
@@ -220,7 +227,7 @@ def render(mail: Mail) -> bytes:
     for att in mail.attachments:
         out += [_CRLF + delimiter + _CRLF, *_attachment_pieces(att)]
     out.append(_CRLF + delimiter + b"--" + _CRLF)
-    return b"".join(out)
+    return out
 
 
 def format_datetime_ts(ts: float | None) -> str:

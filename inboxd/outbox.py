@@ -14,15 +14,19 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 from inboxd.logs import get_logger
-from inboxd.mails import Attachment, HeaderInjection, Mail, render
+from inboxd.mails import Attachment, HeaderInjection, Mail, render, render_pieces
 from inboxd.smime import CertificateError, encrypt, load_certificate
 from inboxd.store import DueMail, OutboxEntry, Store
-from inboxd.transport.base import Envelope, SendError, Transport
+from inboxd.transport.base import Envelope, Message, SendError, Transport, message_size
 
 log = get_logger(__name__)
+
+# Attachments larger than this (together) go to a transport that takes pieces as
+# pieces (see ``transport.base.Message``); smaller mails are joined as before.
+PIECES_FROM = 1024 * 1024
 
 
 TOO_BIG_NOTE = {
@@ -143,18 +147,26 @@ class Outbox:
                 out.append(Attachment(raw=raw, filename=a.filename))
         return tuple(out)
 
-    @staticmethod
     def _build(
-        mail: Mail, attachments: tuple[Attachment, ...], smime: tuple[str, str] | None
-    ) -> bytes:
-        data = render(Mail(**{**asdict(mail), "attachments": attachments}))
+        self, mail: Mail, attachments: tuple[Attachment, ...], smime: tuple[str, str] | None
+    ) -> Message:
+        full = Mail(**{**asdict(mail), "attachments": attachments})
+        if (
+            smime is None
+            and getattr(self.transport, "takes_pieces", False)
+            and sum(len(a.raw) for a in attachments) > PIECES_FROM
+        ):
+            # Pieces: the transport sends the original from the bytes it was read
+            # into, instead of from a second, joined copy of it.
+            return render_pieces(full)
+        data = render(full)
         if smime is not None:
             # Encrypted or not at all: a certificate that cannot be used stops the
             # mail, it never goes out in the clear instead.
             data = encrypt(data, [load_certificate(smime[0])], smime[1])
         return data
 
-    def _too_big(self, data: bytes) -> bool:
+    def _too_big(self, data: Message) -> bool:
         size_limit = getattr(self.transport, "size_limit", None)
         if size_limit is None:
             return False
@@ -162,7 +174,7 @@ class Outbox:
             limit = size_limit()
         except SendError:
             return False  # the send itself will say what is wrong
-        return limit is not None and len(data) > limit
+        return limit is not None and message_size(data) > limit
 
     def drain(
         self, limit: int = 1000, should_stop: Callable[[], bool] = lambda: False
@@ -191,7 +203,7 @@ class Outbox:
             if refs and due.kind == "triage_request" and self._too_big(data):
                 # The functionarissen must hear of the signal even when the server
                 # will not carry the original: without it, and saying so.
-                size = len(data)
+                size = message_size(data)
                 del data
                 note = TOO_BIG_NOTE[self.language if self.language in TOO_BIG_NOTE else "nl"]
                 body = mail.body + note.format(max(1, round(size / 1_000_000)))
@@ -205,7 +217,13 @@ class Outbox:
                 self.on_given_up(due, type(exc).__name__)
             return True
         try:
-            self.transport.send(Envelope(sender=due.sender, recipient=due.recipient), data)
+            envelope = Envelope(sender=due.sender, recipient=due.recipient)
+            if isinstance(data, bytes):
+                self.transport.send(envelope, data)
+            else:
+                # Only built for a transport with ``takes_pieces``.
+                send_pieces = cast(Callable[[Envelope, Message], None], self.transport.send)
+                send_pieces(envelope, data)
         except SendError as exc:
             expired = now - due.created_at >= self.retry_for
             if exc.temporary and not expired:

@@ -404,3 +404,42 @@ def test_message_id_headers_must_be_plain_ids(bad: str) -> None:
     if " " not in bad:  # References is a list of ids separated by spaces
         with pytest.raises(HeaderInjection):
             render(mail(references=("<ok@x.example>", bad)))
+
+
+def test_pieces_are_the_rendered_mail_and_hold_the_original_itself() -> None:
+    from inboxd.mails import render_pieces
+
+    raw = b"From: a@b.example\r\nSubject: groot\r\n\r\n" + b"regel\r\n" * 50_000
+    m = mail(attachments=(Attachment(raw=raw),), date=1_700_000_000.0, body="tekst")
+    pieces = render_pieces(m)
+    assert any(p is raw for p in pieces), "the original is a piece, not a copy of it"
+    joined = b"".join(pieces)
+    # render() picks a random boundary: compare with it taken out.
+    boundary = re.search(rb'boundary="([^"]+)"', joined)
+    assert boundary is not None
+    again = render(m)
+    other = re.search(rb'boundary="([^"]+)"', again)
+    assert other is not None
+    assert joined.replace(boundary.group(1), b"B") == again.replace(other.group(1), b"B")
+
+
+def test_a_large_original_goes_to_a_piece_taking_transport_as_pieces() -> None:
+    from inboxd.outbox import PIECES_FROM, Outbox
+
+    class Pieces:
+        takes_pieces = True
+
+    class Whole:
+        pass
+
+    big = b"Subject: x\r\n\r\n" + (b"y" * 76 + b"\r\n") * (PIECES_FROM // 78 + 10)
+    small = b"Subject: x\r\n\r\nkort\r\n"
+
+    def build(transport: object, raw: bytes) -> object:
+        outbox = Outbox(None, transport, lambda: 0.0, 0.0)  # type: ignore[arg-type]
+        return outbox._build(mail(date=1.0), (Attachment(raw=raw),), None)
+
+    as_pieces = build(Pieces(), big)
+    assert isinstance(as_pieces, list) and any(p is big for p in as_pieces)
+    assert isinstance(build(Whole(), big), bytes)
+    assert isinstance(build(Pieces(), small), bytes)

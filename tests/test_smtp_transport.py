@@ -331,7 +331,7 @@ def test_a_large_message_ends_in_its_last_piece() -> None:
     message = b"".join(b"line %d\r\n" % i for i in range(2000))
     pieces = list(dot_stuffed(message, 1000))
     assert len(pieces) > 10
-    assert all(len(p) <= 1000 for p in pieces[:-1])
+    assert all(1000 <= len(p) < 2000 for p in pieces[:-1]), "about a chunk a write"
     assert pieces[-1].endswith(b"\r\n.\r\n") and not pieces[-1].startswith(b".\r\n")
 
 
@@ -347,3 +347,41 @@ def test_a_large_message_ends_in_its_last_piece() -> None:
 )
 def test_needs_8bitmime_for_any_byte_above_7f(message: bytes, expected: bool) -> None:
     assert needs_8bitmime(b"x" * 5000 + message) is expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        st.sampled_from([b"", b".", b"..", b".x", b"a.b", b"plain", b"x" * 40]), max_size=30
+    ),
+    ending=st.sampled_from([b"\r\n", b"", b"\r"]),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6),
+    chunk=st.integers(min_value=1, max_value=64),
+)
+def test_pieces_are_stuffed_as_their_concatenation(
+    lines: list[bytes], ending: bytes, cuts: list[int], chunk: int
+) -> None:
+    message = b"\r\n".join(lines) + ending
+    points = sorted({min(c, len(message)) for c in cuts})
+    pieces = [message[a:b] for a, b in zip([0, *points], [*points, len(message)], strict=True)]
+    assert b"".join(dot_stuffed(pieces, chunk)) == b"".join(dot_stuffed(message, chunk))
+
+
+def test_small_pieces_go_out_as_one_write() -> None:
+    pieces = [b"Subject: x\r\n", b"\r\n", b".begins with a dot\r\n", b"", b"end"]
+    writes = list(dot_stuffed(pieces))
+    assert writes == [b"Subject: x\r\n\r\n..begins with a dot\r\nend\r\n.\r\n"]
+
+
+def test_a_message_in_pieces_arrives_as_their_concatenation(
+    mail: MailServer, make_transport: Callable[..., SmtpTransport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inboxd.transport.smtp as smtp_mod
+
+    monkeypatch.setattr(smtp_mod, "DATA_CHUNK", 1000)
+    body = b"".join(b".%d caf\xc3\xa9\r\n" % i for i in range(3000))
+    head, rest = MESSAGE.split(b"\r\n\r\n", 1)
+    pieces = [head, b"\r\n\r\n", body, rest]
+    t = make_transport("starttls")
+    t.send(Envelope(FROM, KEDO), pieces)
+    assert mail.relay.received[-1].raw == b"".join(pieces)

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+# A message as bytes, or as pieces whose concatenation is the message: a transport
+# with ``takes_pieces = True`` accepts the latter, so a large original attached to a
+# mail is sent from the very bytes object it was read into, never copied whole.
+Message = bytes | Sequence[bytes]
+
+
+def pieces_of(message: Message) -> Sequence[bytes]:
+    return (message,) if isinstance(message, bytes) else message
+
+
+def message_size(message: Message) -> int:
+    return sum(len(p) for p in pieces_of(message))
 
 
 class SendError(Exception):

@@ -24,7 +24,7 @@ from typing import Literal
 from inboxd.config import is_loopback
 from inboxd.logs import get_logger
 from inboxd.mailbox.imap import tls_context
-from inboxd.transport.base import Envelope, SendError
+from inboxd.transport.base import Envelope, Message, SendError, message_size, pieces_of
 
 log = get_logger(__name__)
 
@@ -39,36 +39,46 @@ DATA_CHUNK = 1024 * 1024
 _DOT_AFTER_NEWLINE = re.compile(rb"(?<=\n)\.")
 
 
-def dot_stuffed(message: bytes, chunk: int = DATA_CHUNK) -> Iterator[bytes]:
-    """The message as DATA sends it (RFC 5321 §4.5.2: a line starting with "." gets
-    another), in pieces of about ``chunk`` bytes that end at a line end where
-    possible. What smtplib's ``data()`` sends, without its two whole copies.
+def dot_stuffed(message: Message, chunk: int = DATA_CHUNK) -> Iterator[bytes]:
+    """The message (bytes, or pieces whose concatenation it is) as DATA sends it
+    (RFC 5321 §4.5.2: a line starting with "." gets another), in writes of about
+    ``chunk`` to ``2 * chunk`` bytes cut at a line end where possible. What
+    smtplib's ``data()`` sends, without its two whole copies.
 
-    The end of data (a missing CRLF, then ".") travels in the last piece: a separate
-    small write after a small message meets Nagle's algorithm and the server's
-    delayed ACK, ~40 ms per mail (measured: 23 instead of 1,200 mails/s)."""
-    ending = b".\r\n" if message.endswith(b"\r\n") else b"\r\n.\r\n"
-    if not message:
-        yield ending
-        return
+    Small pieces are gathered into one write and the end of data (a missing CRLF,
+    then ".") travels in the last one: a small write after a small write meets
+    Nagle's algorithm and the server's delayed ACK, ~40 ms per mail (measured: 23
+    instead of 1,200 mails/s)."""
+    parts = pieces_of(message)
+    tail = b"".join(p[-2:] for p in parts)[-2:]
+    ending = b".\r\n" if tail == b"\r\n" else b"\r\n.\r\n"
+    pending: list[bytes] = []
+    pending_size = 0
     at_line_start = True
-    pos, size = 0, len(message)
-    while pos < size:
-        end = min(pos + chunk, size)
-        if end < size:
-            newline = message.rfind(b"\n", pos, end)
-            if newline >= pos:
-                end = newline + 1
-        piece = message[pos:end]
-        stuffed = _DOT_AFTER_NEWLINE.sub(b"..", piece)
-        if at_line_start and piece.startswith(b"."):
-            stuffed = b"." + stuffed
-        at_line_start = piece.endswith(b"\n")
-        pos = end
-        yield stuffed + ending if pos >= size else stuffed
+    for part in parts:
+        pos, size = 0, len(part)
+        while pos < size:
+            end = min(pos + chunk, size)
+            if end < size:
+                newline = part.rfind(b"\n", pos, end)
+                if newline >= pos:
+                    end = newline + 1
+            piece = part[pos:end]
+            stuffed = _DOT_AFTER_NEWLINE.sub(b"..", piece)
+            if at_line_start and piece.startswith(b"."):
+                stuffed = b"." + stuffed
+            at_line_start = piece.endswith(b"\n")
+            pos = end
+            pending.append(stuffed)
+            pending_size += len(stuffed)
+            if pending_size >= chunk:
+                yield b"".join(pending)
+                pending, pending_size = [], 0
+    pending.append(ending)
+    yield b"".join(pending)
 
 
-def send_data(conn: smtplib.SMTP, message: bytes) -> tuple[int, bytes]:
+def send_data(conn: smtplib.SMTP, message: Message) -> tuple[int, bytes]:
     """``conn.data(message)``, streamed."""
     code, reply = conn.docmd("data")
     if code != 354:
@@ -107,9 +117,9 @@ def is_ascii(value: str) -> bool:
     return value.isascii()
 
 
-def needs_8bitmime(message: bytes) -> bool:
+def needs_8bitmime(message: Message) -> bool:
     # isascii() runs in C: a generator over the bytes took 1.6 s for 40 MiB.
-    return not message.isascii()
+    return not all(p.isascii() for p in pieces_of(message))
 
 
 def xoauth2_string(username: str, token: str) -> str:
@@ -121,6 +131,7 @@ def xoauth2_string(username: str, token: str) -> str:
 
 class SmtpTransport:
     name = "smtp"
+    takes_pieces = True
 
     def __init__(
         self,
@@ -288,7 +299,8 @@ class SmtpTransport:
             value = conn.esmtp_features.get("size", "").strip()
             return int(value) if value.isdigit() and int(value) > 0 else None
 
-    def send(self, envelope: Envelope, message: bytes) -> None:
+    def send(self, envelope: Envelope, message: Message) -> None:
+        """Also takes the message as pieces (``takes_pieces``)."""
         with self._lock:
             conn, unchecked = self._connection()
             try:
@@ -302,11 +314,11 @@ class SmtpTransport:
             self._last_used = time.monotonic()
 
     def _transaction(
-        self, conn: smtplib.SMTP, envelope: Envelope, message: bytes, *, stale_ok: bool = False
+        self, conn: smtplib.SMTP, envelope: Envelope, message: Message, *, stale_ok: bool = False
     ) -> None:
         mail_options: list[str] = []
         if conn.has_extn("size"):
-            mail_options.append(f"SIZE={len(message)}")
+            mail_options.append(f"SIZE={message_size(message)}")
         if needs_8bitmime(message) and conn.has_extn("8bitmime"):
             mail_options.append("BODY=8BITMIME")
         if not (is_ascii(envelope.sender) and is_ascii(envelope.recipient)):
