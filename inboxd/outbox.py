@@ -29,6 +29,11 @@ log = get_logger(__name__)
 PIECES_FROM = 1024 * 1024
 
 
+# Mails to the functionarissen that attach what came in: better without the
+# attachment (they can still act on the reference) than not at all. A forward is
+# not among them: without the signal it is pointless, so it fails and alerts.
+LEAVE_OUT_WHEN_TOO_BIG = ("triage_request", "followup_notice")
+
 TOO_BIG_NOTE = {
     "nl": (
         "\n\nHet oorspronkelijke bericht (ongeveer {} MB) is niet bijgevoegd: de mailserver"
@@ -200,7 +205,7 @@ class Outbox:
         try:
             mail, refs, smime = decode(due.payload)
             data = self._build(mail, self._attachments(refs), smime)
-            if refs and due.kind == "triage_request" and self._too_big(data):
+            if refs and due.kind in LEAVE_OUT_WHEN_TOO_BIG and self._too_big(data):
                 # The functionarissen must hear of the signal even when the server
                 # will not carry the original: without it, and saying so.
                 size = message_size(data)

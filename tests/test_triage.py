@@ -212,6 +212,39 @@ def test_a_long_question_in_a_format_flowed_reply_reaches_the_reporter_whole(
     assert _rejected(mail, F1) == []
 
 
+def test_a_follow_up_too_big_for_the_mail_server_is_announced_without_it(
+    world: World, mail: MailServer
+) -> None:
+    ref, request = new_signal(world, mail, marker())
+    command(world, mail, reply(request, "VRAAG Heeft u een foto?"))
+    mail.wait_for_messages(REPORTER, 2)
+    answer_mark = marker()
+    photo = bytes(range(256)) * 1200  # ~400 kB once base64-encoded
+    answer = signal_mail(
+        answer_mark,
+        subject=f"RE: Vraag over uw signaal {ref}",
+        attachments=[("foto.jpg", photo, "image/jpeg")],
+    )
+    mail.stop_relay()
+    mail.relay.data_size_limit = 150_000
+    mail.start_relay()
+    try:
+        mail.append(MAILBOX, answer)  # IMAP APPEND: the relay would refuse it too
+        world.until_quiet()
+        notices = [
+            m for m in mail.messages(F1) if str(parse(m)["Subject"]).startswith("Aanvulling")
+        ]
+        assert len(notices) == 1, "announced, not lost to a 552"
+        assert not list(parse(notices[0]).iter_attachments())
+        assert "niet bijgevoegd" in body_text(notices[0])
+    finally:
+        mail.stop_relay()
+        mail.relay.data_size_limit = 32 * 1024 * 1024
+        mail.start_relay()
+    assert world.status()["by_state"] == {"queued": 1}, "the answer is kept with the signal"
+    assert_absent(answer_mark, where="the logs", data=world.log_text())
+
+
 def test_no_feedback_and_hold(world: World, mail: MailServer) -> None:
     mark = marker()
     _, request = new_signal(world, mail, mark)

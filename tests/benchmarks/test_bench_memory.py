@@ -275,6 +275,7 @@ def phase_profile(config_path: str) -> dict[str, Any]:
     # The drain: the triage requests attach the original.
     p.wrap(Outbox, "_attachments", "drain: read_field (decrypt original)")
     p.wrap(inboxd.outbox, "render", "drain: mails.render (triage mail)")
+    p.wrap(inboxd.outbox, "render_pieces", "drain: mails.render_pieces (large mail)")
     p.wrap(app.transport, "send", "drain: transport.send (smtplib)")
     p.wrap(Outbox, "_send_one", "drain: whole mail (_send_one)")
     p.wrap(Intake, "run_once", "intake: Intake.run_once (all)")
