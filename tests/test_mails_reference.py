@@ -139,7 +139,7 @@ def test_fast_render_writes_what_the_email_package_wrote(
 def test_a_long_message_id_and_dutch_text_are_written_alike() -> None:
     mail = Mail(
         sender="Meldpunt vreemdverhaal <vreemdverhaal@gemeente.example>",
-        to="\"Müller, Zoë\" <z.muller@gemeente.example>",
+        to='"Müller, Zoë" <z.muller@gemeente.example>',
         subject="Terugkoppeling over uw signaal — café ‘De Hoek’ " * 3,
         body="Geachte heer/mevrouw,\n\nDank voor uw melding. ë ï ü\n" * 40,
         message_id="<" + "x" * 200 + "@gemeente.example>",
