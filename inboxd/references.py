@@ -1,8 +1,16 @@
-"""Signal references like ``VV-7K3M-9QXD``.
+"""Signal references like ``VV-7K3M-9QXF``.
 
 Seven random Crockford base32 characters and one check character. Random, so a
 reference says nothing about how many signals there are; checked, so a mistyped
 reference in a reply is caught instead of acting on another signal.
+
+The check is Damm's algorithm over a totally anti-symmetric quasigroup of order 32:
+``x * y = a·(x XOR y)`` in the field GF(32) (modulus x^5 + x^2 + 1) with ``a`` the
+element x, i.e. neither 0 nor 1. Its rows and columns are permutations, so every
+single-character substitution is caught; ``(c*x)*y = (c*y)*x`` only when ``x = y``
+(the two sides differ by a·(a+1)·(x XOR y)), so every swap of two neighbouring
+characters is caught too, the check character included. A position-weighted sum
+mod 32 cannot do this: an even weight times 16 is 0 mod 32.
 """
 
 from __future__ import annotations
@@ -17,9 +25,29 @@ _VALUE = {c: i for i, c in enumerate(ALPHABET)}
 _READ_AS = str.maketrans({"I": "1", "L": "1", "O": "0"})
 
 
+def _times_a(v: int) -> int:
+    """``v`` times the field element x in GF(32) with modulus x^5 + x^2 + 1."""
+    v <<= 1
+    return v ^ 0b100101 if v & 0b100000 else v
+
+
+# QUASIGROUP[x][y] = a·(x XOR y); its diagonal is 0, so the check character is the
+# interim value itself and a whole valid code runs to 0.
+QUASIGROUP: tuple[tuple[int, ...], ...] = tuple(
+    tuple(_times_a(x ^ y) for y in range(32)) for x in range(32)
+)
+
+
+def _damm(code: str) -> int:
+    interim = 0
+    for c in code:
+        interim = QUASIGROUP[interim][_VALUE[c]]
+    return interim
+
+
 def check_char(body: str) -> str:
-    """Sum of the seven values weighted by position (1..7), mod 32."""
-    return ALPHABET[sum((i + 1) * _VALUE[c] for i, c in enumerate(body)) % 32]
+    """Damm's check character of ``body`` (any length; references use seven)."""
+    return ALPHABET[_damm(body)]
 
 
 def new_reference(prefix: str) -> str:
@@ -41,7 +69,7 @@ def normalise(candidate: str, prefix: str) -> str | None:
     code = re.sub(r"[\s\-]", "", text[len(p) :]).translate(_READ_AS)
     if len(code) != 8 or any(c not in _VALUE for c in code):
         return None
-    if check_char(code[:7]) != code[7]:
+    if _damm(code) != 0:
         return None
     return f"{p}-{code[:4]}-{code[4:]}"
 

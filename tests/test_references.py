@@ -1,5 +1,6 @@
-"""References (SPEC §4): ``VV-XXXX-XXXX``, Crockford base32 without I L O U, seven
-random characters and a position-weighted check character (weights 1..7, mod 32)."""
+"""References: ``VV-XXXX-XXXX``, Crockford base32 without I L O U, seven random
+characters and a Damm check character over a totally anti-symmetric quasigroup of
+order 32."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from inboxd.references import (
     ALPHABET,
+    QUASIGROUP,
     check_char,
     find_references,
     new_reference,
@@ -41,21 +43,6 @@ def test_alphabet_is_crockford_base32_without_ilou() -> None:
     assert set(ALPHABET) == set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") - set("ILOU")
 
 
-def test_check_char_is_weighted_sum_mod_32_per_spec() -> None:
-    # Worked example from the definition: values 1..7 at weights 1..7.
-    body = "1234567"
-    expected = sum((i + 1) * int(c) for i, c in enumerate(body)) % 32  # 140 % 32 = 12
-    assert check_char(body) == ALPHABET[expected] == "C"
-    assert check_char("0000000") == "0"
-    # The last position has weight 7: 7 * 1 = 7.
-    assert check_char("0000001") == "7"
-
-
-@given(bodies)
-def test_check_char_matches_definition(body: str) -> None:
-    assert check_char(body) == ALPHABET[sum((i + 1) * value(c) for i, c in enumerate(body)) % 32]
-
-
 def test_ten_thousand_new_references_are_well_formed_and_valid() -> None:
     refs = [new_reference("VV") for _ in range(10_000)]
     for ref in refs:
@@ -69,7 +56,7 @@ def test_new_reference_has_no_obvious_bias() -> None:
     n = 10_000
     codes = [new_reference("VV").replace("-", "")[2:] for _ in range(n)]
     expected = n / 32
-    for pos in range(8):  # the check character is uniform too (weight 1 at pos 0)
+    for pos in range(8):  # the check character is uniform too (a column is a permutation)
         counts = Counter(code[pos] for code in codes)
         assert set(counts) <= set(ALPHABET)
         chi2 = sum((counts.get(c, 0) - expected) ** 2 / expected for c in ALPHABET)
@@ -121,50 +108,129 @@ def test_normalise_refuses_malformed_input() -> None:
     assert normalise("VV-7K3M-9QX*", "VV") is None
 
 
-def _weight_kills(weight: int, delta: int) -> bool:
-    """True when changing a value by ``delta`` at ``weight`` leaves the sum mod 32 unchanged."""
-    return (weight * delta) % 32 == 0
+# -- the check character catches every single typo and every neighbour swap ----------
+#
+# Damm's theorem: with a quasigroup whose rows and columns are permutations (a Latin
+# square), whose diagonal is 0 and which is totally anti-symmetric ((c*x)*y == (c*y)*x
+# only when x == y), the check catches every single substitution and every swap of two
+# neighbouring characters, the check character included. The first three tests prove
+# those properties of the table in use over all of its entries; the last two check
+# the consequence directly on references, over every position, every pair of
+# characters and every interim value the characters before the typo can leave.
+
+
+def test_quasigroup_is_a_latin_square_with_zero_diagonal() -> None:
+    assert len(QUASIGROUP) == 32
+    for x in range(32):
+        assert sorted(QUASIGROUP[x]) == list(range(32)), f"row {x}"
+        assert sorted(QUASIGROUP[y][x] for y in range(32)) == list(range(32)), f"column {x}"
+        assert QUASIGROUP[x][x] == 0
+
+
+def test_quasigroup_is_totally_anti_symmetric() -> None:
+    q = QUASIGROUP
+    clashes = [
+        (c, x, y)
+        for c in range(32)
+        for x in range(32)
+        for y in range(32)
+        if x != y and q[q[c][x]][y] == q[q[c][y]][x]
+    ]
+    assert clashes == []
+
+
+def test_check_char_is_damm_over_the_quasigroup() -> None:
+    def damm(code: str) -> int:
+        interim = 0
+        for c in code:
+            interim = QUASIGROUP[interim][value(c)]
+        return interim
+
+    assert check_char("0000000") == "0"
+    assert check_char("7K3M9QX") == "F"
+    for body in ("1234567", "ZZZZZZZ", "7K3M9QX", "0000001"):
+        assert check_char(body) == ALPHABET[damm(body)]
+        assert damm(body + check_char(body)) == 0
+
+
+def _contexts(pos: int) -> list[str]:
+    """Bodies that leave each of the 32 interim values before ``pos`` (one for pos 0).
+
+    The character just before ``pos`` runs over the alphabet; since every column of the
+    quasigroup is a permutation, that reaches every interim value."""
+    if pos == 0:
+        return ["Z7K3M9Q"]
+    return ["7K3M9QX"[: pos - 1] + c + "7K3M9QX"[pos:] for c in ALPHABET]
+
+
+def _code(body: str) -> str:
+    return body + check_char(body)
+
+
+def _read(code: str) -> str | None:
+    return normalise(f"VV-{code[:4]}-{code[4:]}", "VV")
+
+
+def test_every_single_substitution_is_caught_exhaustively() -> None:
+    missed = []
+    for pos in range(8):  # position 7 is the check character itself
+        for body in _contexts(min(pos, 6)):
+            code = _code(body)
+            assert _read(code) is not None
+            for wrong in ALPHABET:
+                if wrong == code[pos]:
+                    continue
+                typo = code[:pos] + wrong + code[pos + 1 :]
+                if _read(typo) is not None:
+                    missed.append((code, typo))
+    assert missed == []
+
+
+def test_every_neighbour_swap_is_caught_exhaustively() -> None:
+    missed = []
+    for pos in range(6):  # swaps of two body characters
+        for body in _contexts(pos):
+            for a in ALPHABET:
+                for b in ALPHABET:
+                    if a != b:
+                        code = _code(body[:pos] + a + b + body[pos + 2 :])
+                        swapped = code[:pos] + b + a + code[pos + 2 :]
+                        if _read(swapped) is not None:
+                            missed.append((code, swapped))
+    # The last body character and the check character: the check follows from the
+    # body, and over all 32 interim values and all 32 last characters every pair
+    # (last, check) occurs once.
+    pairs = set()
+    for body in _contexts(6):
+        for a in ALPHABET:
+            code = _code(body[:6] + a)
+            pairs.add((a, code[7]))
+            if a != code[7] and _read(code[:6] + code[7] + a) is not None:
+                missed.append((code, code[:6] + code[7] + a))
+    assert len(pairs) == 32 * 32
+    assert missed == []
 
 
 @given(bodies, st.integers(0, 7), st.integers(1, 31))
-def test_single_substitution_is_caught_where_the_weighting_allows(
-    body: str, pos: int, delta: int
-) -> None:
-    ref = make(body)
-    code = ref[3:].replace("-", "")
+def test_single_substitution_is_caught_anywhere(body: str, pos: int, delta: int) -> None:
+    code = _code(body)
     wrong = ALPHABET[(value(code[pos]) + delta) % 32]
-    typo = code[:pos] + wrong + code[pos + 1 :]
-    result = normalise(f"VV-{typo[:4]}-{typo[4:]}", "VV")
-    # Position 7 is the check character itself: any change there is caught.
-    undetectable = pos < 7 and _weight_kills(pos + 1, delta)
-    if undetectable:
-        # The SPEC's weighting (1..7 mod 32) cannot see these: even weights times
-        # a multiple of 32/gcd(weight, 32).
-        assert result is not None and result != ref
-    else:
-        assert result is None
+    assert _read(code[:pos] + wrong + code[pos + 1 :]) is None
 
 
-def test_which_substitutions_the_weighting_cannot_catch() -> None:
-    """Documents the blind spots of weights 1..7 mod 32: position 2 (weight 2) misses
-    a change by 16, position 4 (weight 4) by 8/16/24, position 6 (weight 6) by 16.
-    Odd weights are invertible mod 32 and catch every substitution."""
-    blind = {w: [d for d in range(1, 32) if _weight_kills(w, d)] for w in range(1, 8)}
-    assert blind == {1: [], 2: [16], 3: [], 4: [8, 16, 24], 5: [], 6: [16], 7: []}
-    # A concrete pair: '0' and 'G' (value 16) at the second position.
-    a, b = make("0000000"), "VV-0G00-0000"
-    assert normalise(a, "VV") == a
-    assert normalise(b, "VV") == b  # a valid, different reference
-
-
-@given(bodies, st.integers(0, 5))
-def test_adjacent_transposition_in_the_body_is_caught(body: str, pos: int) -> None:
-    # Swapping values a, b at weights i, i+1 changes the sum by a - b (never 0 mod 32).
-    if body[pos] == body[pos + 1]:
+@given(bodies, st.integers(0, 6))
+def test_neighbour_swap_is_caught_anywhere(body: str, pos: int) -> None:
+    code = _code(body)
+    if code[pos] == code[pos + 1]:
         return
-    swapped = body[:pos] + body[pos + 1] + body[pos] + body[pos + 2 :]
-    code = swapped + check_char(body)
-    assert normalise(f"VV-{code[:4]}-{code[4:]}", "VV") is None
+    assert _read(code[:pos] + code[pos + 1] + code[pos] + code[pos + 2 :]) is None
+
+
+def test_the_old_weighted_sum_missed_what_damm_catches() -> None:
+    """The former check (weights 1..7 mod 32) took VV-0G00-0000 for a valid reference,
+    one substitution away from VV-0000-0000."""
+    assert _read("00000000") == "VV-0000-0000"
+    assert _read("0G000000") is None
 
 
 # -- find_references ------------------------------------------------------------
