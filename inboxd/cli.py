@@ -196,11 +196,18 @@ def _check(cfg: object) -> int:
     mailbox = make_mailbox(cfg)
     try:
         mailbox.open()
+        reach = _recoverable_items_reach(mailbox)
     except MailboxError as exc:
         return _fail(explain_failure(cfg, "mailbox", exc), EXIT_CONNECT)
     finally:
         mailbox.close()
     print(f"mailbox ({cfg.mailbox.backend}): logged in")
+    if reach is not None:
+        parts = ", ".join(f"{place} {how}" for place, how in reach.items())
+        print(
+            f"Recoverable Items after a hard delete: {parts}; what inboxd cannot see there "
+            'it cannot verify (see the README, "What hard delete means on your server")'
+        )
     transport = make_transport(cfg, mailbox)
     try:
         transport.check()
@@ -214,6 +221,13 @@ def _check(cfg: object) -> int:
     }.get(cfg.smtp.transport, "")
     print(f"outgoing mail ({cfg.smtp.transport}): ok, nothing sent{note}")
     return EXIT_OK
+
+
+def _recoverable_items_reach(mailbox: object) -> dict[str, str] | None:
+    """Exchange backends: which parts of Recoverable Items this account can look
+    into (None for servers without them)."""
+    reach = getattr(mailbox, "recoverable_items_reach", None)
+    return reach() if reach is not None else None
 
 
 def _offline(cfg: object, args: argparse.Namespace) -> int:

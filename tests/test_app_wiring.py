@@ -449,6 +449,24 @@ def test_check_graph_ok(
     assert "mailbox (graph): logged in" in out
     assert "outgoing mail (graph): ok, nothing sent" in out
     assert graph.state.sent == []
+    # What it can and cannot see of a hard delete: Graph never reads Purges.
+    assert (
+        "Recoverable Items after a hard delete: Deletions readable, Purges not readable by Graph"
+        in out
+    )
+    graph.state.recoverable_readable = False
+    _code, out, _err = run_check(setup.write(graph_toml(setup, aad, graph)), capsys)
+    assert "Deletions not permitted, Purges not readable by Graph" in out
+
+
+def test_check_ews_says_which_parts_of_recoverable_items_it_sees(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with EwsServer(auth="basic") as srv:
+        srv.state.purges_readable = False
+        code, out, err = run_check(setup.write(ews_toml(setup, srv)), capsys)
+    assert code == 0, err
+    assert "Recoverable Items after a hard delete: Deletions readable, Purges not permitted" in out
 
 
 def test_check_graph_403_names_mail_readwrite(

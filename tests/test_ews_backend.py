@@ -176,17 +176,38 @@ def test_verify_deleted_searches_every_folder_and_recoverable_items(srv: EwsServ
     assert finds and finds[-1].get("Traversal") == "Deep"
     srv.remove(filed)
     assert mb.verify_deleted([a], ["<m1@melder.example>"]) == []
-    # A hold: the hard delete keeps the item in Recoverable Items.
+    # Single item recovery or a hold: the hard delete moves the item to
+    # Recoverable Items\Purges (with a new id), where EWS can still find it.
     srv.state.hold = True
     b = srv.deliver(msg(2))
     mb.list_new()
     mb.delete([b])
-    assert mb.verify_deleted([], ["<m2@melder.example>"]) == [b]
-    # Not permitted to read Recoverable Items: said once, the folders still checked.
+    purged = [i.id for i in srv.items.values() if i.folder == "purges"]
+    assert len(purged) == 1 and purged != [b]
+    assert mb.verify_deleted([b], ["<m2@melder.example>"]) == purged
+    assert mb.recoverable_items_reach() == {"Deletions": "readable", "Purges": "readable"}
+    # Not permitted to read Purges: said every time, the other folders still checked.
+    srv.state.purges_readable = False
+    for _ in range(2):
+        with structlog.testing.capture_logs() as logs:
+            assert mb.verify_deleted([b], ["<m2@melder.example>"]) == []
+        limited = [e for e in logs if e["event"] == "mailbox.verify_limited"]
+        assert [e["folder"] for e in limited] == ["recoverable_items_purges"]
+    assert mb.recoverable_items_reach()["Purges"] == "not permitted"
+    # Deletions still searched: a soft-deleted copy there is found.
+    soft = srv.deliver(msg(3), folder="recoverable")
+    assert mb.verify_deleted([], ["<m3@melder.example>"]) == [soft]
     srv.state.recoverable_readable = False
     with structlog.testing.capture_logs() as logs:
-        assert mb.verify_deleted([], ["<m2@melder.example>"]) == []
-    assert "mailbox.verify_limited" in [e["event"] for e in logs]
+        assert mb.verify_deleted([], ["<m3@melder.example>"]) == []
+    assert sorted(e["folder"] for e in logs if e["event"] == "mailbox.verify_limited") == [
+        "recoverable_items_deletions",
+        "recoverable_items_purges",
+    ]
+    assert mb.recoverable_items_reach() == {
+        "Deletions": "not permitted",
+        "Purges": "not permitted",
+    }
 
 
 def test_state_is_stored_only_after_the_sync_completed(

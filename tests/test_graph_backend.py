@@ -230,17 +230,43 @@ def test_verify_deleted_searches_every_folder_and_recoverable_items(
     assert mb.verify_deleted([a], ["<g1@melder.example>"]) == [archived]
     graph.remove(archived)
     assert mb.verify_deleted([a], ["<g1@melder.example>"]) == []
-    # A litigation hold: permanentDelete keeps the item in Recoverable Items.
-    graph.state.hold = True
-    b = graph.deliver(msg(2))
-    mb.list_new()
-    mb.delete([b])
-    assert mb.verify_deleted([b], ["<g2@melder.example>"]) == [b]
-    # Where the app may not read Recoverable Items, the rest is still checked.
+    # A copy someone soft-deleted lies in Recoverable Items\Deletions: found.
+    soft = graph.deliver(msg(3), folder="recoverableitemsdeletions")
+    assert mb.verify_deleted([], ["<g3@melder.example>"]) == [soft]
+    # Where the app may not read Deletions, the rest is still checked, and said.
     graph.state.recoverable_readable = False
     with structlog.testing.capture_logs() as logs:
-        assert mb.verify_deleted([], ["<g2@melder.example>"]) == []
-    assert [e["event"] for e in logs] == ["mailbox.verify_limited"]
+        assert mb.verify_deleted([], ["<g3@melder.example>"]) == []
+    assert [(e["event"], e["folder"]) for e in logs] == [
+        ("mailbox.verify_limited", "recoverable_items_purges"),
+        ("mailbox.verify_limited", "recoverable_items_deletions"),
+    ]
+
+
+def test_purges_are_out_of_graphs_sight_and_every_check_says_so(
+    aad: TokenServer, graph: GraphServer
+) -> None:
+    # Single item recovery (on by default in Exchange Online) or a hold:
+    # permanentDelete puts the message in Recoverable Items\Purges.
+    graph.state.hold = True
+    b = graph.deliver(msg(2))
+    mb = mailbox(aad, graph)
+    mb.open()
+    mb.delete([b])
+    assert [m.id for m in graph.folder("recoverableitemspurges")] == [b]  # it lives on
+    for _ in range(2):
+        with structlog.testing.capture_logs() as logs:
+            # Graph sees nothing of it: neither by id nor by Message-ID.
+            assert mb.verify_deleted([b], ["<g2@melder.example>"]) == []
+        limited = [e for e in logs if e["event"] == "mailbox.verify_limited"]
+        assert [e["folder"] for e in limited] == ["recoverable_items_purges"]
+        assert limited[0]["reason"] == "not_readable_by_graph"
+    assert mb.recoverable_items_reach() == {
+        "Deletions": "readable",
+        "Purges": "not readable by Graph",
+    }
+    graph.state.recoverable_readable = False
+    assert mb.recoverable_items_reach()["Deletions"] == "not permitted"
 
 
 def test_throttling_honours_retry_after(

@@ -49,7 +49,7 @@ from exchangelib.errors import (
     UnauthorizedError,
 )
 from exchangelib.folders import DEEP, Folder, FolderCollection
-from exchangelib.folders.known_folders import RecoverableItemsDeletions
+from exchangelib.folders.known_folders import RecoverableItemsDeletions, RecoverableItemsPurges
 from exchangelib.items import HARD_DELETE
 from exchangelib.properties import CopiedEvent, CreatedEvent, ItemId, MovedEvent, NewMailEvent
 from exchangelib.protocol import BaseProtocol, Protocol
@@ -80,6 +80,12 @@ NOTIFY_INTERVAL = 2.0
 SUBSCRIPTION_MINUTES = 10
 NOTIFY_EVENT_TYPES = ("NewMailEvent", "CreatedEvent", "MovedEvent", "CopiedEvent")
 _NEW_MAIL = (NewMailEvent, CreatedEvent, MovedEvent, CopiedEvent)
+# Where Exchange keeps what was deleted: soft deletes in Deletions, hard deletes
+# under single item recovery or a hold in Purges (both distinguished folders).
+_RECOVERABLE_PARTS: tuple[tuple[str, type[Folder]], ...] = (
+    ("Deletions", RecoverableItemsDeletions),
+    ("Purges", RecoverableItemsPurges),
+)
 
 # Indirection so tests can observe the waits without sleeping.
 _sleep: Callable[[float], None] = time.sleep
@@ -573,11 +579,12 @@ class EwsMailbox:
         log.info("mailbox.deleted", backend="ews", count=len(keys))
 
     def verify_deleted(self, keys: Sequence[str], message_ids: Sequence[str]) -> list[str]:
-        """Keys of messages still in the folder: any of ``keys`` that still exists,
-        and any message whose Message-ID is one of ``message_ids``.
-
-        What Exchange keeps in Recoverable Items (single item recovery, holds) is not
-        visible here.
+        """Keys of messages still there: any of ``keys`` that still exists, and any
+        message whose Message-ID is one of ``message_ids`` in any mail folder or in
+        Recoverable Items: Deletions (soft deletes) and Purges (where a hard delete
+        lands while single item recovery or a hold is on). A part of Recoverable
+        Items the account may not read is skipped and logged as
+        ``mailbox.verify_limited``.
         """
         account, folder = self._require()
         still: list[str] = []
@@ -621,20 +628,11 @@ class EwsMailbox:
         everywhere = self._call(account, mail_folders, what="verify")
         for start in range(0, len(everywhere), 50):
             places.append(everywhere[start : start + 50])
-        try:
-            recoverable: list[Folder] = [
-                self._call(
-                    account,
-                    lambda: RecoverableItemsDeletions.get_distinguished(root=account.root),
-                    what="verify",
-                )
-            ]
-        except MailboxError as exc:
-            if not exc.auth:
-                raise
-            # Not permitted to look there: say so, check the rest.
-            log.info("mailbox.verify_limited", backend="ews", folder="recoverable_items")
-            recoverable = []
+        recoverable: list[Folder] = []
+        for label, folder_cls in _RECOVERABLE_PARTS:
+            part = self._recoverable_part(account, label, folder_cls)
+            if part is not None:
+                recoverable.append(part)
         for start in range(0, len(ids), 20):
             chunk_ids = ids[start : start + 20]
             for where in [*places, recoverable]:
@@ -653,6 +651,37 @@ class EwsMailbox:
                     if key not in still:
                         still.append(key)
         return still
+
+    def _recoverable_part(
+        self, account: Account, label: str, folder_cls: type[Folder]
+    ) -> Folder | None:
+        try:
+            return self._call(
+                account,
+                lambda: folder_cls.get_distinguished(root=account.root),
+                what="verify",
+            )
+        except MailboxError as exc:
+            if not exc.auth:
+                raise
+            # Not permitted to look there: say so (every time), check the rest.
+            log.info(
+                "mailbox.verify_limited",
+                backend="ews",
+                folder=f"recoverable_items_{label.lower()}",
+                reason="not_permitted",
+            )
+            return None
+
+    def recoverable_items_reach(self) -> dict[str, str]:
+        """What ``inboxd check`` reports: which parts of Recoverable Items this
+        account can look into after a hard delete."""
+        account, _folder = self._require()
+        reach: dict[str, str] = {}
+        for label, folder_cls in _RECOVERABLE_PARTS:
+            part = self._recoverable_part(account, label, folder_cls)
+            reach[label] = "readable" if part is not None else "not permitted"
+        return reach
 
     def wait(self, timeout: float, stop: threading.Event) -> None:
         """Until the server announces new mail, ``timeout`` passes or ``stop`` is set.

@@ -41,6 +41,7 @@ T = TypeVar("T")
 DEFAULT_ENDPOINT = "https://graph.microsoft.com"
 PAGE_SIZE = 100
 MAX_RETRIES = 4
+DELETIONS_PATH = "/mailFolders/recoverableitemsdeletions/messages"
 MAX_WAIT = 60.0  # seconds of Retry-After waited out inside one call, in total
 
 # Indirection so tests can observe the waits without sleeping.
@@ -458,9 +459,22 @@ class GraphMailbox:
     def verify_deleted(self, keys: Sequence[str], message_ids: Sequence[str]) -> list[str]:
         """Keys of messages still there: any of ``keys`` that still answers, and any
         message with one of ``message_ids`` in any mail folder of the mailbox
-        (``/messages``) or in Recoverable Items (``recoverableitemsdeletions``,
-        where the app may read it; a 403 there is logged once, not an error)."""
+        (``/messages``) or in Recoverable Items\\Deletions
+        (``recoverableitemsdeletions``, where the app may read it).
+
+        What ``permanentDelete`` keeps under single item recovery or a hold goes to
+        Recoverable Items\\Purges, which Graph cannot read: every check says so
+        (``mailbox.verify_limited``), so that nobody takes "verified" to cover it.
+        """
         self._require()
+        if not keys and not message_ids:
+            return []
+        log.info(
+            "mailbox.verify_limited",
+            backend="graph",
+            folder="recoverable_items_purges",
+            reason="not_readable_by_graph",
+        )
         still: list[str] = []
         for key in keys:
             with self._failures("verify"):
@@ -469,7 +483,7 @@ class GraphMailbox:
                 )
             if resp.status_code != 404:
                 still.append(key)
-        places = ["/messages", "/mailFolders/recoverableitemsdeletions/messages"]
+        places = ["/messages", DELETIONS_PATH]
         for mid in message_ids:
             if not mid:
                 continue
@@ -479,7 +493,12 @@ class GraphMailbox:
                 with self._failures("verify"):
                     resp = self.client.request("GET", url, what="verify", tolerate=(403, 404))
                 if resp.status_code in (403, 404):
-                    log.info("mailbox.verify_limited", backend="graph", folder="recoverable_items")
+                    log.info(
+                        "mailbox.verify_limited",
+                        backend="graph",
+                        folder="recoverable_items_deletions",
+                        reason="not_permitted",
+                    )
                     places = places[:1]
                     continue
                 try:
@@ -491,6 +510,21 @@ class GraphMailbox:
                     if isinstance(item, str) and item not in still:
                         still.append(item)
         return still
+
+    def recoverable_items_reach(self) -> dict[str, str]:
+        """What ``inboxd check`` reports: which parts of Recoverable Items this app
+        can look into after a hard delete (``readable``, ``not permitted``, or
+        ``not readable by Graph``)."""
+        self._require()
+        with self._failures("check"):
+            resp = self.client.request(
+                "GET",
+                self.client.url(DELETIONS_PATH + "?$select=id&$top=1"),
+                what="check",
+                tolerate=(403, 404),
+            )
+        deletions = "not permitted" if resp.status_code in (403, 404) else "readable"
+        return {"Deletions": deletions, "Purges": "not readable by Graph"}
 
     def wait(self, timeout: float, stop: threading.Event) -> None:
         stop.wait(max(0.0, min(timeout, self.poll_interval)))

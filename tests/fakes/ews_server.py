@@ -57,7 +57,9 @@ class StoredItem:
     mime: bytes
     received: dt.datetime
     message_id: str
-    folder: str = "inbox"  # "inbox", a folder id of ``_State.folders``, or "recoverable"
+    # "inbox", a folder id of ``_State.folders``, "recoverable" (Recoverable
+    # Items\Deletions) or "purges" (Recoverable Items\Purges)
+    folder: str = "inbox"
 
 
 @dataclass
@@ -107,9 +109,12 @@ class _State:
     refuse_subscriptions: bool = False
     # Mail folders besides the inbox (id -> display name), found by FindFolder.
     folders: dict[str, str] = field(default_factory=dict)
-    # A hold: a HardDelete leaves the item in Recoverable Items (readable or not).
+    # A hold or single item recovery: a HardDelete leaves the item in Recoverable
+    # Items\Purges (see _op_DeleteItem). Each part of Recoverable Items may be
+    # readable by the account or not (RBAC scope, impersonation rights).
     hold: bool = False
-    recoverable_readable: bool = True
+    recoverable_readable: bool = True  # Deletions
+    purges_readable: bool = True
     recycle_bin: list[StoredItem] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -398,17 +403,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 "inbox": _INBOX_ID,
                 "msgfolderroot": _TOP_ID,
                 "recoverableitemsdeletions": _RECOVERABLE_ID,
+                "recoverableitemspurges": _PURGES_ID,
             }.get(wanted or "", "?")
         if fault == "access_denied":
             return self._access_denied("GetFolder")
         st = self.state
-        if wanted == _RECOVERABLE_ID:
-            if not st.recoverable_readable:
+        if wanted in (_RECOVERABLE_ID, _PURGES_ID):
+            readable = st.recoverable_readable if wanted == _RECOVERABLE_ID else st.purges_readable
+            if not readable:
                 return self._access_denied("GetFolder")
+            name = "Deletions" if wanted == _RECOVERABLE_ID else "Purges"
             inner = (
-                f'<t:FolderId Id="{_esc(_RECOVERABLE_ID)}" ChangeKey="AQAAAA=="/>'
+                f'<t:FolderId Id="{_esc(wanted)}" ChangeKey="AQAAAA=="/>'
                 f'<t:ParentFolderId Id="{_esc(_ROOT_ID)}" ChangeKey="AQAAAA=="/>'
-                "<t:DisplayName>Deletions</t:DisplayName><t:TotalCount>0</t:TotalCount>"
+                f"<t:DisplayName>{name}</t:DisplayName><t:TotalCount>0</t:TotalCount>"
                 "<t:ChildFolderCount>0</t:ChildFolderCount><t:UnreadCount>0</t:UnreadCount>"
             )
         elif wanted == _TOP_ID:
@@ -557,12 +565,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     if not self.state.recoverable_readable:
                         return None
                     wanted.append("recoverable")
+                elif name == "recoverableitemspurges":
+                    if not self.state.purges_readable:
+                        return None
+                    wanted.append("purges")
                 else:
                     raise ProtocolError(f"unexpected distinguished folder {name}")
             elif ref.get("Id") == _INBOX_ID:
                 wanted.append("inbox")
             elif ref.get("Id") == _RECOVERABLE_ID:
+                if not self.state.recoverable_readable:
+                    return None
                 wanted.append("recoverable")
+            elif ref.get("Id") == _PURGES_ID:
+                if not self.state.purges_readable:
+                    return None
+                wanted.append("purges")
             elif ref.get("Id") in self.state.folders:
                 wanted.append(ref.get("Id") or "")
             else:
@@ -696,10 +714,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     st.recycle_bin.append(st.items[item_id])
                 kept = st.items[item_id]
                 self.server.fake._remove(item_id)  # type: ignore[attr-defined]
-                if st.hold:
-                    # Gone from the folders, kept in Recoverable Items.
-                    kept.folder = "recoverable"
-                    st.items[item_id] = kept
+                if st.hold and delete_type == "HardDelete":
+                    # HardDelete: "permanently removed from the store" ([MS-OXWSCDATA]
+                    # 2.2.5.9 DisposalType) - unless single item recovery or a hold is
+                    # on: then Exchange keeps it in Recoverable Items\Purges, hidden
+                    # from clients, which EWS can still read where permitted (exchangelib
+                    # has RecoverableItemsPurges; administrators export from it over EWS:
+                    # https://github.com/sunilkms/EWS/blob/master/Export-Emails/Export-Emails.ps1).
+                    # A move gives an Exchange item a new id
+                    # (https://learn.microsoft.com/en-us/graph/outlook-immutable-id).
+                    moved = StoredItem(
+                        new_item_id(), _changekey(), kept.mime, kept.received,
+                        kept.message_id, "purges",
+                    )  # fmt: skip
+                    st.items[moved.id] = moved
                 out.append(self._message("DeleteItem"))
         return "".join(out)
 
@@ -811,6 +839,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 _INBOX_ID = new_item_id()
 _TOP_ID = new_item_id()
 _RECOVERABLE_ID = new_item_id()
+_PURGES_ID = new_item_id()
 _ROOT_ID = new_item_id()
 
 

@@ -45,7 +45,9 @@ class GraphMessage:
     mime: bytes
     received: dt.datetime
     internet_message_id: str
-    folder: str  # "inbox" | "sentitems" | "archive" | "recoverableitemsdeletions"
+    # "inbox" | "drafts" | "sentitems" | "archive" | "recoverableitemsdeletions" |
+    # "recoverableitemspurges" (out of Graph's reach, see _r_permanentDelete)
+    folder: str
 
 
 @dataclass
@@ -80,8 +82,9 @@ class _State:
     passes: dict[str, int] = field(default_factory=dict)  # requests let through first
     file_sent_copies: bool = True
     held_copies: list[GraphMessage] = field(default_factory=list)
-    # A hold / single item recovery: permanentDelete keeps the item, out of sight
-    # of the folders, in Recoverable Items (readable where the app is permitted).
+    # A hold / single item recovery (on by default in Exchange Online):
+    # permanentDelete keeps the item in Recoverable Items\Purges, which Graph
+    # cannot read at all (see _r_permanentDelete for the source).
     hold: bool = False
     recoverable_readable: bool = True
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -251,7 +254,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         folder = self._params["f"].lower()
         if folder == "recoverableitemsdeletions" and not self.state.recoverable_readable:
             raise _Denied
-        if folder not in ("inbox", "sentitems", "archive", "recoverableitemsdeletions"):
+        if folder not in ("inbox", "drafts", "sentitems", "archive", "recoverableitemsdeletions"):
+            # Not a well-known folder name Graph knows (Purges is none:
+            # https://learn.microsoft.com/en-us/graph/api/resources/mailfolder).
             raise ProtocolError(f"unknown folder {folder}")
         return folder
 
@@ -392,7 +397,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             msgs = [
                 m
                 for m in st.messages.values()
-                if m.folder == folder or (everywhere and m.folder != "recoverableitemsdeletions")
+                if m.folder == folder or (everywhere and m.folder not in _RECOVERABLE)
             ]
         flt = query.get("$filter")
         if flt is not None:
@@ -427,14 +432,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _r_message(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
         sel = self._select(query, {"id"})
         msg = self.state.messages.get(self._params["id"])
-        if msg is None:
+        if msg is None or msg.folder == "recoverableitemspurges":
             self._not_found()
             return
         self._json(200, self._entry(msg, sel))
 
     def _r_value(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
         msg = self.state.messages.get(self._params["id"])
-        if msg is None:
+        if msg is None or msg.folder == "recoverableitemspurges":
             self._not_found()
             return
         self._send(200, msg.mime, {"Content-Type": "text/plain"})
@@ -448,15 +453,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         st = self.state
         with st.lock:
             st.permanent_deletes.append(key)
-            if key not in st.messages or st.messages[key].folder == "recoverableitemsdeletions":
+            if key not in st.messages or st.messages[key].folder == "recoverableitemspurges":
                 self._not_found()
                 return
             if st.hold:
+                # "Permanently delete a message and place it in the Purges folder in the
+                # dumpster in the user's mailbox. Email clients such as Outlook or Outlook
+                # on the web can't access permanently deleted items. Unless there's a
+                # hold set on the mailbox, the items are permanently deleted after a set
+                # period of time." (https://learn.microsoft.com/en-us/graph/api/
+                # message-permanentdelete). Single item recovery keeps them 14 days by
+                # default in Exchange Online. Purges is not a well-known folder name in
+                # Graph: no Graph request reaches the item any more.
                 kept = st.messages[key]
                 self.fake._remove(key)
                 st.messages[key] = GraphMessage(
                     kept.id, kept.mime, kept.received, kept.internet_message_id,
-                    "recoverableitemsdeletions",
+                    "recoverableitemspurges",
                 )  # fmt: skip
             else:
                 self.fake._remove(key)
@@ -496,6 +509,8 @@ def _header(mime: bytes, name: bytes) -> str:
             return line.split(b":", 1)[1].strip().decode()
     return ""
 
+
+_RECOVERABLE = ("recoverableitemsdeletions", "recoverableitemspurges")
 
 FOLDER_IDS = {
     "inbox": "AQMkADAwATM0MDAAMS1iNTcwLWI2NTEtMDACLTAwCgAuAAADiQ8RE6fqaEOyolbOQFkY_wEAhpLPQ4Jl0km1OXh3XTeZLwAAAgEMAAAA",
