@@ -1,4 +1,5 @@
-"""The commands in a functionaris's reply (SPEC §3.6): grammar, conflicts, wording.
+"""The commands in a functionaris's reply: grammar, conflicts, wording (the contract:
+docs/contract.md, "Commands by reply").
 
 ``parse_commands(text, destinations) -> Parsed`` reads the text ``reply_text``
 returned. ``destinations`` are the keys of ``[destinations]`` in the config.

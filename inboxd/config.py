@@ -121,7 +121,11 @@ Address = Annotated[str, BeforeValidator(_address)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # Each field's docstring is its description: docs/configuration.md is generated
+    # from them (inboxd/configdoc.py), and a test keeps the two in step.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -136,33 +140,57 @@ def is_loopback(host: str) -> bool:
 
 class MailboxConfig(_Section):
     backend: Literal["imap", "ews", "graph", "maildir"] = "imap"
+    """Where signals arrive: `imap`, `ews` (Exchange Server), `graph` (Microsoft 365) or `maildir` (a local folder, for the demo and tests)."""
     host: str = ""
+    """The IMAP server's host name (imap)."""
     port: int | None = Field(None, ge=1, le=65535)
+    """The IMAP port; empty means 993 for `tls`, 143 for `starttls` and `none`."""
     security: Literal["tls", "starttls", "none"] = "tls"
+    """`tls` (implicit TLS), `starttls`, or `none` (allowed for loopback hosts only; never tries STARTTLS)."""
     ca_file: str = ""
+    """An extra CA bundle (PEM) for a server with an internal certificate authority. Relative to the configuration file."""
     username: str = ""
+    """The account to log in as (imap, ews with ntlm/basic)."""
     auth: Literal["password", "xoauth2"] = "password"
+    """`password`, or `xoauth2` for Microsoft 365 (an app's client credentials, see `tenant_id`)."""
     password_file: str = ""
+    """A file holding the password; a relative path is read from `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`), else next to the configuration."""
     password_env: str = ""
+    """Instead of `password_file`: the name of an environment variable holding the password."""
     folder: str = "INBOX"
+    """The folder signals are read from (imap). The ews backend always reads the inbox."""
     idle: bool = True
+    """Use IMAP IDLE (new mail noticed within about a second) where the server offers it."""
     poll_interval: PositiveDuration = 60.0
+    """How often to look for new mail where IDLE or notifications are not available (also the Graph delta interval)."""
     retain_in_mailbox: Literal["queued", "forwarded"] = "queued"
+    """`queued`: the original is hard-deleted from the mailbox as soon as it is encrypted and committed; `forwarded`: it stays until the signal is deleted."""
     path: str = ""
+    """The Maildir folder signals are delivered to (maildir). Relative to the configuration file."""
     # Exchange (EWS): the URL of Exchange.asmx (no autodiscover).
     service_endpoint: str = ""
+    """The EWS URL, e.g. `https://mail.gemeente.example/EWS/Exchange.asmx` (ews; no autodiscover). Must be https."""
     auth_type: Literal["ntlm", "basic", "oauth2"] = "ntlm"
+    """How to log in to EWS: `ntlm`, `basic`, or `oauth2` (an app's client credentials)."""
     # Microsoft 365 app (Graph, EWS oauth2, IMAP XOAUTH2): client credentials.
     tenant_id: str = ""
+    """The Microsoft Entra directory (tenant) id of the app (graph, ews oauth2, xoauth2)."""
     client_id: str = ""
+    """The application (client) id of the app (graph, ews oauth2, xoauth2)."""
     client_secret_file: str = ""
+    """A file holding the app's client secret (relative: under `$CREDENTIALS_DIRECTORY`). Exactly one of the secret or the certificate."""
     client_secret_env: str = ""
+    """Instead of `client_secret_file`: an environment variable holding the client secret."""
     client_certificate_file: str = ""  # PEM: private key and certificate
+    """A PEM file with the app's private key and certificate, instead of a client secret."""
     # The mailbox acted on: Graph's user (address or object id); for EWS its primary
     # SMTP address (needed when username is DOMAIN\user, and for oauth2 impersonation).
     mailbox: str = ""
+    """The mailbox acted on: Graph's user (address or object id); for EWS its primary SMTP address (needed when `username` is `DOMAIN\\user`, and for oauth2 impersonation)."""
     authority: str = "https://login.microsoftonline.com"
+    """The Microsoft identity platform to get tokens from (override for national clouds and tests). Must be https."""
     endpoint: str = "https://graph.microsoft.com"
+    """The Microsoft Graph endpoint (override for national clouds and tests). Must be https."""
 
     @property
     def effective_port(self) -> int:
@@ -173,25 +201,42 @@ class MailboxConfig(_Section):
 
 class SmtpConfig(_Section):
     transport: Literal["smtp", "maildir", "ews", "graph"] = "smtp"
+    """How mail is sent: `smtp`, `maildir` (a local folder, demo only), or `ews` / `graph` through the mailbox backend of the same name."""
     host: str = ""
+    """The SMTP server's host name (smtp)."""
     port: int | None = Field(None, ge=1, le=65535)
+    """The SMTP port; empty means 465 for `tls`, 587 for `starttls`, 25 for `none`."""
     security: Literal["tls", "starttls", "none"] = "starttls"
+    """`tls`, `starttls`, or `none` (loopback hosts only; never tries STARTTLS)."""
     ca_file: str = ""
+    """An extra CA bundle (PEM) for a relay with an internal certificate authority. Relative to the configuration file."""
     username: str = ""
+    """The account to authenticate as; empty means no SMTP AUTH (a relay that trusts the host)."""
     auth: Literal["password", "xoauth2"] = "password"
+    """`password`, or `xoauth2` for Microsoft 365."""
     password_file: str = ""
+    """A file holding the SMTP password (relative: under `$CREDENTIALS_DIRECTORY`)."""
     password_env: str = ""
+    """Instead of `password_file`: an environment variable holding the password."""
     from_: str = Field("", alias="from")
+    """The From of every mail inboxd sends, e.g. `Meldpunt vreemdverhaal <vreemdverhaal@gemeente.example>`. Required."""
     path: str = ""
+    """The folder outgoing mail is dropped into (maildir transport, demo only)."""
     # auth = "xoauth2": the app's client credentials. When [smtp] names no app at all
     # (no tenant_id, client_id or credential), the [mailbox] app is used, authority
     # included.
     tenant_id: str = ""
+    """xoauth2: the app's tenant id. When `[smtp]` names no app at all, the `[mailbox]` app is used."""
     client_id: str = ""
+    """xoauth2: the app's client id."""
     client_secret_file: str = ""
+    """xoauth2: a file holding the app's client secret."""
     client_secret_env: str = ""
+    """xoauth2: an environment variable holding the client secret."""
     client_certificate_file: str = ""
+    """xoauth2: a PEM file with the app's private key and certificate."""
     authority: str = "https://login.microsoftonline.com"
+    """xoauth2: the identity platform to get tokens from. Must be https."""
 
     @property
     def effective_port(self) -> int:
@@ -212,37 +257,53 @@ class SmtpConfig(_Section):
 
 class CryptoConfig(_Section):
     key_files: list[str] = Field(min_length=1)
+    """Master key files made with `inboxd keys generate`, newest last (rotation). Relative paths are read from `$CREDENTIALS_DIRECTORY`, else next to the configuration. A file readable by group or others is refused. Required."""
 
 
 class ReportersConfig(_Section):
     ack_domains: list[str] = []
+    """Mail domains whose senders get an acknowledgement, questions and feedback (exact match; list subdomains too). inboxd never mails a reporter outside them."""
     ack_rate_limit: Rate = (10, 3600.0)
+    """At most this many acknowledgements per sender, e.g. `"10/h"` (counted with a keyed hash; no address stored)."""
 
 
 class SourceConfig(_Section):
     addresses: list[Address] = []
+    """Senders whose signals are counted under this source name in the statistics (e.g. `[sources.mma]` for Meld Misdaad Anoniem forwards). Other senders count as `intern` (in `ack_domains`) or `extern`."""
 
 
 class TriageConfig(_Section):
     functionarissen: list[Address] = Field(min_length=1)
+    """The addresses of the designated officers: they receive triage requests, reminders and the digest, and only they can give commands. Required, at least one."""
     include_content: Literal["full", "text", "none"] = "full"
+    """What a triage request carries: `full` (text plus the original attached), `text` (the text only) or `none` (metadata only)."""
     remind_after: PositiveDuration = 2 * 86400.0
+    """Open signals older than this trigger a daily reminder to the functionarissen."""
     digest_cron: str = "0 9 * * mon-fri"
+    """When the digest of open signals (reference, age, state; no content) goes out, as a crontab line in the daemon's local time zone."""
     trusted_authserv_ids: list[str] = []
+    """The authserv-ids of your own receiving servers whose `Authentication-Results` count as evidence that a command really came from its From address."""
     forward_retry_for: PositiveDuration = 86400.0
+    """How long a temporarily refused mail (a forward, say) is retried before it counts as failed."""
     # S/MIME: functionaris address → certificate file (PEM); mail to them is encrypted.
     certificates: dict[str, str] = {}
+    """S/MIME certificates (PEM) of functionarissen, keyed by address: every mail to them is encrypted."""
 
 
 class DestinationConfig(_Section):
     label: str
+    """The name functionarissen and reports see, e.g. `KEDO (slachtofferspoor)`. Required."""
     address: Address
+    """Where forwards go. Required."""
     certificate: str = ""
+    """An S/MIME certificate (PEM): forwards to this destination are encrypted to it, never sent in clear."""
     test_address: Address | Literal[""] = ""
+    """Where drills (`[TEST]`, `[OEFENING]`) go instead; empty means the functionarissen themselves."""
 
 
 class MetricsConfig(_Section):
     listen: str = "127.0.0.1:9464"
+    """host:port of the Prometheus endpoint, e.g. `127.0.0.1:9464`."""
 
     @field_validator("listen")
     @classmethod
@@ -255,18 +316,31 @@ class MetricsConfig(_Section):
 
 class Config(_Section):
     state_dir: str = "/var/lib/inboxd"
+    """The store (SQLite) lives here; systemd's `StateDirectory=inboxd`. Keep it out of ordinary backups (see the operations guide)."""
     language: Literal["nl", "en"] = "nl"
+    """`nl` or `en`: the language of the mail templates and guides."""
     reference_prefix: str = Field("VV", pattern=r"^[A-Z]{1,6}$")
+    """References look like `VV-7K3M-9QXD`; one to six capital letters."""
     templates_dir: str = ""
+    """An optional folder with your own templates (`<language>/<name>.txt`), tried before the shipped ones."""
     dedup_window: Duration = 30 * 86400.0
+    """How long content-free duplicate records outlive a deleted signal, so a re-delivered copy is not queued again."""
     mailbox: MailboxConfig
+    """Where signals arrive."""
     smtp: SmtpConfig
+    """How mail is sent."""
     crypto: CryptoConfig
+    """The master keys."""
     reporters: ReportersConfig = ReportersConfig()
+    """Who gets acknowledgements and feedback."""
     sources: dict[str, SourceConfig] = {}
+    """Named groups of senders counted apart in the statistics."""
     triage: TriageConfig
+    """The functionarissen and the timing of triage."""
     destinations: dict[str, DestinationConfig] = {}
+    """Where signals can be forwarded; each key becomes a command word (`[destinations.kedo]` → `KEDO`)."""
     metrics: MetricsConfig | None = None
+    """Optional: a Prometheus endpoint. Absent means none."""
     # Where the file was read from, so relative paths and messages can name it.
     source_path: str = Field("", exclude=True)
 

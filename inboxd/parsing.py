@@ -30,7 +30,7 @@ leaves with ``Content-Disposition: attachment`` or a file name, attached message
 and non-text leaves, except signatures and report parts; what is inside an attached
 message is not counted again.
 
-``auto`` (SPEC §3.2) is the OR of small named predicates (``AUTO_RULES``); the codes
+``auto`` (docs/contract.md, "The life of a signal", step 3) is the OR of small named predicates (``AUTO_RULES``); the codes
 in ``auto_reasons`` are stable:
 
 ==========================  ===================================================
@@ -56,7 +56,7 @@ in ``auto_reasons`` are stable:
 
 Not markers: ``X-Auto-Response-Suppress`` (Outlook and inboxd itself put it on
 ordinary mail; it asks others not to auto-reply, it does not say this mail is
-one) and ``List-Unsubscribe`` (SPEC names ``List-Id``; a human reply to an ack
+one) and ``List-Unsubscribe`` (the contract names ``List-Id``; a human reply to an ack
 wrongly taken as automatic would be deleted as an auto-answer).
 
 ``reported_message_ids`` is filled only when ``auto``: the Message-ID of attached

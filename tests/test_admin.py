@@ -1,4 +1,4 @@
-"""Administrator commands on the store (SPEC §6): ``queue list`` (metadata only),
+"""Administrator commands on the store (docs/contract.md, "Command line"): ``queue list`` (metadata only),
 ``queue purge`` (refused without --yes, audited, mailbox copy expunged), ``keys
 rotate`` (whole, interrupted by SIGKILL and run again, with a key missing)."""
 

@@ -1,4 +1,4 @@
-"""The command line as an operator meets it (SPEC §6): ``python -m inboxd`` in a
+"""The command line as an operator meets it (docs/contract.md, "Command line"): ``python -m inboxd`` in a
 subprocess; every failure is one line on stderr and an exit code, never a traceback."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""parse_commands: the grammar of SPEC §3.6, all or nothing."""
+"""parse_commands: the grammar of docs/contract.md, "Commands by reply", all or nothing."""
 
 from __future__ import annotations
 

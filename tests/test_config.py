@@ -1,4 +1,4 @@
-"""Configuration loading (SPEC §5): every mistake is one ConfigError naming the file,
+"""Configuration loading (docs/configuration.md): every mistake is one ConfigError naming the file,
 the key and what to do."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Crash safety: ``kill -9`` at any moment, repeatedly, loses no signal and queues
-none twice (SPEC §3 step 3)."""
+none twice (docs/contract.md, "The life of a signal", step 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Master key files, data-key wrapping, sealed fields, tokens and keyed digests (SPEC §4, §6)."""
+"""Master key files, data-key wrapping, sealed fields, tokens and keyed digests (docs/contract.md: "What is stored", "Command line")."""
 
 from __future__ import annotations
 

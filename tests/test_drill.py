@@ -1,4 +1,4 @@
-"""Drills (SPEC §3 step 9): a ``[TEST]``/``[OEFENING]`` signal from a functionaris runs
+"""Drills (docs/contract.md, "The life of a signal", step 9): a ``[TEST]``/``[OEFENING]`` signal from a functionaris runs
 the whole life, is forwarded to the destination's ``test_address`` or else to the
 functionarissen themselves — never to the real destination — and is never counted."""
 

@@ -1,4 +1,4 @@
-"""Intake end to end against the real Dovecot + SMTP relay (SPEC §3 steps 1–5)."""
+"""Intake end to end against the real Dovecot + SMTP relay (docs/contract.md, "The life of a signal", steps 1–5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Logging (SPEC §4 "Logs"): JSON lines, an allow-list as the last word, exceptions by
+"""Logging (docs/contract.md, "What is stored"; README "Logs"): JSON lines, an allow-list as the last word, exceptions by
 type and location only, library log text never rendered."""
 
 from __future__ import annotations

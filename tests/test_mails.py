@@ -1,4 +1,4 @@
-"""Building outgoing mail (SPEC §7): well-formed, the right headers, no header
+"""Building outgoing mail (docs/contract.md, "Mails in and out"): well-formed, the right headers, no header
 injection, originals attached byte for byte."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Timed work (SPEC §3 step 10): reminders and the digest on a controlled clock, and a
+"""Timed work (docs/contract.md, "The life of a signal", step 10): reminders and the digest on a controlled clock, and a
 scheduler that outlives a failing job."""
 
 from __future__ import annotations

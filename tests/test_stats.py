@@ -1,4 +1,4 @@
-"""Statistics (SPEC §4 "Statistics", §6 ``inboxd stats``): counts per month × source ×
+"""Statistics (docs/contract.md, "What is stored" and ``inboxd stats``): counts per month × source ×
 form × outcome that outlive the signals, drills left out, small cells suppressed,
 the year before compared — and no per-signal trace once a signal is deleted."""
 

@@ -1,5 +1,5 @@
-"""The SQLite store (SPEC §3, §4, §8): durable, encrypted at rest, nothing personal in
-plain text on disk."""
+"""The SQLite store (docs/contract.md: "The life of a signal", "What is stored"):
+durable, encrypted at rest, nothing personal in plain text on disk."""
 
 from __future__ import annotations
 

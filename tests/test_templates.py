@@ -1,4 +1,4 @@
-"""Mail templates (SPEC §7): sandboxed Jinja2, user text is data, strict variables,
+"""Mail templates (docs/contract.md, "Mails in and out"): sandboxed Jinja2, user text is data, strict variables,
 acknowledgements structurally unable to carry signal content."""
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def test_known_contexts_cover_the_template_variables(name: str) -> None:
         assert variables(lang, name) <= set(CONTEXTS[name]), (lang, name)
 
 
-# What reporters receive never carries signal content (SPEC §4 step 4, §7).
+# What reporters receive never carries signal content (docs/contract.md: "The life of a signal" step 4, "Mails in and out").
 REPORTER_TEMPLATES = {
     "ack": {"ref"},
     "feedback_closed": {"ref"},

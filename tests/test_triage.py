@@ -1,4 +1,4 @@
-"""Triage by mail end to end (SPEC §3 steps 5–9), against the real Dovecot + relay."""
+"""Triage by mail end to end (docs/contract.md, "The life of a signal", steps 5–9), against the real Dovecot + relay."""
 
 from __future__ import annotations
 
