@@ -156,17 +156,56 @@ def test_delta_link_stored_only_after_the_last_page(
     assert state.read_bytes() != stored
 
 
-def test_expired_delta_link_starts_over(
-    aad: TokenServer, graph: GraphServer, tmp_path: Path
+EXPIRY_FORMS = [
+    "410",
+    "410-location",
+    "400-syncStateNotFound",
+    "404-syncStateNotFound",
+    "400-resyncRequired",
+    "404-resyncRequired",
+]
+
+
+@pytest.mark.parametrize("form", EXPIRY_FORMS)
+def test_expired_delta_link_starts_over_in_every_form(
+    aad: TokenServer, graph: GraphServer, tmp_path: Path, form: str
 ) -> None:
     a = graph.deliver(msg(1))
     mb = mailbox(aad, graph, tmp_path)
     mb.open()
     assert mb.list_new() == [a]
     b = graph.deliver(msg(2))
-    graph.expire_delta_tokens()
-    assert mb.list_new() == [b]  # a fresh round lists a and b; a was seen already
-    assert graph.routes()[-2:] == ["delta", "delta"]
+    graph.expire_delta_tokens(form)
+    with structlog.testing.capture_logs() as logs:
+        assert mb.list_new() == [b]  # a fresh round lists a and b; a was seen already
+    restarted = [e for e in logs if e["event"] == "mailbox.state_ignored"]
+    assert len(restarted) == 1
+    assert restarted[0]["restart"] == ("location" if form == "410-location" else "scratch")
+    deltas = [r for r in graph.requests if r.route == "delta"]
+    assert "$deltatoken" in deltas[-2].query and "$deltatoken" not in deltas[-1].query
+    c = graph.deliver(msg(3))
+    assert mb.list_new() == [c]  # and the new link works: nothing twice
+    # After a restart with an expired stored link: everything once, no stall.
+    graph.expire_delta_tokens(form)
+    again = mailbox(aad, graph, tmp_path)
+    again.open()
+    assert again.list_new() == [a, b, c]
+    d = graph.deliver(msg(4))
+    assert again.list_new() == [d]
+
+
+def test_next_link_expiring_mid_round_starts_over(
+    aad: TokenServer, graph: GraphServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(graph_module, "PAGE_SIZE", 2)
+    keys = [graph.deliver(msg(n)) for n in range(5)]
+    mb = mailbox(aad, graph, tmp_path)
+    mb.open()
+    # The round's next links die between its pages (microsoft-graph-docs#2162).
+    graph.expire_delta_tokens("404-syncStateNotFound", after=2)
+    assert mb.list_new() == keys
+    deltas = [r for r in graph.requests if r.route == "delta"]
+    assert len(deltas) == 1 + 1 + 3  # a page, the dead next link, a new round of three
 
 
 def test_removed_entries_and_deleted_items(aad: TokenServer, graph: GraphServer) -> None:

@@ -5,8 +5,9 @@ Keys are Graph message ids. New mail is found with a delta query on the folder
 kept in memory and, when the daemon gives a path, in a small file written
 atomically only after the last page of a round, so that a crash mid-paging leaves
 the previous link. The first listing after :meth:`GraphMailbox.open` reports every
-message in the folder, whatever the stored link says. An expired link (410, or
-``syncStateNotFound``) means a delta from scratch, which lists everything anyway.
+message in the folder, whatever the stored link says. An expired link (a 410, with
+or without ``Location``, or a 400/404 ``syncStateNotFound``/``resyncRequired``)
+means a round from the ``Location`` or from scratch, which lists everything anyway.
 
 Throttling (429/503/504) is waited out as ``Retry-After`` says, bounded; a 401 is
 answered by fetching a new token once. :class:`GraphClient` and the state-file
@@ -42,6 +43,7 @@ DEFAULT_ENDPOINT = "https://graph.microsoft.com"
 PAGE_SIZE = 100
 MAX_RETRIES = 4
 DELETIONS_PATH = "/mailFolders/recoverableitemsdeletions/messages"
+MAX_DELTA_ROUNDS = 3  # delta rounds in one listing when links keep expiring
 MAX_WAIT = 60.0  # seconds of Retry-After waited out inside one call, in total
 
 # Indirection so tests can observe the waits without sleeping.
@@ -104,12 +106,23 @@ def store_state(path: str | None, scope: dict[str, str], state: str) -> None:
 class GraphFailure(Exception):
     """A Graph call failed; ``reason`` is a status and Graph error code, no content."""
 
-    def __init__(self, reason: str, *, auth: bool, temporary: bool, status: int = 0) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        auth: bool,
+        temporary: bool,
+        status: int = 0,
+        code: str = "",
+        location: str | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.auth = auth
         self.temporary = temporary
         self.status = status
+        self.code = code  # Graph's error code ("syncStateNotFound"), "" if none
+        self.location = location  # a Location header the error came with
 
 
 def _error_code(resp: httpx.Response) -> str:
@@ -234,7 +247,28 @@ class GraphClient:
             auth = status in (401, 403)
             temporary = status >= 500 or status in (408, 429)
             log.warning("graph.error", kind=what, code=status, reason=code)
-            raise GraphFailure(reason, auth=auth, temporary=temporary, status=status)
+            raise GraphFailure(
+                reason,
+                auth=auth,
+                temporary=temporary,
+                status=status,
+                code="" if code == "-" else code,
+                location=resp.headers.get("Location"),
+            )
+
+
+# Error codes that mean "this delta link is dead, synchronise again"
+# (https://learn.microsoft.com/en-us/graph/delta-query-overview; SyncStateInvalid:
+# a link made without the ImmutableId preference, alcionai/corso#3176).
+_RESYNC_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
+
+
+def delta_expired(exc: GraphFailure) -> bool:
+    """Whether a delta request failed because its link expired: a 410, or a 4xx
+    (400 and 404 are both seen) with a resync code."""
+    if exc.status == 410:
+        return True
+    return 400 <= exc.status < 500 and exc.code.lower() in _RESYNC_CODES
 
 
 def odata_quote(value: str) -> str:
@@ -381,14 +415,33 @@ class GraphMailbox:
         return ordered
 
     def _delta(self, link: str | None) -> tuple[list[tuple[bool, str, str]], str]:
-        try:
-            return self._delta_round(link)
-        except GraphFailure as exc:
-            expired = exc.status == 410 or (exc.status == 400 and "syncstate" in exc.reason.lower())
-            if link is None or not expired:
-                raise
-            log.warning("mailbox.state_ignored", backend="graph", kind="delta_expired")
-            return self._delta_round(None)
+        """A delta round from ``link`` (from scratch when None). A link the service
+        no longer honours, in any of the forms it uses, means a round from where
+        the service says (a 410's ``Location``) or from scratch: that lists every
+        message in the folder, and what was listed before is known by key, so
+        nothing is lost and nothing is listed twice."""
+        rounds = 0
+        while True:
+            rounds += 1
+            try:
+                return self._delta_round(link)
+            except GraphFailure as exc:
+                if not delta_expired(exc) or rounds >= MAX_DELTA_ROUNDS:
+                    raise  # expired again and again: the next cycle tries anew
+                restart = exc.location if exc.status == 410 else None
+                if restart is not None and (
+                    restart == link or not restart.startswith(self.client.endpoint + "/")
+                ):
+                    restart = None
+                log.warning(
+                    "mailbox.state_ignored",
+                    backend="graph",
+                    kind="delta_expired",
+                    code=exc.status,
+                    reason=exc.code or "-",
+                    restart="location" if restart else "scratch",
+                )
+                link = restart
 
     def _delta_round(self, link: str | None) -> tuple[list[tuple[bool, str, str]], str]:
         """One delta round to its last page. Nothing is kept from an unfinished round."""

@@ -73,7 +73,9 @@ class _State:
     messages: dict[str, GraphMessage] = field(default_factory=dict)
     events: list[_Event] = field(default_factory=list)
     seq: int = 0
-    expired_before: int = 0  # delta tokens below this seq answer 410
+    expired_before: int = 0  # delta and next links of rounds begun below this seq expire
+    expire_in: tuple[int, str] | None = None  # (delta requests to go, form)
+    expiry: str = "410"  # how an expired link is answered (see GraphServer.expire_delta_tokens)
     sent: list[bytes] = field(default_factory=list)
     permanent_deletes: list[str] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
@@ -302,6 +304,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _r_delta(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
         st = self.state
+        with st.lock:
+            if st.expire_in is not None:
+                left, form = st.expire_in
+                st.expire_in = (left - 1, form) if left > 1 else None
+                if left <= 1:
+                    self.fake.expire_delta_tokens(form)
         folder = self._folder()
         page_size = 10  # Graph's default for messages delta
         prefer = self.headers.get("Prefer", "")
@@ -313,24 +321,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 raise ProtocolError("a delta or next link must be used as given")
             token = query.get("$deltatoken") or query["$skiptoken"]
             try:
-                kind, since_s, offset_s, sel_s = base64.urlsafe_b64decode(token).decode().split("|")
-                since, offset = int(since_s), int(offset_s)
+                kind, since_s, offset_s, sel_s, born_s = (
+                    base64.urlsafe_b64decode(token).decode().split("|")
+                )
+                since, offset, born = int(since_s), int(offset_s), int(born_s)
             except (ValueError, binascii.Error, UnicodeDecodeError):
                 raise ProtocolError("malformed delta token") from None
-            if since < st.expired_before:
-                self._json(
-                    *_graph_error(
-                        410,
-                        "SyncStateNotFound",
-                        "The sync state generation is not found. The delta token is expired "
-                        "and data must be synchronized again.",
-                    )
-                )
+            if born < st.expired_before:
+                self._expired()
                 return
             sel = sel_s.split(",")
         else:
             sel = self._select(query, {"id", "receivedDateTime"})
-            since, offset = 0, 0
+            since, offset, born = 0, 0, st.seq
         with st.lock:
             current = st.seq
             if since == 0:
@@ -363,13 +366,41 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         base = path
         if offset + page_size < len(entries):
             tok = base64.urlsafe_b64encode(
-                f"skip|{since}|{offset + page_size}|{','.join(sel)}".encode()
+                f"skip|{since}|{offset + page_size}|{','.join(sel)}|{born}".encode()
             ).decode()
             doc["@odata.nextLink"] = self._link(base, **{"$skiptoken": tok})
         else:
-            tok = base64.urlsafe_b64encode(f"delta|{current}|0|{','.join(sel)}".encode()).decode()
+            tok = base64.urlsafe_b64encode(
+                f"delta|{current}|0|{','.join(sel)}|{current}".encode()
+            ).decode()
             doc["@odata.deltaLink"] = self._link(base, **{"$deltatoken": tok})
         self._json(200, doc)
+
+    def _expired(self) -> None:
+        """A delta or next link the service no longer honours, in each form Graph
+        uses. https://learn.microsoft.com/en-us/graph/delta-query-overview names two
+        resync signals for Outlook resources: 410 Gone with a Location header (after
+        tenant maintenance or migration) and a 40x with ``syncStateNotFound`` when
+        the token expired (its lifetime depends on an internal cache, no fixed
+        days). Users report 410 ``SyncStateNotFound`` without Location
+        (microsoftgraph/microsoft-graph-docs#2350), expired next links within a
+        round (#2162) and 400 ``syncStateNotFound``
+        (devblogs.microsoft.com/microsoft365dev/duration-of-change-tracking-tokens-
+        for-identity-and-education-resources); ``resyncRequired`` is in Graph's
+        error-code list (https://learn.microsoft.com/en-us/graph/errors)."""
+        text = (
+            "The sync state generation is not found. The delta token is expired and "
+            "data must be synchronized again."
+        )
+        form = self.state.expiry
+        if form == "410-location":
+            fresh = self._link(self.path.split("?", 1)[0], **{"$select": "id,receivedDateTime"})
+            self._json(*_graph_error(410, "SyncStateNotFound", text), headers={"Location": fresh})
+        elif form == "410":
+            self._json(*_graph_error(410, "SyncStateNotFound", text))
+        else:
+            status, code = form.split("-", 1)
+            self._json(*_graph_error(int(status), code, text))
 
     def _r_list_all(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
         """``/users/{id}/messages``: every mail folder, not Recoverable Items."""
@@ -580,9 +611,19 @@ class GraphServer(FakeHTTPServer):
             self.state.faults.setdefault(route, []).extend([(status, hdrs)] * times)
             self.state.passes[route] = after
 
-    def expire_delta_tokens(self) -> None:
+    def expire_delta_tokens(self, form: str = "410", *, after: int = 0) -> None:
+        """Every delta and next link given out so far expires, answered as ``form``:
+        "410", "410-location" (with a Location to start over from), or
+        "<status>-<code>" such as "404-syncStateNotFound", "400-resyncRequired".
+        With ``after``, that happens when the ``after``-th delta request from now
+        arrives (so a round's next links can die between its pages)."""
         with self.state.lock:
-            self.state.expired_before = self.state.seq + 1
+            if after:
+                self.state.expire_in = (after, form)
+                return
+            self.state.seq += 1  # links handed out from now on are new
+            self.state.expired_before = self.state.seq
+            self.state.expiry = form
 
     def hold_sent_copies(self) -> None:
         """Sent Items copies appear only at :meth:`file_held_copies` (Exchange files them
