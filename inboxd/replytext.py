@@ -13,23 +13,33 @@ Otherwise the HTML is parsed with lxml; comments, ``<head>``, ``<style>``,
 ``visibility:hidden``, ``hidden``, ``mso-hide:all``, ``font-size:0``,
 ``opacity:0``) are removed, and everything from the first reply divider on is cut:
 Outlook's ``divRplyFwdMsg``/``appendonsend``/``stopSpelling``/the ``border-top``
-header box, any ``<hr>`` or ``<blockquote>``, Gmail's ``gmail_quote``,
-Thunderbird's ``moz-cite-prefix``, Outlook for Mac's reference container. The rest
+header box, Windows Mail's (``border-top-style: solid`` longhand), any ``<hr>`` or
+``<blockquote>``, Gmail's ``gmail_quote``, Thunderbird's ``moz-cite-prefix``, Yahoo's
+``yahoo_quoted`` (also prefixed, ``ydp…yahoo_quoted``), Outlook for Mac's reference
+container. The rest
 is rendered to text with inscriptis. CSS in ``<style>`` blocks is not evaluated:
 an element hidden only by a class rule is read as visible.
 
 Cut. In the text, the first of these lines ends the reply: a ``>``-quoted line;
-``-----Oorspronkelijk bericht-----``/``-----Original Message-----`` and friends;
-a rule of ten or more ``_``, ``-`` or ``=``; an Outlook header block (a
-``Van:``/``From:`` line, or two header lines such as ``Verzonden:``/``Sent:`` in
-a row); an attribution such as ``Op … schreef …:``, ``On … wrote:``, ``Op … heeft
-… het volgende geschreven:`` (possibly wrapped over two lines). mail-parser-reply
-then looks at what is left with its Dutch and English header patterns and may cut
-earlier. Every text rule (and every mail-parser-reply header pattern) is anchored at
-the start of a line on a word that is not a command word, so a cut in the text can
-only drop lines that would have ended the command list anyway: quote detection there
-changes what is reported as ignored, never which commands run. (This holds as long
-as no destination key is a quote word such as ``van``, ``from``, ``op`` or ``on``.)
+``-----Oorspronkelijk bericht-----``/``-----Original Message-----``/``-----Reply
+Message-----`` and friends (Gmail's bold ``*---- Original Message ----*`` too);
+``Forwarded message:``; a rule of ten or more ``_``, ``-`` or ``=``; an Outlook
+header block (a ``Van:``/``From:`` line, or two header lines such as
+``Verzonden:``/``Sent:`` in a row); an attribution such as ``Op … schreef …:``,
+``On … wrote:``, ``Op … heeft … het volgende geschreven:``, ``At …, you wrote:``
+(Eudora), Zoho's and Android's ``---- On … wrote ----``/``---- Name wrote ----``,
+Gmail's date-first ``2016-12-08 11:00 GMT+01:00 Name <addr>:``, or a line that is
+only ``Name <addr> wrote:`` — each possibly folded over three lines, never over a
+blank one. mail-parser-reply then looks at what is left with its Dutch and English
+header patterns and may cut earlier (it knows none of the shapes above). Every text
+rule (and every mail-parser-reply header pattern) is anchored at the start of a line
+on something that is not a command word (a quote word, a digit, a dash), so a cut in
+the text can only drop lines that would have ended the command list anyway: quote
+detection there changes what is reported as ignored, never which commands run. (This
+holds as long as no destination key is a quote word such as ``van``, ``from``, ``op``,
+``on`` or ``at``; the configuration refuses those.) The one rule not anchored on a
+word, ``Name <addr> wrote:``, must be the whole line with the address beginning on
+it, which no command line is.
 Leading and trailing blank lines are dropped, so line 1 is the first line with text.
 
 Bounds. Never raises: input it cannot read gives ``""`` (which the command parser
@@ -109,16 +119,29 @@ _HEADER_WORD = (
 _FROM_LINE = re.compile(r"\*{0,2}(?:van|from)\*{0,2}\s*:", re.IGNORECASE)
 _HEADER_LINE = re.compile(r"\*{0,2}" + _HEADER_WORD + r"\*{0,2}\s*:", re.IGNORECASE)
 _ORIGINAL = re.compile(
-    r"(?:-{2,}|_{2,}|={2,})\s*(?:oorspronkelijk(?:\s+e-mail)?\s*bericht|origineel\s+bericht"
-    r"|original\s+message|doorgestuurd\s+bericht|forwarded\s+message|oorspronkelijk)",
+    r"\*{0,2}(?:-{2,}|_{2,}|={2,})\s*(?:oorspronkelijk(?:\s+e-mail)?\s*bericht|origineel\s+bericht"
+    r"|original\s+message|reply\s+message|doorgestuurd\s+bericht|forwarded\s+message|oorspronkelijk)",
     re.IGNORECASE,
 )
-_BEGIN_FORWARD = re.compile(
-    r"begin\s+(?:forwarded\s+message|doorgestuurd\s+bericht)\s*:", re.IGNORECASE
+_FORWARDED = re.compile(
+    r"(?:begin\s+)?(?:forwarded\s+message|doorgestuurd\s+bericht)\s*:", re.IGNORECASE
 )
 _RULE = re.compile(r"[_\-=]{10}")
-_ATTRIBUTION_START = re.compile(r"(?:op|on)\s", re.IGNORECASE)
+_ATTRIBUTION_START = re.compile(r"(?:op|on|at)\s", re.IGNORECASE)
 _ATTRIBUTION_VERB = re.compile(r"\b(?:schreef|wrote|geschreven)\b", re.IGNORECASE)
+# Zoho and Android: "---- On … wrote ----", "---- Name wrote ----".
+_DASHED_ATTRIBUTION = re.compile(r"-{2,}\s*\S.*\b(?:schreef|wrote|geschreven)\b", re.IGNORECASE)
+# Gmail in some locales: "2016-12-08 11:00 GMT+01:00 Name <addr>:".
+_DATE_FIRST = re.compile(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}\b")
+# "Name <addr> wrote:" as a whole line: a name (no colon, no brackets), an address.
+_NAME_ADDRESS_WROTE = re.compile(
+    r"[^:<>]{0,100}<\s?[^<>\s@]+@[^<>\s]+>\s*(?:wrote|schreef|(?:heeft\s+)?(?:het\s+volgende\s+)?"
+    r"geschreven)\s*:",
+    re.IGNORECASE,
+)
+_ADDRESS_END = re.compile(r"@[^\s<>]+>?\s*:$")
+# An attribution a client folds over this many lines (Gmail wraps at 80 characters).
+_ATTRIBUTION_LINES = 3
 
 
 def reply_text(
@@ -242,11 +265,15 @@ def _is_divider(el: Any) -> bool:
     if (el.get("id") or "").lower() in _DIVIDER_IDS:
         return True
     classes = (el.get("class") or "").lower().split()
-    if any(c in _DIVIDER_CLASSES for c in classes):
+    # Yahoo prefixes its quote container per message: "ydp2d263a95yahoo_quoted"
+    # (and "yiv…", "m_…" when the mail has been quoted again).
+    if any(c in _DIVIDER_CLASSES or c.endswith("yahoo_quoted") for c in classes):
         return True
     style = re.sub(r"\s+", "", (el.get("style") or "").lower())
-    # Outlook desktop's header box: a top border over 3pt of padding, whatever the colour.
-    return "border-top:solid" in style and "padding:3.0pt0" in style
+    # The header box of Outlook desktop (a solid top border over 3pt of padding) and of
+    # Windows Mail (longhand: border-top-style:solid with a padding-top), any colour.
+    solid_top = "border-top:solid" in style or "border-top-style:solid" in style
+    return solid_top and ("padding:3.0pt0" in style or "padding-top:" in style)
 
 
 def _cut_from(el: Any) -> None:
@@ -274,12 +301,11 @@ def _norm(line: str) -> str:
 
 def _cut_at_quote(lines: list[str]) -> tuple[list[str], bool]:
     """The lines above the first quote marker, and whether there was one."""
-    normed = [_norm(line) for line in lines[: MAX_LINES + 1]]
+    normed = [_norm(line) for line in lines[: MAX_LINES + _ATTRIBUTION_LINES]]
     kept: list[str] = []
     found = False
-    for i, line in enumerate(normed[:MAX_LINES]):
-        following = normed[i + 1] if i + 1 < len(normed) else ""
-        if _starts_quote(line, following):
+    for i in range(min(len(normed), MAX_LINES)):
+        if _starts_quote(normed[i : i + _ATTRIBUTION_LINES]):
             found = True
             break
         kept.append(lines[i])
@@ -290,20 +316,28 @@ def _cut_at_quote(lines: list[str]) -> tuple[list[str], bool]:
     return kept[first:], found
 
 
-def _starts_quote(line: str, following: str) -> bool:
+def _starts_quote(window: list[str]) -> bool:
+    """Whether the first line of ``window`` starts the quote; the lines after it are
+    there for attributions a client folded over several lines."""
+    line = window[0]
     if line.startswith((">", "|>")):
         return True
-    if _ORIGINAL.match(line) or _BEGIN_FORWARD.match(line) or _RULE.match(line):
+    if _ORIGINAL.match(line) or _FORWARDED.match(line) or _RULE.match(line):
         return True
-    if _FROM_LINE.match(line):
+    if _FROM_LINE.match(line) or _DASHED_ATTRIBUTION.match(line):
         return True
-    if _HEADER_LINE.match(line) and _HEADER_LINE.match(following):
+    if _HEADER_LINE.match(line) and len(window) > 1 and _HEADER_LINE.match(window[1]):
         return True
+    # A folded attribution has no blank line in it.
+    folded = list(itertools.takewhile(bool, window))
+    candidates = [" ".join(folded[:n]).rstrip() for n in range(1, len(folded) + 1)]
     if _ATTRIBUTION_START.match(line):
-        for candidate in (line, line + " " + following):
-            if candidate.rstrip().endswith(":") and _ATTRIBUTION_VERB.search(candidate):
-                return True
-    return False
+        return any(c.endswith(":") and _ATTRIBUTION_VERB.search(c) for c in candidates)
+    if _DATE_FIRST.match(line):
+        return any(_ADDRESS_END.search(c) for c in candidates)
+    # Not anchored on a word: the address must begin on this very line, so that a
+    # command line is never read as the start of a name on the lines below it.
+    return "<" in line and any(_NAME_ADDRESS_WROTE.fullmatch(c) for c in candidates)
 
 
 def _cut_at_library_header(lines: list[str]) -> tuple[list[str], bool]:

@@ -582,6 +582,17 @@ FIXTURES: dict[str, tuple[Command, ...] | str] = {
     "mutt_plain_en.eml": (SetForm(Form.ARBEID), Forward(("kedo",))),
     "html_only_hidden_commands.eml": (SetForm(Form.ARBEID),),
     "outlook_desktop_nl_nothing_typed.eml": "no_command",
+    "yahoo_web_en.eml": (SetForm(Form.ARBEID), Forward(("kedo",))),
+    "windows_mail_nl.eml": (SetForm(Form.CRIMINEEL), Forward(("riec",))),
+    "gmail_date_first_nl.eml": (SetForm(Form.ARBEID), Forward(("kedo",))),
+    "zoho_en.eml": (SetForm(Form.ARBEID), Forward(("kedo", "riec"))),
+    "android_dashed_wrote_en.eml": (SetForm(Form.OVERIG),),
+    "name_address_wrote_en.eml": (Status(),),
+    "eudora_you_wrote_en.eml": (Hold(),),
+    "folded_three_lines_nl.eml": (SetForm(Form.SEKSUEEL), Forward(("kedo",))),
+    "reply_message_en.eml": (SetForm(Form.ARBEID), Forward(("riec",))),
+    "gmail_bold_original_message_en.eml": (Forward(("riec",)),),
+    "forwarded_message_colon_en.eml": (Forward(("kedo",)),),
 }
 
 

@@ -44,6 +44,33 @@ TYPED = {
     "apple_mail_nl.eml": ["KEDO RIEC", "VORM arbeid"],
     "mutt_plain_en.eml": ["forward kedo", "type labour"],
     "html_only_hidden_commands.eml": ["VORM arbeid"],
+    "yahoo_web_en.eml": ["KEDO", "VORM arbeid"],
+    "windows_mail_nl.eml": ["RIEC", "VORM crimineel"],
+    "gmail_date_first_nl.eml": ["KEDO", "VORM arbeid"],
+    "zoho_en.eml": ["KEDO RIEC", "VORM arbeid"],
+    "android_dashed_wrote_en.eml": ["VORM overig"],
+    "name_address_wrote_en.eml": ["STATUS"],
+    "eudora_you_wrote_en.eml": ["WACHT"],
+    "folded_three_lines_nl.eml": ["KEDO", "VORM seksueel"],
+    "reply_message_en.eml": ["RIEC", "VORM arbeid"],
+    "gmail_bold_original_message_en.eml": ["RIEC"],
+    "forwarded_message_colon_en.eml": ["KEDO"],
+}
+
+# The quote shapes of issue 10: all that is left is what was typed, so no attribution
+# line is echoed back as "ignored" in the answer to the functionaris.
+WHOLE = {
+    "yahoo_web_en.eml": ["KEDO", "VORM arbeid", "Groet, Kees"],
+    "windows_mail_nl.eml": ["RIEC", "VORM crimineel", "Rob"],
+    "gmail_date_first_nl.eml": ["KEDO", "VORM arbeid", "Groet, Fatima"],
+    "zoho_en.eml": ["KEDO RIEC", "VORM arbeid", "Groet,", "Sanne"],
+    "android_dashed_wrote_en.eml": ["VORM overig", "Verstuurd vanaf mijn telefoon"],
+    "name_address_wrote_en.eml": ["STATUS"],
+    "eudora_you_wrote_en.eml": ["WACHT", "Ik bel de melder vanmiddag.", "-Dirk"],
+    "folded_three_lines_nl.eml": ["KEDO", "VORM seksueel", "Marieke"],
+    "reply_message_en.eml": ["RIEC", "VORM arbeid"],
+    "gmail_bold_original_message_en.eml": ["RIEC", "Groet, Ahmed"],
+    "forwarded_message_colon_en.eml": ["KEDO", "Zie hieronder.", "Joost"],
 }
 
 
@@ -73,6 +100,34 @@ def test_fixture_reply_starts_with_typed_commands_and_holds_no_quote(name: str) 
         assert lines[: len(TYPED[name])] == TYPED[name], label
         for marker in QUOTE_MARKERS:
             assert marker not in text, (label, marker)
+
+
+@pytest.mark.parametrize("name", sorted(WHOLE))
+def test_client_quote_shape_leaves_exactly_what_was_typed(name: str) -> None:
+    for label, text in variants(name):
+        assert nonblank(text) == WHOLE[name], label
+        destinations = {"kedo", "riec", "nla"}
+        parsed = parse_commands(text, destinations)
+        assert not parsed.errors, (label, parsed.errors)
+        assert all("wrote" not in line and "@" not in line for line in parsed.ignored), label
+
+
+@pytest.mark.parametrize(
+    ("name", "header", "foreign"),
+    [
+        # Windows Mail's header box as talon's fixture has it, with Russian labels.
+        ("windows_mail_nl.eml", "<b>Van:</b>", "<b>От:</b>"),
+        # Yahoo's attribution in a language the text rules do not know.
+        ("yahoo_web_en.eml", "wrote:", "napisał:"),
+    ],
+)
+def test_html_quote_container_cuts_whatever_language_its_header_is_in(
+    name: str, header: str, foreign: str
+) -> None:
+    _, html, _, _ = load(name)
+    assert html is not None and header in html
+    text = reply_text(None, html.replace(header, foreign).replace("On Tuesday", "W dniu"))
+    assert nonblank(text) == WHOLE[name]
 
 
 def test_nothing_typed_above_an_outlook_quote_is_empty() -> None:
@@ -132,6 +187,24 @@ PLAIN_QUOTES = [
     "Op 3 jun 2025, om 10:12 heeft Meldpunt het volgende geschreven:\nKEDO",
     "On Tue, Jun 3, 2025 at 10:12 AM Meldpunt <\nv@gemeente.example> wrote:\nKEDO",
     "On 3 Jun 2025, at 10:12, Meldpunt <v@gemeente.example> wrote:\nKEDO",
+    # Issue 10: shapes of real clients
+    "2016-12-08 11:00 GMT+01:00 Meldpunt <v@gemeente.example>:\nKEDO",
+    "2014-10-17 11:28 GMT+03:00 Meldpunt <\nv@gemeente.example>:\nKEDO",
+    "2017-12-27 20:35 GMT+01:00 <v@gemeente.example>:\nKEDO",
+    "---- On Thu, 08 Dec 2016 11:00:00 +0100 Meldpunt <v@gemeente.example> wrote ----\nKEDO",
+    "---- Op do, 08 dec 2016 11:00:00 +0100 Meldpunt <v@gemeente.example> schreef ----\nKEDO",
+    "---- Meldpunt wrote ----\nKEDO",
+    "------On 12/29/1987 17:32 PM, Meldpunt wrote-----\nKEDO",
+    "Meldpunt vreemdverhaal <v@gemeente.example> wrote:\nKEDO",
+    "Meldpunt <v@gemeente.example> schreef:\nKEDO",
+    "Meldpunt <\nv@gemeente.example> wrote:\nKEDO",
+    "At 10:14 PM 1/28/2001 -0500, you wrote:\nKEDO",
+    "On Nov 30, 2011, at 12:47 PM, Meldpunt <\nv@gemeente.example>\nwrote:\nKEDO",
+    "Op 3 jun. 2025 om 10:12 heeft Meldpunt\n<v@gemeente.example> het volgende\ngeschreven:\nKEDO",
+    "-----Reply Message-----\nKEDO",
+    "*---- Original Message ----*\nKEDO",
+    "Forwarded message:\nKEDO",
+    "Doorgestuurd bericht:\nKEDO",
 ]
 
 
@@ -156,6 +229,26 @@ def test_ordinary_lines_are_kept() -> None:
     text = "KEDO\nVORM arbeid\n\nOp maandag bel ik de melder.\nVan harte, Jan"
     # Not attributions or headers: no 'schreef'/'wrote' with a colon, no 'Van:'.
     assert reply_text(text, None) == text
+    for kept in (
+        "KEDO\nAt the door he wrote nothing.",
+        "KEDO\n2025-06-03 belde ik de melder.",
+        "KEDO\n-- \nJan",
+        "KEDO\nBel Jan <j@gemeente.example> als er iets is.",
+        "VRAAG wie is <j@gemeente.example>?\nDank, Jan",
+    ):
+        assert reply_text(kept, None) == kept
+
+
+def test_a_command_line_is_never_read_as_part_of_a_folded_attribution() -> None:
+    # The lines below a command would make "KEDO … <addr> wrote:" if joined: the
+    # address must begin on the line that starts the attribution, and no blank line
+    # is folded into one.
+    text = "KEDO\nMeldpunt <v@gemeente.example> wrote:\n> RIEC"
+    assert reply_text(text, None) == "KEDO"
+    text = "KEDO\n\nMeldpunt <v@gemeente.example> wrote:\n> RIEC"
+    assert reply_text(text, None) == "KEDO"
+    text = "KEDO\nVORM arbeid\n2025-06-03 10:12 Meldpunt <\nv@gemeente.example>:\n> RIEC"
+    assert reply_text(text, None) == "KEDO\nVORM arbeid"
 
 
 def test_plain_is_preferred_and_blank_plain_falls_back_to_html() -> None:
@@ -182,6 +275,10 @@ HTML_QUOTES = [
     '<div style="border:none; border-top:solid #B5C4DF 1.0pt; padding:3.0pt 0in 0in 0in">'
     "<p>KEDO</p></div>",
     '<div id="mail-editor-reference-message-container">KEDO</div>',
+    '<div id="ydp2d263a95yahoo_quoted_3699820886" class="ydp2d263a95yahoo_quoted">KEDO</div>',
+    '<div id="yiv4315141663yahoo_quoted_0836389664" class="yiv4315141663yahoo_quoted">KEDO</div>',
+    '<div style="padding-top: 5px; border-top-color: rgb(229, 229, 229); '
+    'border-top-width: 1px; border-top-style: solid;"><div><b>KEDO</b></div></div>',
 ]
 
 
@@ -351,16 +448,32 @@ _COMMAND_LINES = st.sampled_from(
 )
 
 
+_ATTRIBUTIONS = st.sampled_from(
+    [
+        "\n\nOp 3 jun 2025 schreef Meldpunt:\n",
+        "\n2016-12-08 11:00 GMT+01:00 Meldpunt <\nv@gemeente.example>:\n",
+        "\n---- On Thu, 08 Dec 2016 11:00:00 +0100 Meldpunt <v@gemeente.example> wrote ----\n",
+        "\nMeldpunt <v@gemeente.example> wrote:\n",
+        "\nAt 10:14 PM 1/28/2001 -0500, you wrote:\n",
+        "\nOp 3 jun. 2025 om 10:12 heeft Meldpunt\n<v@gemeente.example> het volgende\ngeschreven:\n",
+        "\n*---- Original Message ----*\n",
+        "\nForwarded message:\n",
+    ]
+)
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.lists(_COMMAND_LINES, max_size=6), st.lists(_COMMAND_LINES, min_size=1, max_size=8))
-def test_quoted_lines_never_change_the_commands(top: list[str], quoted: list[str]) -> None:
+@given(
+    st.lists(_COMMAND_LINES, max_size=6),
+    st.lists(_COMMAND_LINES, min_size=1, max_size=8),
+    _ATTRIBUTIONS,
+)
+def test_quoted_lines_never_change_the_commands(
+    top: list[str], quoted: list[str], attribution: str
+) -> None:
     destinations = {"kedo", "riec"}
     alone = parse_commands("\n".join(top), destinations)
-    plain = (
-        "\n".join(top)
-        + "\n\nOp 3 jun 2025 schreef Meldpunt:\n"
-        + "\n".join("> " + q for q in quoted)
-    )
+    plain = "\n".join(top) + attribution + "\n".join("> " + q for q in quoted)
     from_plain = parse_commands(reply_text(plain, None), destinations)
     # Line numbers may differ: reply_text drops leading blank lines.
     assert from_plain.commands == alone.commands
