@@ -123,6 +123,7 @@ class Keyring:
         # Derived from the oldest key so that dedup records survive a rotation until
         # the oldest key is removed; lookups try every key.
         self._dedup_keys = [_derive(k.secret, b"inboxd dedup v1") for k in keys]
+        self._message_id_keys = [_derive(k.secret, b"inboxd dedup message-id v1") for k in keys]
         self._sender_key = _derive(keys[0].secret, b"inboxd sender v1")
 
     @classmethod
@@ -148,16 +149,24 @@ class Keyring:
         except Exception:
             raise DecryptError("data key did not unwrap") from None
 
-    def dedup_digests(self, message_id: str | None, raw: bytes) -> list[bytes]:
-        """HMACs of Message-ID + raw bytes under every key: the first is the one to store."""
+    def dedup_digests(self, message_id: str | None, *content: bytes | memoryview) -> list[bytes]:
+        """HMACs of Message-ID + content (the pieces, joined) under every key: the
+        first is the one to store."""
         out = []
         for key in reversed(self._dedup_keys):
             mac = hmac.new(
                 key, (message_id or "").encode("utf-8", "replace") + b"\0", hashlib.sha256
             )
-            mac.update(raw)
+            for piece in content:
+                mac.update(piece)
             out.append(mac.digest())
         return out
+
+    def message_id_digests(self, message_id: str) -> list[bytes]:
+        """HMACs of the Message-ID alone (under a key of their own, so they never meet
+        a content digest): a different message reusing it is recognised."""
+        mid = message_id.encode("utf-8", "replace")
+        return [hmac.new(k, mid, hashlib.sha256).digest() for k in reversed(self._message_id_keys)]
 
     def sender_digest(self, address: str) -> bytes:
         """A keyed hash of a sender, for the acknowledgement rate limit (no address kept)."""

@@ -21,12 +21,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from inboxd.classify import Context, Decision, Kind, classify, mentioned_ids, references_in
 from inboxd.config import Config
 from inboxd.crypto import Keyring, signal_token
+from inboxd.dedup import without_trace
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox, MailboxItem, verify_deletion
 from inboxd.mails import Mail, is_msg_id, new_message_id
@@ -270,8 +271,8 @@ class Intake:
     ) -> None:
         msg = unreadable(len(item.raw), "unprocessable")
         decision = Decision(Kind.SIGNAL, frozenset({"malformed", "unprocessable"}), source="extern")
-        digest = self.keyring.dedup_digests(None, item.raw)[0]
-        self.new_signal(tx, item, msg, decision, digest, received_at=received_at)
+        digest = self.keyring.dedup_digests(None, *without_trace(item.raw))[0]
+        self.new_signal(tx, item, msg, decision, (digest,), received_at=received_at)
         result.queued += 1
 
     def _lookup_context(self, msg: ParsedMessage) -> Context:
@@ -298,27 +299,34 @@ class Intake:
         msg = parse_message(item.raw)
         if msg.message_id:
             self._message_ids[item.key] = msg.message_id
-        digests = self.keyring.dedup_digests(msg.message_id, item.raw)
+        # The same message delivered twice (other trace headers, same everything
+        # else) is one; another message under a Message-ID seen before is its own.
+        digests = self.keyring.dedup_digests(msg.message_id, *without_trace(item.raw))
         if digests[0] in seen or self.store.has_dedup(digests):
             tx.record_key(item.key, "expunge")
             result.duplicates += 1
             log.info("signal.duplicate", size=msg.size)
             return
         seen.add(digests[0])
+        id_digests = self.keyring.message_id_digests(msg.message_id) if msg.message_id else []
         decision = classify(msg, self._lookup_context(msg))
+        if id_digests and decision.kind is Kind.SIGNAL and self.store.has_dedup(id_digests):
+            decision = replace(decision, flags=decision.flags | {"message_id_reused"})
+        remember = (digests[0], *id_digests[:1])
         log.info(
             "mail.received", kind=decision.kind.value, size=msg.size, flags=sorted(decision.flags)
         )
         if decision.kind is Kind.SIGNAL or (
             decision.kind in (Kind.COMMAND, Kind.FOLLOWUP) and self.replies is None
         ):
-            self.new_signal(tx, item, msg, decision, digests[0], received_at=received_at)
+            self.new_signal(tx, item, msg, decision, remember, received_at=received_at)
             result.queued += 1
             return
         if decision.kind in (Kind.COMMAND, Kind.FOLLOWUP):
             assert self.replies is not None
             fate, signal_id = self.replies.handle(tx, item, msg, decision)
-            tx.add_dedup(digests[0], None, self.clock() + self.cfg.dedup_window)
+            for d in remember:
+                tx.add_dedup(d, None, self.clock() + self.cfg.dedup_window)
             tx.record_key(item.key, fate, signal_id)
             result.handled += 1
             return
@@ -328,7 +336,8 @@ class Intake:
         log.info("mail.auto_answer", kind=decision.kind.value, mail_kind=",".join(answered) or None)
         if self.replies is not None and hasattr(self.replies, "auto_answer"):
             self.replies.auto_answer(tx, msg, decision)
-        tx.add_dedup(digests[0], None, self.clock() + self.cfg.dedup_window)
+        for d in remember:
+            tx.add_dedup(d, None, self.clock() + self.cfg.dedup_window)
         tx.record_key(item.key, "expunge")
         result.handled += 1
 
@@ -344,7 +353,7 @@ class Intake:
         item: MailboxItem | None,
         msg: ParsedMessage,
         decision: Decision,
-        digest: bytes | None,
+        digests: Sequence[bytes],
         raw: bytes | None = None,
         *,
         received_at: float | None = None,
@@ -366,11 +375,13 @@ class Intake:
                 attachment_count=msg.attachment_count,
                 fields=fields,
                 received_at=self.clock() if received_at is None else received_at,
-                dedup_digest=digest,
+                dedup_digest=digests[0] if digests else None,
                 mailbox_key=item.key if item is not None else None,
                 retain=retain,
             )
         )
+        for d in digests[1:]:
+            tx.add_dedup(d, signal.id, None)
         log.info(
             "signal.queued", ref=ref, size=msg.size, flags=sorted(decision.flags), state="queued"
         )

@@ -68,7 +68,14 @@ def test_sigkill_during_a_backlog_loses_nothing_and_duplicates_nothing(
     world: World, mail: MailServer
 ) -> None:
     ids = [f"<crash-{i}-{uuid.uuid4().hex[:8]}@gemeente.example>" for i in range(BACKLOG)]
-    mail.append_many(MAILBOX, [signal_mail(f"n{i}", message_id=mid) for i, mid in enumerate(ids)])
+    raws = [signal_mail(f"n{i}", message_id=mid) for i, mid in enumerate(ids)]
+    # Every fifth message comes a second time, as a relay's retry: other trace headers.
+    redelivered = [
+        b"Received: from mx2.gemeente.example; Mon, 23 Nov 2026 10:05:08 +0100\r\n"
+        b"Return-Path: <retry@relay.example>\r\n" + r
+        for r in raws[::5]
+    ]
+    mail.append_many(MAILBOX, [*raws, *redelivered])
     rng = random.Random(7)
     deadline = time.monotonic() + 240
     kills = 0

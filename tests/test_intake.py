@@ -321,6 +321,81 @@ def test_same_message_delivered_twice_is_queued_once(world: World, mail: MailSer
     assert '"event": "signal.duplicate"' in world.log_text()
 
 
+def close_reply(request: bytes) -> bytes:
+    """A functionaris' AFSLUITEN in reply to a triage request."""
+    req = parse(request)
+    return (
+        f"From: <{F1}>\r\nTo: {MAILBOX}\r\nSubject: RE: {req['Subject']}\r\n"
+        f"Message-ID: <close-{marker()}@gemeente.example>\r\nIn-Reply-To: {req['Message-ID']}\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nAFSLUITEN\r\n"
+    ).encode()
+
+
+REDELIVERY_TRACE = (
+    b"Received: from mx2.gemeente.example (mx2 [10.0.0.2])\r\n"
+    b"\tby relay.gemeente.example; Mon, 23 Nov 2026 10:05:08 +0100\r\n"
+    b"X-Original-To: vreemdverhaal@gemeente.example\r\n"
+    b"Authentication-Results: relay.gemeente.example; dkim=pass header.d=gemeente.example\r\n"
+    b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=gemeente.example; b=AAAA\r\n"
+    b"X-MS-Exchange-Organization-AuthAs: Internal\r\n"
+    b"X-MS-Exchange-Transport-EndToEndLatency: 00:00:01.0000000\r\n"
+)
+
+
+def test_a_message_delivered_twice_with_other_trace_headers_is_one_signal(
+    world: World, mail: MailServer
+) -> None:
+    """A relay retrying after a lost reply: two real deliveries (each with its own
+    Return-Path, Delivered-To and Received from Dovecot), one with more trace headers,
+    the second in a later cycle and again after the signal was closed."""
+    mark = marker()
+    raw = signal_mail(mark)
+    mail.deliver(raw, MAILBOX)
+    world.once()
+    mail.deliver(REDELIVERY_TRACE + raw, MAILBOX)
+    mail.deliver(raw, MAILBOX)
+    world.once()
+    assert world.status()["open"] == 1
+    assert everything_in(mail, MAILBOX) == [], "the copies are hard-deleted too"
+    assert world.log_text().count('"event": "signal.duplicate"') == 2
+    assert len(mail.wait_for_messages(REPORTER, 1)) == 1
+    world.until_quiet()
+    assert len(mail.messages(REPORTER)) == 1, "one acknowledgement"
+    assert len(mail.messages(F1)) == 1 and len(mail.messages(F2)) == 1, "one triage request each"
+    assert_absent(mark, where="the store on disk", data=world.state_bytes())
+
+    # Closed and deleted: the content-free record still knows it within dedup_window.
+    request = mail.messages(F1)[0]
+    mail.deliver(close_reply(request), MAILBOX, mail_from=F1)
+    world.until_quiet()
+    assert world.status()["open"] == 0
+    world.now += 86400
+    mail.deliver(REDELIVERY_TRACE + raw, MAILBOX)
+    world.once()
+    assert world.status()["open"] == 0, "a late redelivery is not a new signal"
+    assert world.log_text().count('"event": "signal.duplicate"') == 3
+
+
+def test_another_message_reusing_a_message_id_is_a_signal_of_its_own_and_flagged(
+    world: World, mail: MailServer
+) -> None:
+    mid = "<hergebruikt-1@gemeente.example>"
+    mail.deliver(signal_mail(marker(), message_id=mid), MAILBOX)
+    world.once()
+    mark = marker()
+    mail.deliver(signal_mail(mark, message_id=mid, body="Een ander signaal.\n"), MAILBOX)
+    world.once()
+    status = world.status()
+    assert status["open"] == 2
+    assert status["flags"].get("message_id_reused") == 1
+    assert '"event": "signal.duplicate"' not in world.log_text()
+    requests = mail.wait_for_messages(F1, 2)
+    flagged = [r for r in requests if "message_id_reused" in body_text(r)]
+    assert len(flagged) == 1 and "Een ander signaal." in body_text(flagged[0])
+    assert len(mail.wait_for_messages(REPORTER, 2)) == 2, "each is acknowledged"
+    assert_absent(mark, where="the logs", data=world.log_text())
+
+
 def test_smtp_refusing_temporarily_retries_the_acknowledgement(
     world: World, mail: MailServer
 ) -> None:
