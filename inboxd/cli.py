@@ -60,6 +60,17 @@ def _parser() -> _Parser:
     gen = ks.add_parser("generate", parents=[common])
     gen.add_argument("--out", required=True, metavar="PATH")
     ks.add_parser("rotate", parents=[common])
+    guide = sub.add_parser(
+        "guide",
+        parents=[common],
+        help="the guide for reporters (melder) or the functionarissen's command card",
+        description="Print a guide for the people who use inboxd, from this configuration: "
+        "'melder' for colleagues who report a signal, 'functionaris' for the command card.",
+    )
+    guide.add_argument("audience", choices=["melder", "functionaris"])
+    guide.add_argument("--format", choices=["text", "html"], default="text")
+    guide.add_argument("--language", choices=["nl", "en"], help="default: the configured language")
+    guide.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     demo = sub.add_parser(
         "demo", parents=[common], help="the life of a signal in a throw-away local world"
     )
@@ -128,6 +139,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_demo(keep=args.keep)
     cfg = config.load(args.config)
+    if args.command == "guide":
+        from inboxd import guides
+
+        return _write(guides.render(cfg, args.audience, args.format, args.language), args.out)
     if args.command == "check":
         return _check(cfg)
     if args.command in ("status", "stats", "queue") or (
@@ -144,6 +159,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     from inboxd.daemon import Daemon
 
     return Daemon(app).run()
+
+
+def _write(text: str, out: str | None) -> int:
+    """A document to stdout, or to a file (replaced whole: written aside, then renamed)."""
+    if not out:
+        sys.stdout.write(text)
+        return EXIT_OK
+    target = Path(out)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+    print(f"written to {target}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _keys_generate(out: Path) -> int:

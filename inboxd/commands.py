@@ -580,6 +580,11 @@ def describe(command: Command, language: Language) -> str:
     return "Hulp opgevraagd" if nl else "Help requested"
 
 
+def form_words(language: Language) -> tuple[str, ...]:
+    """The words ``VORM``/``TYPE`` takes, in the given language."""
+    return tuple(_FORM_WORDS[language].values())
+
+
 def help_lines(destinations: Mapping[str, str], language: Language) -> list[str]:
     """The HULP answer: every command, then each destination (KEY — label)."""
     if language == "nl":

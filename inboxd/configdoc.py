@@ -49,7 +49,7 @@ One TOML file: `inboxd --config PATH`, else `$INBOXD_CONFIG`, else
 """
 
 
-def _duration_text(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     if seconds == 0:
         return "0s"
     for unit, size in _UNIT_NAMES:
@@ -102,7 +102,7 @@ def _default_text(field: FieldInfo, validators: set[Any]) -> str:
     if value is None:
         return "none"
     if parse_duration in validators:
-        return f'`"{_duration_text(float(value))}"`'
+        return f'`"{duration_text(float(value))}"`'
     if parse_rate in validators:
         return f'`"{_rate_text(value)}"`'
     if isinstance(value, bool):

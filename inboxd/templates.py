@@ -6,6 +6,10 @@ A template file looks like::
 
     Beste collega, …
 
+Pages that are not mails (the guides, the statistics page) live in
+``<language>/pages/`` and are rendered whole by :meth:`Templates.page`; ``.html``
+pages are autoescaped like HTML mail parts.
+
 Values are data, never templates: a subject or a question that reads ``{{7*7}}`` is
 printed as written. Templates never see a signal's subject or content unless the
 caller passes it on purpose (only triage requests and forwards do).
@@ -44,6 +48,10 @@ def search_path(language: str, override_dir: str = "") -> list[str]:
     for base in (SHIPPED, INSTALLED):
         if (base / language).is_dir():
             dirs.append(base / language)
+    # What both languages share (the pages' style sheet), after them.
+    for base in (SHIPPED, INSTALLED):
+        if (base / "common").is_dir():
+            dirs.append(base / "common")
     return [str(d) for d in dirs]
 
 
@@ -73,3 +81,25 @@ class Templates:
             )
         subject = head.split(":", 1)[1].strip()
         return Rendered(subject=subject, body=body.lstrip("\n"))
+
+    def subject(self, name: str, context: Mapping[str, Any]) -> str:
+        """Only the subject line of a mail template, e.g. to show it in a guide."""
+        try:
+            assert self.env.loader is not None
+            source, _, _ = self.env.loader.get_source(self.env, f"{name}.txt")
+            head = source.split("\n", 1)[0]
+            text = self.env.from_string(head).render(**context)
+        except Exception as exc:
+            raise TemplateError(
+                f"template {self.language}/{name}.txt failed ({type(exc).__name__})"
+            ) from None
+        return text.split(":", 1)[1].strip()
+
+    def page(self, name: str, context: Mapping[str, Any]) -> str:
+        """A whole document from ``pages/<name>`` (e.g. ``guide_melder.html``)."""
+        try:
+            return self.env.get_template(f"pages/{name}").render(**context)
+        except Exception as exc:
+            raise TemplateError(
+                f"template {self.language}/pages/{name} failed ({type(exc).__name__})"
+            ) from None
