@@ -21,6 +21,7 @@ from inboxd.msauth import TokenError, TokenSource
 from inboxd.outbox import Outbox
 from inboxd.store import SqliteStore, Store
 from inboxd.templates import Templates
+from inboxd.throttle import Throttle
 from inboxd.transport.base import Transport
 
 log = get_logger(__name__)
@@ -173,8 +174,8 @@ def make_mailbox(cfg: Config) -> Mailbox:
 
 def make_transport(cfg: Config, mailbox: Mailbox | None = None) -> Transport:
     """The outgoing-mail transport. ``ews`` and ``graph`` send as the ``[mailbox]``
-    account with its settings (``mailbox`` is accepted for compatibility; each
-    transport keeps a connection of its own)."""
+    account with its settings; each keeps a connection of its own and shares
+    ``mailbox``'s throttle (a server's back-off)."""
     s = cfg.smtp
     if s.transport == "maildir":
         from inboxd.transport.maildir import MaildirTransport
@@ -201,6 +202,11 @@ def make_transport(cfg: Config, mailbox: Mailbox | None = None) -> Transport:
             ),
         )
     mb = cfg.mailbox
+    # One account on one service: a back-off the server gave the mailbox holds for
+    # the transport too (and the other way round).
+    throttle = getattr(mailbox, "throttle", None) if mailbox is not None else None
+    if not isinstance(throttle, Throttle):
+        throttle = None
     if s.transport == "ews":
         from inboxd.transport.ews import EwsTransport
 
@@ -218,6 +224,7 @@ def make_transport(cfg: Config, mailbox: Mailbox | None = None) -> Transport:
                 token=ews_token,
                 primary_smtp_address=mb.mailbox or None,
                 ca_file=mb.ca_file or None,
+                throttle=throttle,
             ),
         )
     from inboxd.msauth import graph_scope
@@ -228,7 +235,11 @@ def make_transport(cfg: Config, mailbox: Mailbox | None = None) -> Transport:
         cfg,
         "mailbox",
         lambda: GraphTransport(
-            mb.mailbox, graph_token, endpoint=mb.endpoint, ca_file=mb.ca_file or None
+            mb.mailbox,
+            graph_token,
+            endpoint=mb.endpoint,
+            ca_file=mb.ca_file or None,
+            throttle=throttle,
         ),
     )
 

@@ -32,6 +32,7 @@ class Daemon:
         self.app = app
         self.stop = threading.Event()
         self.failures = 0
+        self.backoff = 0.0  # seconds the mailbox's server asked to be left alone
         self.stop_signal: int | None = None
         self.watchdog = sdnotify.Watchdog.from_env()
 
@@ -40,6 +41,17 @@ class Daemon:
         # logger's lock when the signal lands in the middle of a log write.
         self.stop_signal = signum
         self.stop.set()
+
+    def pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` (a server's back-off can be minutes) in waits of at
+        most MAX_WAIT, feeding the watchdog between them; a stop ends it."""
+        until = time.monotonic() + seconds
+        while not self.stop.is_set():
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            self.stop.wait(min(left, MAX_WAIT))
+            self.watchdog.maybe_ping(time.monotonic())
 
     def cycle(self) -> bool:
         """Fetch, take in, send. Returns False when the mailbox could not be reached."""
@@ -59,10 +71,17 @@ class Daemon:
             # Whatever went wrong, the daemon lives on: log it (type and place only),
             # drop the connection so the next cycle lists the mailbox afresh, back off.
             self.failures += 1
+            self.backoff = 0.0
             if isinstance(exc, MailboxError):
                 event = "mailbox.error"
+                # A server's back-off: no request to it before it ends.
+                self.backoff = exc.retry_after or 0.0
                 log.warning(
-                    event, error=type(exc).__name__, reason=exc.reason, attempt=self.failures
+                    event,
+                    error=type(exc).__name__,
+                    reason=exc.reason,
+                    attempt=self.failures,
+                    **({"retry_after": round(self.backoff)} if self.backoff else {}),
                 )
             else:
                 event = "cycle.failed"
@@ -105,7 +124,7 @@ class Daemon:
                         log.warning("mailbox.error", error=type(exc).__name__, reason=exc.reason)
                         self.app.mailbox.close()
                 else:
-                    self.stop.wait(min(reconnect_delay(self.failures), MAX_WAIT))
+                    self.pause(max(min(reconnect_delay(self.failures), MAX_WAIT), self.backoff))
                 self.watchdog.maybe_ping(time.monotonic())
         finally:
             if self.stop_signal is not None:

@@ -232,7 +232,8 @@ class Outbox:
         except SendError as exc:
             expired = now - due.created_at >= self.retry_for
             if exc.temporary and not expired:
-                delay = backoff(due.attempts)
+                # Never before the server's own back-off ends (Retry-After).
+                delay = max(backoff(due.attempts), exc.retry_after or 0.0)
                 self.store.mail_failed(due, now + delay, reply_code(exc.reason))
                 log.warning(
                     "mail.retry",
@@ -243,7 +244,12 @@ class Outbox:
                     code=reply_code(exc.reason),
                 )
                 result.retry += 1
-                connection = "connect" in exc.reason.lower() or "unreachable" in exc.reason.lower()
+                # The rest would fail the same way (or, throttled, must not be tried).
+                connection = (
+                    "connect" in exc.reason.lower()
+                    or "unreachable" in exc.reason.lower()
+                    or exc.retry_after is not None
+                )
                 if connection:
                     result.unreachable = True
                 self.store.set_meta("last_error", json.dumps({"event": "mail.retry", "at": now}))

@@ -4,11 +4,16 @@ against the local fakes of EWS, Graph and Entra ID."""
 
 from __future__ import annotations
 
+import os
+import socket
+import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import structlog
 from fakes import captured_logs, pki
 from fakes.ews_server import EwsServer
 from fakes.graph_server import GraphServer
@@ -17,6 +22,7 @@ from servers import MailServer
 from world import F1, MAILBOX, signal_mail
 
 from inboxd import cli, config
+from inboxd import daemon as daemon_module
 from inboxd.app import (
     EWS_SYNC_STATE,
     GRAPH_DELTA_STATE,
@@ -29,10 +35,11 @@ from inboxd.app import (
 from inboxd.config import ConfigError
 from inboxd.crypto import generate_key_file
 from inboxd.daemon import once
+from inboxd.mailbox import graph as graph_module
 from inboxd.mailbox.ews import EwsMailbox
 from inboxd.mailbox.graph import GraphMailbox
 from inboxd.msauth import OUTLOOK_SCOPE, TokenProvider, graph_scope
-from inboxd.transport.base import Envelope
+from inboxd.transport.base import Envelope, SendError
 from inboxd.transport.ews import EwsTransport
 from inboxd.transport.graph import GraphTransport
 from inboxd.transport.smtp import SmtpTransport
@@ -635,3 +642,77 @@ username = "{MAILBOX}"
     assert code == 3
     assert "mailbox (imap): logged in" in out and "token for [smtp]: ok" in out
     assert f"SMTP refused the XOAUTH2 login of {MAILBOX}" in err and "SMTP.SendAsApp" in err
+
+
+# --- a server's back-off reaches the daemon's loop -----------------------------------
+
+
+def test_a_long_back_off_holds_every_request_while_the_watchdog_is_fed(
+    setup: Setup,
+    aad: TokenServer,
+    graph: GraphServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Shortened to test time: what is waited inside a call, and the loop's wait.
+    monkeypatch.setattr(graph_module, "MAX_WAIT", 0.2)
+    monkeypatch.setattr(daemon_module, "MAX_WAIT", 0.25)
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:
+        sock_path = os.path.join(short, "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(sock_path)
+        sock.setblocking(False)
+        monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
+        monkeypatch.setenv("WATCHDOG_USEC", "100000")  # a ping due every 0.05 s
+        monkeypatch.delenv("WATCHDOG_PID", raising=False)
+        app = build(setup.cfg(graph_toml(setup, aad, graph)))
+        d = daemon_module.Daemon(app)
+        try:
+            assert d.cycle()
+            graph.fail("delta", 429, retry_after="2")  # longer than a call waits
+            assert not d.cycle()
+            assert d.backoff == 2.0
+            # The transport shares the back-off: it sends nothing either.
+            with pytest.raises(SendError) as ei:
+                app.transport.check()
+            assert ei.value.temporary and ei.value.retry_after is not None
+            before = len(graph.requests)
+            while True:  # empty the socket
+                try:
+                    sock.recv(64)
+                except BlockingIOError:
+                    break
+            started = time.monotonic()
+            d.pause(d.backoff)
+            assert time.monotonic() - started >= 1.9
+            assert len(graph.requests) == before, "a request went out during the back-off"
+            pings = 0
+            while True:
+                try:
+                    pings += sock.recv(64) == b"WATCHDOG=1"
+                except BlockingIOError:
+                    break
+            assert pings >= 6, pings  # 2 s in waits of 0.25 s, a ping after each
+            assert d.cycle()  # after it: back to work
+            assert len(graph.requests) > before
+        finally:
+            app.close()
+            sock.close()
+
+
+def test_a_send_refused_with_a_long_back_off_waits_for_it_and_stops_the_drain(
+    setup: Setup, aad: TokenServer, graph: GraphServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(graph_module, "MAX_WAIT", 0.2)
+    app = build(setup.cfg(graph_toml(setup, aad, graph)))
+    d = daemon_module.Daemon(app)
+    try:
+        graph.deliver(signal_mail("backoff"))
+        graph.fail("sendMail", 429, retry_after="120")
+        with structlog.testing.capture_logs() as logs:
+            assert d.cycle()  # taken in; the acknowledgement and triage wait
+        retries = [e for e in logs if e["event"] == "mail.retry"]
+        assert len(retries) == 1, "the drain went on asking a throttled service"
+        assert retries[0]["delay"] >= 120
+        assert [r.route for r in graph.requests].count("sendMail") == 1
+    finally:
+        app.close()

@@ -19,6 +19,7 @@ from inboxd.mailbox import ews as ews_module
 from inboxd.mailbox.base import MailboxError
 from inboxd.mailbox.ews import EwsMailbox
 from inboxd.msauth import OUTLOOK_SCOPE, TokenProvider
+from inboxd.throttle import Throttle
 from inboxd.transport.base import Envelope, SendError
 from inboxd.transport.ews import EwsTransport
 from inboxd.transport.graph import header_recipients
@@ -295,6 +296,34 @@ def test_throttling_is_bounded(srv: EwsServer, sleeps: list[float]) -> None:
     assert not ei.value.auth
     assert "ErrorServerBusy" in str(ei.value)
     assert len(sleeps) == ews_module.MAX_BUSY_RETRIES
+
+
+def test_a_long_back_off_is_carried_out_and_holds_every_request(
+    srv: EwsServer, sleeps: list[float]
+) -> None:
+    srv.deliver(msg(1))
+    now = [1000.0]
+    throttle = Throttle(clock=lambda: now[0])
+    mb = mailbox(srv, throttle=throttle)
+    tr = transport(srv, throttle=throttle)  # the same account: one back-off
+    mb.open()
+    srv.fail("SyncFolderItems", "busy_long")
+    with pytest.raises(MailboxError) as ei:
+        mb.list_new()
+    assert ei.value.retry_after == 300.0 and sleeps == []  # not slept inside the call
+    before = len(srv.calls)
+    now[0] += 299.0
+    with pytest.raises(MailboxError) as ei:
+        mb.list_new()
+    assert ei.value.retry_after == pytest.approx(1.0)
+    with pytest.raises(SendError) as es:
+        tr.send(Envelope("", KEDO), FORWARD)
+    assert es.value.temporary and es.value.retry_after == pytest.approx(1.0)
+    assert len(srv.calls) == before, "a request went to the server during its back-off"
+    now[0] += 1.0
+    assert len(mb.list_new()) == 1
+    tr.send(Envelope("", KEDO), FORWARD)
+    assert len(srv.sent) == 1
 
 
 def test_wrong_password_is_an_auth_error(srv: EwsServer) -> None:

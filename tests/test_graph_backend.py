@@ -17,6 +17,7 @@ from inboxd.mailbox import graph as graph_module
 from inboxd.mailbox.base import MailboxError
 from inboxd.mailbox.graph import GraphMailbox
 from inboxd.msauth import TokenProvider, graph_scope
+from inboxd.throttle import Throttle
 from inboxd.transport.base import Envelope, SendError
 from inboxd.transport.graph import GraphTransport, message_id
 
@@ -325,15 +326,45 @@ def test_throttling_is_bounded(aad: TokenServer, graph: GraphServer, sleeps: lis
     graph.deliver(msg(1))
     mb = mailbox(aad, graph)
     mb.open()
-    graph.fail("delta", 429, retry_after="600")  # longer than we wait inside a call
+    graph.fail("delta", 429, times=10, retry_after="1")
+    with pytest.raises(MailboxError) as ei:
+        mb.list_new()
+    assert sleeps == [1.0] * graph_module.MAX_RETRIES
+    assert ei.value.retry_after == 1.0  # the rest is the daemon's to wait out
+
+
+def test_a_long_retry_after_is_carried_out_and_holds_mailbox_and_transport(
+    aad: TokenServer, graph: GraphServer, sleeps: list[float]
+) -> None:
+    # Graph asks for minutes when it means it (learn.microsoft.com/en-us/answers/
+    # questions/648796: Retry-After 315); every request before then prolongs it
+    # (https://learn.microsoft.com/en-us/graph/throttling).
+    key = graph.deliver(msg(1))
+    now = [1000.0]
+    throttle = Throttle(clock=lambda: now[0])
+    mb = mailbox(aad, graph, throttle=throttle)
+    tr = transport(aad, graph, throttle=throttle)  # one account: one back-off
+    mb.open()
+    graph.fail("delta", 429, retry_after="300")
     with pytest.raises(MailboxError) as ei:
         mb.list_new()
     assert not ei.value.auth and "429" in str(ei.value)
-    assert sleeps == []
-    graph.fail("delta", 429, times=10, retry_after="1")
-    with pytest.raises(MailboxError):
-        mb.list_new()
-    assert sleeps == [1.0] * graph_module.MAX_RETRIES
+    assert ei.value.retry_after == 300.0 and sleeps == []
+    before = len(graph.requests)
+    now[0] += 299.5
+    for attempt in (mb.list_new, lambda: list(mb.fetch([key]))):
+        with pytest.raises(MailboxError) as ei:
+            attempt()
+        assert ei.value.retry_after == pytest.approx(0.5)
+    with pytest.raises(SendError) as es:
+        tr.send(Envelope("", KEDO), FORWARD)
+    assert es.value.temporary and es.value.retry_after == pytest.approx(0.5)
+    assert tr.purge_sent() == 0  # never raises, sends nothing
+    assert len(graph.requests) == before, "a request went out during the back-off"
+    now[0] += 0.5
+    assert mb.list_new() == [key]
+    tr.send(Envelope("", KEDO), FORWARD)
+    assert len(graph.state.sent) == 1
 
 
 def test_expired_token_is_refreshed_once(aad: TokenServer, graph: GraphServer) -> None:

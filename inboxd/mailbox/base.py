@@ -22,13 +22,18 @@ class MailboxError(Exception):
     """The mailbox could not be reached or refused us.
 
     ``auth`` is True when the server refused the credentials (exit 3 in ``check``,
-    and no point retrying quickly). The message must never contain mail content.
+    and no point retrying quickly). ``retry_after`` is how long the server asked
+    to be left alone (seconds), when it did. The message must never contain mail
+    content.
     """
 
-    def __init__(self, reason: str, *, auth: bool = False) -> None:
+    def __init__(
+        self, reason: str, *, auth: bool = False, retry_after: float | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.auth = auth
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ import httpx
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import MailboxError, MailboxItem
 from inboxd.msauth import TokenError, TokenSource
+from inboxd.throttle import Throttle
 
 log = get_logger(__name__)
 
@@ -115,6 +116,7 @@ class GraphFailure(Exception):
         status: int = 0,
         code: str = "",
         location: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -123,6 +125,7 @@ class GraphFailure(Exception):
         self.status = status
         self.code = code  # Graph's error code ("syncStateNotFound"), "" if none
         self.location = location  # a Location header the error came with
+        self.retry_after = retry_after  # seconds the server asked to be left alone
 
 
 def _error_code(resp: httpx.Response) -> str:
@@ -155,6 +158,7 @@ class GraphClient:
         endpoint: str = DEFAULT_ENDPOINT,
         timeout: float = 30.0,
         ca_file: str | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         if not endpoint.startswith("https://"):
             raise ValueError("endpoint must be an https:// URL")
@@ -169,6 +173,7 @@ class GraphClient:
         self._timeout = timeout
         self._ca_file = ca_file
         self._http: httpx.Client | None = None
+        self.throttle = throttle or Throttle()
 
     def _client(self) -> httpx.Client:
         if self._http is None:
@@ -212,6 +217,12 @@ class GraphClient:
         waited = 0.0
         attempt = 0
         while True:
+            left = self.throttle.remaining()
+            if left > 0:
+                # The service asked to be left alone: nothing is sent before then.
+                raise GraphFailure(
+                    "HTTP 429 backing off", auth=False, temporary=True, retry_after=left
+                )
             try:
                 tok = self._token(force_refresh=refreshed)
             except TokenError as exc:
@@ -233,9 +244,10 @@ class GraphClient:
                 refreshed = True
                 log.info("graph.token_refresh", kind=what)
                 continue
-            if status in (429, 503, 504) and attempt < MAX_RETRIES:
+            retry_after: float | None = None
+            if status in (429, 503, 504):
                 delay = _retry_after(resp, attempt)
-                if waited + delay <= MAX_WAIT:
+                if attempt < MAX_RETRIES and waited + delay <= MAX_WAIT:
                     log.info(
                         "graph.backoff", kind=what, delay=delay, code=status, attempt=attempt + 1
                     )
@@ -243,6 +255,8 @@ class GraphClient:
                     waited += delay
                     attempt += 1
                     continue
+                retry_after = self.throttle.hold(delay)
+                log.warning("graph.throttled", kind=what, code=status, delay=round(retry_after))
             reason = f"HTTP {status} {code}"
             auth = status in (401, 403)
             temporary = status >= 500 or status in (408, 429)
@@ -254,6 +268,7 @@ class GraphClient:
                 status=status,
                 code="" if code == "-" else code,
                 location=resp.headers.get("Location"),
+                retry_after=retry_after,
             )
 
 
@@ -300,10 +315,12 @@ class GraphMailbox:
         timeout: float = 30.0,
         ca_file: str | None = None,
         poll_interval: float = 60.0,
+        throttle: Throttle | None = None,
     ) -> None:
         self.client = GraphClient(
-            mailbox, token, endpoint=endpoint, timeout=timeout, ca_file=ca_file
+            mailbox, token, endpoint=endpoint, timeout=timeout, ca_file=ca_file, throttle=throttle
         )
+        self.throttle = self.client.throttle
         self.folder = folder
         self.delta_state_path = delta_state_path
         self.poll_interval = poll_interval
@@ -334,7 +351,9 @@ class GraphMailbox:
             yield
         except GraphFailure as exc:
             log.warning("mailbox.error", backend="graph", kind=what, error=exc.reason)
-            raise MailboxError(f"graph {what}: {exc.reason}", auth=exc.auth) from None
+            raise MailboxError(
+                f"graph {what}: {exc.reason}", auth=exc.auth, retry_after=exc.retry_after
+            ) from None
 
     def _get_json(
         self, url: str, what: str, headers: dict[str, str] | None = None

@@ -26,12 +26,14 @@ class SendError(Exception):
     ``temporary`` (SMTP 4xx, connection trouble) means: keep it in the outbox and
     retry later. A permanent refusal (5xx) will not get better by retrying. The
     reason is a short code/summary from the server, never mail content.
+    ``retry_after``: how long the server asked to be left alone, when it did.
     """
 
-    def __init__(self, reason: str, *, temporary: bool) -> None:
+    def __init__(self, reason: str, *, temporary: bool, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.temporary = temporary
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

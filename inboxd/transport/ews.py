@@ -26,6 +26,7 @@ from exchangelib.items import SEND_ONLY
 from inboxd.logs import get_logger
 from inboxd.mailbox.ews import AuthType, EwsFailure, EwsSettings, call, connect, disconnect
 from inboxd.msauth import TokenSource
+from inboxd.throttle import Throttle
 from inboxd.transport.base import Envelope, SendError
 from inboxd.transport.graph import recipients_match
 
@@ -55,7 +56,9 @@ class EwsTransport:
         primary_smtp_address: str | None = None,
         ca_file: str | None = None,
         timeout: float = 30.0,
+        throttle: Throttle | None = None,
     ) -> None:
+        # ``throttle``: the mailbox's, so that a back-off holds for the account.
         self.settings = EwsSettings(
             service_endpoint=service_endpoint,
             username=username,
@@ -65,6 +68,7 @@ class EwsTransport:
             primary_smtp_address=primary_smtp_address,
             ca_file=ca_file,
             timeout=timeout,
+            throttle=throttle or Throttle(),
         )
         self._account: Account | None = None
 
@@ -85,7 +89,9 @@ class EwsTransport:
             if exc.temporary:
                 # Start from a fresh connection next time.
                 self.close()
-            raise SendError(f"ews {what}: {exc.reason}", temporary=exc.temporary) from None
+            raise SendError(
+                f"ews {what}: {exc.reason}", temporary=exc.temporary, retry_after=exc.retry_after
+            ) from None
 
     def send(self, envelope: Envelope, message: bytes) -> None:
         if not recipients_match(message, envelope.recipient):

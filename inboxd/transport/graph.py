@@ -31,6 +31,7 @@ from urllib.parse import quote
 from inboxd.logs import get_logger
 from inboxd.mailbox.graph import DEFAULT_ENDPOINT, GraphClient, GraphFailure, odata_quote
 from inboxd.msauth import TokenSource
+from inboxd.throttle import Throttle
 from inboxd.transport.base import Envelope, SendError
 
 log = get_logger(__name__)
@@ -80,9 +81,12 @@ class GraphTransport:
         endpoint: str = DEFAULT_ENDPOINT,
         timeout: float = 30.0,
         ca_file: str | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
+        # ``throttle``: the mailbox's, so that a back-off one of them was given
+        # holds for both (it is one account on one service).
         self.client = GraphClient(
-            mailbox, token, endpoint=endpoint, timeout=timeout, ca_file=ca_file
+            mailbox, token, endpoint=endpoint, timeout=timeout, ca_file=ca_file, throttle=throttle
         )
         self._pending: dict[str, float] = {}  # Message-ID -> when sent (monotonic)
         self.on_pending: Callable[[list[str]], None] | None = None
@@ -126,7 +130,9 @@ class GraphTransport:
             )
         except GraphFailure as exc:
             log.warning("transport.error", transport="graph", kind="send", error=exc.reason)
-            raise SendError(f"graph send: {exc.reason}", temporary=exc.temporary) from None
+            raise SendError(
+                f"graph send: {exc.reason}", temporary=exc.temporary, retry_after=exc.retry_after
+            ) from None
         log.info("transport.sent", transport="graph", size=len(message))
         if mid:
             self._pending[mid] = time.monotonic()
@@ -142,7 +148,9 @@ class GraphTransport:
                 "GET", self.client.url("/mailFolders/sentitems?$select=id"), what="check"
             )
         except GraphFailure as exc:
-            raise SendError(f"graph check: {exc.reason}", temporary=exc.temporary) from None
+            raise SendError(
+                f"graph check: {exc.reason}", temporary=exc.temporary, retry_after=exc.retry_after
+            ) from None
         self.purge_sent()
 
     def pending_copies(self) -> list[str]:

@@ -275,11 +275,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             hook = st.hooks.pop(op, None)
         if hook is not None:
             hook()
-        if fault == "busy":
+        if fault in ("busy", "busy_long"):
+            # Exchange Online answers throttling with ErrorServerBusy and a
+            # BackOffMilliseconds that can be minutes; every request before it ends
+            # prolongs it (https://learn.microsoft.com/en-us/exchange/client-developer/
+            # exchange-web-services/ews-throttling-in-exchange; Office 365 clients that
+            # kept asking: https://gitlab.gnome.org/GNOME/evolution-ews/-/issues/202).
             self._fault(
                 "ErrorServerBusy",
                 "The server cannot service this request right now. Try again later.",
-                back_off_ms=2500,
+                back_off_ms=2500 if fault == "busy" else 300_000,
             )
             return
         if fault == "drop":
@@ -920,7 +925,7 @@ class EwsServer(FakeHTTPServer):
 
     def fail(self, operation: str, kind: str, times: int = 1) -> None:
         """The next ``times`` calls of ``operation`` answer with ``kind``: "busy"
-        (ErrorServerBusy), "http503", "drop" (connection closed without an answer),
+        (ErrorServerBusy, 2.5 s back-off), "busy_long" (300 s), "http503", "drop" (connection closed without an answer),
         "unauthorized", "access_denied"."""
         with self.state.lock:
             self.state.faults.setdefault(operation, []).extend([kind] * times)
