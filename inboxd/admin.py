@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from inboxd import documents
 from inboxd.config import Config
 from inboxd.crypto import DecryptError, Keyring
 from inboxd.logs import get_logger
@@ -93,16 +94,33 @@ def stats_csv(rows: list[dict[str, Any]], below: int) -> str:
 # -- commands -------------------------------------------------------------------
 def dispatch(cfg: Config, store: SqliteStore, keyring: Keyring, args: argparse.Namespace) -> int:
     if args.command == "stats":
-        year = args.year or dt.datetime.now(dt.UTC).year
+        today = dt.datetime.now(dt.UTC)
+        year = args.year or today.year
         rows, previous = store.stats_rows(year), store.stats_rows(year - 1)
         if args.format == "json":
             report = stats_report(rows, previous, year, args.suppress_below)
             report["triage_time"] = store.triage_time_rows(year)
-            print(json.dumps(report, sort_keys=True))
+            text = json.dumps(report, sort_keys=True) + "\n"
         elif args.format == "csv":
-            sys.stdout.write(stats_csv(rows, args.suppress_below))
+            text = stats_csv(rows, args.suppress_below)
+        elif args.format == "html":
+            from inboxd import statspage
+            from inboxd.templates import Templates
+
+            context = statspage.page_context(
+                rows,
+                previous,
+                store.triage_time_rows(year),
+                store.triage_time_rows(year - 1),
+                year,
+                args.suppress_below,
+                cfg.language,
+                today.strftime("%Y-%m-%d %H:%M UTC"),
+            )
+            text = statspage.render(Templates(cfg.language, cfg.templates_dir), context)
         else:
-            print(stats_table(rows, previous, year, args.suppress_below))
+            text = stats_table(rows, previous, year, args.suppress_below) + "\n"
+        documents.write(text, args.out)
         return 0
     if args.command == "queue" and args.queue_command == "list":
         now = time.time()

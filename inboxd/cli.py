@@ -45,8 +45,9 @@ def _parser() -> _Parser:
     st.add_argument("--json", action="store_true")
     stats = sub.add_parser("stats", parents=[common], help="anonymous counts per year")
     stats.add_argument("--year", type=int)
-    stats.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    stats.add_argument("--format", choices=["table", "csv", "json", "html"], default="table")
     stats.add_argument("--suppress-below", type=int, default=0, metavar="N")
+    stats.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     q = sub.add_parser("queue", parents=[common], help="open signals (metadata) / audited purge")
     qs = q.add_subparsers(dest="queue_command", metavar="ACTION", parser_class=_Parser)
     qs.required = True
@@ -140,9 +141,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_demo(keep=args.keep)
     cfg = config.load(args.config)
     if args.command == "guide":
-        from inboxd import guides
+        from inboxd import documents, guides
 
-        return _write(guides.render(cfg, args.audience, args.format, args.language), args.out)
+        documents.write(guides.render(cfg, args.audience, args.format, args.language), args.out)
+        return EXIT_OK
     if args.command == "check":
         return _check(cfg)
     if args.command in ("status", "stats", "queue") or (
@@ -159,19 +161,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     from inboxd.daemon import Daemon
 
     return Daemon(app).run()
-
-
-def _write(text: str, out: str | None) -> int:
-    """A document to stdout, or to a file (replaced whole: written aside, then renamed)."""
-    if not out:
-        sys.stdout.write(text)
-        return EXIT_OK
-    target = Path(out)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(target)
-    print(f"written to {target}", file=sys.stderr)
-    return EXIT_OK
 
 
 def _keys_generate(out: Path) -> int:
