@@ -454,31 +454,83 @@ def test_transport_sends_mime_unchanged_and_purges_sent_copy(
     tr.check()
     tr.send(Envelope("vreemdverhaal@gemeente.example", KEDO), FORWARD)
     assert graph.state.sent == [FORWARD]
-    req = [r for r in graph.requests if r.route == "sendMail"][0]
-    assert req.headers["Content-Type"] == "text/plain"
-    assert "saveToSentItems" not in json.dumps(req.query)
-    assert graph.folder("sentitems") == []  # the copy Graph filed is gone
+    create, send = [r for r in graph.requests if r.route in ("create", "send")]
+    assert create.headers["Content-Type"] == "text/plain"
+    for r in (create, send):
+        assert r.headers["Prefer"] == 'IdType="ImmutableId"'
+    assert graph.folder("sentitems") == [] and graph.folder("drafts") == []
     assert tr.pending_copies() == []
     assert len(graph.state.permanent_deletes) == 1
 
 
 def test_transport_purges_copies_filed_later(aad: TokenServer, graph: GraphServer) -> None:
-    graph.hold_sent_copies()
+    graph.hold_sent_copies()  # in Drafts until transport took it
     tr = transport(aad, graph)
     tr.send(Envelope("", KEDO), FORWARD)
-    assert tr.pending_copies() == [message_id(FORWARD)]
+    [entry] = tr.pending_copies()
+    assert entry.endswith(" " + str(message_id(FORWARD)))
+    assert len(graph.folder("drafts")) == 1
+    assert tr.purge_sent() == 1  # still on its way: deleting it could stop the send
+    assert len(graph.folder("drafts")) == 1 and graph.state.permanent_deletes == []
     graph.file_held_copies()
     assert len(graph.folder("sentitems")) == 1
     assert tr.purge_sent() == 0
-    assert graph.folder("sentitems") == []
-    # After a restart the daemon passes the Message-IDs it remembers.
+    assert graph.folder("sentitems") == [] and graph.folder("drafts") == []
+    # After a restart the daemon passes the entries it remembers.
     tr2 = transport(aad, graph)
     graph.hold_sent_copies()
     tr2.send(Envelope("", KEDO), FORWARD)
+    remembered = tr2.pending_copies()
     graph.file_held_copies()
     tr3 = transport(aad, graph)
-    assert tr3.purge_sent([str(message_id(FORWARD))]) == 0
+    assert tr3.purge_sent(remembered) == 0
     assert graph.folder("sentitems") == []
+
+
+def test_a_sent_copy_with_a_new_message_id_is_still_found(
+    aad: TokenServer, graph: GraphServer
+) -> None:
+    # Exchange may give the Sent Items copy a Message-ID of its own: the copy is
+    # found by the immutable id, not by the Message-ID.
+    graph.state.rewrite_message_ids = True
+    graph.hold_sent_copies()
+    tr = transport(aad, graph)
+    tr.send(Envelope("", KEDO), FORWARD)
+    graph.file_held_copies()
+    [copy] = graph.folder("sentitems")
+    assert copy.internet_message_id != message_id(FORWARD)
+    assert tr.purge_sent() == 0
+    assert graph.folder("sentitems") == []
+
+
+def test_an_entry_of_an_earlier_version_is_looked_for_in_every_folder(
+    aad: TokenServer, graph: GraphServer
+) -> None:
+    # An earlier inboxd remembered Message-IDs only; the copy may still be in Drafts.
+    mid = str(message_id(FORWARD))
+    key = graph.deliver(FORWARD, folder="drafts")
+    tr = transport(aad, graph)
+    assert tr.purge_sent([mid]) == 1  # a draft: maybe still on its way
+    graph.remove(key)
+    graph.deliver(FORWARD, folder="sentitems")
+    assert tr.purge_sent() == 0
+    assert graph.folder("sentitems") == []
+
+
+def test_a_failed_send_leaves_no_draft_behind(aad: TokenServer, graph: GraphServer) -> None:
+    tr = transport(aad, graph)
+    graph.fail("send", 500)
+    with pytest.raises(SendError) as ei:
+        tr.send(Envelope("", KEDO), FORWARD)
+    assert ei.value.temporary
+    assert graph.state.sent == []
+    assert graph.folder("drafts") == [] and tr.pending_copies() == []
+    # If even the delete fails, the draft stays awaited and goes at the next purge.
+    graph.fail("send", 500)
+    graph.fail("permanentDelete", 503, times=10, retry_after="1")
+    with pytest.raises(SendError):
+        tr.send(Envelope("", KEDO), FORWARD)
+    assert len(graph.folder("drafts")) == 1 and len(tr.pending_copies()) == 1
 
 
 def test_transport_refuses_when_headers_name_others(aad: TokenServer, graph: GraphServer) -> None:
@@ -503,10 +555,10 @@ def test_transport_throttling_then_temporary(
     aad: TokenServer, graph: GraphServer, sleeps: list[float]
 ) -> None:
     tr = transport(aad, graph)
-    graph.fail("sendMail", 429, retry_after="2")
+    graph.fail("send", 429, retry_after="2")
     tr.send(Envelope("", KEDO), FORWARD)
     assert sleeps == [2.0] and len(graph.state.sent) == 1
-    graph.fail("sendMail", 503, times=10, retry_after="1")
+    graph.fail("create", 503, times=10, retry_after="1")
     with pytest.raises(SendError) as ei:
         tr.send(Envelope("", KEDO), FORWARD)
     assert ei.value.temporary
@@ -514,7 +566,7 @@ def test_transport_throttling_then_temporary(
 
 def test_transport_refusal_is_permanent(aad: TokenServer, graph: GraphServer) -> None:
     tr = transport(aad, graph)
-    graph.fail("sendMail", 403)
+    graph.fail("create", 403)
     with pytest.raises(SendError) as ei:
         tr.send(Envelope("", KEDO), FORWARD)
     assert not ei.value.temporary

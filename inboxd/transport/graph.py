@@ -1,16 +1,21 @@
-"""Sending through Microsoft Graph: ``POST /users/{mailbox}/sendMail`` with the MIME
-message, base64-encoded, as ``text/plain`` (how Graph takes MIME).
+"""Sending through Microsoft Graph, with the MIME message base64-encoded as
+``text/plain`` (how Graph takes MIME).
 
 Graph has no envelope: it delivers to the message's own To/Cc/Bcc, so a message
 whose headers name anyone but the envelope recipient is refused rather than sent
 to people the outbox did not ask for.
 
-A MIME ``sendMail`` always saves a copy in Sent Items (``saveToSentItems`` exists
-only for JSON messages), and forwards carry the whole signal. So every send
-remembers the Message-ID, and :meth:`GraphTransport.purge_sent` permanently deletes
-the copies from Sent Items once Exchange has filed them (it does so after the
-202, asynchronously). ``send`` and ``check`` purge what is already there; the
-daemon calls ``purge_sent`` every few minutes as well, and
+Every message Exchange sends for us is first a message in Drafts and then, once
+transport took it, a copy in Sent Items (a MIME send cannot opt out), and forwards
+carry the whole signal. Exchange may give that copy another Message-ID, and its
+default id changes with every move. So a mail is sent in two steps under an
+immutable id (``Prefer: IdType="ImmutableId"``, which stays with the item from
+Drafts to Sent Items: https://learn.microsoft.com/en-us/graph/outlook-immutable-id):
+``POST /messages`` (the draft, 201 with its id), then ``POST /messages/{id}/send``;
+:meth:`GraphTransport.purge_sent` then permanently deletes that item once it is
+in Sent Items. Should the id not resolve any more, the Message-ID is looked for
+in every folder, Drafts included. ``send`` and ``check`` purge what is already
+there; the daemon calls ``purge_sent`` every few minutes as well, and
 :meth:`GraphTransport.pending_copies` says what is still waiting. What is still
 awaited is handed to ``on_pending`` whenever it changes (the app keeps it in the
 store), and :meth:`GraphTransport.expect_copies` takes it back after a restart, so
@@ -70,6 +75,23 @@ def message_id(message: bytes) -> str | None:
     return str(value).strip() if value else None
 
 
+IMMUTABLE = {"Prefer": 'IdType="ImmutableId"'}
+
+
+def pending_entry(immutable_id: str, mid: str | None) -> str:
+    """How an awaited copy is remembered: ``"<immutable id> <Message-ID>"`` (ids
+    hold no spaces). An entry of a Message-ID alone (``"<…>"``) is one an earlier
+    version of inboxd remembered."""
+    return f"{immutable_id} {mid or ''}".strip()
+
+
+def _split_entry(entry: str) -> tuple[str | None, str | None]:
+    if entry.startswith("<"):
+        return None, entry
+    key, _, mid = entry.partition(" ")
+    return key, mid or None
+
+
 class GraphTransport:
     name = "graph"
 
@@ -88,7 +110,8 @@ class GraphTransport:
         self.client = GraphClient(
             mailbox, token, endpoint=endpoint, timeout=timeout, ca_file=ca_file, throttle=throttle
         )
-        self._pending: dict[str, float] = {}  # Message-ID -> when sent (monotonic)
+        self._pending: dict[str, float] = {}  # pending_entry -> when sent (monotonic)
+        self._sent_items_id: str | None = None
         self.on_pending: Callable[[list[str]], None] | None = None
 
     def _pending_changed(self) -> None:
@@ -101,15 +124,18 @@ class GraphTransport:
             # which is logged as such; never a mail.
             log.warning("transport.purge_state_failed", transport="graph", error=type(exc).__name__)
 
-    def expect_copies(self, message_ids: Iterable[str]) -> None:
+    def expect_copies(self, entries: Iterable[str]) -> None:
         """Copies a previous process was still waiting for: look for them again
         (from now on: the give-up clock restarts)."""
         now = time.monotonic()
-        for mid in message_ids:
-            self._pending.setdefault(mid, now)
+        for entry in entries:
+            self._pending.setdefault(entry, now)
 
     def __repr__(self) -> str:
         return f"GraphTransport({self.client.host!r})"
+
+    def _message_url(self, key: str, suffix: str = "") -> str:
+        return self.client.url(f"/messages/{quote(key, safe='-_=')}{suffix}")
 
     def send(self, envelope: Envelope, message: bytes) -> None:
         if not recipients_match(message, envelope.recipient):
@@ -120,47 +146,93 @@ class GraphTransport:
             )
         mid = message_id(message)
         try:
-            self.client.request(
+            resp = self.client.request(
                 "POST",
-                self.client.url("/sendMail"),
+                self.client.url("/messages"),
                 what="send",
                 content=base64.b64encode(message),
-                headers={"Content-Type": "text/plain"},
-                ok=(202,),
+                headers={"Content-Type": "text/plain", **IMMUTABLE},
+                ok=(201,),
+            )
+            key = resp.json().get("id")
+            if not isinstance(key, str) or not key:
+                raise GraphFailure("draft without an id", auth=False, temporary=True)
+        except (GraphFailure, ValueError, AttributeError) as exc:
+            raise self._send_error(exc) from None
+        # From here a draft holding the mail is in the mailbox: remembered before it
+        # is sent, so that it is deleted whatever happens next.
+        self._pending[pending_entry(key, mid)] = time.monotonic()
+        self._pending_changed()
+        try:
+            self.client.request(
+                "POST", self._message_url(key, "/send"), what="send", headers=IMMUTABLE, ok=(202,)
             )
         except GraphFailure as exc:
-            log.warning("transport.error", transport="graph", kind="send", error=exc.reason)
-            raise SendError(
-                f"graph send: {exc.reason}", temporary=exc.temporary, retry_after=exc.retry_after
-            ) from None
+            self._discard_draft(key, mid)
+            raise self._send_error(exc) from None
         log.info("transport.sent", transport="graph", size=len(message))
-        if mid:
-            self._pending[mid] = time.monotonic()
-            self._pending_changed()
-        else:
-            log.warning("transport.sent_copy_untraceable", transport="graph")
         self.purge_sent()
+
+    @staticmethod
+    def _send_error(exc: Exception) -> SendError:
+        if isinstance(exc, GraphFailure):
+            log.warning("transport.error", transport="graph", kind="send", error=exc.reason)
+            return SendError(
+                f"graph send: {exc.reason}", temporary=exc.temporary, retry_after=exc.retry_after
+            )
+        log.warning("transport.error", transport="graph", kind="send", error=type(exc).__name__)
+        return SendError(f"graph send: {type(exc).__name__}", temporary=True)
+
+    def _discard_draft(self, key: str, mid: str | None) -> None:
+        """The send failed: the draft must not stay behind with the signal in it
+        (left pending when even that fails, so that purge_sent finds it)."""
+        try:
+            self.client.request(
+                "POST",
+                self._message_url(key, "/permanentDelete"),
+                what="purge",
+                headers=IMMUTABLE,
+                ok=(200, 204),
+                tolerate=(404,),
+            )
+        except GraphFailure as exc:
+            log.warning("transport.purge_failed", transport="graph", error=exc.reason)
+            return
+        self._pending.pop(pending_entry(key, mid), None)
+        self._pending_changed()
 
     def check(self) -> None:
         try:
             # Sent Items is what purge_sent works on: proves token and permission.
-            self.client.request(
-                "GET", self.client.url("/mailFolders/sentitems?$select=id"), what="check"
-            )
+            self._sent_items()
         except GraphFailure as exc:
             raise SendError(
                 f"graph check: {exc.reason}", temporary=exc.temporary, retry_after=exc.retry_after
             ) from None
         self.purge_sent()
 
+    def _sent_items(self) -> str:
+        if self._sent_items_id is None:
+            resp = self.client.request(
+                "GET", self.client.url("/mailFolders/sentitems?$select=id"), what="check"
+            )
+            try:
+                folder = resp.json().get("id")
+            except (ValueError, AttributeError):
+                folder = None
+            if not isinstance(folder, str):
+                raise GraphFailure("Sent Items without an id", auth=False, temporary=True)
+            self._sent_items_id = folder
+        return self._sent_items_id
+
     def pending_copies(self) -> list[str]:
-        """Message-IDs whose Sent Items copy has not been deleted yet."""
+        """Copies not deleted yet (see :func:`pending_entry`)."""
         return list(self._pending)
 
-    def purge_sent(self, message_ids: Iterable[str] = ()) -> int:
+    def purge_sent(self, entries: Iterable[str] = ()) -> int:
         """Permanently delete the Sent Items copies of what was sent (and of
-        ``message_ids``). Never raises; returns how many copies are still awaited."""
-        self.expect_copies(message_ids)
+        ``entries``). Never raises; returns how many copies are still awaited."""
+        self.expect_copies(entries)
         now = time.monotonic()
         before = len(self._pending)
         try:
@@ -171,40 +243,69 @@ class GraphTransport:
         return len(self._pending)
 
     def _purge_some(self, now: float) -> None:
-        for mid, since in list(self._pending.items())[:PURGE_BATCH]:
+        for entry, since in list(self._pending.items())[:PURGE_BATCH]:
+            overdue = now - since > PURGE_GIVE_UP
             try:
-                found = self._purge_one(mid)
+                done = self._purge_one(entry, overdue)
             except GraphFailure as exc:
                 log.warning("transport.purge_failed", transport="graph", error=exc.reason)
                 break
-            except ValueError:
-                log.warning("transport.purge_failed", transport="graph", error="ValueError")
+            except (ValueError, AttributeError) as exc:
+                log.warning("transport.purge_failed", transport="graph", error=type(exc).__name__)
                 break
-            if found:
-                del self._pending[mid]
-            elif now - since > PURGE_GIVE_UP:
-                del self._pending[mid]
+            if done:
+                del self._pending[entry]
+            elif overdue:
+                del self._pending[entry]
                 log.error("transport.sent_copy_not_found", transport="graph")
 
-    def _purge_one(self, mid: str) -> bool:
+    def _purge_one(self, entry: str, overdue: bool) -> bool:
+        """Whether the copy is gone now. A message still on its way (in Drafts or
+        the Outbox) is left alone, unless it has been stuck there for a day."""
+        key, mid = _split_entry(entry)
+        if key is not None:
+            resp = self.client.request(
+                "GET",
+                self._message_url(key, "?$select=id,parentFolderId"),
+                what="purge",
+                headers=IMMUTABLE,
+                tolerate=(404,),
+            )
+            if resp.status_code != 404:
+                where = resp.json().get("parentFolderId")
+                if where != self._sent_items() and not overdue:
+                    return False  # not sent yet: deleting it now could stop the send
+                self._delete(key)
+                log.info("transport.sent_copy_deleted", transport="graph", count=1)
+                return True
+            if mid is None:
+                return True  # gone, and nothing else to look for
+        assert mid is not None
+        # By Message-ID, in every folder (Drafts and Sent Items included).
         flt = quote(f"internetMessageId eq {odata_quote(mid)}", safe="")
         resp = self.client.request(
             "GET",
-            self.client.url(f"/mailFolders/sentitems/messages?$select=id&$filter={flt}"),
+            self.client.url(f"/messages?$select=id,isDraft&$filter={flt}"),
             what="purge",
+            headers=IMMUTABLE,
         )
-        ids = [e.get("id") for e in resp.json().get("value", []) if isinstance(e.get("id"), str)]
-        for key in ids:
-            self.client.request(
-                "POST",
-                self.client.url(f"/messages/{quote(key, safe='-_=')}/permanentDelete"),
-                what="purge",
-                ok=(200, 204),
-                tolerate=(404,),
-            )
-        if ids:
-            log.info("transport.sent_copy_deleted", transport="graph", count=len(ids))
-        return bool(ids)
+        found = [e for e in resp.json().get("value", []) if isinstance(e.get("id"), str)]
+        ready = [e["id"] for e in found if overdue or not e.get("isDraft")]
+        for item in ready:
+            self._delete(item)
+        if ready:
+            log.info("transport.sent_copy_deleted", transport="graph", count=len(ready))
+        return bool(ready) and len(ready) == len(found)
+
+    def _delete(self, key: str) -> None:
+        self.client.request(
+            "POST",
+            self._message_url(key, "/permanentDelete"),
+            what="purge",
+            headers=IMMUTABLE,
+            ok=(200, 204),
+            tolerate=(404,),
+        )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -220,8 +220,9 @@ from = "{FROM}"
     def mailbox_contents(self) -> list[bytes]:
         st = self.graph.state
         with st.lock:
-            # Every folder (Inbox and Sent Items), and copies Exchange has yet to file.
-            return [m.mime for m in st.messages.values()] + [m.mime for m in st.held_copies]
+            # Every folder: Inbox, Drafts (sent mail waiting for transport), Sent
+            # Items, Recoverable Items.
+            return [m.mime for m in st.messages.values()]
 
     def received(self, address: str) -> list[bytes]:
         a = address.lower()

@@ -48,6 +48,14 @@ class GraphMessage:
     # "inbox" | "drafts" | "sentitems" | "archive" | "recoverableitemsdeletions" |
     # "recoverableitemspurges" (out of Graph's reach, see _r_permanentDelete)
     folder: str
+    # The id asked for with Prefer: IdType="ImmutableId": it stays with the item
+    # when it moves; the default id changes with every move
+    # (https://learn.microsoft.com/en-us/graph/outlook-immutable-id).
+    immutable_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.immutable_id:
+            self.immutable_id = "imm-" + self.id
 
 
 @dataclass
@@ -83,7 +91,10 @@ class _State:
     faults: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     passes: dict[str, int] = field(default_factory=dict)  # requests let through first
     file_sent_copies: bool = True
-    held_copies: list[GraphMessage] = field(default_factory=list)
+    # Sent messages still in Drafts, waiting for transport (default ids).
+    held_copies: list[str] = field(default_factory=list)
+    # Exchange may give the Sent Items copy a Message-ID of its own.
+    rewrite_message_ids: bool = False
     # A hold / single item recovery (on by default in Exchange Online):
     # permanentDelete keeps the item in Recoverable Items\Purges, which Graph
     # cannot read at all (see _r_permanentDelete for the source).
@@ -238,6 +249,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         ("GET", r"/messages/(?P<id>[^/]+)", "message"),
         ("POST", r"/messages/(?P<id>[^/]+)/permanentDelete", "permanentDelete"),
         ("POST", r"/sendMail", "sendMail"),
+        ("POST", r"/messages", "create"),
+        ("POST", r"/messages/(?P<id>[^/]+)/send", "send"),
     )
 
     def _route(self, method: str, path: str) -> str:
@@ -271,8 +284,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise ProtocolError(f"$select asks for {sorted(extra)}")
         return sel
 
+    def _immutable(self) -> bool:
+        return 'IdType="ImmutableId"' in self.headers.get("Prefer", "")
+
+    def _lookup(self, key: str) -> GraphMessage | None:
+        st = self.state
+        with st.lock:
+            if self._immutable():
+                found = [m for m in st.messages.values() if m.immutable_id == key]
+                return found[0] if found else None
+            return st.messages.get(key)
+
     def _entry(self, msg: GraphMessage, sel: list[str]) -> dict[str, Any]:
-        out: dict[str, Any] = {"@odata.etag": 'W/"CQAAABYAAAB' + msg.id[-12:] + '"', "id": msg.id}
+        key = msg.immutable_id if self._immutable() else msg.id
+        out: dict[str, Any] = {"@odata.etag": 'W/"CQAAABYAAAB' + msg.id[-12:] + '"', "id": key}
+        if "parentFolderId" in sel:
+            out["parentFolderId"] = FOLDER_IDS.get(msg.folder, "AAMkAGI2-" + msg.folder)
+        if "isDraft" in sel:
+            out["isDraft"] = msg.folder == "drafts"
         if "receivedDateTime" in sel:
             out["receivedDateTime"] = _stamp(msg.received)
         if "internetMessageId" in sel:
@@ -421,7 +450,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except _Denied:
             self._json(*_graph_error(403, "ErrorAccessDenied", "Access is denied."))
             return
-        sel = self._select(query, {"id", "receivedDateTime", "internetMessageId"})
+        sel = self._select(
+            query, {"id", "receivedDateTime", "internetMessageId", "isDraft", "parentFolderId"}
+        )
         top = int(query.get("$top", "10"))
         skip = int(query.get("$skip", "0"))
         with st.lock:
@@ -461,15 +492,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         )
 
     def _r_message(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
-        sel = self._select(query, {"id"})
-        msg = self.state.messages.get(self._params["id"])
+        sel = self._select(query, {"id", "isDraft", "parentFolderId"})
+        msg = self._lookup(self._params["id"])
         if msg is None or msg.folder == "recoverableitemspurges":
             self._not_found()
             return
         self._json(200, self._entry(msg, sel))
 
     def _r_value(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
-        msg = self.state.messages.get(self._params["id"])
+        msg = self._lookup(self._params["id"])
         if msg is None or msg.folder == "recoverableitemspurges":
             self._not_found()
             return
@@ -480,13 +511,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     ) -> None:
         if body:
             raise ProtocolError("permanentDelete takes no body")
-        key = self._params["id"]
         st = self.state
         with st.lock:
-            st.permanent_deletes.append(key)
-            if key not in st.messages or st.messages[key].folder == "recoverableitemspurges":
+            found = self._lookup(self._params["id"])
+            st.permanent_deletes.append(self._params["id"])
+            if found is None or found.folder == "recoverableitemspurges":
                 self._not_found()
                 return
+            key = found.id
             if st.hold:
                 # "Permanently delete a message and place it in the Purges folder in the
                 # dumpster in the user's mailbox. Email clients such as Outlook or Outlook
@@ -500,18 +532,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.fake._remove(key)
                 st.messages[key] = GraphMessage(
                     kept.id, kept.mime, kept.received, kept.internet_message_id,
-                    "recoverableitemspurges",
+                    "recoverableitemspurges", kept.immutable_id,
                 )  # fmt: skip
             else:
                 self.fake._remove(key)
         self._send(204, b"", {})
 
-    def _r_sendMail(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
+    def _mime_body(self, body: bytes) -> bytes | None:
+        """The MIME of a request that carries it (sendMail, create message), or None
+        when Graph's error was answered."""
         ctype = self.headers.get("Content-Type", "")
         if not ctype.startswith("text/plain"):
-            raise ProtocolError(f"MIME sendMail needs Content-Type text/plain, got {ctype!r}")
+            raise ProtocolError(f"MIME needs Content-Type text/plain, got {ctype!r}")
+        if len(body) > MAX_REQUEST_BYTES:
+            # "the request size limit is generally around 4 MB. If your request
+            # exceeds this size, you will encounter a 413 error" (Microsoft's answer
+            # at learn.microsoft.com/en-in/answers/questions/1824204); base64 makes
+            # that about 3 MB of MIME.
+            self._json(
+                *_graph_error(413, "RequestEntityTooLarge", "The request body is too large.")
+            )
+            return None
         try:
-            mime = base64.b64decode(body, validate=True)
+            return base64.b64decode(body, validate=True)
         except binascii.Error:
             self._json(
                 *_graph_error(
@@ -520,17 +563,57 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     "Invalid base64 string for MIME content.",
                 )
             )
-            return
+            return None
+
+    def _draft(self, mime: bytes) -> GraphMessage:
+        msg = GraphMessage(
+            new_message_id(), mime, dt.datetime.now(dt.UTC), _header(mime, b"message-id"), "drafts"
+        )
+        self.state.messages[msg.id] = msg
+        return msg
+
+    def _transmit(self, msg: GraphMessage) -> None:
+        """Hand a draft to transport: it leaves Drafts for Sent Items only once
+        transport has it (at once, or at GraphServer.file_held_copies)."""
         st = self.state
-        mid = _header(mime, b"message-id")
-        with st.lock:
-            st.sent.append(mime)
-            # Exchange Online files a copy in Sent Items (no way to opt out with MIME).
-            copy = GraphMessage(new_message_id(), mime, dt.datetime.now(dt.UTC), mid, "sentitems")
-            if st.file_sent_copies:
-                self.fake._add(copy)
-            else:
-                st.held_copies.append(copy)
+        st.sent.append(msg.mime)
+        if st.file_sent_copies:
+            self.fake._file(msg.id)
+        else:
+            st.held_copies.append(msg.id)
+
+    def _r_sendMail(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
+        # A MIME sendMail is created as a message in Drafts first and moved to Sent
+        # Items once transport took it (a copy is always saved: saveToSentItems
+        # exists only for JSON): https://learn.microsoft.com/en-us/graph/api/
+        # user-sendmail, and users watching Drafts: microsoftgraph/msgraph-sdk-dotnet
+        # #2947, microsoft-graph-docs#6250 (the Sent Items item is a new copy with a
+        # new id).
+        mime = self._mime_body(body)
+        if mime is None:
+            return
+        with self.state.lock:
+            self._transmit(self._draft(mime))
+        self._send(202, b"", {})
+
+    def _r_create(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
+        """``POST /messages`` with MIME: a draft (201), as Graph's create message."""
+        mime = self._mime_body(body)
+        if mime is None:
+            return
+        with self.state.lock:
+            msg = self._draft(mime)
+        self._json(201, self._entry(msg, ["id", "isDraft", "parentFolderId"]))
+
+    def _r_send(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
+        if body:
+            raise ProtocolError("send takes no body")
+        with self.state.lock:
+            msg = self._lookup(self._params["id"])
+            if msg is None or msg.folder != "drafts":
+                self._not_found()
+                return
+            self._transmit(msg)
         self._send(202, b"", {})
 
 
@@ -542,10 +625,12 @@ def _header(mime: bytes, name: bytes) -> str:
 
 
 _RECOVERABLE = ("recoverableitemsdeletions", "recoverableitemspurges")
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 FOLDER_IDS = {
     "inbox": "AQMkADAwATM0MDAAMS1iNTcwLWI2NTEtMDACLTAwCgAuAAADiQ8RE6fqaEOyolbOQFkY_wEAhpLPQ4Jl0km1OXh3XTeZLwAAAgEMAAAA",
     "sentitems": "AQMkADAwATM0MDAAMS1iNTcwLWI2NTEtMDACLTAwCgAuAAADiQ8RE6fqaEOyolbOQFkY_wEAhpLPQ4Jl0km1OXh3XTeZLwAAAgEJAAAA",
+    "drafts": "AQMkADAwATM0MDAAMS1iNTcwLWI2NTEtMDACLTAwCgAuAAADiQ8RE6fqaEOyolbOQFkY_wEAhpLPQ4Jl0km1OXh3XTeZLwAAAgEPAAAA",
 }
 
 
@@ -632,9 +717,29 @@ class GraphServer(FakeHTTPServer):
 
     def file_held_copies(self) -> None:
         with self.state.lock:
-            for msg in self.state.held_copies:
-                self._add(msg)
+            for key in self.state.held_copies:
+                self._file(key)
             self.state.held_copies.clear()
+
+    def _file(self, key: str) -> None:
+        """A sent draft moves to Sent Items: a new default id, the same immutable
+        id, and (``rewrite_message_ids``) a Message-ID of Exchange's own, as users
+        report (mailcore2#1095; microsoft-graph-docs-contrib#7700)."""
+        st = self.state
+        with st.lock:
+            msg = st.messages.pop(key, None)
+            if msg is None:  # deleted while in Drafts
+                return
+            mid, mime = msg.internet_message_id, msg.mime
+            if st.rewrite_message_ids:
+                new_mid = f"<{secrets.token_hex(8)}@AM0PR07MB1234.eurprd07.prod.outlook.com>"
+                mime = mime.replace(mid.encode(), new_mid.encode(), 1) if mid else mime
+                mid = new_mid
+            self._add(
+                GraphMessage(
+                    new_message_id(), mime, msg.received, mid, "sentitems", msg.immutable_id
+                )
+            )
 
     def folder(self, name: str) -> list[GraphMessage]:
         with self.state.lock:
