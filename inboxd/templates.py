@@ -12,7 +12,9 @@ pages are autoescaped like HTML mail parts.
 
 Values are data, never templates: a subject or a question that reads ``{{7*7}}`` is
 printed as written. Templates never see a signal's subject or content unless the
-caller passes it on purpose (only triage requests and forwards do).
+caller passes it on purpose (only triage requests and forwards do). A signal's token
+is refused in a Subject (an operator's own template included): subjects are logged by
+mail servers, the token goes in the body.
 """
 
 from __future__ import annotations
@@ -80,6 +82,14 @@ class Templates:
                 f"template {self.language}/{name}.txt must start with a 'Subject:' line and a blank line"
             )
         subject = head.split(":", 1)[1].strip()
+        token = context.get("token")
+        if token and str(token).lower() in subject.lower():
+            # Subjects end up in mail-server logs and message traces; the token travels
+            # in the body only (README, "Where the token travels").
+            raise TemplateError(
+                f"template {self.language}/{name}.txt puts the signal's token in the "
+                "Subject; it belongs in the body only"
+            )
         return Rendered(subject=subject, body=body.lstrip("\n"))
 
     def subject(self, name: str, context: Mapping[str, Any]) -> str:

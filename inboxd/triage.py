@@ -3,9 +3,9 @@ forwarding, and the hard deletion that ends every signal.
 
 Authorisation before anything else (as Zulip checks the address token before
 trusting a mail): the sender must be a configured functionaris (exact addr-spec),
-the mail must carry the reference *and* that signal's token, the signal must be
-open, and where ``trusted_authserv_ids`` is set the receiving server must vouch for
-the sender. Only then is the reply text parsed, and then all-or-nothing.
+the mail must carry the reference *and* that signal's token (in its body), the
+signal must be open, and where ``trusted_authserv_ids`` is set the receiving server
+must vouch for the sender. Only then is the reply text parsed, and then all-or-nothing.
 """
 
 from __future__ import annotations
@@ -191,7 +191,8 @@ class Triage:
                 return "expunge"
             return self._reject(tx, msg, ref, "unknown_reference")
         expected = signal_token(tx.data_key(signal), ref)
-        found = tokens_in(msg.subject, msg.text, msg.html or "")
+        # The body only: the token is never in a Subject (README, "Where the token travels").
+        found = tokens_in(msg.text, msg.html or "")
         if not any(tokens_equal(t, expected) for t in found):
             return self._reject(tx, msg, ref, "token")
         if not authenticated(msg.authentication_results, self.cfg.triage.trusted_authserv_ids):

@@ -50,7 +50,8 @@ Methods:
   ``relay.received`` (list of ``Received(mail_from, rcpt_tos, raw, port, login,
   tls)``, raw = the exact bytes sent) describe what the code under test sent.
 - Debugging: ``mail.dovecot.log_tail()`` (Dovecot's log), ``mail.dovecot.root`` (its
-  temp dir under /tmp). Needs root (Dovecot runs mail processes as the system user
+  temp dir under /tmp). ``mail.dovecot.log_file`` logs every delivery with its
+  Message-ID and Subject, as a mail server's log would: tests check what it holds. Needs root (Dovecot runs mail processes as the system user
   ``inboxd-vmail``, created when missing).
 """
 

@@ -145,7 +145,7 @@ def test_triage_request_variants(lang: str, include: str, drill: bool) -> None:
         subject="HET-ONDERWERP",
     )
     r = Templates(lang).render("triage_request", ctx)
-    assert REF in r.subject and TOKEN in r.subject
+    assert REF in r.subject and TOKEN not in r.subject and TOKEN in r.body
     assert ("[OEFENING]" in r.subject or "[DRILL]" in r.subject) == drill
     assert "auto, malformed" in r.body
     assert "KEDO, RIEC, NLA" in r.body
@@ -261,7 +261,45 @@ def test_override_takes_precedence_and_falls_back(tmp_path: Path) -> None:
     assert r.subject == f"Eigen bevestiging {REF}"
     assert r.body == f"Eigen tekst {REF}\n"
     # Templates not overridden come from the shipped set.
-    assert TOKEN in t.render("triage_request", triage_context()).subject
+    assert TOKEN in t.render("triage_request", triage_context()).body
+
+
+FOLLOWUP = {
+    "ref": REF,
+    "token": TOKEN,
+    "number": 1,
+    "received": "2026-11-28 12:00 UTC",
+    "include_content": "text",
+    "text": "Nog iets.",
+}
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize(
+    ("name", "context"), [("triage_request", triage_context()), ("followup_notice", FOLLOWUP)]
+)
+def test_the_token_is_in_the_body_never_in_the_subject(
+    lang: str, name: str, context: dict[str, Any]
+) -> None:
+    r = Templates(lang).render(name, context)
+    assert REF in r.subject
+    assert TOKEN not in r.subject, "subjects end up in mail-server logs"
+    assert f"{REF}  [{'sleutel' if lang == 'nl' else 'key'} {TOKEN}]" in r.body
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Triageverzoek {{ ref }} [sleutel {{ token }}]",
+        "Triageverzoek {{ ref }} {{ token | lower }}",
+    ],
+)
+def test_an_own_template_may_not_put_the_token_in_the_subject(tmp_path: Path, subject: str) -> None:
+    t = override(tmp_path, "triage_request", f"Subject: {subject}\n\n{{{{ token }}}}\n")
+    with pytest.raises(TemplateError) as info:
+        t.render("triage_request", triage_context())
+    assert "triage_request" in str(info.value) and "Subject" in str(info.value)
+    assert TOKEN not in str(info.value)
 
 
 def test_override_directory_without_language_subfolder(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -143,6 +145,62 @@ def test_full_life_to_kedo(world: World, mail: MailServer) -> None:
     ]  # type: ignore[index]
 
 
+def _header_block(raw: bytes) -> bytes:
+    return re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0]
+
+
+def _server_log_from(mail: MailServer, offset: int, needle: str, timeout: float = 10.0) -> str:
+    """Dovecot's log from ``offset`` on, once it mentions ``needle`` (its log process
+    writes a delivery's line shortly after the delivery)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with mail.dovecot.log_file.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", "replace")
+        if needle in text or time.monotonic() >= deadline:
+            assert needle in text, f"{needle} not in Dovecot's log within {timeout}s"
+            return text
+        time.sleep(0.05)
+
+
+def test_the_token_travels_in_the_body_only(world: World, mail: MailServer) -> None:
+    """The token is in the triage request's body and nowhere a mail server logs or a
+    message trace shows: no Subject, no Message-ID, In-Reply-To or References, no
+    other header of any mail inboxd sent or received, not in Dovecot's delivery log
+    (which holds each delivery's Message-ID and Subject) and not in inboxd's own log.
+    A reply that quotes the request, as clients do, carries it back and works."""
+    log_offset = mail.dovecot.log_file.stat().st_size
+    mark = marker()
+    ref, request = new_signal(world, mail, mark)
+    token = tokens_in(body_text(request))[0]
+    assert ref in str(parse(request)["Subject"])
+    assert token not in str(parse(request)["Subject"])
+
+    raw = reply(request, "KEDO\nVORM arbeid")
+    assert token.encode() not in _header_block(raw), "the reply's headers do not carry it"
+    assert token.encode() in raw, "the quoted request does"
+    command(world, mail, raw)
+    assert len(mail.wait_for_messages(KEDO, 1)) == 1, "the reply was carried out"
+    assert world.status()["open"] == 0
+
+    sent = mail.relay.received
+    assert {r.rcpt_tos[0] for r in sent} >= {F1, F2, KEDO, REPORTER}
+    for r in sent:
+        assert_absent(
+            token, where=f"the headers of a mail sent to {r.rcpt_tos}", data=_header_block(r.raw)
+        )
+    for address in (F1, F2, KEDO, REPORTER, MAILBOX):
+        for folder, msgs in mail.all_messages(address).items():
+            for m in msgs:
+                assert_absent(token, where=f"a header in {address}/{folder}", data=_header_block(m))
+
+    request_id = str(parse(request)["Message-ID"])
+    server_log = _server_log_from(mail, log_offset, request_id)
+    assert f'subject="Triageverzoek {ref}' in server_log, "the log holds subjects"
+    assert_absent(token, where="Dovecot's delivery log", data=server_log)
+    assert_absent(token, where="inboxd's log", data=world.log_text())
+
+
 def test_two_destinations_at_once(world: World, mail: MailServer) -> None:
     mark = marker()
     _, request = new_signal(world, mail, mark)
@@ -180,7 +238,10 @@ def test_question_answer_and_forward_with_the_follow_up(world: World, mail: Mail
     assert world.status()["by_state"] == {"queued": 1}
     notice = [m for m in mail.messages(F1) if str(parse(m)["Subject"]).startswith("Aanvulling")]
     assert len(notice) == 1 and answer_mark in body_text(notice[0])
-    command(world, mail, reply(request, "KEDO"))
+    token = tokens_in(body_text(request))[0]
+    assert token in body_text(notice[0]) and token not in str(parse(notice[0])["Subject"])
+    # A reply to the notice itself (its quoted body carries the token) is a command.
+    command(world, mail, reply(notice[0], "KEDO"))
     kedo = mail.wait_for_messages(KEDO, 1)[0]
     assert len(list(parse(kedo).iter_attachments())) == 2, "original and follow-up"
     assert answer_mark.encode() in kedo
@@ -271,6 +332,7 @@ def _rejected(mail: MailServer, address: str) -> list[bytes]:
         "no_token",
         "wrong_token",
         "other_signals_token",
+        "token_in_subject_only",
         "quoted_only",
         "hidden_html",
         "unknown_destination",
@@ -283,22 +345,23 @@ def test_forged_or_invalid_commands_do_nothing_and_are_answered(
 ) -> None:
     mark = marker()
     ref, request = new_signal(world, mail, mark)
-    subject = f"RE: {parse(request)['Subject']}"
-    token = tokens_in(subject)[0]
+    token = tokens_in(body_text(request))[0]
     if case == "no_token":
         raw = reply(request, "KEDO", subject=f"RE: {ref}")
         raw = raw.replace(token.encode(), b"XXXX")
     elif case == "wrong_token":
-        raw = reply(request, "KEDO", subject=subject.replace(token, "AAAA-BBBB-CCCC-DDDD"))
-        raw = raw.replace(token.encode(), b"AAAA-BBBB-CCCC-DDDD")
+        raw = reply(request, "KEDO").replace(token.encode(), b"AAAA-BBBB-CCCC-DDDD")
     elif case == "other_signals_token":
         mail.deliver(signal_mail(marker()), MAILBOX)
         world.once()
         other = [m for m in mail.messages(F1) if ref not in str(parse(m)["Subject"])][-1]
-        other_token = tokens_in(str(parse(other)["Subject"]))[0]
-        raw = reply(request, "KEDO", subject=subject.replace(token, other_token)).replace(
-            token.encode(), other_token.encode()
-        )
+        other_token = tokens_in(body_text(other))[0]
+        raw = reply(request, "KEDO").replace(token.encode(), other_token.encode())
+    elif case == "token_in_subject_only":
+        # Typed into the Subject, where mail servers log it: it does not count there.
+        raw = reply(request, "KEDO", subject=f"RE: Triageverzoek {ref} {token}")
+        head, sep, body = raw.partition(b"\r\n\r\n")
+        raw = head + sep + body.replace(token.encode(), b"XXXX")
     elif case == "quoted_only":
         raw = reply(request, "Ik kijk er morgen naar.\n")
         raw = raw.replace(b"> ", b"> KEDO\r\n> ", 1) if b"> " in raw else raw

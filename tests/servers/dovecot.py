@@ -247,6 +247,9 @@ auth_cache_size = 0
 
 # Hard delete must mean hard delete: no lazy_expunge, no other plugins.
 mail_plugins =
+# Every delivery is logged as an operator would log it: Message-ID (Dovecot's default)
+# and Subject, so tests can check what a mail server's log holds.
+deliver_log_format = msgid=%m subject="%s": %$
 mail_location = maildir:~/Maildir
 mail_fsync = never
 mailbox_idle_check_interval = 1 secs
