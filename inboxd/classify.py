@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from inboxd.parsing import ParsedMessage
-from inboxd.references import find_references
+from inboxd.references import first_references
 
 DRILL_PREFIXES = ("[test]", "[oefening]")
 
@@ -48,19 +48,14 @@ class Decision:
 
 
 def mentioned_ids(msg: ParsedMessage) -> tuple[str, ...]:
-    seen: list[str] = []
-    for mid in (*msg.reported_message_ids, *msg.in_reply_to, *msg.references):
-        if mid not in seen:
-            seen.append(mid)
-    return tuple(seen)
+    """Message-IDs the message answers or reports, unique, in order (parsing bounds
+    how many; a dict keeps the de-duplication linear)."""
+    return tuple(dict.fromkeys((*msg.reported_message_ids, *msg.in_reply_to, *msg.references)))
 
 
 def references_in(msg: ParsedMessage, prefix: str) -> tuple[str, ...]:
-    refs = find_references(msg.subject, prefix)
-    for r in find_references(msg.text, prefix):
-        if r not in refs:
-            refs.append(r)
-    return tuple(refs)
+    """The first few references the message names, the subject's before the body's."""
+    return tuple(first_references((msg.subject, msg.text), prefix))
 
 
 def source_of(sender: str | None, ctx: Context) -> str:

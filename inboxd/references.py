@@ -16,8 +16,10 @@ mod 32 cannot do this: an even weight times 16 is 0 mod 32.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import secrets
+from collections.abc import Iterable, Iterator
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _VALUE = {c: i for i, c in enumerate(ALPHABET)}
@@ -83,14 +85,43 @@ def _pattern(prefix: str) -> re.Pattern[str]:
     )
 
 
-def find_references(text: str, prefix: str) -> list[str]:
-    """Every valid reference in ``text``, canonical, in order of appearance, unique."""
-    found: list[str] = []
-    text = text[:2_000_000]
+# A message is searched for at most this many distinct valid references, and at most
+# MAX_CANDIDATES look-alikes (valid or not) are checked per text: a reply names one
+# or two, and a mail that lists thousands (or thousands of near misses) must cost no
+# more than one that lists a few.
+MAX_REFERENCES = 10
+MAX_CANDIDATES = 1_000
+SCAN_MAX = 2_000_000  # characters of one text searched
+
+
+def _valid(text: str, prefix: str) -> Iterator[str]:
+    """Valid references in ``text`` in order, repeats included; at most
+    :data:`MAX_CANDIDATES` look-alikes are checked."""
+    text = text[:SCAN_MAX]
     if prefix.lower() not in text.lower():
-        return found  # the usual case for a new signal, and a cheap test
-    for m in _pattern(prefix).finditer(text):
+        return  # the usual case for a new signal, and a cheap test
+    matches = itertools.islice(_pattern(prefix).finditer(text), MAX_CANDIDATES)
+    for m in matches:
         ref = normalise(f"{prefix}-{m.group(1)}-{m.group(2)}", prefix)
-        if ref is not None and ref not in found:
-            found.append(ref)
-    return found
+        if ref is not None:
+            yield ref
+
+
+def first_references(texts: Iterable[str], prefix: str, limit: int = MAX_REFERENCES) -> list[str]:
+    """The first ``limit`` distinct valid references in ``texts`` (read one after the
+    other), canonical, in order of appearance.
+
+    Linear in the text: de-duplication is a dict, and the search stops at ``limit``.
+    """
+    found: dict[str, None] = {}
+    for text in texts:
+        for ref in _valid(text, prefix):
+            found[ref] = None
+            if len(found) >= limit:
+                return list(found)
+    return list(found)
+
+
+def find_references(text: str, prefix: str, limit: int = MAX_REFERENCES) -> list[str]:
+    """:func:`first_references` of one text."""
+    return first_references((text,), prefix, limit)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import hostile
 import pytest
 from servers import MailServer
 from world import (
@@ -542,3 +544,41 @@ def test_an_encoded_newline_in_the_senders_name_gets_no_acknowledgement_but_is_q
     assert len(mail.wait_for_messages(F1, 1)) == 1
     assert mail.messages(REPORTER) == [], "an ambiguous sender is never answered"
     assert not any("evil.example" in str(rec.rcpt_tos) for rec in mail.relay.received)
+
+
+# What one message may cost at most, parse to commit, on a loaded 2-core test machine
+# (a plain 5 KB signal takes ~2 ms; before the bounds, the 70,000-reference mail took
+# ~100 s and a forged command full of tokens as long).
+MESSAGE_BOUND = 3.0
+
+
+def test_hostile_shapes_each_cost_a_moment_and_every_one_is_queued(
+    world: World, mail: MailServer
+) -> None:
+    mail.deliver(signal_mail(marker()), MAILBOX)
+    assert world.once() == 0
+    ref = find_references(str(parse(mail.wait_for_messages(REPORTER, 1)[0])["Subject"]), "VV")[0]
+    shapes = hostile.shapes()
+    # A forged command for an open signal: the reference is right, and the token is
+    # sought among 70,000 look-alikes.
+    tokens = " ".join(f"{hostile.code(i)}-ABCD-EFGH-JKMN" for i in range(70_000)).encode()
+    shapes["a forged command with 70,000 tokens"] = hostile.mail(
+        sender=F1, subject=f"Re: {ref}".encode(), body=tokens + b"\r\n"
+    )
+    app = world.app()
+    took: dict[str, float] = {}
+    try:
+        for name, raw in shapes.items():
+            mail.append(MAILBOX, raw)
+            t0 = time.monotonic()
+            result = app.intake.run_once()
+            took[name] = time.monotonic() - t0
+            assert (result.accepted, result.queued + result.handled) == (1, 1), name
+    finally:
+        app.close()
+    slow = {k: round(v, 2) for k, v in took.items() if v > MESSAGE_BOUND}
+    assert not slow, f"one message took longer than {MESSAGE_BOUND}s: {slow}"
+    assert everything_in(mail, MAILBOX) == []
+    status = world.status()
+    assert status["open"] == 1 + len(shapes) - 1, "every shape but the command is a signal"
+    assert '"reason": "token"' in world.log_text(), "the forged command was rejected"

@@ -5,6 +5,7 @@ order 32."""
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 
 import pytest
@@ -13,9 +14,12 @@ from hypothesis import strategies as st
 
 from inboxd.references import (
     ALPHABET,
+    MAX_CANDIDATES,
+    MAX_REFERENCES,
     QUASIGROUP,
     check_char,
     find_references,
+    first_references,
     new_reference,
     normalise,
 )
@@ -297,3 +301,46 @@ def test_find_references_only_returns_canonical_valid_refs(text: str) -> None:
 def test_find_references_finds_a_ref_between_separators(body: str, pre: str, post: str) -> None:
     ref = make(body)
     assert ref in find_references(f"{pre} {ref} {post}", "VV")
+
+
+# -- bounded search ---------------------------------------------------------------
+
+
+def distinct_references(n: int) -> list[str]:
+    found: dict[str, None] = {}
+    while len(found) < n:
+        found[new_reference("VV")] = None
+    return list(found)
+
+
+def test_first_references_reads_the_subject_first_and_keeps_the_first_few() -> None:
+    subject_refs = distinct_references(3)
+    body_refs = distinct_references(20)
+    subject = "Re: " + " ".join(subject_refs)
+    body = " ".join([subject_refs[1], *body_refs, subject_refs[0]])
+    assert first_references((subject, body), "VV") == [
+        *subject_refs,
+        *body_refs[: MAX_REFERENCES - 3],
+    ]
+    assert first_references((subject, body), "VV", limit=2) == subject_refs[:2]
+
+
+def test_seventy_thousand_references_cost_a_moment() -> None:
+    # De-duplicating on a list made this ~75 s; the search now stops at the limit.
+    refs = distinct_references(70_000)
+    text = " ".join(refs)
+    t0 = time.monotonic()
+    assert find_references(text, "VV") == refs[:MAX_REFERENCES]
+    repeated = " ".join([refs[0]] * 70_000)
+    assert find_references(repeated, "VV") == [refs[0]]
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_look_alikes_are_checked_up_to_a_cap() -> None:
+    good = distinct_references(1)[0]
+    bad = good[:-1] + ALPHABET[(value(good[-1]) + 1) % 32]
+    assert normalise(bad, "VV") is None
+    assert find_references(" ".join([bad] * (MAX_CANDIDATES - 1) + [good]), "VV") == [good]
+    t0 = time.monotonic()
+    assert find_references(" ".join([bad] * 70_000 + [good]), "VV") == []
+    assert time.monotonic() - t0 < 1.0

@@ -26,7 +26,7 @@ from world import (
 )
 
 from inboxd.references import find_references
-from inboxd.triage import tokens_in
+from inboxd.triage import MAX_TOKENS, tokens_in
 
 
 @pytest.fixture
@@ -704,3 +704,23 @@ def test_status_and_help_answer_with_metadata_only(world: World, mail: MailServe
     assert "KEDO" in text and "RIEC" in text, "HULP lists the destinations"
     assert_absent(mark, where="the STATUS/HULP answer", data=answer)
     assert world.status()["by_state"] == {"queued": 1}, "STATUS and HULP change nothing"
+
+
+def test_tokens_are_read_up_to_a_limit_in_linear_time() -> None:
+    # A forged command may carry thousands of look-alikes; de-duplicating them on a
+    # list was quadratic (~80 s for 70,000).
+    tokens = [
+        f"{a}{b}{c}{d}-ABCD-EFGH-JKMN"
+        for a in "0123"
+        for b in "456789"
+        for c in "ABCDEFGHJK"
+        for d in "MNPQRSTVWXYZ"
+    ]
+    many = " ".join(tokens * 20)
+    assert tokens_in("Re: x [sleutel 0000-1111-2222-3333]", many) == [
+        "0000-1111-2222-3333",
+        *tokens[: MAX_TOKENS - 1],
+    ]
+    assert tokens_in("abcd-efgh-jkmn-pqrs", "ABCD-EFGH-JKMN-PQRS", "abcd-efgh-jkmn-pqrs") == [
+        "ABCD-EFGH-JKMN-PQRS"
+    ]
