@@ -563,7 +563,19 @@ def load(path: str | None = None) -> Config:
     except _Problem as exc:
         raise ConfigError(path, exc.key, exc.problem) from None
     base = Path(path).resolve().parent
-    return _resolve_paths(cfg.model_copy(update={"source_path": path}), base)
+    cfg = _resolve_paths(cfg.model_copy(update={"source_path": path}), base)
+    if cfg.templates_dir:
+        from inboxd.templates import Templates
+
+        showing = Templates(cfg.language, cfg.templates_dir).subjects_showing_token()
+        if showing:
+            raise ConfigError(
+                path,
+                "templates_dir",
+                f"template {showing[0]} puts {{{{ token }}}} in its Subject line; mail "
+                "servers log subjects, so the token belongs in the body only",
+            )
+    return cfg
 
 
 def _resolve_paths(cfg: Config, base: Path) -> Config:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateSyntaxError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 SHIPPED = Path(__file__).resolve().parent.parent / "templates"
@@ -91,6 +91,24 @@ class Templates:
                 "Subject; it belongs in the body only"
             )
         return Rendered(subject=subject, body=body.lstrip("\n"))
+
+    def subjects_showing_token(self) -> list[str]:
+        """Mail templates whose Subject line uses ``token``: refused when the
+        configuration is loaded, so an operator's template cannot put it where mail
+        servers log it (``render`` refuses the rendered result as well)."""
+        assert self.env.loader is not None
+        found = []
+        for name in self.env.loader.list_templates():
+            if not name.endswith(".txt") or "/" in name:  # pages/… are documents
+                continue
+            source, _, _ = self.env.loader.get_source(self.env, name)
+            try:
+                used = meta.find_undeclared_variables(self.env.parse(source.split("\n", 1)[0]))
+            except TemplateSyntaxError:
+                continue  # rendering it names the template
+            if "token" in used:
+                found.append(f"{self.language}/{name}")
+        return sorted(found)
 
     def subject(self, name: str, context: Mapping[str, Any]) -> str:
         """Only the subject line of a mail template, e.g. to show it in a guide."""

@@ -250,6 +250,28 @@ def test_each_config_error_is_one_line_exit_2(
     assert "hunter2" not in line
 
 
+@pytest.mark.parametrize("command", ["check", "once", "status"])
+def test_a_template_with_the_token_in_its_subject_is_refused(
+    world: Path, in_process: Callable[..., subprocess.CompletedProcess[str]], command: str
+) -> None:
+    own = world / "own" / "nl"
+    own.mkdir(parents=True)
+    (own / "triage_request.txt").write_text(
+        "Subject: Triageverzoek {{ ref }} [sleutel {{ token }}]\n\n{{ token }}\n", encoding="utf-8"
+    )
+    cfg = world / "inboxd.toml"
+    text = cfg.read_text(encoding="utf-8")
+    cfg.write_text(f'templates_dir = "{world / "own"}"\n' + text, encoding="utf-8")
+    line = one_error_line(in_process(command, "--config", str(cfg)))
+    assert str(cfg) in line and "templates_dir" in line
+    assert "nl/triage_request.txt" in line and "body" in line
+    # The token in the body is what the shipped templates do: accepted.
+    (own / "triage_request.txt").write_text(
+        "Subject: Triageverzoek {{ ref }}\n\nsleutel {{ token }}\n", encoding="utf-8"
+    )
+    assert in_process("status", "--config", str(cfg)).returncode == 0
+
+
 def test_a_config_error_in_a_real_process(world: Path) -> None:
     cfg = world / "inboxd.toml"
     cfg.write_text("bogus = 1\n" + cfg.read_text(encoding="utf-8"), encoding="utf-8")
