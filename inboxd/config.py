@@ -323,7 +323,7 @@ class Config(_Section):
     language: Literal["nl", "en"] = "nl"
     """`nl` or `en`: the language of the mail templates and guides."""
     reference_prefix: str = Field("VV", pattern=r"^[A-Z]{1,6}$")
-    """References look like `VV-7K3M-9QXD`; one to six capital letters."""
+    """References look like `VV-7K3M-9QXF`; one to six capital letters."""
     templates_dir: str = ""
     """An optional folder with your own templates (`<language>/<name>.txt`), tried before the shipped ones."""
     dedup_window: Duration = 30 * 86400.0
