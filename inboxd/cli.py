@@ -4,10 +4,8 @@ traceback (2: usage or configuration, 3: connection or authentication)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +27,9 @@ def _parser() -> _Parser:
     )
     common.add_argument("--log-format", choices=["json", "console"], default="json")
     common.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], default="info"
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="default: info for run and once, warning for the others",
     )
     p = _Parser(prog="inboxd", description="The vreemdverhaal mailbox daemon.", parents=[common])
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -88,7 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from inboxd import logs
 
-    logs.configure(args.log_format, args.log_level)
+    # The daemon's log lines are its output (journald); every other command prints for
+    # a person on stdout, so its log lines go to stderr.
+    daemon = args.command in ("run", "once")
+    level = args.log_level or ("info" if daemon else "warning")
+    logs.configure(args.log_format, level, sys.stdout if daemon else sys.stderr)
     from inboxd.config import ConfigError
     from inboxd.crypto import KeyFileError
     from inboxd.mailbox.base import MailboxError
@@ -150,7 +154,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("status", "stats", "queue") or (
         args.command == "keys" and args.keys_command == "rotate"
     ):
-        return _offline(cfg, args)
+        return _admin(cfg, args)
     from inboxd.app import build
 
     app = build(cfg)
@@ -247,55 +251,57 @@ def _recoverable_items_reach(mailbox: object) -> dict[str, str] | None:
     return reach() if reach is not None else None
 
 
+def _admin(cfg: object, args: argparse.Namespace) -> int:
+    """Ask the running service over its admin socket; only when none is running, work
+    on the state directory directly (which then needs root, and for a rotation the
+    key files)."""
+    from inboxd import control
+    from inboxd.config import Config
+
+    assert isinstance(cfg, Config)
+    try:
+        reply = control.call(cfg.admin.socket, control.request_of(args))
+    except control.NotRunning:
+        return _offline(cfg, args)
+    except control.Unreachable as exc:
+        return _fail(exc.reason, EXIT_CONNECT)
+    sys.stderr.write(reply.stderr)
+    if reply.code == EXIT_OK:
+        _deliver(reply.stdout, args)
+    else:
+        sys.stdout.write(reply.stdout)
+    return reply.code
+
+
+def _deliver(text: str, args: argparse.Namespace) -> None:
+    """stdout, or the file of ``--out`` — written here, by the admin's own shell, never
+    by the service."""
+    from inboxd import documents
+
+    documents.write(text, getattr(args, "out", None))
+
+
 def _offline(cfg: object, args: argparse.Namespace) -> int:
+    import io
+    import os
+
+    from inboxd import admin
     from inboxd.config import Config
     from inboxd.crypto import Keyring
-    from inboxd.intake import status_snapshot
     from inboxd.store import SqliteStore
 
     assert isinstance(cfg, Config)
-    keyring = Keyring.from_files(cfg.crypto.key_files)
+    # Only a rotation decrypts anything; the other commands never need the key.
+    rotating = args.command == "keys"
+    keyring = Keyring.from_files(cfg.crypto.key_files) if rotating else Keyring.locked()
     store = SqliteStore(cfg.state_dir, keyring)
+    out = io.StringIO()
     try:
-        if args.command == "status":
-            snap = status_snapshot(store, time.time())
-            snap["keys"] = [k.key_id for k in keyring.keys]
-            from inboxd import __version__
-
-            snap["version"] = __version__
-            if args.json:
-                print(json.dumps(snap, sort_keys=True))
-            else:
-                print(_status_text(snap))
-            return EXIT_OK
-        from inboxd import admin
-
-        return admin.dispatch(cfg, store, keyring, args)
+        code = admin.dispatch(cfg, store, keyring, args, uid=os.getuid(), out=out, err=sys.stderr)
     finally:
         store.close()
-
-
-def _status_text(snap: dict[str, object]) -> str:
-    lines = [f"open signals: {snap['open']}"]
-    by_state = snap["by_state"]
-    assert isinstance(by_state, dict)
-    for state, n in sorted(by_state.items()):
-        lines.append(f"  {state}: {n}")
-    flags = snap["flags"]
-    assert isinstance(flags, dict)
-    if flags:
-        lines.append("flags: " + ", ".join(f"{k} {v}" for k, v in sorted(flags.items())))
-    age = snap["oldest_open_seconds"]
-    lines.append(f"oldest open: {'-' if age is None else _age(int(str(age)))}")
-    lines.append(f"outbox: {snap['outbox']}")
-    lines.append(f"last fetch: {snap['last_fetch'] or 'never'}")
-    lines.append(f"last send: {snap['last_send'] or 'never'}")
-    err = snap["last_error"]
-    lines.append(f"last error: {'none' if not err else json.dumps(err)}")
-    return "\n".join(lines)
-
-
-def _age(seconds: int) -> str:
-    d, rem = divmod(seconds, 86400)
-    h, rem = divmod(rem, 3600)
-    return f"{d}d {h}h {rem // 60}m" if d else f"{h}h {rem // 60}m"
+    if code == EXIT_OK:
+        _deliver(out.getvalue(), args)
+    else:
+        sys.stdout.write(out.getvalue())
+    return code

@@ -317,6 +317,13 @@ class MetricsConfig(_Section):
         return v
 
 
+class AdminConfig(_Section):
+    socket: str = "/run/inboxd/admin.sock"
+    """The running service's admin socket, in its `RuntimeDirectory=`: `inboxd status`, `stats`, `queue` and `keys rotate` reach the service here. Each instance its own (`/run/inboxd/<name>/admin.sock`)."""
+    group: str = ""
+    """Members of this group (a name or a gid) may use the admin socket besides root; empty: root only."""
+
+
 class Config(_Section):
     state_dir: str = "/var/lib/inboxd"
     """The store (SQLite) lives here; systemd's `StateDirectory=inboxd`. Keep it out of ordinary backups (see the operations guide)."""
@@ -344,6 +351,8 @@ class Config(_Section):
     """Where signals can be forwarded; each key becomes a command word (`[destinations.kedo]` → `KEDO`)."""
     metrics: MetricsConfig | None = None
     """Optional: a Prometheus endpoint. Absent means none."""
+    admin: AdminConfig = AdminConfig()
+    """The admin socket through which an admin shell reaches the running service."""
     # Where the file was read from, so relative paths and messages can name it.
     source_path: str = Field("", exclude=True)
 
@@ -618,6 +627,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             "mailbox": mb,
             "smtp": smtp,
             "crypto": crypto,
+            "admin": cfg.admin.model_copy(update={"socket": rel(cfg.admin.socket)}),
         }
     )
 

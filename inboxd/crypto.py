@@ -114,21 +114,33 @@ def load_key_file(path: str) -> MasterKey:
 class Keyring:
     """The configured master keys; the newest (last listed) wraps new data keys."""
 
-    def __init__(self, keys: list[MasterKey]) -> None:
-        if not keys:
+    def __init__(self, keys: list[MasterKey], *, locked: bool = False) -> None:
+        if not keys and not locked:
             raise ValueError("at least one master key is needed")
         self.keys = list(keys)
         self.by_id = {k.key_id: k for k in keys}
-        self.newest = keys[-1]
         # Derived from the oldest key so that dedup records survive a rotation until
         # the oldest key is removed; lookups try every key.
         self._dedup_keys = [_derive(k.secret, b"inboxd dedup v1") for k in keys]
         self._message_id_keys = [_derive(k.secret, b"inboxd dedup message-id v1") for k in keys]
-        self._sender_key = _derive(keys[0].secret, b"inboxd sender v1")
+        self._sender_key = _derive(keys[0].secret, b"inboxd sender v1") if keys else b""
 
     @classmethod
     def from_files(cls, paths: list[str]) -> Keyring:
         return cls([load_key_file(p) for p in paths])
+
+    @classmethod
+    def locked(cls) -> Keyring:
+        """No master key at all: for commands that decrypt nothing (status, stats,
+        queue list/purge), so that they never need the key. Wrapping or unwrapping
+        with it fails with :class:`DecryptError`."""
+        return cls([], locked=True)
+
+    @property
+    def newest(self) -> MasterKey:
+        if not self.keys:
+            raise DecryptError("no master key loaded")
+        return self.keys[-1]
 
     def new_data_key(self) -> bytes:
         return AESGCM.generate_key(bit_length=256)
@@ -170,6 +182,8 @@ class Keyring:
 
     def sender_digest(self, address: str) -> bytes:
         """A keyed hash of a sender, for the acknowledgement rate limit (no address kept)."""
+        if not self._sender_key:
+            raise DecryptError("no master key loaded")
         return hmac.new(self._sender_key, address.lower().encode(), hashlib.sha256).digest()[:16]
 
 

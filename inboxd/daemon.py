@@ -97,6 +97,11 @@ class Daemon:
             return False
 
     def run(self) -> int:
+        from inboxd import control
+
+        # Before READY: a socket another instance already answers on is a
+        # configuration error, and systemd should see the start fail.
+        admin_socket = control.serve(self.app)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         sdnotify.ready()
@@ -132,6 +137,8 @@ class Daemon:
             sdnotify.stopping()
             if scheduler is not None:
                 scheduler.shutdown(wait=True)
+            if admin_socket is not None:
+                admin_socket.close()
             self.app.close()
             log.info("daemon.stopped")
         return 0

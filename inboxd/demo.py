@@ -40,6 +40,9 @@ from = "Meldpunt vreemdverhaal <vreemdverhaal@gemeente.example>"
 [crypto]
 key_files = ["{root}/master-key"]
 
+[admin]
+socket = "{root}/admin.sock"
+
 [reporters]
 ack_domains = ["gemeente.example"]
 

@@ -58,6 +58,8 @@ ALLOWED_FIELDS = frozenset(
         "job",
         "open",
         "exception",
+        "action",
+        "uid",
     }
 )
 

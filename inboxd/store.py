@@ -105,7 +105,8 @@ CREATE TABLE IF NOT EXISTS stats (
     month TEXT NOT NULL, source TEXT NOT NULL, form TEXT NOT NULL, outcome TEXT NOT NULL,
     count INTEGER NOT NULL, PRIMARY KEY (month, source, form, outcome)
 );
-CREATE TABLE IF NOT EXISTS audit (at REAL NOT NULL, action TEXT NOT NULL, ref TEXT);
+-- Admin actions: what, when, by which uid; a reference at most, never content.
+CREATE TABLE IF NOT EXISTS audit (at REAL NOT NULL, action TEXT NOT NULL, ref TEXT, uid INTEGER);
 CREATE TABLE IF NOT EXISTS triage_time (
     month TEXT NOT NULL, bucket TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (month, bucket)
 );
@@ -599,6 +600,9 @@ class SqliteStore:
         ):
             self._c.execute(pragma)
         self._c.executescript(_SCHEMA)
+        # Stores made before the audit recorded the uid get the column (NULL for old rows).
+        if "uid" not in {r["name"] for r in self._c.execute("PRAGMA table_info(audit)")}:
+            self._c.execute("ALTER TABLE audit ADD COLUMN uid INTEGER")
         self._c.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
         )
@@ -832,9 +836,10 @@ class SqliteStore:
         q = "SELECT month, bucket, count FROM triage_time WHERE month LIKE ? ORDER BY month, bucket"
         return [dict(r) for r in self._c.execute(q, (f"{year:04d}-%",))]
 
-    def audit(self, action: str, ref: str | None) -> None:
+    def audit(self, action: str, ref: str | None, uid: int | None = None) -> None:
         self._c.execute(
-            "INSERT INTO audit (at, action, ref) VALUES (?,?,?)", (self.clock(), action, ref)
+            "INSERT INTO audit (at, action, ref, uid) VALUES (?,?,?,?)",
+            (self.clock(), action, ref, uid),
         )
 
     def wrapped_keys(self) -> list[tuple[str, str, str, bytes]]:

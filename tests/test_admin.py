@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -116,14 +117,25 @@ def test_purge_needs_yes_is_audited_and_expunges_the_mailbox_copy(
     out = world.cli("queue", "purge", ref.lower(), "--yes")  # as a person may type it
     assert out.returncode == 0, out.stderr
     assert f"{ref} deleted" in out.stdout
-    purged = [e for e in log_events(out.stdout) if e["event"] == "queue.purged"]
+    purged = [e for e in log_events(out.stderr) if e["event"] == "queue.purged"]
     assert purged == [{**purged[0], "ref": ref, "level": "warning"}]
     assert world.status()["open"] == 0
     conn = db(world)
     try:
-        audit = conn.execute("SELECT action, ref, at FROM audit").fetchall()
-        assert [(a, r) for a, r, _ in audit] == [("purge", ref)]
-        assert abs(audit[0][2] - time.time()) < 300
+        # Every attempt, refused or not, with the uid that made it (this test runs
+        # the commands itself: the service is not running).
+        audit = conn.execute(
+            "SELECT action, ref, uid, at FROM audit WHERE action = 'queue purge' ORDER BY at"
+        ).fetchall()
+        uid = os.getuid()
+        assert [(a, r, u) for a, r, u, _ in audit] == [
+            ("queue purge", ref, uid),
+            ("queue purge", None, uid),
+            (audit[2][0], audit[2][1], uid),
+            ("queue purge", ref, uid),
+        ]
+        assert audit[2][1] != ref
+        assert abs(audit[-1][3] - time.time()) < 300
         assert conn.execute("SELECT COUNT(*) FROM signal_fields").fetchone() == (0,)
     finally:
         conn.close()
@@ -265,9 +277,9 @@ def test_keys_rotate_rewraps_everything_under_the_newest_key(world: World) -> No
     assert f"0 data keys re-wrapped under {new}; 0 left" in again.stdout
     conn = db(world)
     try:
-        assert conn.execute("SELECT action, ref FROM audit").fetchall() == [
-            ("rotate", None),
-            ("rotate", None),
+        assert conn.execute("SELECT action, ref, uid FROM audit").fetchall() == [
+            ("keys rotate", None, os.getuid()),
+            ("keys rotate", None, os.getuid()),
         ]
     finally:
         conn.close()

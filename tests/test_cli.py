@@ -291,7 +291,7 @@ def test_not_utf8_config(
 def test_key_file_too_open_in_a_real_process(world: Path) -> None:
     key = world / "master-key"
     key.chmod(0o644)
-    line = one_error_line(run("status", "--config", str(world / "inboxd.toml"), cwd=world))
+    line = one_error_line(run("keys", "rotate", "--config", str(world / "inboxd.toml"), cwd=world))
     assert f"chmod 600 {key}" in line
 
 
@@ -301,7 +301,7 @@ def test_key_file_too_open(
 ) -> None:
     key = world / "master-key"
     key.chmod(mode)
-    line = one_error_line(in_process("status", "--config", str(world / "inboxd.toml")))
+    line = one_error_line(in_process("keys", "rotate", "--config", str(world / "inboxd.toml")))
     assert f"chmod 600 {key}" in line
 
 
@@ -309,7 +309,7 @@ def test_key_file_missing(
     world: Path, in_process: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
     (world / "master-key").unlink()
-    line = one_error_line(in_process("status", "--config", str(world / "inboxd.toml")))
+    line = one_error_line(in_process("keys", "rotate", "--config", str(world / "inboxd.toml")))
     assert str(world / "master-key") in line
     assert "keys generate" in line
 
@@ -320,7 +320,7 @@ def test_key_file_garbage(
     key = world / "master-key"
     key.write_text("not a key\n")
     key.chmod(0o600)
-    line = one_error_line(in_process("status", "--config", str(world / "inboxd.toml")))
+    line = one_error_line(in_process("keys", "rotate", "--config", str(world / "inboxd.toml")))
     assert str(key) in line
 
 

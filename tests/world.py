@@ -89,6 +89,9 @@ address = "{riec}"
 [destinations.nla]
 label = "Nederlandse Arbeidsinspectie"
 address = "{nla}"
+
+[admin]
+socket = "{root}/admin.sock"
 """
 
 
