@@ -286,6 +286,12 @@ def test_an_admin_shell_reaches_the_running_service(service: Service) -> None:
     )
     assert member.returncode == 0, member.stderr
     assert json.loads(member.stdout)["year"] >= 2026
+    # The statistics page comes over the socket; --out is written by the admin's shell.
+    page = service.root / "stats.html"
+    html = admin_shell(service, "stats", "--format", "html", "--out", str(page))
+    assert html.returncode == 0, html.stderr
+    assert html.stdout == "" and f"written to {page}" in html.stderr
+    assert page.read_text(encoding="utf-8").lstrip().lower().startswith("<!doctype html")
     for args in (("status",), ("queue", "list"), ("queue", "purge", ref, "--yes")):
         refused = admin_shell(service, *args, uid=NOBODY)
         assert refused.returncode == 2, refused
@@ -309,6 +315,7 @@ def test_an_admin_shell_reaches_the_running_service(service: Service) -> None:
         ("queue list", None, 0),
         ("keys rotate", None, 0),
         ("stats", None, NOBODY),
+        ("stats", None, 0),
         ("queue purge", ref, 0),
     ]
     assert ("status", None, 0) in rows
