@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import threading
 from collections.abc import Iterator
+from email import policy
+from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,7 @@ from fakes.token_server import TokenServer
 from inboxd.mailbox import graph as graph_module
 from inboxd.mailbox.base import MailboxError
 from inboxd.mailbox.graph import GraphMailbox
+from inboxd.mails import Attachment, Mail, render
 from inboxd.msauth import TokenProvider, graph_scope
 from inboxd.throttle import Throttle
 from inboxd.transport.base import Envelope, SendError
@@ -606,3 +611,79 @@ def test_logs_carry_no_secret_token_or_content(
         assert secret not in out, secret
     for line in out.splitlines():
         json.loads(line)
+
+
+# --- large mail: a draft with its large parts uploaded ----------------------------------
+
+
+def big_forward(size: int) -> tuple[bytes, bytes]:
+    """A forward to KEDO carrying an original of ``size`` bytes, and that original."""
+    filler = (b"Uitbuiting gemeld, regel met tekst en meer tekst tot de rand.\r\n") * (
+        size // 64 + 1
+    )
+    original = (
+        b"Message-ID: <groot@melder.example>\r\nFrom: melder@gemeente.example\r\n"
+        b"To: vreemdverhaal@gemeente.example\r\nSubject: groot signaal\r\n\r\n" + filler
+    )[:size]
+    mail = Mail(
+        sender="Meldpunt <vreemdverhaal@gemeente.example>",
+        to=KEDO,
+        subject="Doorgestuurd signaal VV-TEST",
+        body="Zie bijlage.",
+        message_id="<inboxd.groot@gemeente.example>",
+        auto_submitted="auto-generated",
+        attachments=(Attachment(original),),
+    )
+    return render(mail), original
+
+
+def test_a_30_mb_signal_reaches_kedo_through_an_upload_session(
+    aad: TokenServer, graph: GraphServer
+) -> None:
+    forward, original = big_forward(30 * 1024 * 1024)
+    tr = transport(aad, graph)
+    tr.send(Envelope("", KEDO), forward)
+    [sent] = graph.state.sent
+    assert original in sent  # the original travels unchanged, as message/rfc822
+    parsed = BytesParser(policy=policy.default).parsebytes(sent)
+    assert parsed["Message-ID"] == "<inboxd.groot@gemeente.example>"
+    [attached] = [p for p in parsed.iter_attachments() if p.get_content_type() == "message/rfc822"]
+    # No request body above Graph's limit; the upload URL without our token.
+    for r in graph.requests:
+        assert int(r.headers.get("Content-Length", "0")) <= 4 * 1024 * 1024, r.route
+    puts = [r for r in graph.requests if r.method == "PUT"]
+    assert len(puts) >= 8 and all("Authorization" not in r.headers for r in puts)
+    assert graph.folder("drafts") == [] and graph.folder("sentitems") == []
+    assert tr.pending_copies() == []
+
+
+def test_a_message_the_service_refuses_for_its_size_is_reported_as_that_size(
+    aad: TokenServer, graph: GraphServer
+) -> None:
+    graph.state.max_send_size = 35 * 1000 * 1000  # the tenant's limit
+    forward, _original = big_forward(40 * 1000 * 1000)
+    tr = transport(aad, graph)
+    with pytest.raises(SendError) as ei:
+        tr.send(Envelope("", KEDO), forward)
+    assert not ei.value.temporary
+    assert f"message of {round(len(forward) / 1_000_000)} MB too large" in ei.value.reason
+    assert graph.state.sent == []
+    assert graph.folder("drafts") == [] and tr.pending_copies() == []  # nothing left behind
+
+
+def test_one_large_part_that_cannot_be_split_is_refused_with_its_size(
+    aad: TokenServer, graph: GraphServer
+) -> None:
+    # An S/MIME-encrypted forward is one part: nothing to upload separately.
+    blob = base64.encodebytes(os.urandom(4 * 1024 * 1024)).replace(b"\n", b"\r\n")
+    smime = (
+        b"From: vreemdverhaal@gemeente.example\r\nTo: " + KEDO.encode() + b"\r\n"
+        b"Message-ID: <inboxd.smime@gemeente.example>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + blob
+    )
+    tr = transport(aad, graph)
+    with pytest.raises(SendError) as ei:
+        tr.send(Envelope("", KEDO), smime)
+    assert not ei.value.temporary and "MB too large" in ei.value.reason
+    assert graph.requests == []

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
+import quopri
 import time
 from collections.abc import Callable, Iterable
 from email.parser import BytesHeaderParser
@@ -34,7 +36,13 @@ from email.utils import getaddresses
 from urllib.parse import quote
 
 from inboxd.logs import get_logger
-from inboxd.mailbox.graph import DEFAULT_ENDPOINT, GraphClient, GraphFailure, odata_quote
+from inboxd.mailbox.graph import (
+    DEFAULT_ENDPOINT,
+    GraphClient,
+    GraphFailure,
+    odata_quote,
+    upload_ranges,
+)
 from inboxd.msauth import TokenSource
 from inboxd.throttle import Throttle
 from inboxd.transport.base import Envelope, SendError
@@ -76,6 +84,83 @@ def message_id(message: bytes) -> str | None:
 
 
 IMMUTABLE = {"Prefer": 'IdType="ImmutableId"'}
+
+# Graph refuses a request body above about 4 MB with a 413 (Microsoft's answer at
+# learn.microsoft.com/en-in/answers/questions/1824204); base64 makes that 3 MB of
+# MIME. A larger mail goes as a draft of its text, with each large part uploaded
+# in an upload session (up to 150 MB each, in ranges of at most 4 MB:
+# https://learn.microsoft.com/en-us/graph/api/attachment-createuploadsession).
+MAX_REQUEST = 4 * 1024 * 1024
+UPLOAD_FROM = 512 * 1024  # parts larger than this are uploaded, not sent inline
+UPLOAD_CHUNK = 4 * 1024 * 1024 - 64 * 1024
+MAX_UPLOAD = 150 * 1024 * 1024
+# Where Graph may point an upload session (besides its own host): the Outlook
+# REST hosts of the clouds (https://learn.microsoft.com/en-us/graph/outlook-large-attachments).
+UPLOAD_HOSTS = frozenset(
+    {"outlook.office.com", "outlook.office365.com", "outlook.office365.us", "outlook.office.de"}
+)
+
+
+def request_size(message: bytes) -> int:
+    """Bytes of a MIME request: the message in base64."""
+    return 4 * ((len(message) + 2) // 3)
+
+
+def split_for_upload(message: bytes) -> tuple[bytes, list[tuple[str, str, bytes]]] | None:
+    """A multipart message as (the message without its large parts, those parts
+    as (file name, content type, content)); None when it cannot be split (one
+    part, as an S/MIME-encrypted mail). Works on the bytes: every header and every
+    part that stays is sent exactly as it was."""
+    head, sep, body = message.partition(b"\r\n\r\n")
+    if not sep:
+        return None
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(head[:_MAX_HEADER_BYTES] + b"\r\n\r\n")
+    if parsed.get_content_maintype() != "multipart":
+        return None
+    boundary = parsed.get_boundary()
+    if not boundary:
+        return None
+    delim = b"--" + boundary.encode()
+    first = body.find(delim)
+    closing = body.rfind(b"\r\n" + delim + b"--")
+    if first != 0 and (first < 2 or body[first - 2 : first] != b"\r\n"):
+        return None
+    if first < 0 or closing < first:
+        return None
+    chunks = body[first:closing].split(b"\r\n" + delim)
+    kept: list[bytes] = []
+    files: list[tuple[str, str, bytes]] = []
+    for n, chunk in enumerate(chunks):
+        part = chunk[len(delim) :] if n == 0 else chunk
+        if n == 0 or len(part) <= UPLOAD_FROM:
+            kept.append(part)
+            continue
+        part_head, _, content = part.lstrip(b"\r\n").partition(b"\r\n\r\n")
+        info = BytesHeaderParser(policy=compat32).parsebytes(part_head + b"\r\n\r\n")
+        cte = str(info.get("Content-Transfer-Encoding", "")).strip().lower()
+        if cte == "base64":
+            data = base64.b64decode(content)
+        elif cte == "quoted-printable":
+            data = quopri.decodestring(content)
+        else:
+            data = content
+        ctype = info.get_content_type()
+        name = info.get_filename() or (
+            "original.eml" if ctype == "message/rfc822" else f"bijlage-{n}"
+        )
+        files.append((str(name), ctype, data))
+    if not files:
+        return None
+    reduced = (
+        head
+        + b"\r\n\r\n"
+        + body[:first]
+        + delim
+        + kept[0]
+        + b"".join(b"\r\n" + delim + p for p in kept[1:])
+        + body[closing:]
+    )
+    return reduced, files
 
 
 def pending_entry(immutable_id: str, mid: str | None) -> str:
@@ -145,12 +230,23 @@ class GraphTransport:
                 temporary=False,
             )
         mid = message_id(message)
+        draft: bytes = message
+        files: list[tuple[str, str, bytes]] = []
+        if request_size(message) > MAX_REQUEST:
+            split = split_for_upload(message)
+            if (
+                split is None
+                or request_size(split[0]) > MAX_REQUEST
+                or any(len(data) > MAX_UPLOAD for _n, _t, data in split[1])
+            ):
+                raise self._too_large(len(message), "no part small enough to send inline")
+            draft, files = split
         try:
             resp = self.client.request(
                 "POST",
                 self.client.url("/messages"),
                 what="send",
-                content=base64.b64encode(message),
+                content=base64.b64encode(draft),
                 headers={"Content-Type": "text/plain", **IMMUTABLE},
                 ok=(201,),
             )
@@ -158,24 +254,52 @@ class GraphTransport:
             if not isinstance(key, str) or not key:
                 raise GraphFailure("draft without an id", auth=False, temporary=True)
         except (GraphFailure, ValueError, AttributeError) as exc:
-            raise self._send_error(exc) from None
+            raise self._send_error(exc, len(message)) from None
         # From here a draft holding the mail is in the mailbox: remembered before it
         # is sent, so that it is deleted whatever happens next.
         self._pending[pending_entry(key, mid)] = time.monotonic()
         self._pending_changed()
         try:
+            for name, ctype, data in files:
+                self._attach(key, name, ctype, data)
             self.client.request(
                 "POST", self._message_url(key, "/send"), what="send", headers=IMMUTABLE, ok=(202,)
             )
-        except GraphFailure as exc:
+        except (GraphFailure, ValueError, AttributeError) as exc:
             self._discard_draft(key, mid)
-            raise self._send_error(exc) from None
-        log.info("transport.sent", transport="graph", size=len(message))
+            raise self._send_error(exc, len(message)) from None
+        log.info("transport.sent", transport="graph", size=len(message), uploaded=len(files))
         self.purge_sent()
 
+    def _attach(self, key: str, name: str, ctype: str, data: bytes) -> None:
+        """One large part, through an upload session on the draft."""
+        item = {"attachmentType": "file", "name": name, "size": len(data), "contentType": ctype}
+        resp = self.client.request(
+            "POST",
+            self._message_url(key, "/attachments/createUploadSession"),
+            what="send",
+            content=json.dumps({"AttachmentItem": item}).encode(),
+            headers={"Content-Type": "application/json", **IMMUTABLE},
+            ok=(200, 201),
+        )
+        url = resp.json().get("uploadUrl")
+        if not isinstance(url, str):
+            raise GraphFailure("upload session without a URL", auth=False, temporary=True)
+        upload_ranges(self.client, url, data, chunk=UPLOAD_CHUNK, hosts=UPLOAD_HOSTS)
+
     @staticmethod
-    def _send_error(exc: Exception) -> SendError:
+    def _too_large(size: int, why: str) -> SendError:
+        mb = max(1, round(size / 1_000_000))
+        log.error("transport.too_large", transport="graph", size=size)
+        return SendError(f"graph send: message of {mb} MB too large ({why})", temporary=False)
+
+    @classmethod
+    def _send_error(cls, exc: Exception, size: int) -> SendError:
         if isinstance(exc, GraphFailure):
+            if exc.status == 413 or exc.code == "ErrorMessageSizeExceeded":
+                # Refused for its size (the tenant's MaxSendSize, or a request too
+                # big): say so, with the size, instead of a bare status code.
+                return cls._too_large(size, f"refused: {exc.reason}")
             log.warning("transport.error", transport="graph", kind="send", error=exc.reason)
             return SendError(
                 f"graph send: {exc.reason}", temporary=exc.temporary, retry_after=exc.retry_after

@@ -52,6 +52,8 @@ class GraphMessage:
     # when it moves; the default id changes with every move
     # (https://learn.microsoft.com/en-us/graph/outlook-immutable-id).
     immutable_id: str = ""
+    # File attachments a draft received through upload sessions: (name, type, bytes).
+    attachments: list[tuple[str, str, bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.immutable_id:
@@ -95,6 +97,10 @@ class _State:
     held_copies: list[str] = field(default_factory=list)
     # Exchange may give the Sent Items copy a Message-ID of its own.
     rewrite_message_ids: bool = False
+    # Upload sessions: token -> (draft id, name, content type, size, bytes so far).
+    uploads: dict[str, tuple[str, str, str, int, bytearray]] = field(default_factory=dict)
+    # The tenant's message size limit (MaxSendSize), on the message as transmitted.
+    max_send_size: int = 150 * 1024 * 1024
     # A hold / single item recovery (on by default in Exchange Online):
     # permanentDelete keeps the item in Recoverable Items\Purges, which Graph
     # cannot read at all (see _r_permanentDelete for the source).
@@ -179,6 +185,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
     def _dispatch(self, method: str) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(length) if length else b""
@@ -190,6 +199,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             st.requests.append(
                 Request(method, parts.path, query, dict(self.headers.items()), route)
             )
+        if method == "PUT" and parts.path.startswith("/upload/"):
+            self._upload(parts.path.removeprefix("/upload/"), query, body)
+            return
         if not self.fake.tokens.check(self.headers.get("Authorization"), self.fake.base_url):
             self._json(
                 *_graph_error(
@@ -251,6 +263,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         ("POST", r"/sendMail", "sendMail"),
         ("POST", r"/messages", "create"),
         ("POST", r"/messages/(?P<id>[^/]+)/send", "send"),
+        ("POST", r"/messages/(?P<id>[^/]+)/attachments/createUploadSession", "uploadSession"),
     )
 
     def _route(self, method: str, path: str) -> str:
@@ -613,8 +626,117 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if msg is None or msg.folder != "drafts":
                 self._not_found()
                 return
+            if msg.attachments:
+                msg.mime = _with_attachments(msg.mime, msg.attachments)
+                msg.attachments = []
+            if len(msg.mime) > self.state.max_send_size:
+                # Exchange Online's message size limit (35 MB by default, up to
+                # 150 MB, set per mailbox): the tip on https://learn.microsoft.com/
+                # en-us/graph/api/attachment-createuploadsession.
+                self._json(
+                    *_graph_error(
+                        413,
+                        "ErrorMessageSizeExceeded",
+                        "The message exceeds the maximum supported size.",
+                    )
+                )
+                return
             self._transmit(msg)
         self._send(202, b"", {})
+
+    def _r_uploadSession(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
+        """Large attachments (3 to 150 MB) go to a draft through an upload session:
+        https://learn.microsoft.com/en-us/graph/api/attachment-createuploadsession
+        and https://learn.microsoft.com/en-us/graph/outlook-large-attachments. The
+        upload URL carries its own token: the PUTs must not send Authorization."""
+        try:
+            item = json.loads(body)["AttachmentItem"]
+            name, size = str(item["name"]), int(item["size"])
+            ctype = str(item.get("contentType") or "application/octet-stream")
+        except (ValueError, KeyError, TypeError):
+            raise ProtocolError("createUploadSession needs AttachmentItem name and size") from None
+        if item.get("attachmentType") != "file":
+            raise ProtocolError("AttachmentItem attachmentType must be file")
+        if not 0 < size <= 150 * 1024 * 1024:
+            self._json(*_graph_error(400, "ErrorAttachmentSizeLimitExceeded", "Too large."))
+            return
+        with self.state.lock:
+            msg = self._lookup(self._params["id"])
+            if msg is None or msg.folder != "drafts":
+                self._not_found()
+                return
+            token = secrets.token_urlsafe(16)
+            self.state.uploads[token] = (msg.id, name, ctype, size, bytearray())
+        self._json(
+            201,
+            {
+                "@odata.context": f"{self.fake.base_url}/v1.0/$metadata#microsoft.graph.uploadSession",
+                "uploadUrl": f"{self.fake.base_url}/upload/{token}?authtoken={secrets.token_hex(8)}",
+                "expirationDateTime": _stamp(dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)),
+                "nextExpectedRanges": ["0-"],
+            },
+        )
+
+    def _upload(self, token: str, query: dict[str, str], body: bytes) -> None:
+        st = self.state
+        try:
+            if "Authorization" in self.headers:
+                raise ProtocolError("the upload URL must be called without Authorization")
+            if "authtoken" not in query:
+                raise ProtocolError("the upload URL must be used as given")
+            with st.lock:
+                if token not in st.uploads:
+                    self._not_found()
+                    return
+                draft, name, ctype, size, got = st.uploads[token]
+                m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", self.headers.get("Content-Range", ""))
+                if not m:
+                    raise ProtocolError("PUT without Content-Range bytes a-b/total")
+                first, last, total = (int(g) for g in m.groups())
+                if total != size or first != len(got) or last - first + 1 != len(body):
+                    raise ProtocolError("Content-Range does not continue the upload")
+                if len(body) > 4 * 1024 * 1024:
+                    raise ProtocolError("upload chunks are at most 4 MB")
+                got += body
+                if len(got) < size:
+                    self._json(200, {"nextExpectedRanges": [f"{len(got)}"]})
+                    return
+                del st.uploads[token]
+                msg = st.messages.get(draft)
+                if msg is not None:
+                    msg.attachments.append((name, ctype, bytes(got)))
+            self._send(201, b"", {"Location": f"{self.fake.base_url}/attachments/{token}"})
+        except ProtocolError as exc:
+            with st.lock:
+                st.protocol_errors.append(str(exc))
+            self._json(*_graph_error(400, "BadRequest", str(exc)))
+
+
+def _with_attachments(mime: bytes, files: list[tuple[str, str, bytes]]) -> bytes:
+    """The message as Exchange transmits a draft with file attachments: its own
+    MIME with each file appended as a part (message/rfc822 as it is, others in
+    base64)."""
+    head, _, body = mime.partition(b"\r\n\r\n")
+    m = re.search(rb'boundary="?([^";\r\n]+)"?', head)
+    if m is None:
+        raise ProtocolError("the fake joins attachments to multipart drafts only")
+    delim = b"--" + m.group(1)
+    closing = body.rindex(delim + b"--")
+    parts = []
+    for name, ctype, data in files:
+        if ctype.lower().startswith("message/rfc822"):
+            part = (
+                f'Content-Type: message/rfc822\r\nContent-Disposition: attachment; filename="{name}"\r\n\r\n'.encode()
+                + data
+            )
+        else:
+            encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
+            part = (
+                f"Content-Type: {ctype}\r\nContent-Transfer-Encoding: base64\r\n"
+                f'Content-Disposition: attachment; filename="{name}"\r\n\r\n'
+            ).encode() + encoded
+        parts.append(delim + b"\r\n" + part + b"\r\n")
+    return head + b"\r\n\r\n" + body[:closing] + b"".join(parts) + body[closing:]
 
 
 def _header(mime: bytes, name: bytes) -> str:
