@@ -635,6 +635,30 @@ def test_wait_returns_soon_after_new_mail_is_announced(
     assert srv.operations().count("SyncFolderItems") == syncs
 
 
+def test_more_events_are_fetched_from_the_last_watermark(
+    srv: EwsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A long queue comes in parts with MoreEvents=true; each next GetEvents must
+    # carry the watermark of the last event received, or it gets the same part
+    # again (exchangelib's Folder.get_events asks with the same watermark).
+    monkeypatch.setattr(ews_module, "NOTIFY_INTERVAL", 0.05)
+    srv.state.events_per_response = 2
+    old = [srv.deliver(msg(n)) for n in range(5)]
+    mb = mailbox(srv, poll_interval=300.0)
+    mb.open()
+    assert len(mb.list_new()) == 5
+    stop = threading.Event()
+    mb.wait(60.0, stop)  # subscribes
+    for key in old:
+        srv.remove(key)  # five events that are not new mail
+    srv.deliver(msg(9))  # and then one that is
+    marks_before = len(srv.state.get_events_marks)
+    assert _timed_wait(mb, 5.0, stop) < 2.0, "the new mail behind MoreEvents was not seen"
+    marks = srv.state.get_events_marks[marks_before:]
+    assert len(marks) == 3 and marks == sorted(set(marks)), marks  # 2 + 2 + 2 events
+    assert len(mb.list_new()) == 1
+
+
 def test_wait_with_notifications_honours_stop(
     srv: EwsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

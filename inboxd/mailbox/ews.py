@@ -53,6 +53,7 @@ from exchangelib.folders.known_folders import RecoverableItemsDeletions, Recover
 from exchangelib.items import HARD_DELETE
 from exchangelib.properties import CopiedEvent, CreatedEvent, ItemId, MovedEvent, NewMailEvent
 from exchangelib.protocol import BaseProtocol, Protocol
+from exchangelib.services import GetEvents
 from exchangelib.transport import BASIC, NTLM, OAUTH2
 
 from inboxd.logs import get_logger
@@ -81,6 +82,7 @@ PAGE_SIZE = 100  # FindItem page / SyncFolderItems MaxChangesReturned (Exchange 
 # long the server keeps an unasked subscription (minutes; each GetEvents renews it).
 NOTIFY_INTERVAL = 2.0
 SUBSCRIPTION_MINUTES = 10
+MAX_EVENT_ROUNDS = 20  # GetEvents per wait step while the server says MoreEvents
 NOTIFY_EVENT_TYPES = ("NewMailEvent", "CreatedEvent", "MovedEvent", "CopiedEvent")
 _NEW_MAIL = (NewMailEvent, CreatedEvent, MovedEvent, CopiedEvent)
 # Where Exchange keeps what was deleted: soft deletes in Deletions, hard deletes
@@ -752,11 +754,18 @@ class EwsMailbox:
         sub_id, mark = self._subscription
 
         def poll() -> tuple[bool, str]:
+            # Not Folder.get_events: with MoreEvents=true it asks again with the
+            # same watermark, and the server answers the same events again. Each
+            # request here carries the watermark of the last event received.
             found, latest = False, mark
-            for notification in folder.get_events(sub_id, mark):
+            service = GetEvents(account=account)
+            for _ in range(MAX_EVENT_ROUNDS):
+                notification = service.get(subscription_id=sub_id, watermark=latest)
                 for event in notification.events:
                     latest = event.watermark or latest
                     found = found or isinstance(event, _NEW_MAIL)
+                if not notification.more_events or found:
+                    break
             return found, latest
 
         try:

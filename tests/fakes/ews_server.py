@@ -107,6 +107,8 @@ class _State:
     # Pull subscriptions: id -> the event seq its client has seen (the watermark).
     subscriptions: dict[str, int] = field(default_factory=dict)
     refuse_subscriptions: bool = False
+    events_per_response: int = 50
+    get_events_marks: list[int] = field(default_factory=list)  # watermark of each GetEvents
     # Mail folders besides the inbox (id -> display name), found by FindFolder.
     folders: dict[str, str] = field(default_factory=dict)
     # A hold or single item recovery: a HardDelete leaves the item in Recoverable
@@ -776,10 +778,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         since = int(mark)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         parent = f'<t:ParentFolderId Id="{_esc(_INBOX_ID)}" ChangeKey="AQAAABYAAAA="/>'
+        pending = [ev for ev in st.events if ev.seq > since]
+        # A queue longer than one response is delivered in parts: MoreEvents=true
+        # says "issue another GetEvents", with the watermark of the last event
+        # received (https://learn.microsoft.com/en-us/exchange/client-developer/
+        # web-service-reference/moreevents; .../getevents: "the watermark from the
+        # last event in the last GetEvents response is used"). The same watermark
+        # again gets the same events again.
+        batch, more = pending[: st.events_per_response], len(pending) > st.events_per_response
         events = []
-        for ev in st.events:
-            if ev.seq <= since:
-                continue
+        for ev in batch:
             kinds = ("NewMailEvent", "CreatedEvent") if ev.kind == "create" else ("DeletedEvent",)
             for kind in kinds:
                 events.append(
@@ -789,12 +797,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 )
         if not events:
             events.append(f"<t:StatusEvent><t:Watermark>{since}</t:Watermark></t:StatusEvent>")
-        st.subscriptions[sub_id] = st.seq
+        st.subscriptions[sub_id] = batch[-1].seq if batch else since
+        st.get_events_marks.append(since)
         return self._message(
             "GetEvents",
             f"<m:Notification><t:SubscriptionId>{sub_id}</t:SubscriptionId>"
             f"<t:PreviousWatermark>{since}</t:PreviousWatermark>"
-            f"<t:MoreEvents>false</t:MoreEvents>{''.join(events)}</m:Notification>",
+            f"<t:MoreEvents>{'true' if more else 'false'}</t:MoreEvents>{''.join(events)}"
+            "</m:Notification>",
         )
 
     def _op_Unsubscribe(self, req: etree._Element, fault: str | None) -> str:
