@@ -178,6 +178,16 @@ def _run(
         # --out is written by the command line, where the admin is, not by the service.
         out.write(text)
         return 0
+    if action == "privacy-register":
+        from inboxd import register
+
+        kept, now = store.retention(), time.time()
+        if args.format == "json":
+            text = json.dumps(register.as_json(cfg, kept, now), sort_keys=True) + "\n"
+        else:
+            text = register.render(cfg, kept, now, args.language)
+        out.write(text)
+        return 0
     if action == "queue list":
         now = time.time()
         signals = store.signals(OPEN_STATES)

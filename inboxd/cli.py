@@ -72,6 +72,17 @@ def _parser() -> _Parser:
     guide.add_argument("--format", choices=["text", "html"], default="text")
     guide.add_argument("--language", choices=["nl", "en"], help="default: the configured language")
     guide.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    reg = sub.add_parser(
+        "privacy-register",
+        parents=[common],
+        help="the processing-register entry (GDPR/AVG art. 30) from the configuration and the store",
+        description="Print the entry for the processing register (GDPR/AVG article 30): "
+        "purposes, data subjects and data, recipients, retention as configured and as "
+        "measured in the store, security measures. Nothing is decrypted.",
+    )
+    reg.add_argument("--format", choices=["text", "json"], default="text")
+    reg.add_argument("--language", choices=["nl", "en"], help="default: the configured language")
+    reg.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     demo = sub.add_parser(
         "demo", parents=[common], help="the life of a signal in a throw-away local world"
     )
@@ -151,7 +162,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "check":
         return _check(cfg)
-    if args.command in ("status", "stats", "queue") or (
+    if args.command in ("status", "stats", "queue", "privacy-register") or (
         args.command == "keys" and args.keys_command == "rotate"
     ):
         return _admin(cfg, args)

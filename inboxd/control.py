@@ -52,6 +52,7 @@ COMMANDS: dict[str, dict[str, tuple[type, ...]]] = {
     "queue list": {},
     "queue purge": {"ref": (str,), "yes": (bool,)},
     "keys rotate": {},
+    "privacy-register": {"format": (str,), "language": (str, type(None))},
 }
 
 

@@ -114,6 +114,32 @@ CREATE TABLE IF NOT EXISTS triage_time (
 
 
 @dataclass(frozen=True)
+class Retention:
+    """Counts and oldest times per kind of stored data; no content, no addresses."""
+
+    open_signals: int
+    oldest_open: float | None
+    accepted: int
+    oldest_accepted: float | None
+    outbox: int
+    oldest_outbox: float | None
+    dedup_records: int
+    dedup_last_expiry: float | None
+    sent_ids: int
+    oldest_sent_id: float | None
+    references_closed: int
+    first_reference_closed: float | None
+    stats_rows: int
+    stats_first_month: str | None
+    stats_last_month: str | None
+    stats_signals: int
+    audit_entries: int
+    first_audit: float | None
+    ack_counters: int
+    oldest_ack_counter: float | None
+
+
+@dataclass(frozen=True)
 class Signal:
     id: str
     ref: str
@@ -835,6 +861,51 @@ class SqliteStore:
     def triage_time_rows(self, year: int) -> list[dict[str, Any]]:
         q = "SELECT month, bucket, count FROM triage_time WHERE month LIKE ? ORDER BY month, bucket"
         return [dict(r) for r in self._c.execute(q, (f"{year:04d}-%",))]
+
+    def retention(self) -> Retention:
+        """How long things are really kept, measured (for the processing register)."""
+
+        def one(q: str) -> sqlite3.Row:
+            row: sqlite3.Row = self._c.execute(q).fetchone()
+            return row
+
+        sig = one(
+            "SELECT COUNT(*) AS n, MIN(created_at) AS t FROM signals WHERE state IN ("
+            + ",".join(f"'{s}'" for s in OPEN_STATES)
+            + ")"
+        )
+        inbound = one("SELECT COUNT(*) AS n, MIN(received_at) AS t FROM inbound")
+        outbox = one("SELECT COUNT(*) AS n, MIN(created_at) AS t FROM outbox")
+        dedup = one("SELECT COUNT(*) AS n, MAX(expires_at) AS t FROM dedup")
+        sent = one("SELECT COUNT(*) AS n, MIN(sent_at) AS t FROM sent")
+        refs = one("SELECT COUNT(*) AS n, MIN(closed_at) AS t FROM refs_used")
+        stats = one(
+            "SELECT COUNT(*) AS n, MIN(month) AS a, MAX(month) AS b, SUM(count) AS c FROM stats"
+        )
+        audit = one("SELECT COUNT(*) AS n, MIN(at) AS t FROM audit")
+        acks = one("SELECT COUNT(*) AS n, MIN(at) AS t FROM ack_log")
+        return Retention(
+            open_signals=int(sig["n"]),
+            oldest_open=sig["t"],
+            accepted=int(inbound["n"]),
+            oldest_accepted=inbound["t"],
+            outbox=int(outbox["n"]),
+            oldest_outbox=outbox["t"],
+            dedup_records=int(dedup["n"]),
+            dedup_last_expiry=dedup["t"],
+            sent_ids=int(sent["n"]),
+            oldest_sent_id=sent["t"],
+            references_closed=int(refs["n"]),
+            first_reference_closed=refs["t"],
+            stats_rows=int(stats["n"]),
+            stats_first_month=stats["a"],
+            stats_last_month=stats["b"],
+            stats_signals=int(stats["c"] or 0),
+            audit_entries=int(audit["n"]),
+            first_audit=audit["t"],
+            ack_counters=int(acks["n"]),
+            oldest_ack_counter=acks["t"],
+        )
 
     def audit(self, action: str, ref: str | None, uid: int | None = None) -> None:
         self._c.execute(
