@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from servers import MailServer
 from test_admin import new_signal
-from world import KEDO, REPORTER, World, assert_absent, marker
+from test_control import Service, admin_shell, audit_rows, wait_for
+from test_control import service as service  # noqa: F401 (the fixture)
+from world import KEDO, REPORTER, World, assert_absent, marker, signal_mail
 
 from inboxd import register
 from inboxd.store import Retention
@@ -131,3 +133,24 @@ def test_microsoft_365_asks_about_transfers(world: World) -> None:
         in words(graph)
     )
     assert "EU Data Boundary" not in words(cfg)
+
+
+def test_register_comes_from_the_running_service_without_the_key(service: Service) -> None:
+    mark = marker()
+    (service.root / "vreemdverhaal" / "new" / "1.eml").write_bytes(
+        signal_mail(mark, subject=f"Signaal {mark}")
+    )
+    service.start()
+
+    def open_signals() -> int:
+        p = admin_shell(service, "status", "--json")
+        return int(json.loads(p.stdout)["open"]) if p.returncode == 0 else -1
+
+    wait_for(lambda: open_signals() == 1, "the signal to be queued", service)
+    p = admin_shell(service, "privacy-register", "--language", "en")
+    assert p.returncode == 0, p.stderr
+    assert "Open signals: 1; the oldest has been open" in p.stdout
+    assert "not running" not in p.stderr  # answered by the service, over its socket
+    assert_absent(mark, where="privacy-register over the socket", data=p.stdout)
+    service.stop()
+    assert ("privacy-register", None, 0) in audit_rows(service)
