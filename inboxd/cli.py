@@ -166,8 +166,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         args.command == "keys" and args.keys_command == "rotate"
     ):
         return _admin(cfg, args)
+    import os
+
     from inboxd.app import build
 
+    config.check_unit_directories(cfg, os.environ)
     app = build(cfg)
     if args.command == "once":
         from inboxd.daemon import once

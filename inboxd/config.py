@@ -10,6 +10,7 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -630,6 +631,25 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             "admin": cfg.admin.model_copy(update={"socket": rel(cfg.admin.socket)}),
         }
     )
+
+
+def check_unit_directories(cfg: Config, env: Mapping[str, str]) -> None:
+    """Under systemd, state_dir and the admin socket must be where the unit's
+    StateDirectory= and RuntimeDirectory= put them: elsewhere the sandbox makes them
+    unwritable, and two instances of inboxd@.service could share one."""
+    checks = (
+        ("STATE_DIRECTORY", "state_dir", Path(cfg.state_dir), "{}"),
+        ("RUNTIME_DIRECTORY", "admin.socket", Path(cfg.admin.socket).parent, "{}/admin.sock"),
+    )
+    for variable, key, path, fix in checks:
+        given = [Path(d) for d in env.get(variable, "").split(":") if d]
+        if given and path.resolve() not in {d.resolve() for d in given}:
+            raise ConfigError(
+                cfg.source_path,
+                key,
+                f"is not in this service's {variable} ({given[0]}); set it to"
+                f' "{fix.format(given[0])}"',
+            )
 
 
 def read_secret(cfg: Config, file: str, env: str, key: str) -> str:

@@ -131,23 +131,6 @@ def admin_gid(cfg: Config) -> int | None:
         ) from None
 
 
-def check_runtime_directory(cfg: Config, env: dict[str, str]) -> None:
-    """Under systemd the socket must be in the unit's RuntimeDirectory= (which systemd
-    creates and removes); two instances pointing at one socket would answer for each
-    other."""
-    runtime = env.get("RUNTIME_DIRECTORY")
-    if not runtime:
-        return
-    dirs = [Path(d) for d in runtime.split(":") if d]
-    if Path(cfg.admin.socket).parent not in dirs:
-        raise ConfigError(
-            cfg.source_path,
-            "admin.socket",
-            f"{cfg.admin.socket} is not in this service's RuntimeDirectory ({runtime});"
-            f' set socket = "{dirs[0] / "admin.sock"}"',
-        )
-
-
 # -- the server, inside the daemon -------------------------------------------------------
 def peer_of(conn: socket.socket) -> Peer:
     pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
@@ -288,7 +271,6 @@ def serve(app: Any) -> ControlServer | None:
     from inboxd.store import SqliteStore
 
     cfg: Config = app.cfg
-    check_runtime_directory(cfg, dict(os.environ))
     gid = admin_gid(cfg)
 
     def handle(ns: argparse.Namespace, uid: int) -> Reply:

@@ -94,14 +94,25 @@ def test_anything_else_is_not_a_request(request_: object) -> None:
     assert control.namespace_of(request_) is None
 
 
-def test_the_socket_must_be_in_the_units_runtime_directory(tmp_path: Path) -> None:
+def test_state_and_socket_must_be_where_the_unit_puts_them(tmp_path: Path) -> None:
+    from inboxd.config import check_unit_directories
+
     cfg = load(str(world_config(tmp_path, tmp_path / "run" / "admin.sock")))
-    control.check_runtime_directory(cfg, {})
-    control.check_runtime_directory(cfg, {"RUNTIME_DIRECTORY": str(tmp_path / "run")})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "state").mkdir()
+    check_unit_directories(cfg, {})
+    check_unit_directories(
+        cfg,
+        {"RUNTIME_DIRECTORY": str(tmp_path / "run"), "STATE_DIRECTORY": str(tmp_path / "state")},
+    )
     with pytest.raises(ConfigError) as exc:
-        control.check_runtime_directory(cfg, {"RUNTIME_DIRECTORY": "/run/inboxd/b"})
+        check_unit_directories(cfg, {"RUNTIME_DIRECTORY": "/run/inboxd-b"})
     assert exc.value.key == "admin.socket"
-    assert 'socket = "/run/inboxd/b/admin.sock"' in exc.value.problem
+    assert 'set it to "/run/inboxd-b/admin.sock"' in exc.value.problem
+    with pytest.raises(ConfigError) as exc:
+        check_unit_directories(cfg, {"STATE_DIRECTORY": "/var/lib/inboxd-b"})
+    assert exc.value.key == "state_dir"
+    assert 'set it to "/var/lib/inboxd-b"' in exc.value.problem
 
 
 def test_an_admin_group_that_does_not_exist_is_a_configuration_error(tmp_path: Path) -> None:
@@ -151,7 +162,11 @@ class Service:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("INBOXD_CONFIG", "NOTIFY_SOCKET")}
-        env.update(CREDENTIALS_DIRECTORY=str(self.creds), RUNTIME_DIRECTORY=str(self.run_dir))
+        env.update(
+            CREDENTIALS_DIRECTORY=str(self.creds),
+            RUNTIME_DIRECTORY=str(self.run_dir),
+            STATE_DIRECTORY=str(self.root / "state"),
+        )
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "inboxd", "run", "--config", str(self.config)],
@@ -395,3 +410,43 @@ def test_a_locked_keyring_decrypts_nothing() -> None:
         ring.unwrap("abcd1234", b"x" * 60, "signal:1")
     with pytest.raises(DecryptError):
         ring.sender_digest("a@b.example")
+
+
+@pytest.fixture
+def second_service() -> Iterator[Service]:
+    root = Path(tempfile.mkdtemp(prefix="inboxd-ctl-", dir="/tmp"))
+    root.chmod(0o755)
+    svc = Service(root)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+        shutil.rmtree(root)
+
+
+def test_two_instances_side_by_side(service: Service, second_service: Service) -> None:
+    """As inboxd@a and inboxd@b: each its own configuration, state, key and socket;
+    each admin command reaches the instance its configuration names."""
+    service.start()
+    second_service.start()
+    for svc in (service, second_service):
+        p = admin_shell(svc, "status", "--json")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["keys"] == svc.key_ids
+    assert service.key_ids != second_service.key_ids
+    # An instance whose configuration names a socket outside its RuntimeDirectory (a
+    # copied configuration, say) does not start.
+    env = {k: v for k, v in os.environ.items() if k not in ("INBOXD_CONFIG", "NOTIFY_SOCKET")}
+    env.update(
+        CREDENTIALS_DIRECTORY=str(second_service.creds), RUNTIME_DIRECTORY=str(service.run_dir)
+    )
+    wrong = subprocess.run(
+        [sys.executable, "-m", "inboxd", "run", "--config", str(second_service.config)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 2, wrong.stderr
+    assert "admin.socket: is not in this service's RUNTIME_DIRECTORY" in wrong.stderr

@@ -22,6 +22,7 @@ from inboxd import sdnotify
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "inboxd.service"
 DROPIN = ROOT / "systemd" / "inboxd.example.conf"
+TEMPLATE = ROOT / "systemd" / "inboxd@.service"
 ANALYZE = shutil.which("systemd-analyze") or (
     "/usr/bin/systemd-analyze" if Path("/usr/bin/systemd-analyze").exists() else None
 )
@@ -262,6 +263,33 @@ def test_unit_has_the_contract_settings() -> None:
     assert not [v for _, _, v in d if "#" in v]
 
 
+def test_the_instance_unit_is_the_main_unit_per_instance() -> None:
+    """inboxd@.service: config, state, credentials and socket per instance, and
+    otherwise exactly the main unit's settings (a hardening added to one and not the
+    other fails here)."""
+    per_instance = {
+        ("Unit", "Description"): "inboxd signals mailbox daemon for %i",
+        ("Service", "ExecStart"): "/usr/local/bin/inboxd run --config /etc/inboxd/%i.toml",
+        ("Service", "StateDirectory"): "inboxd-%i",
+        ("Service", "RuntimeDirectory"): "inboxd-%i",
+    }
+    main = _directives(UNIT.read_text())
+    template = _directives(TEMPLATE.read_text())
+    for (section, key), value in per_instance.items():
+        assert (section, key, value) in template, (section, key)
+    creds = [v for s, k, v in template if k == "LoadCredential"]
+    assert creds == [
+        f"{name}:/etc/inboxd/credentials/%i/{name}"
+        for name in ("master-key", "imap-password", "smtp-password")
+    ]
+
+    def shared(d: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        return [x for x in d if (x[0], x[1]) not in per_instance and x[1] != "LoadCredential"]
+
+    assert shared(template) == shared(main)
+    assert not [v for _, _, v in template if "#" in v]
+
+
 def _need_analyze() -> str:
     if ANALYZE is None:
         pytest.skip("systemd-analyze not installed (Debian package: systemd)")
@@ -285,17 +313,21 @@ def _analyze(
 _EXPOSURE = re.compile(r"Overall exposure level for (\S+): (\d+(?:\.\d+)?) (\w+)")
 
 
-def _exposure(proc: subprocess.CompletedProcess[str]) -> tuple[float, str]:
+def _exposure(
+    proc: subprocess.CompletedProcess[str], unit: str = "inboxd.service"
+) -> tuple[float, str]:
     match = _EXPOSURE.search(proc.stdout)
     assert match, proc.stdout + proc.stderr
-    assert match.group(1) == "inboxd.service"
+    assert match.group(1) == unit
     return float(match.group(2)), match.group(3)
 
 
-def test_security_exposure_is_ok() -> None:
-    proc = _analyze("security", "--offline=yes", str(UNIT))
+@pytest.mark.parametrize("unit", ["inboxd.service", "inboxd@gemeente-a.service"])
+def test_security_exposure_is_ok(unit: str, tmp_path: Path) -> None:
+    env = {"SYSTEMD_UNIT_PATH": f"{_staged(tmp_path, with_dropin=False)}:"}
+    proc = _analyze("security", "--offline=yes", unit, env_extra=env)
     assert proc.returncode == 0, proc.stderr
-    exposure, verdict = _exposure(proc)
+    exposure, verdict = _exposure(proc, unit)
     assert exposure <= 1.5, proc.stdout
     assert verdict in ("OK", "SAFE", "PERFECT")
     # Every directive parsed: an unknown or misspelt key is warned about on stderr.
@@ -307,11 +339,12 @@ def _staged(tmp_path: Path, with_dropin: bool) -> Path:
     exists here (verify insists on it; inboxd is not installed on a test machine)."""
     unit_dir = tmp_path / "units"
     unit_dir.mkdir()
-    text = UNIT.read_text()
     exec_line = "ExecStart=/usr/local/bin/inboxd "
-    assert text.count(exec_line) == 1
     true_bin = shutil.which("true") or "/bin/true"
-    (unit_dir / "inboxd.service").write_text(text.replace(exec_line, f"ExecStart={true_bin} "))
+    for unit in (UNIT, TEMPLATE):
+        text = unit.read_text()
+        assert text.count(exec_line) == 1
+        (unit_dir / unit.name).write_text(text.replace(exec_line, f"ExecStart={true_bin} "))
     if with_dropin:
         (unit_dir / "inboxd.service.d").mkdir()
         shutil.copy(DROPIN, unit_dir / "inboxd.service.d" / "site.conf")
@@ -323,9 +356,10 @@ def _inboxd_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
     return [ln for ln in (proc.stdout + proc.stderr).splitlines() if "inboxd" in ln]
 
 
-def test_verify_is_clean(tmp_path: Path) -> None:
-    unit_dir = _staged(tmp_path, with_dropin=False)
-    proc = _analyze("verify", str(unit_dir / "inboxd.service"))
+@pytest.mark.parametrize("unit", ["inboxd.service", "inboxd@gemeente-a.service"])
+def test_verify_is_clean(unit: str, tmp_path: Path) -> None:
+    env = {"SYSTEMD_UNIT_PATH": f"{_staged(tmp_path, with_dropin=False)}:"}
+    proc = _analyze("verify", unit, env_extra=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _inboxd_lines(proc) == []
 
@@ -604,3 +638,14 @@ def test_no_dependency_uses_cffi_callbacks() -> None:
                 users.append(f"{dist.metadata['Name']}: {file}")
     assert scanned > 0, "expected cryptography to depend on cffi"
     assert users == []
+
+
+def test_the_operations_guide_shows_the_instance_units_paths() -> None:
+    guide = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    service = {k: v for s, k, v in _directives(TEMPLATE.read_text()) if s == "Service"}
+    for name in ("gemeente-a", "gemeente-b"):
+        state = "/var/lib/" + service["StateDirectory"].replace("%i", name)
+        socket_ = "/run/" + service["RuntimeDirectory"].replace("%i", name) + "/admin.sock"
+        assert f'`"{state}"`' in guide, state
+        assert f'`"{socket_}"`' in guide, socket_
+        assert f"/etc/inboxd/{name}.toml" in guide
