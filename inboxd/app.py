@@ -44,11 +44,23 @@ def _app_section(cfg: Config, section: str) -> tuple[str, MailboxConfig | SmtpCo
     return section, s
 
 
+def _outlook_scope(cfg: Config, section: str, authority: str) -> str:
+    """EWS, IMAP and SMTP tokens are for the Exchange Online of the server's cloud."""
+    from inboxd.msclouds import outlook_scope
+
+    mb = cfg.mailbox
+    if section == "smtp":
+        host = cfg.smtp.host
+    else:
+        host = mb.service_endpoint if mb.backend == "ews" else mb.host
+    return outlook_scope(host, authority)
+
+
 def _token_provider(cfg: Config, section: str, scope: str | None = None) -> TokenSource:
     """MSAL client credentials for Microsoft 365 (Graph, EWS OAuth2, IMAP/SMTP XOAUTH2).
 
-    ``scope`` is ``graph_scope(endpoint)`` for Graph and ``OUTLOOK_SCOPE`` (the
-    default) for EWS, IMAP and SMTP. The ``ca_file`` of the section the app comes
+    ``scope`` is ``graph_scope(endpoint)`` for Graph; for EWS, IMAP and SMTP (the
+    default) the Outlook resource of the server's cloud (:mod:`inboxd.msclouds`). The ``ca_file`` of the section the app comes
     from also verifies the authority (one trust setting per section: a TLS-inspecting
     proxy sits in front of both, and so do the tests' fakes).
     """
@@ -70,7 +82,7 @@ def _token_provider(cfg: Config, section: str, scope: str | None = None) -> Toke
         return msauth.TokenProvider(
             s.tenant_id,
             s.client_id,
-            scope=scope or msauth.OUTLOOK_SCOPE,
+            scope=scope or _outlook_scope(cfg, name, s.authority),
             client_secret=secret,
             client_certificate_pem=certificate,
             authority=s.authority,

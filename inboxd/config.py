@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from inboxd.msclouds import graph_refusal
+
 DEFAULT_PATH = "/etc/inboxd/inboxd.toml"
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -404,6 +406,10 @@ class Config(_Section):
             _need_app(mb, "mailbox", "Microsoft Graph")
             _need(mb.mailbox, "mailbox.mailbox", "the signals mailbox's address (or user id)")
             _need_https(mb.endpoint, "mailbox.endpoint", loopback_http=False)
+        if mb.backend == "graph" or smtp.transport == "graph":
+            refusal = graph_refusal(mb.endpoint)
+            if refusal is not None:
+                raise _Problem("mailbox.endpoint", refusal)
         if smtp.transport == "smtp":
             _need(smtp.host, "smtp.host", "the SMTP server's host name")
             if smtp.security == "none" and not is_loopback(smtp.host):

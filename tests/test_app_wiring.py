@@ -719,3 +719,29 @@ def test_a_send_refused_with_a_long_back_off_waits_for_it_and_stops_the_drain(
         assert [r.route for r in graph.requests].count("create") == 1
     finally:
         app.close()
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["https://graph.microsoft.us", "https://microsoftgraph.chinacloudapi.cn"]
+)
+def test_graph_in_a_cloud_without_permanent_delete_is_refused_by_name(
+    setup: Setup, aad: TokenServer, graph: GraphServer, endpoint: str
+) -> None:
+    text = graph_toml(setup, aad, graph).replace(graph.endpoint, endpoint)
+    with pytest.raises(ConfigError) as err:
+        setup.cfg(text)
+    assert err.value.key == "mailbox.endpoint"
+    assert "permanentDelete" in err.value.problem and 'backend = "ews"' in err.value.problem
+
+
+def test_ews_oauth2_in_us_government_asks_for_an_outlook_us_token(
+    setup: Setup, aad: TokenServer
+) -> None:
+    with EwsServer(auth="oauth2", tokens=aad) as srv:
+        text = ews_toml(setup, srv, auth_type="oauth2", aad=aad).replace(
+            f'authority = "{aad.authority}"', 'authority = "https://login.microsoftonline.us"'
+        )
+        cfg = setup.cfg(text)
+    provider = dict(token_sources(cfg))["mailbox"]
+    assert isinstance(provider, TokenProvider)
+    assert provider.scope == "https://outlook.office365.us/.default"
