@@ -324,12 +324,14 @@ def test_same_message_delivered_twice_is_queued_once(world: World, mail: MailSer
 
 
 def close_reply(request: bytes) -> bytes:
-    """A functionaris' AFSLUITEN in reply to a triage request."""
+    """A functionaris' AFSLUITEN in reply to a triage request, quoting it (the token is
+    in its body)."""
     req = parse(request)
+    quoted = "".join(f"> {line}\r\n" for line in body_text(request).splitlines())
     return (
         f"From: <{F1}>\r\nTo: {MAILBOX}\r\nSubject: RE: {req['Subject']}\r\n"
         f"Message-ID: <close-{marker()}@gemeente.example>\r\nIn-Reply-To: {req['Message-ID']}\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n\r\nAFSLUITEN\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nAFSLUITEN\r\n\r\n" + quoted
     ).encode()
 
 
