@@ -666,7 +666,7 @@ def test_command_only_in_plain_quote_gives_no_command() -> None:
     ],
 )
 def test_megabyte_texts_parse_in_bounded_time(text: str) -> None:
-    started = time.monotonic()
+    started = time.thread_time()
     parsed = parse_commands(text, DESTS)
     assert parsed.commands == () or parsed.errors == ()
-    assert time.monotonic() - started < 2.0
+    assert time.thread_time() - started < 2.0

@@ -617,9 +617,11 @@ def test_a_failing_stage_is_a_defect_and_the_rest_continues(
 
 
 def _timed(raw: bytes) -> tuple[parsing.ParsedMessage, float]:
-    t = time.perf_counter()
+    # CPU time of this thread: the bound is about the work a message costs, and must not
+    # fail because other processes share the machine's two cores.
+    t = time.thread_time()
     m = parse_message(raw)
-    return m, time.perf_counter() - t
+    return m, time.thread_time() - t
 
 
 def test_deep_multipart_nesting_returns_quickly() -> None:
