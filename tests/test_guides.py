@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_statspage import chromium, needs_chromium
 
 from inboxd import config, guides
 from inboxd.commands import Forward, SetForm, parse_commands
@@ -225,3 +226,33 @@ def test_context_holds_no_personal_configuration(cfg: config.Config) -> None:
         assert officer not in flat  # the card need not list colleagues' addresses
     for dest in cfg.destinations.values():
         assert dest.address not in flat  # officers forward by key, never by address
+
+
+@needs_chromium
+@pytest.mark.parametrize("audience", ["melder", "functionaris"])
+def test_chromium_renders_the_printable_guides(
+    cfg: config.Config, audience: str, tmp_path: Path
+) -> None:
+    page = tmp_path / f"{audience}.html"
+    page.write_text(guides.render(cfg, audience, "html", "nl"), encoding="utf-8")  # type: ignore[arg-type]
+    dom = chromium(tmp_path, "--dump-dom", page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    text = dom.stdout.decode()
+    assert "<h1>" in text and "</html>" in text
+    if audience == "functionaris":
+        # Every destination is a row of the card's table, as the browser parsed it.
+        for key, dest in cfg.destinations.items():
+            assert f'<td class="cmd">{key.upper()}</td><td>doorzetten naar {dest.label}' in text
+    else:
+        assert "Bel 112." in text
+    pdf = tmp_path / f"{audience}.pdf"
+    printed = chromium(tmp_path, f"--print-to-pdf={pdf}", "--no-pdf-header-footer", page.as_uri())
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF-")
+    # A4, as the page's @page rule asks (595 x 842 points), on one or two sheets.
+    boxes = re.findall(rb"/MediaBox\s*\[\s*0 0 ([\d.]+) ([\d.]+)\s*\]", data)
+    assert boxes
+    for w, h in boxes:
+        assert abs(float(w) - 595) < 1 and abs(float(h) - 842) < 1, (w, h)
+    assert 1 <= len(re.findall(rb"/Type\s*/Page[^s]", data)) <= 2
