@@ -139,6 +139,7 @@ def _run(
 ) -> int:
     if action == "status":
         from inboxd import __version__
+        from inboxd.evidence import summary
         from inboxd.intake import status_snapshot
 
         snap = status_snapshot(store, time.time())
@@ -146,6 +147,7 @@ def _run(
         snap["keys"] = [k.key_id for k in keyring.keys] if keyring.keys else None
         snap["version"] = __version__
         snap["service"] = "running" if running else "not running"
+        snap["sender_evidence"] = summary(cfg.evidence_policy)
         out.write((json.dumps(snap, sort_keys=True) if args.json else status_text(snap)) + "\n")
         return 0
     if action == "stats":
@@ -221,6 +223,13 @@ def status_text(snap: dict[str, Any]) -> str:
     lines.append(f"accepted, not yet processed: {snap.get('accepted', 0)}")
     lines.append(f"last fetch: {_when(snap['last_fetch']) or 'never'}")
     lines.append(f"last send: {_when(snap['last_send']) or 'never'}")
+    evidence = snap.get("sender_evidence")
+    if evidence is not None:
+        lines.append(
+            f"sender evidence: required ({', '.join(evidence['sources'])})"
+            if evidence["required"]
+            else "sender evidence: NOT verified (allow_unauthenticated = true): commands are taken on From alone"
+        )
     err = snap["last_error"]
     lines.append(f"last error: {_error_text(err) if err else 'none'}")
     keys = snap["keys"]

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from inboxd.evidence import Evidence, EvidencePolicy, sender_evidence
 from inboxd.parsing import ParsedMessage
 from inboxd.references import first_references
 
@@ -36,6 +37,7 @@ class Context:
     sent: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
     # For each reference the message carries that is open: the reporter's address
     open_reporters: Mapping[str, str | None] = field(default_factory=dict)
+    evidence: EvidencePolicy = EvidencePolicy()
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class Decision:
     refs: tuple[str, ...] = ()  # references found (subject first, then body)
     answers: tuple[tuple[str, str | None], ...] = ()  # (kind, ref) of our mail it answers
     source: str = "extern"
+    # Whether a trusted server vouches for the From address (commands, follow-ups and
+    # drills act only on VERIFIED, or NOT_REQUIRED where the operator said so).
+    evidence: Evidence = Evidence.UNVERIFIED
 
 
 def mentioned_ids(msg: ParsedMessage) -> tuple[str, ...]:
@@ -89,12 +94,19 @@ def classify(msg: ParsedMessage, ctx: Context) -> Decision:
             return Decision(Kind.AUTO_ANSWER, frozenset(flags | {"auto"}), refs, answers, source)
         return Decision(Kind.SIGNAL, frozenset(flags | {"auto"}), refs, (), source)
     sender = msg.from_addr
+    evidence = sender_evidence(
+        sender, msg.authentication_results, msg.exchange_auth_as, ctx.evidence
+    )
+    trusted = evidence is not Evidence.UNVERIFIED
     if sender is not None and sender in ctx.functionarissen and refs:
-        return Decision(Kind.COMMAND, frozenset(flags), refs, answers, source)
-    if sender is not None:
+        # Unverified, it is still a command: it is refused, and the functionaris told.
+        return Decision(Kind.COMMAND, frozenset(flags), refs, answers, source, evidence)
+    if sender is not None and trusted:
         for ref in refs:
             if ref in ctx.open_reporters and ctx.open_reporters[ref] == sender:
-                return Decision(Kind.FOLLOWUP, frozenset(flags), (ref,), answers, source)
-    if is_drill(msg, ctx):
+                return Decision(Kind.FOLLOWUP, frozenset(flags), (ref,), answers, source, evidence)
+    # Unverified, a "follow-up" or a "drill" is a new signal like any other: nothing is
+    # lost, and nobody outside can add to a signal or steer one away from a destination.
+    if trusted and is_drill(msg, ctx):
         flags.add("drill")
-    return Decision(Kind.SIGNAL, frozenset(flags), refs, (), source)
+    return Decision(Kind.SIGNAL, frozenset(flags), refs, (), source, evidence)

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from inboxd.evidence import EvidencePolicy
 from inboxd.msclouds import graph_refusal
 
 DEFAULT_PATH = "/etc/inboxd/inboxd.toml"
@@ -288,7 +289,11 @@ class TriageConfig(_Section):
     digest_cron: str = "0 9 * * mon-fri"
     """When the digest of open signals (reference, age, state; no content) goes out, as a crontab line in the daemon's local time zone."""
     trusted_authserv_ids: list[str] = []
-    """The authserv-ids of your own receiving servers whose `Authentication-Results` count as evidence that a command really came from its From address."""
+    """The authserv-ids of your own receiving servers whose `Authentication-Results` count as evidence that a command, follow-up or drill really came from its From address (only the topmost fields, only passes aligned with From)."""
+    exchange_internal: bool | None = None
+    """Whether Exchange's `X-MS-Exchange-Organization-AuthAs: Internal` counts as that evidence. Default: true for the ews and graph backends, false otherwise; set it for IMAP only against Exchange."""
+    allow_unauthenticated: bool = False
+    """Act on commands without any sender evidence. Only where none can exist (a local Maildir try-out); refused together with a source of evidence."""
     forward_retry_for: PositiveDuration = 86400.0
     """How long a temporarily refused mail (a forward, say) is retried before it counts as failed."""
     # S/MIME: functionaris address → certificate file (PEM); mail to them is encrypted.
@@ -444,6 +449,7 @@ class Config(_Section):
                 "smtp.from",
                 'must be an address, optionally with a name: "Meldpunt <vreemdverhaal@gemeente.example>"',
             )
+        _evidence_configured(self)
         for addr in self.triage.certificates:
             if addr.lower() not in self.triage.functionarissen:
                 raise _Problem(
@@ -476,6 +482,23 @@ class Config(_Section):
         return self
 
     @property
+    def evidence_policy(self) -> EvidencePolicy:
+        t = self.triage
+        exchange = (
+            t.exchange_internal
+            if t.exchange_internal is not None
+            else self.mailbox.backend in ("ews", "graph")
+        )
+        domains = {a.rsplit("@", 1)[1] for a in t.functionarissen}
+        domains |= {d.lower() for d in self.reporters.ack_domains}
+        return EvidencePolicy(
+            trusted_authserv_ids=frozenset(i.strip().lower() for i in t.trusted_authserv_ids),
+            exchange_internal=exchange,
+            allow_unauthenticated=t.allow_unauthenticated,
+            local_domains=frozenset(domains),
+        )
+
+    @property
     def from_address(self) -> str:
         m = re.search(r"<([^<>]+)>\s*$", self.smtp.from_)
         return (m.group(1) if m else self.smtp.from_).strip().lower()
@@ -486,6 +509,36 @@ class _Problem(ValueError):
         super().__init__(problem)
         self.key = key
         self.problem = problem
+
+
+def _evidence_configured(cfg: Config) -> None:
+    """Commands need proof of who sent them; running without any is a choice made
+    out loud, and only where no proof can exist."""
+    t = cfg.triage
+    for i in t.trusted_authserv_ids:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", i.strip()):
+            raise _Problem(
+                "triage.trusted_authserv_ids",
+                f"{i!r} is not an authserv-id; write your mail server's name as it appears in Authentication-Results",
+            )
+    if t.exchange_internal and cfg.mailbox.backend == "maildir":
+        raise _Problem(
+            "triage.exchange_internal",
+            "a local Maildir is not Exchange; remove it or use the imap, ews or graph backend",
+        )
+    policy = cfg.evidence_policy
+    if not policy.has_source and not t.allow_unauthenticated:
+        raise _Problem(
+            "triage.trusted_authserv_ids",
+            "no source of sender evidence; set triage.trusted_authserv_ids to your mail server's authserv-id"
+            " or triage.exchange_internal = true (Exchange), or triage.allow_unauthenticated = true"
+            " where no evidence can exist (a local test)",
+        )
+    if policy.has_source and t.allow_unauthenticated:
+        raise _Problem(
+            "triage.allow_unauthenticated",
+            "cannot be true while trusted_authserv_ids or exchange_internal give sender evidence; remove it",
+        )
 
 
 def _need(value: str, key: str, what: str) -> None:

@@ -172,6 +172,7 @@ class Intake:
                 own_addresses=frozenset({self.cfg.from_address}),
                 ack_domains=frozenset(d.lower() for d in self.cfg.reporters.ack_domains),
                 sources={k: frozenset(v.addresses) for k, v in self.cfg.sources.items()},
+                evidence=self.cfg.evidence_policy,
             )
         return self._context_base
 
@@ -314,7 +315,11 @@ class Intake:
             decision = replace(decision, flags=decision.flags | {"message_id_reused"})
         remember = (digests[0], *id_digests[:1])
         log.info(
-            "mail.received", kind=decision.kind.value, size=msg.size, flags=sorted(decision.flags)
+            "mail.received",
+            kind=decision.kind.value,
+            size=msg.size,
+            flags=sorted(decision.flags),
+            evidence=decision.evidence.value,
         )
         if decision.kind is Kind.SIGNAL or (
             decision.kind in (Kind.COMMAND, Kind.FOLLOWUP) and self.replies is None

@@ -60,6 +60,8 @@ ALLOWED_FIELDS = frozenset(
         "exception",
         "action",
         "uid",
+        "authenticated",  # sender evidence: a boolean
+        "evidence",  # verified | unverified | not_required
     }
 )
 

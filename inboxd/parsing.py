@@ -158,6 +158,10 @@ class ParsedMessage:
     # line breaks are not the writer's; reading commands must join them first.
     text_flowed: bool = False
     text_delsp: bool = False
+    # Exchange's X-MS-Exchange-Organization-AuthAs values (sender evidence).
+    exchange_auth_as: tuple[str, ...] = ()
+    # ``text`` is a rendering of the HTML part (there was no text/plain to read).
+    text_from_html: bool = False
 
 
 # --- defects and guards ---------------------------------------------------------
@@ -1138,9 +1142,18 @@ def _from(headers: _Headers, defects: _Defects) -> str | None:
 
 
 def _auth_results(headers: _Headers) -> tuple[str, ...]:
+    # A cut field could end inside an address and name another one: a field too long
+    # to keep whole is kept as nothing, which no reader takes for evidence.
     return tuple(
-        _WS_RUN.sub(" ", _one_line(v, AUTH_RESULT_LEN)).strip()
+        _WS_RUN.sub(" ", _one_line(v, AUTH_RESULT_LEN)).strip() if len(v) <= AUTH_RESULT_LEN else ""
         for v in headers.all("authentication-results")[:AUTH_RESULTS_MAX]
+    )
+
+
+def _exchange_auth_as(headers: _Headers) -> tuple[str, ...]:
+    return tuple(
+        _one_line(v, 64).strip()
+        for v in headers.all("x-ms-exchange-organization-authas")[:AUTH_RESULTS_MAX]
     )
 
 
@@ -1221,6 +1234,7 @@ def _parse(raw: bytes) -> ParsedMessage:
     from_addr = _guard(d, "from", None, lambda: _from(headers, d))
     subject = _guard(d, "subject", "", lambda: _subject(headers, d))
     auth = _guard(d, "authentication-results", _NONE, lambda: _auth_results(headers))
+    auth_as = _guard(d, "authas", _NONE, lambda: _exchange_auth_as(headers))
     auto_submitted = _guard(d, "auto-submitted", None, lambda: _auto_submitted(headers))
     null_rp = _guard(d, "return-path", False, lambda: _null_path(headers.first("return-path")))
 
@@ -1268,6 +1282,8 @@ def _parse(raw: bytes) -> ParsedMessage:
         defects=tuple(d.codes),
         text_flowed=text_ref is not None and text_ref.flowed,
         text_delsp=text_ref is not None and text_ref.delsp,
+        exchange_auth_as=auth_as,
+        text_from_html=text_ref is not None and text_ref.is_html,
     )
 
 

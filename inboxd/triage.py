@@ -2,10 +2,10 @@
 forwarding, and the hard deletion that ends every signal.
 
 Authorisation before anything else (as Zulip checks the address token before
-trusting a mail): the sender must be a configured functionaris (exact addr-spec),
-the mail must carry the reference *and* that signal's token (in its body), the
-signal must be open, and where ``trusted_authserv_ids`` is set the receiving server
-must vouch for the sender. Only then is the reply text parsed, and then all-or-nothing.
+trusting a mail): the sender must be a configured functionaris (exact addr-spec), a
+server we trust must vouch that the owner of that address sent it (evidence.py), the
+mail must carry the reference *and* that signal's token (in its body), and the signal
+must be open. Only then is the reply text parsed, and then all-or-nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from inboxd import commands as cmd
 from inboxd.classify import Decision
 from inboxd.crypto import signal_token, tokens_equal
+from inboxd.evidence import Evidence
 from inboxd.intake import iso
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import MailboxItem
@@ -35,7 +36,6 @@ TOKEN_RE = re.compile(
     r"(?<![0-9A-Za-z])([0-9A-Za-z]{4}-[0-9A-Za-z]{4}-[0-9A-Za-z]{4}-[0-9A-Za-z]{4})(?![0-9A-Za-z])"
 )
 _READ_AS = str.maketrans("ILO", "110")
-_AUTH_PASS = re.compile(r"\b(dkim|dmarc|auth)\s*=\s*pass\b", re.IGNORECASE)
 
 
 # A reply carries its signal's token once or twice (subject, quoted request); a mail
@@ -53,22 +53,6 @@ def tokens_in(*texts: str) -> list[str]:
             if len(out) >= MAX_TOKENS:
                 return list(out)
     return list(out)
-
-
-def authenticated(headers: Sequence[str], trusted: Sequence[str]) -> bool:
-    """An ``Authentication-Results`` header from a trusted authserv-id that says pass.
-
-    Only meaningful when the receiving server removes such headers from incoming
-    mail that claim its own id (RFC 8601 §5) — the README says to check that.
-    """
-    if not trusted:
-        return True
-    ids = {t.lower() for t in trusted}
-    for h in headers:
-        authserv = h.split(";", 1)[0].strip().split()[0].lower() if h.strip() else ""
-        if authserv in ids and _AUTH_PASS.search(h):
-            return True
-    return False
 
 
 def month_of(ts: float) -> str:
@@ -103,7 +87,7 @@ class Triage:
         self, tx: Transaction, item: MailboxItem, msg: ParsedMessage, decision: Decision
     ) -> tuple[str, str | None]:
         if decision.kind.value == "followup":
-            return self.followup(tx, item, msg, decision.refs[0])
+            return self.followup(tx, item, msg, decision.refs[0], decision.evidence)
         return self.command(tx, msg, decision), None
 
     def auto_answer(self, tx: Transaction, msg: ParsedMessage, decision: Decision) -> None:
@@ -127,7 +111,12 @@ class Triage:
 
     # -- follow-ups -------------------------------------------------------------
     def followup(
-        self, tx: Transaction, item: MailboxItem, msg: ParsedMessage, ref: str
+        self,
+        tx: Transaction,
+        item: MailboxItem,
+        msg: ParsedMessage,
+        ref: str,
+        evidence: Evidence,
     ) -> tuple[str, str]:
         signal = self.app.store.signal_by_ref(ref)
         assert signal is not None
@@ -135,7 +124,14 @@ class Triage:
         tx.add_field(signal, f"followup:{n}", item.raw)
         if signal.state == "waiting_info":
             signal = tx.update_signal(signal, state="queued")
-        log.info("signal.followup", ref=ref, count=n, size=msg.size, state=signal.state)
+        log.info(
+            "signal.followup",
+            ref=ref,
+            count=n,
+            size=msg.size,
+            state=signal.state,
+            authenticated=evidence is Evidence.VERIFIED,
+        )
         context = {
             "ref": ref,
             "token": signal_token(tx.data_key(signal), ref),
@@ -181,6 +177,9 @@ class Triage:
     def command(self, tx: Transaction, msg: ParsedMessage, decision: Decision) -> str:
         store = self.app.store
         ref = decision.refs[0]
+        if decision.evidence is Evidence.UNVERIFIED:
+            # Before the reference is even looked up: a forger learns nothing.
+            return self._reject(tx, msg, ref, "unverified")
         signal = store.signal_by_ref(ref)
         if signal is None:
             if store.ref_in_use(ref):
@@ -202,8 +201,6 @@ class Triage:
         found = tokens_in(msg.text, msg.html or "")
         if not any(tokens_equal(t, expected) for t in found):
             return self._reject(tx, msg, ref, "token")
-        if not authenticated(msg.authentication_results, self.cfg.triage.trusted_authserv_ids):
-            return self._reject(tx, msg, ref, "authentication")
         if signal.state not in OPEN_STATES:
             return self._reject(tx, msg, ref, "closed")
         if "text-truncated" in msg.defects:
@@ -273,7 +270,13 @@ class Triage:
             ref=None,
             answers=msg.message_id,
         )
-        log.info("command.accepted", ref=ref, count=len(parsed.commands), state=signal.state)
+        log.info(
+            "command.accepted",
+            ref=ref,
+            count=len(parsed.commands),
+            state=signal.state,
+            authenticated=decision.evidence is Evidence.VERIFIED,
+        )
         if close is not None:
             self.delete(tx, signal, [])
         return "expunge"

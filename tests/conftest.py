@@ -31,8 +31,12 @@ Connection facts (all on 127.0.0.1, ports chosen at start, certificate for
 
 Methods:
 
-- ``deliver(raw, to, mail_from="melder@gemeente.example")`` — real SMTP through the
-  relay (a known sender authenticates over STARTTLS; others use the plain port).
+- ``deliver(raw, to, mail_from="melder@gemeente.example", login=None)`` — real SMTP
+  through the relay (a known sender authenticates over STARTTLS, as ``login`` if
+  given; others use the plain port). The relay strips ``Authentication-Results``
+  fields with its id (``servers.AUTHSERV_ID``) and stamps its own: ``auth=pass
+  smtp.auth=<login>``, or ``auth=none`` (+ ``spf=fail`` for a hosted envelope domain).
+  Mail from staff in the end-to-end tests goes through ``world.submit``.
   Dovecot prepends Return-Path/Delivered-To/Received. Raises smtplib errors on
   refusal. Fixture deliveries are not counted and never faulted.
 - ``append(address, raw, folder="INBOX", flags=())``, ``append_many(address, raws,

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from servers import MailServer
-from test_triage import reply
 from world import (
     F1,
     KEDO,
@@ -26,7 +25,9 @@ from world import (
     assert_absent,
     marker,
     parse,
+    reply,
     signal_mail,
+    submit,
 )
 
 from inboxd.crypto import Keyring, generate_key_file
@@ -45,7 +46,7 @@ def year_of(world: World) -> str:
 
 
 def new_signal(world: World, mail: MailServer, mark: str, **kw: object) -> tuple[str, bytes]:
-    mail.deliver(signal_mail(mark, **kw), MAILBOX)  # type: ignore[arg-type]
+    submit(mail, signal_mail(mark, **kw), str(kw.get("sender", REPORTER)))  # type: ignore[arg-type]
     world.once()
     found = [
         m
@@ -80,7 +81,7 @@ def test_queue_list_shows_metadata_only(world: World, mail: MailServer) -> None:
         refs.append(new_signal(world, mail, m)[0])
         world.now += 60  # the list is oldest first
     _, request = new_signal(world, mail, marker(), sender=F1, subject="[TEST] oefening")
-    mail.deliver(reply(request, "WACHT\nVORM arbeid"), MAILBOX, mail_from=F1)
+    submit(mail, reply(request, "WACHT\nVORM arbeid"))
     world.until_quiet()
     out = world.cli("queue", "list")
     assert out.returncode == 0, out.stderr
@@ -164,7 +165,7 @@ def test_purge_of_a_signal_with_a_forward_waiting_forwards_nothing(
 ) -> None:
     mark = marker()
     ref, request = new_signal(world, mail, mark)
-    mail.deliver(reply(request, "KEDO"), MAILBOX, mail_from=F1)
+    submit(mail, reply(request, "KEDO"))
     mail.fail_next(count=1, code=451)  # the forward waits in the outbox for a retry
     world.once()
     assert world.status()["by_state"] == {"forwarding": 1}

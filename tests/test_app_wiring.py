@@ -56,6 +56,7 @@ ack_domains = ["gemeente.example"]
 
 [triage]
 functionarissen = ["a.jansen@gemeente.example", "b.devries@gemeente.example"]
+trusted_authserv_ids = ["relay.gemeente.example"]
 
 [destinations.kedo]
 label = "KEDO"

@@ -39,6 +39,7 @@ key_files = ["master-key"]
 
 [triage]
 functionarissen = ["a.jansen@gemeente.example"]
+allow_unauthenticated = true
 """
 
 IMAP_MAILBOX = """[mailbox]

@@ -10,8 +10,20 @@ from pathlib import Path
 
 import pytest
 from servers import MailServer
-from test_triage import reply
-from world import F1, F2, KEDO, MAILBOX, NLA, REPORTER, RIEC, World, marker, parse, signal_mail
+from world import (
+    F1,
+    F2,
+    KEDO,
+    NLA,
+    REPORTER,
+    RIEC,
+    World,
+    marker,
+    parse,
+    reply,
+    signal_mail,
+    submit,
+)
 
 from inboxd.references import find_references
 
@@ -35,7 +47,7 @@ def with_subject(mail: MailServer, address: str, prefix: str) -> list[bytes]:
 def drill(
     world: World, mail: MailServer, mark: str, subject: str, sender: str = F1
 ) -> tuple[str, bytes]:
-    mail.deliver(signal_mail(mark, sender=sender, subject=subject), MAILBOX, mail_from=sender)
+    submit(mail, signal_mail(mark, sender=sender, subject=subject), sender)
     world.once()
     (request,) = [m for m in with_subject(mail, F1, "Triageverzoek") if mark.encode() in m]
     return find_references(str(parse(request)["Subject"]), "VV")[0], request
@@ -59,7 +71,7 @@ def test_without_test_address_the_functionarissen_get_the_forward(
     mark = marker()
     ref, request = drill(world, mail, mark, f"[TEST] proefsignaal {mark}")
     assert "[OEFENING]" in str(parse(request)["Subject"])
-    mail.deliver(reply(request, "RIEC\nVORM crimineel"), MAILBOX, mail_from=F1)
+    submit(mail, reply(request, "RIEC\nVORM crimineel"))
     world.until_quiet()
     no_real_destination_got_anything(mail)
     for f in (F1, F2):
@@ -76,7 +88,7 @@ def test_with_test_address_per_destination(world: World, mail: MailServer) -> No
     world.write_config(kedo_test=F2)
     mark = marker()
     _, request = drill(world, mail, mark, f"[oefening] kleine letters {mark}")
-    mail.deliver(reply(request, "KEDO RIEC"), MAILBOX, mail_from=F1)
+    submit(mail, reply(request, "KEDO RIEC"))
     world.until_quiet()
     no_real_destination_got_anything(mail)
     f1 = with_subject(mail, F1, "Signaal mensenhandel")
@@ -91,7 +103,7 @@ def test_a_drill_is_done_only_when_every_functionaris_accepted_it(
     world: World, mail: MailServer
 ) -> None:
     _, request = drill(world, mail, marker(), "[TEST] retry")
-    mail.deliver(reply(request, "NLA"), MAILBOX, mail_from=F1)
+    submit(mail, reply(request, "NLA"))
     mail.fail_next(count=1, code=451)  # the first of the two drill copies waits
     world.once()
     assert world.status()["by_state"] == {"forwarding": 1}, "one copy still to go"
@@ -108,7 +120,7 @@ def test_test_subject_from_anyone_else_is_a_real_signal(world: World, mail: Mail
     mark = marker()
     _, request = drill(world, mail, mark, f"[TEST] echt {mark}", sender=REPORTER)
     assert "[OEFENING]" not in str(parse(request)["Subject"])
-    mail.deliver(reply(request, "KEDO"), MAILBOX, mail_from=F1)
+    submit(mail, reply(request, "KEDO"))
     world.until_quiet()
     assert len(mail.messages(KEDO)) == 1
     assert [(r["source"], r["outcome"], r["count"]) for r in counted(world)] == [

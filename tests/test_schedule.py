@@ -18,8 +18,19 @@ from zoneinfo import ZoneInfo
 import pytest
 import structlog
 from servers import MailServer
-from test_triage import reply
-from world import F1, F2, MAILBOX, REPORTER, World, assert_absent, body_text, marker, parse
+from world import (
+    F1,
+    F2,
+    MAILBOX,
+    REPORTER,
+    World,
+    assert_absent,
+    body_text,
+    marker,
+    parse,
+    reply,
+    submit,
+)
 from world import signal_mail as make_signal
 
 from inboxd import logs, schedule
@@ -331,12 +342,12 @@ def test_reminder_once_a_day_with_metadata_only(world: World, mail: MailServer) 
 
 def test_hold_stops_reminders_until_the_next_command(world: World, mail: MailServer) -> None:
     ref, request = new_signal(world, mail, marker())
-    mail.deliver(reply(request, "WACHT"), MAILBOX, mail_from=F1)
+    submit(mail, reply(request, "WACHT"))
     world.until_quiet()
     world.now += 3 * DAY
     world.once()
     assert reminders(mail, F1) == [] and reminders(mail, F2) == []
-    mail.deliver(reply(request, "VORM arbeid"), MAILBOX, mail_from=F1)
+    submit(mail, reply(request, "VORM arbeid"))
     world.until_quiet()  # this command ends the hold
     assert len(reminders(mail, F1)) == 1
     assert ref in body_text(reminders(mail, F1)[0])

@@ -13,12 +13,10 @@ from typing import Any
 
 import pytest
 from servers import MailServer
-from test_triage import reply
 from world import (
     F1,
     F2,
     KEDO,
-    MAILBOX,
     OUTSIDER,
     REPORTER,
     RIEC,
@@ -26,7 +24,9 @@ from world import (
     assert_absent,
     marker,
     parse,
+    reply,
     signal_mail,
+    submit,
 )
 
 from inboxd.admin import change, stats_csv, stats_report, stats_table, suppress
@@ -80,13 +80,13 @@ def run_signals(world: World, mail: MailServer) -> dict[str, tuple[str, str]]:
         raw = signal_mail(
             marks[name], sender=sender, subject=f"{prefix}Signaal {marks[name]}", display="X"
         )
-        mail.deliver(raw, MAILBOX, mail_from=sender)
+        submit(mail, raw, sender)
     world.once()
     out = {}
     for name, (_, _, cmd) in plan.items():
         ref, request = request_for(mail, marks[name])
         out[name] = (marks[name], ref)
-        mail.deliver(reply(request, cmd), MAILBOX, mail_from=F1)
+        submit(mail, reply(request, cmd))
     world.until_quiet()
     assert world.status()["open"] == 0
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,7 +18,8 @@ from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
-from servers import MailServer
+from servers import AUTHSERV_ID, MailServer
+from servers.smtp_relay import stamp
 
 from inboxd import config, logs
 from inboxd.app import App, build
@@ -74,6 +76,7 @@ addresses = ["meldingen@meldmisdaadanoniem.example"]
 functionarissen = ["{f1}", "{f2}"]
 include_content = "{include}"
 trusted_authserv_ids = {trusted}
+allow_unauthenticated = {allow_unauthenticated}
 forward_retry_for = "{retry_for}"
 
 [destinations.kedo]
@@ -131,6 +134,76 @@ def signal_mail(
     return msg.as_bytes()
 
 
+def submit(mail: MailServer, raw: bytes, sender: str = F1) -> None:
+    """Mail as the sender's own mail client sends it: submitted to the relay logged in
+    as ``sender``, so the relay stamps ``auth=pass smtp.auth=<sender>`` — the sender
+    evidence every command, follow-up and drill needs."""
+    assert sender.lower() in mail.users, f"{sender} has no account on the test server"
+    mail.deliver(raw, MAILBOX, mail_from=sender, login=sender)
+
+
+_EXCHANGE_ORG = re.compile(rb"(?im)^x-ms-exchange-organization-[^:]*:.*(?:\r?\n[ \t].*)*\r?\n")
+
+
+def exchange_delivery(raw: bytes, *, internal: bool) -> bytes:
+    """``raw`` as Exchange files it in a mailbox: its header firewall drops every
+    ``X-MS-Exchange-Organization-*`` field the sender wrote, and transport stamps
+    ``AuthAs`` — Internal for a sender Exchange authenticated, Anonymous otherwise."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    head = _EXCHANGE_ORG.sub(b"", head + b"\r\n").removesuffix(b"\r\n")
+    stamp = b"X-MS-Exchange-Organization-AuthAs: " + (b"Internal" if internal else b"Anonymous")
+    return stamp + b"\r\n" + head + sep + body
+
+
+def as_submitted(mail: MailServer, raw: bytes, sender: str) -> bytes:
+    """The bytes :func:`submit` would deliver, for a test that must bypass the relay
+    (IMAP APPEND of a mail the relay would refuse)."""
+    return stamp(raw, sender, sender, mail.relay.hosted_domains)
+
+
+def reply(
+    request: bytes,
+    body: str,
+    *,
+    sender: str = F1,
+    display: str = "A. Jansen",
+    subject: str | None = None,
+    html: bool = False,
+    extra_headers: str = "",
+) -> bytes:
+    """An Outlook-style reply: the new text on top, then the quoted request."""
+    req = parse(request)
+    quoted = body_text(request)
+    subj = subject if subject is not None else f"RE: {req['Subject']}"
+    head = (
+        f'From: "{display}" <{sender}>\r\nTo: {MAILBOX}\r\nSubject: {subj}\r\n'
+        f"Message-ID: <reply-{marker()}@gemeente.example>\r\nIn-Reply-To: {req['Message-ID']}\r\n"
+        f"{extra_headers}MIME-Version: 1.0\r\n"
+    )
+    outlook_header = (
+        "Van: Meldpunt vreemdverhaal <vreemdverhaal@gemeente.example>\r\n"
+        "Verzonden: maandag 23 november 2026 10:13\r\n"
+        f"Aan: {F1}\r\nOnderwerp: {req['Subject']}\r\n"
+    )
+    if html:
+        html_body = (
+            f"<html><body><div>{body.replace(chr(10), '<br>')}</div>"
+            '<div id="divRplyFwdMsg"><hr><b>Van:</b> Meldpunt</div>'
+            f"<div><pre>{quoted}</pre></div></body></html>"
+        )
+        return (
+            head + "Content-Type: text/html; charset=utf-8\r\n\r\n" + html_body + "\r\n"
+        ).encode()
+    text = (
+        body.replace("\n", "\r\n")
+        + "\r\n\r\nMet vriendelijke groet,\r\nAnneke\r\n\r\n"
+        + outlook_header
+        + "\r\n"
+        + quoted.replace("\n", "\r\n")
+    )
+    return (head + "Content-Type: text/plain; charset=utf-8\r\n\r\n" + text + "\r\n").encode()
+
+
 def parse(raw: bytes) -> EmailMessage:
     return BytesParser(policy=policy.default).parsebytes(raw)  # type: ignore[return-value]
 
@@ -162,7 +235,9 @@ class World:
             "retain": "queued",
             "rate": "10/h",
             "include": "full",
-            "trusted": "[]",
+            # The suite's relay stamps Authentication-Results as the mail server does.
+            "trusted": f'["{AUTHSERV_ID}"]',
+            "allow_unauthenticated": "false",
             "retry_for": "24h",
             "kedo_cert": "",
             "kedo_test": "",
@@ -206,6 +281,12 @@ class World:
 
     def app(self) -> App:
         return build(self.cfg(), clock=self.clock)
+
+    def command(self, raw: bytes, sender: str = F1) -> None:
+        """A functionaris' reply, submitted as they would (see :func:`submit`), and
+        everything it causes carried out."""
+        submit(self.mail, raw, sender)
+        self.until_quiet()
 
     def once(self) -> int:
         from inboxd.daemon import once

@@ -26,7 +26,8 @@ from fakes import pki
 from fakes.ews_server import EwsServer
 from fakes.graph_server import GraphServer
 from fakes.token_server import TokenServer
-from world import MAILBOX
+from servers import AUTHSERV_ID
+from world import MAILBOX, exchange_delivery, submit
 
 from inboxd.transport.graph import header_recipients
 
@@ -41,6 +42,17 @@ class Backend(Protocol):
     def config_fragment(self) -> str: ...
 
     def deliver(self, raw: bytes) -> None: ...
+
+    def submit(self, raw: bytes, sender: str) -> None:
+        """Mail from a member of staff, with what the backend's server stamps as
+        evidence of who sent it."""
+
+    def evidence_config(self) -> str:
+        """The ``[triage]`` lines that name that evidence."""
+        ...
+
+    def forge(self, raw: bytes) -> None:
+        """Mail from outside that claims, in its own headers, to be from staff."""
 
     def mailbox_contents(self) -> list[bytes]: ...
 
@@ -100,6 +112,16 @@ from = "{FROM}"
         # APPEND: the bytes land unchanged, as a delivery would leave them.
         self.mail.append(MAILBOX, raw)
 
+    def submit(self, raw: bytes, sender: str) -> None:
+        submit(self.mail, raw, sender)
+
+    def forge(self, raw: bytes) -> None:
+        # Unauthenticated, through the relay, as mail from outside arrives.
+        self.mail.deliver(raw, MAILBOX, mail_from="forger@evil.example")
+
+    def evidence_config(self) -> str:
+        return f'trusted_authserv_ids = ["{AUTHSERV_ID}"]\n'
+
     def mailbox_contents(self) -> list[bytes]:
         return [m for msgs in self.mail.all_messages(MAILBOX).values() for m in msgs]
 
@@ -134,6 +156,16 @@ from = "{FROM}"
         tmp = self.box / "tmp" / name
         tmp.write_bytes(raw)
         os.rename(tmp, self.box / "new" / name)
+
+    def submit(self, raw: bytes, sender: str) -> None:
+        self.deliver(raw)
+
+    def forge(self, raw: bytes) -> None:
+        self.deliver(raw)
+
+    def evidence_config(self) -> str:
+        # Files dropped into a local folder: no server exists that could vouch.
+        return "allow_unauthenticated = true\n"
 
     def mailbox_contents(self) -> list[bytes]:
         return _maildir_files(self.box)
@@ -172,6 +204,15 @@ from = "{FROM}"
 
     def deliver(self, raw: bytes) -> None:
         self.server.deliver(raw)
+
+    def submit(self, raw: bytes, sender: str) -> None:
+        self.server.deliver(exchange_delivery(raw, internal=True))
+
+    def forge(self, raw: bytes) -> None:
+        self.server.deliver(exchange_delivery(raw, internal=False))
+
+    def evidence_config(self) -> str:
+        return ""  # exchange_internal is the default for ews
 
     def mailbox_contents(self) -> list[bytes]:
         st = self.server.state
@@ -216,6 +257,15 @@ from = "{FROM}"
 
     def deliver(self, raw: bytes) -> None:
         self.graph.deliver(raw)
+
+    def submit(self, raw: bytes, sender: str) -> None:
+        self.graph.deliver(exchange_delivery(raw, internal=True))
+
+    def forge(self, raw: bytes) -> None:
+        self.graph.deliver(exchange_delivery(raw, internal=False))
+
+    def evidence_config(self) -> str:
+        return ""  # exchange_internal is the default for graph
 
     def mailbox_contents(self) -> list[bytes]:
         st = self.graph.state

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import structlog
 from contract_backends import Backend
+from servers import AUTHSERV_ID
 from world import F1, F2, KEDO, MAILBOX, NLA, REPORTER, RIEC, body_text, marker, parse, signal_mail
 
 from inboxd import config, logs
@@ -40,7 +41,7 @@ ack_rate_limit = "50/h"
 [triage]
 functionarissen = ["{f1}", "{f2}"]
 include_content = "full"
-
+{evidence}
 [destinations.kedo]
 label = "KEDO (slachtofferspoor)"
 address = "{kedo}"
@@ -72,6 +73,7 @@ class Contract:
             BASE.format(
                 root=self.root,
                 fragment=self.backend.config_fragment(),
+                evidence=self.backend.evidence_config(),
                 f1=F1,
                 f2=F2,
                 kedo=KEDO,
@@ -235,7 +237,7 @@ def test_reply_forwards_to_kedo_and_deletes_everything(contract: Contract) -> No
     _raw, ref = new_signal(contract, mark)
     request = triage_requests(b, F1, ref)[0]
 
-    b.deliver(reply(request, "KEDO\nVORM arbeid"))
+    b.submit(reply(request, "KEDO\nVORM arbeid"), F1)
     contract.until_quiet()
 
     forwards = b.received(KEDO)
@@ -253,6 +255,32 @@ def test_reply_forwards_to_kedo_and_deletes_everything(contract: Contract) -> No
     absent(mark, "the logs", contract.log.getvalue())
     absent(mark, "the signals account (every folder)", b.mailbox_contents())
     assert b.mailbox_contents() == []
+
+
+def test_a_forged_reply_is_refused_where_the_server_can_vouch(contract: Contract) -> None:
+    """The forger writes every header a trusted server would: Exchange's AuthAs and
+    an Authentication-Results with the relay's own id. The server's own stamps win."""
+    b = contract.backend
+    _raw, ref = new_signal(contract, marker())
+    request = triage_requests(b, F1, ref)[0]
+    forged = (
+        "X-MS-Exchange-Organization-AuthAs: Internal\r\n"
+        f"Authentication-Results: {AUTHSERV_ID}; auth=pass smtp.auth={F1}\r\n"
+    ).encode() + reply(request, "KEDO")
+    b.forge(forged)
+    contract.until_quiet()
+    log = contract.log.getvalue()
+    if b.name == "maildir":
+        # allow_unauthenticated: accepted, and the log says it was not verified.
+        assert len(b.received(KEDO)) == 1
+        assert '"authenticated": false' in log
+        return
+    assert b.received(KEDO) == [], "a forged command is never carried out"
+    assert contract.open_signals() == 1
+    rejected = [m for m in b.received(F1) if "Niet uitgevoerd" in str(parse(m)["Subject"])]
+    assert len(rejected) == 1
+    assert "afkomstig uit uw eigen mailbox" in body_text(rejected[0])
+    assert '"reason": "unverified"' in log
 
 
 def test_the_same_message_twice_is_one_signal(contract: Contract) -> None:

@@ -18,9 +18,9 @@ from typing import Literal
 from imapclient import IMAPClient
 
 from .dovecot import USERS, Dovecot, password_for
-from .smtp_relay import FIXTURE_HELO, Received, Relay
+from .smtp_relay import AUTHSERV_ID, FIXTURE_HELO, Received, Relay
 
-__all__ = ["USERS", "MailServer", "Received", "password_for"]
+__all__ = ["AUTHSERV_ID", "USERS", "MailServer", "Received", "password_for"]
 
 _FETCH_BATCH = 200
 
@@ -96,20 +96,25 @@ class MailServer:
         raw: bytes,
         to: str | Sequence[str],
         mail_from: str = "melder@gemeente.example",
+        *,
+        login: str | None = None,
     ) -> None:
         """Send ``raw`` through the relay, really over SMTP. A known sender submits
-        with STARTTLS + AUTH as itself; any other sender (or ``""``, a null sender)
-        uses the plain port. Raises smtplib errors when a recipient is refused.
+        with STARTTLS + AUTH as itself (or as ``login``, another known account: the
+        relay does not tie the envelope to the login); any other sender (or ``""``, a
+        null sender) uses the plain port. Raises smtplib errors when a recipient is
+        refused. The relay stamps ``Authentication-Results`` (see smtp_relay.py).
 
         Dovecot prepends ``Return-Path``, ``Delivered-To`` and ``Received`` on delivery.
         Not counted in ``relay.accepted`` and never hit by fault switches."""
         rcpts = [to] if isinstance(to, str) else list(to)
-        known = mail_from.lower() in self.users
+        user = login if login is not None else mail_from
+        known = user.lower() in self.users
         port = self.smtp_port if known else self.smtp_plain_port
         with smtplib.SMTP(self.smtp_host, port, local_hostname=FIXTURE_HELO, timeout=30) as smtp:
             if known:
                 smtp.starttls(context=self.ssl_context())
-                smtp.login(mail_from, self.password(mail_from))
+                smtp.login(user, self.password(user))
             refused = smtp.sendmail(mail_from, rcpts, raw)
         if refused:
             raise smtplib.SMTPRecipientsRefused(refused)

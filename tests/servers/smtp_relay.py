@@ -11,6 +11,13 @@ Recipients are checked against Dovecot at RCPT time (an LMTP probe), so an unkno
 user gets Dovecot's own 550; DATA is delivered by one LMTP transaction per
 recipient and Dovecot's answer is passed back.
 
+Like a real MTA with an authentication milter (RFC 8601 §5), the relay removes every
+``Authentication-Results`` field that claims its own id (:data:`AUTHSERV_ID`) and
+puts its own on top: ``auth=pass smtp.auth=<login>`` for an authenticated
+submission; ``auth=none`` otherwise, with ``spf=fail`` when the envelope sender is
+in a domain the relay hosts (such mail must come authenticated). What is delivered
+carries that field; :attr:`Received.raw` stays the bytes as sent.
+
 Fault switches (:meth:`Relay.fail_next`) make the next N transactions fail at RCPT
 or DATA with a chosen code. Transactions made by the test fixtures themselves (EHLO
 name :data:`FIXTURE_HELO`) are neither faulted nor counted in :attr:`Relay.accepted`
@@ -23,6 +30,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import re
 import smtplib
 import ssl
 import threading
@@ -38,6 +46,40 @@ from .dovecot import free_port, oauth2_token_for
 from .tlsca import TlsFiles
 
 FIXTURE_HELO = "fixture.deliver.invalid"
+AUTHSERV_ID = "relay.gemeente.example"
+_AR_NAME = b"authentication-results:"
+_AUTHSERV = re.compile(rb"^\s*(?:\([^()]*\)\s*)*([^\s;()]+)")
+
+
+def stamp(raw: bytes, login: str | None, mail_from: str, hosted: frozenset[str]) -> bytes:
+    """``raw`` as the relay delivers it: forged fields with its id gone, its own on top."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        head, sep, body = raw.partition(b"\n\n")
+    nl = b"\r\n" if sep == b"\r\n\r\n" or not sep else b"\n"
+    fields: list[list[bytes]] = []
+    for line in head.split(nl):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    kept = []
+    for f in fields:
+        if f[0].lower().startswith(_AR_NAME):
+            value = b" ".join(f)[len(_AR_NAME) :]
+            m = _AUTHSERV.match(value)
+            if m and m.group(1).decode(errors="replace").lower() == AUTHSERV_ID:
+                continue
+        kept.append(nl.join(f))
+    if login:
+        result = f"auth=pass smtp.auth={login}"
+    else:
+        domain = mail_from.rpartition("@")[2].lower()
+        result = "auth=none"
+        if domain in hosted:
+            result += f"; spf=fail smtp.mailfrom={mail_from}"
+    own = f"Authentication-Results: {AUTHSERV_ID}; {result}".encode()
+    return nl.join([own, *kept]) + (sep or nl + nl) + body
 
 
 @dataclass(frozen=True)
@@ -141,12 +183,6 @@ class _Handler:
                     return faults.pop(0).reply
         raw = envelope.original_content or b""
         rcpts = tuple(envelope.rcpt_tos)
-        loop = asyncio.get_running_loop()
-        code, msg = await loop.run_in_executor(
-            None, _lmtp_deliver, self.relay.lmtp_socket, envelope.mail_from or "", rcpts, raw
-        )
-        if code != 250:
-            return f"{code} {msg.decode(errors='replace')}"
         auth = session.auth_data
         login = (
             auth.login.decode()
@@ -155,9 +191,17 @@ class _Handler:
             if isinstance(auth, str)
             else None
         )
+        mail_from = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
+        delivered = stamp(raw, login, mail_from, self.relay.hosted_domains)
+        loop = asyncio.get_running_loop()
+        code, msg = await loop.run_in_executor(
+            None, _lmtp_deliver, self.relay.lmtp_socket, envelope.mail_from or "", rcpts, delivered
+        )
+        if code != 250:
+            return f"{code} {msg.decode(errors='replace')}"
         rec = Received(
             # aiosmtpd reports the null sender as "<>"; "" is what a sender passes.
-            mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
+            mail_from=mail_from,
             rcpt_tos=rcpts,
             raw=raw,
             port=self.port,
@@ -222,6 +266,7 @@ class Relay:
         self.host = "127.0.0.1"
         self.lmtp_socket = lmtp_socket
         self.passwords = {k.lower(): v for k, v in passwords.items()}
+        self.hosted_domains = frozenset(a.rpartition("@")[2] for a in self.passwords)
         self.state = _State()
         self.port = free_port()
         self.tls_port = free_port()
