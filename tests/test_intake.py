@@ -21,6 +21,7 @@ from world import (
     marker,
     parse,
     signal_mail,
+    submit,
 )
 
 from inboxd.references import find_references
@@ -370,7 +371,7 @@ def test_a_message_delivered_twice_with_other_trace_headers_is_one_signal(
 
     # Closed and deleted: the content-free record still knows it within dedup_window.
     request = mail.messages(F1)[0]
-    mail.deliver(close_reply(request), MAILBOX, mail_from=F1)
+    submit(mail, close_reply(request))
     world.until_quiet()
     assert world.status()["open"] == 0
     world.now += 86400
