@@ -16,6 +16,7 @@ from world import (
     OUTSIDER,
     REPORTER,
     World,
+    as_submitted,
     assert_absent,
     body_text,
     marker,
@@ -563,10 +564,11 @@ def test_hostile_shapes_each_cost_a_moment_and_every_one_is_queued(
     ref = find_references(str(parse(mail.wait_for_messages(REPORTER, 1)[0])["Subject"]), "VV")[0]
     shapes = hostile.shapes()
     # A forged command for an open signal: the reference is right, and the token is
-    # sought among 70,000 look-alikes.
+    # sought among 70,000 look-alikes. Stamped as F1's own submission, so it gets past
+    # the sender evidence to the token search whose cost is measured here.
     tokens = " ".join(f"{hostile.code(i)}-ABCD-EFGH-JKMN" for i in range(70_000)).encode()
-    shapes["a forged command with 70,000 tokens"] = hostile.mail(
-        sender=F1, subject=f"Re: {ref}".encode(), body=tokens + b"\r\n"
+    shapes["a forged command with 70,000 tokens"] = as_submitted(
+        mail, hostile.mail(sender=F1, subject=f"Re: {ref}".encode(), body=tokens + b"\r\n"), F1
     )
     app = world.app()
     took: dict[str, float] = {}
