@@ -208,6 +208,7 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
             "--disable-gpu",
             "--hide-scrollbars",
             "--no-first-run",
+            "--disable-dev-shm-usage",  # containers often give /dev/shm only 64 MB
             f"--user-data-dir={tmp_path / 'profile'}",
             *args,
         ],
