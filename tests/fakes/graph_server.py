@@ -25,13 +25,20 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import http.server
+import io
 import json
 import re
 import secrets
 import threading
 import uuid
 from dataclasses import dataclass, field
+from email import encoders
+from email.generator import BytesGenerator
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import compat32
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -99,6 +106,8 @@ class _State:
     rewrite_message_ids: bool = False
     # Upload sessions: token -> (draft id, name, content type, size, bytes so far).
     uploads: dict[str, tuple[str, str, str, int, bytearray]] = field(default_factory=dict)
+    # $value answers MIME that Exchange rebuilt from its store (see rebuilt_mime).
+    rebuild_mime: bool = True
     # The tenant's message size limit (MaxSendSize), on the message as transmitted.
     max_send_size: int = 150 * 1024 * 1024
     # A hold / single item recovery (on by default in Exchange Online):
@@ -517,7 +526,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if msg is None or msg.folder == "recoverableitemspurges":
             self._not_found()
             return
-        self._send(200, msg.mime, {"Content-Type": "text/plain"})
+        mime = rebuilt_mime(msg.mime) if self.state.rebuild_mime else msg.mime
+        self._send(200, mime, {"Content-Type": "text/plain"})
 
     def _r_permanentDelete(
         self, method: str, path: str, query: dict[str, str], body: bytes
@@ -710,6 +720,63 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             with st.lock:
                 st.protocol_errors.append(str(exc))
             self._json(*_graph_error(400, "BadRequest", str(exc)))
+
+
+def rebuilt_mime(raw: bytes) -> bytes:
+    """The MIME ``$value`` answers: Exchange does not keep a message's MIME, it
+    generates it from the stored item ("Even though Outlook does not save messages
+    in MIME format, you can use a $value segment to get the MIME content",
+    microsoftgraph/microsoft-graph-docs#3564; https://learn.microsoft.com/en-us/
+    graph/outlook-get-mime-message). So the bytes differ from what was delivered:
+    headers re-folded, new boundaries (Exchange's ``_000_…_`` form, derived from the
+    message so that the same message is rebuilt the same way), text parts in
+    quoted-printable, other parts in base64. What does not parse is served as is."""
+    try:
+        msg = BytesParser(policy=compat32).parsebytes(raw)
+        if msg.defects or any(p.defects for p in msg.walk()):
+            return raw  # not clean enough for the fake to rebuild faithfully
+        seed = hashlib.sha256(raw).hexdigest()[:24].upper()
+        _rebuild(msg, seed, [0])
+        out = io.BytesIO()
+        BytesGenerator(
+            out, mangle_from_=False, maxheaderlen=78, policy=compat32.clone(linesep="\r\n")
+        ).flatten(msg)
+        return out.getvalue()
+    except Exception:
+        return raw
+
+
+def _rebuild(part: Message, seed: str, count: list[int]) -> None:
+    # Unfolded values, so that the generator folds them at its own places (only
+    # ASCII ones: the fake does not guess at raw 8-bit headers).
+    items = list(part.items())
+    if all(isinstance(v, str) and v.isascii() for _k, v in items):
+        for key in {k for k, _ in items}:
+            del part[key]
+        for key, value in items:
+            part[key] = re.sub(r"\r?\n[ \t]+", " ", value)
+    if part.is_multipart():
+        count[0] += 1
+        part.set_boundary(f"_{count[0]:03d}_{seed}_")
+        for sub in part.get_payload():
+            _rebuild(sub, seed, count)
+        return
+    if part.get_content_type() == "message/rfc822":
+        return
+    cte = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes):
+        return
+    del part["Content-Transfer-Encoding"]
+    if part.get_content_maintype() == "text":
+        if cte == "quoted-printable":
+            part["Content-Transfer-Encoding"] = cte
+            return
+        part.set_payload(data)
+        encoders.encode_quopri(part)
+    else:
+        part.set_payload(data)
+        encoders.encode_base64(part)
 
 
 def _with_attachments(mime: bytes, files: list[tuple[str, str, bytes]]) -> bytes:
