@@ -180,6 +180,12 @@ class Keyring:
         mid = message_id.encode("utf-8", "replace")
         return [hmac.new(k, mid, hashlib.sha256).digest() for k in reversed(self._message_id_keys)]
 
+    def command_digests(self, *parts: str) -> list[bytes]:
+        """HMACs naming one command mail (its sender and Message-ID, see triage.py),
+        under every dedup key; prefixed so they never meet a content digest."""
+        data = b"command\0" + "\0".join(parts).encode("utf-8", "replace")
+        return [hmac.new(k, data, hashlib.sha256).digest() for k in reversed(self._dedup_keys)]
+
     def sender_digest(self, address: str) -> bytes:
         """A keyed hash of a sender, for the acknowledgement rate limit (no address kept)."""
         if not self._sender_key:

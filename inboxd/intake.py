@@ -306,7 +306,16 @@ class Intake:
         if digests[0] in seen or self.store.has_dedup(digests):
             tx.record_key(item.key, "expunge")
             result.duplicates += 1
-            log.info("signal.duplicate", size=msg.size)
+            # A command delivered again acts once, and gets no answer: an identical
+            # copy is a relay's retry or a loop, and answering a loop feeds it.
+            command = msg.from_addr in self.context().functionarissen and bool(
+                references_in(msg, self.cfg.reference_prefix)
+            )
+            log.info(
+                "command.duplicate" if command else "signal.duplicate",
+                size=msg.size,
+                reason="redelivered",
+            )
             return
         seen.add(digests[0])
         id_digests = self.keyring.message_id_digests(msg.message_id) if msg.message_id else []

@@ -177,6 +177,8 @@ class Triage:
     def command(self, tx: Transaction, msg: ParsedMessage, decision: Decision) -> str:
         store = self.app.store
         ref = decision.refs[0]
+        if self._seen_before(tx, msg, ref):
+            return "expunge"
         if decision.evidence is Evidence.UNVERIFIED:
             # Before the reference is even looked up: a forger learns nothing.
             return self._reject(tx, msg, ref, "unverified")
@@ -280,6 +282,40 @@ class Triage:
         if close is not None:
             self.delete(tx, signal, [])
         return "expunge"
+
+    def _seen_before(self, tx: Transaction, msg: ParsedMessage, ref: str) -> bool:
+        """A command mail acts once. The same mail delivered again byte for byte (a
+        relay's retry, a loop) never gets this far (intake's dedup); this catches the
+        same sender's same Message-ID with other bytes — a resend, or a replay by
+        someone who captured it — whatever became of the first. One short answer
+        for the first such copy, none after: a loop cannot make a mail storm."""
+        assert msg.from_addr is not None
+        keyring, store = self.app.keyring, self.app.store
+        # Without a Message-ID the visible content names the mail instead.
+        name = (
+            (msg.from_addr, msg.message_id)
+            if msg.message_id
+            else (msg.from_addr, "", msg.subject, msg.text, msg.html or "")
+        )
+        seen = keyring.command_digests(*name)
+        expires = self.app.clock() + self.cfg.dedup_window
+        if not store.has_dedup(seen):
+            tx.add_dedup(seen[0], None, expires)
+            return False
+        answered = keyring.command_digests("answered", *name)
+        log.warning("command.duplicate", ref=ref, reason="replayed")
+        if not store.has_dedup(answered):
+            tx.add_dedup(answered[0], None, expires)
+            self.mailer.queue(
+                tx,
+                "command_rejected",
+                "command_rejected",
+                msg.from_addr,
+                {"ref": ref, "reason": "duplicate", "lines": []},
+                ref=None,
+                answers=msg.message_id,
+            )
+        return True
 
     def _status_lines(self, s: Signal) -> list[str]:
         age = int((self.app.clock() - s.created_at) // 3600)
