@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from inboxd import commands as cmd
@@ -53,6 +53,53 @@ def tokens_in(*texts: str) -> list[str]:
             if len(out) >= MAX_TOKENS:
                 return list(out)
     return list(out)
+
+
+def read_commands(msg: ParsedMessage, destinations: Collection[str]) -> cmd.Parsed | None:
+    """The commands of a reply; ``None`` when its text and HTML parts disagree.
+
+    A mail with both a text/plain and a text/html part shows one or the other, and a
+    functionaris sees only one: text that is invisible in the HTML (white on white,
+    a 1px font, an off-screen box) could carry a command they never saw in their
+    plain view, or the other way round. So both are read, and the commands count
+    only when both give the same list. A part on its own is read as it is (the
+    HTML without its hidden elements and comments, see replytext.py).
+    """
+    html = msg.html if msg.html is not None and msg.html.strip() else None
+    plain = msg.text if not msg.text_from_html and msg.text.strip() else None
+    from_plain = (
+        cmd.parse_commands(
+            reply_text(plain, None, flowed=msg.text_flowed, delsp=msg.text_delsp), destinations
+        )
+        if plain is not None or html is None
+        else None
+    )
+    from_html = cmd.parse_commands(reply_text(None, html), destinations) if html else None
+    if from_plain is None:
+        assert from_html is not None
+        return from_html
+    if from_html is None:
+        return from_plain
+    if _same(from_plain, from_html):
+        return from_plain
+    return None
+
+
+def _same(a: cmd.Parsed, b: cmd.Parsed) -> bool:
+    """The same commands, read the same way: equal up to white space in free text
+    (one part may wrap a question the other keeps on one line), and both valid or
+    both not."""
+
+    def key(c: cmd.Command) -> object:
+        if isinstance(c, cmd.Ask):
+            return ("ask", " ".join(c.question.split()))
+        if isinstance(c, cmd.Close):
+            return ("close", " ".join(c.reason.split()))
+        return c
+
+    return [key(c) for c in a.commands] == [key(c) for c in b.commands] and bool(a.errors) == bool(
+        b.errors
+    )
 
 
 def month_of(ts: float) -> str:
@@ -208,11 +255,9 @@ class Triage:
         if "text-truncated" in msg.defects:
             # Commands are all-or-nothing; a reply we could not read whole is refused.
             return self._reject(tx, msg, ref, "too_long")
-        # With an HTML part, read that: msg.text may be its rendering, and reply_text
-        # drops hidden elements and comments before rendering it again.
-        plain = None if msg.html is not None else msg.text
-        text = reply_text(plain, msg.html, flowed=msg.text_flowed, delsp=msg.text_delsp)
-        parsed = cmd.parse_commands(text, self.cfg.destinations.keys())
+        parsed = read_commands(msg, self.cfg.destinations.keys())
+        if parsed is None:
+            return self._reject(tx, msg, ref, "parts_differ")
         if parsed.errors:
             return self._reject(
                 tx, msg, ref, "invalid", [cmd.explain(e, self.lang) for e in parsed.errors]
