@@ -435,6 +435,11 @@ def _explain_token(cfg: Config, section: str, exc: TokenError) -> str:
 
 def _explain_mailbox(cfg: Config, reason: str, auth: bool) -> str:
     mb = cfg.mailbox
+    if mb.backend == "maildir":
+        return (
+            f"mailbox (maildir): {reason}; check [mailbox] path: it must name an existing"
+            " Maildir folder (with new/, cur/ and tmp/) this user may write"
+        )
     if not auth:
         return (
             f"mailbox ({mb.backend}): {reason}; check the host and port, the network, and ca_file"

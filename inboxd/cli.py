@@ -31,36 +31,109 @@ def _parser() -> _Parser:
         choices=["debug", "info", "warning", "error"],
         help="default: info for run and once, warning for the others",
     )
+    from inboxd import __version__
+
     p = _Parser(prog="inboxd", description="The vreemdverhaal mailbox daemon.", parents=[common])
+    p.add_argument("--version", action="version", version=f"inboxd {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    sub.add_parser("run", parents=[common], help="the daemon, in the foreground")
-    sub.add_parser("once", parents=[common], help="everything due now, then exit")
-    sub.add_parser(
-        "check", parents=[common], help="validate configuration and keys, log in to the servers"
+
+    def command(name: str, summary: str, description: str) -> _Parser:
+        parser: _Parser = sub.add_parser(
+            name, parents=[common], help=summary, description=description
+        )
+        return parser
+
+    command(
+        "run",
+        "the daemon, in the foreground",
+        "Run the daemon in the foreground (as systemd does): wait for mail, take it in, "
+        "carry out commands, send what is due; SIGTERM finishes the message in hand.",
     )
-    st = sub.add_parser(
-        "status", parents=[common], help="queue depth, oldest signal, last fetch/send/error"
+    command(
+        "once",
+        "everything due now, then exit",
+        "Do everything that is due now (fetch, commands, forwards, deletions, reminders, "
+        "digest) and exit: 0, or 3 when a server could not be reached (one line on stderr).",
     )
-    st.add_argument("--json", action="store_true")
-    stats = sub.add_parser("stats", parents=[common], help="anonymous counts per year")
-    stats.add_argument("--year", type=int)
+    command(
+        "check",
+        "validate configuration and keys, log in to the servers",
+        "Check the configuration, the master keys and certificates, and log in to the "
+        "mailbox and the outgoing mail server; nothing is sent. Exit 0, 2 or 3.",
+    )
+    admin_note = (
+        " Asks the running service over its admin socket; without one, reads the "
+        "state directory directly."
+    )
+    st = command(
+        "status",
+        "queue depth, oldest signal, last fetch/send/error",
+        "Show signals per state, flags, the oldest open signal, the outbox, the last "
+        "fetch, send and error, the master key ids and the version." + admin_note,
+    )
+    st.add_argument("--json", action="store_true", help="one JSON object, for monitoring")
+    stats = command(
+        "stats",
+        "anonymous counts per year",
+        "Anonymous counts of a year against the year before: per month, source, form, "
+        "outcome and time to decision." + admin_note,
+    )
+    stats.add_argument("--year", type=int, help="default: this year")
     stats.add_argument("--format", choices=["table", "csv", "json", "html"], default="table")
-    stats.add_argument("--suppress-below", type=int, default=0, metavar="N")
+    stats.add_argument(
+        "--suppress-below", type=int, default=0, metavar="N", help="show counts under N as <N"
+    )
     stats.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
-    q = sub.add_parser("queue", parents=[common], help="open signals (metadata) / audited purge")
+    q = command(
+        "queue",
+        "open signals (metadata) / audited purge",
+        "The queue of open signals. Actions: 'list' shows their metadata (never "
+        "content); 'purge REF --yes' deletes one for good, without forwarding or "
+        "feedback, and audits it." + admin_note,
+    )
     qs = q.add_subparsers(dest="queue_command", metavar="ACTION", parser_class=_Parser)
     qs.required = True
-    qs.add_parser("list", parents=[common])
-    purge = qs.add_parser("purge", parents=[common])
-    purge.add_argument("ref")
-    purge.add_argument("--yes", action="store_true")
-    k = sub.add_parser("keys", parents=[common], help="master keys")
+    qs.add_parser(
+        "list",
+        parents=[common],
+        help="reference, state, age, flags, form, destinations of each open signal",
+        description="List the open signals: reference, state, age, flags, form, "
+        "destinations, hold. Never content.",
+    )
+    purge = qs.add_parser(
+        "purge",
+        parents=[common],
+        help="delete one open signal for good (needs --yes; audited)",
+        description="Delete one open signal for good, without forwarding or feedback; it "
+        "is counted with outcome 'verwijderd' and the action is audited.",
+    )
+    purge.add_argument("ref", help="the signal's reference, e.g. VV-7K3M-9QXF")
+    purge.add_argument("--yes", action="store_true", help="really delete it")
+    k = command(
+        "keys",
+        "master keys: generate / rotate",
+        "Master keys. Actions: 'generate --out PATH' writes a new key file (0600, never "
+        "overwrites); 'rotate' re-wraps every data key under the newest configured key "
+        "(asks the running service, which holds the keys).",
+    )
     ks = k.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_Parser)
     ks.required = True
-    gen = ks.add_parser("generate", parents=[common])
+    gen = ks.add_parser(
+        "generate",
+        parents=[common],
+        help="write a new master key file (0600, never overwrites)",
+        description="Write a new master key to PATH (mode 0600); an existing file is "
+        "never overwritten.",
+    )
     gen.add_argument("--out", required=True, metavar="PATH")
-    ks.add_parser("rotate", parents=[common])
+    ks.add_parser(
+        "rotate",
+        parents=[common],
+        help="re-wrap every data key under the newest master key",
+        description="Re-wrap every data key under the newest master key in crypto.key_files, "
+        "in small transactions; an interrupted rotation is simply run again." + admin_note,
+    )
     guide = sub.add_parser(
         "guide",
         parents=[common],
@@ -83,8 +156,12 @@ def _parser() -> _Parser:
     reg.add_argument("--format", choices=["text", "json"], default="text")
     reg.add_argument("--language", choices=["nl", "en"], help="default: the configured language")
     reg.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
-    demo = sub.add_parser(
-        "demo", parents=[common], help="the life of a signal in a throw-away local world"
+    demo = command(
+        "demo",
+        "the life of a signal in a throw-away local world",
+        "Show the whole life of a signal, narrated, in a local Maildir world of its own "
+        "(no mail server, no configuration: --config is refused). The world is removed "
+        "afterwards, unless --keep DIR builds it in DIR and keeps it to look at.",
     )
     demo.add_argument("--keep", metavar="DIR", help="build the demo world in DIR and keep it")
     return p
@@ -153,6 +230,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from inboxd.demo import run_demo
 
+        if args.config:
+            return _fail(
+                "demo builds a world of its own and takes no --config; use --keep DIR to "
+                "keep that world, or 'inboxd once --config PATH' for yours",
+                EXIT_CONFIG,
+            )
+
         return run_demo(keep=args.keep)
     cfg = config.load(args.config)
     if args.command == "guide":
@@ -175,7 +259,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "once":
         from inboxd.daemon import once
 
-        return once(app)
+        problems: list[str] = []
+        code = once(app, problems)
+        if problems:
+            return _fail("; ".join(problems), code)
+        return code
     from inboxd.daemon import Daemon
 
     return Daemon(app).run()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -727,6 +728,15 @@ def read_secret(cfg: Config, file: str, env: str, key: str) -> str:
         creds = os.environ.get("CREDENTIALS_DIRECTORY")
         path = Path(creds) / path if creds else Path(cfg.source_path).resolve().parent / path
     try:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            # As for key files: a secret others may read is refused, not merely used.
+            raise ConfigError(
+                cfg.source_path,
+                key,
+                f"{path}: file mode {stat.S_IMODE(mode):04o} grants access to group or others;"
+                f" run 'chmod 600 {path}'",
+            )
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(

@@ -144,8 +144,11 @@ class Daemon:
         return 0
 
 
-def once(app: App) -> int:
-    """Everything due now, then exit: 0, or 3 when a server could not be reached."""
+def once(app: App, problems: list[str] | None = None) -> int:
+    """Everything due now, then exit: 0, or 3 when a server could not be reached.
+    ``problems`` gets one line for a person per failure (the log has the details)."""
+    from inboxd.app import explain_failure
+
     code = 0
     try:
         app.mailbox.open()
@@ -154,6 +157,8 @@ def once(app: App) -> int:
     except MailboxError as exc:
         log.error("mailbox.error", error=type(exc).__name__, reason=exc.reason)
         code = 3
+        if problems is not None:
+            problems.append(explain_failure(app.cfg, "mailbox", exc))
     try:
         from inboxd.schedule import due_jobs
 
@@ -163,5 +168,10 @@ def once(app: App) -> int:
     drained = app.outbox.drain()
     if drained.unreachable:
         code = 3
+        if problems is not None:
+            problems.append(
+                f"outgoing mail ({app.cfg.smtp.transport}): the server could not be reached;"
+                " the mail waits in the outbox and is tried again"
+            )
     app.close()
     return code

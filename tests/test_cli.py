@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -407,3 +409,117 @@ def test_status_shows_counts_but_no_content(world: Path) -> None:
     assert text.returncode == 0
     assert "queued: 1" in text.stdout
     assert marker not in text.stdout
+
+
+# -- the rough edges a new user hit ---------------------------------------------------------
+
+
+def test_version(tmp_path: Path) -> None:
+    from inboxd import __version__
+
+    p = run("--version", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == f"inboxd {__version__}\n"
+
+
+def _subparsers(parser: object) -> dict[str, object]:
+    import argparse
+
+    assert isinstance(parser, argparse.ArgumentParser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def test_every_command_and_action_describes_itself() -> None:
+    from inboxd.cli import _parser
+
+    commands = _subparsers(_parser())
+    assert {"run", "once", "check", "status", "stats", "queue", "keys", "demo"} <= set(commands)
+    for name, parser in commands.items():
+        assert getattr(parser, "description", None), f"inboxd {name} --help has no description"
+        for action, sub in _subparsers(parser).items():
+            assert getattr(sub, "description", None), f"inboxd {name} {action} --help"
+
+
+@pytest.mark.parametrize(
+    ("command", "actions"), [("queue", ("list", "purge")), ("keys", ("generate", "rotate"))]
+)
+def test_help_lists_the_actions(tmp_path: Path, command: str, actions: tuple[str, ...]) -> None:
+    p = run(command, "--help", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    listed = re.findall(r"^    (\w+) +\S", p.stdout, re.MULTILINE)
+    assert listed == list(actions), p.stdout
+    for action in actions:
+        assert f"'{action}" in p.stdout, "the description names each action too"
+
+
+def test_demo_refuses_a_config(tmp_path: Path) -> None:
+    line = one_error_line(run("demo", "--config", str(tmp_path / "x.toml"), cwd=tmp_path))
+    assert "--keep DIR" in line
+    assert not (tmp_path / "x.toml").exists()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "`inboxd demo [--keep DIR]`" in readme
+
+
+def test_once_reports_a_failure_in_one_line(world: Path) -> None:
+    """A Maildir that is not there: one line naming the path, not "host and port";
+    the log lines stay on stdout for the journal."""
+    shutil.rmtree(world / "vreemdverhaal")
+    p = run("once", "--config", str(world / "inboxd.toml"), cwd=world)
+    assert p.returncode == 3, p.stderr
+    line = one_error_line(p, code=3)
+    assert str(world / "vreemdverhaal") in line and "[mailbox] path" in line
+    assert "host and port" not in line
+    assert all(json.loads(x) for x in p.stdout.splitlines()), "stdout: log lines only"
+
+
+def test_check_prints_people_text_and_logs_to_stderr(world: Path) -> None:
+    for sub in ("cur", "tmp"):
+        (world / "vreemdverhaal" / sub).mkdir()
+    p = run("check", "--config", str(world / "inboxd.toml"), "--log-level", "info", cwd=world)
+    assert p.returncode == 0, p.stderr
+    assert "mailbox (maildir): logged in" in p.stdout
+    assert not [x for x in p.stdout.splitlines() if x.startswith("{")], p.stdout
+    assert [json.loads(x) for x in p.stderr.splitlines()], "the log lines went to stderr"
+    shutil.rmtree(world / "vreemdverhaal")
+    missing = run("check", "--config", str(world / "inboxd.toml"), cwd=world)
+    line = one_error_line(missing, code=3)
+    assert str(world / "vreemdverhaal") in line and "host and port" not in line
+
+
+def test_status_shows_the_last_error_in_words(world: Path) -> None:
+    from inboxd.crypto import Keyring
+    from inboxd.store import SqliteStore
+
+    store = SqliteStore(world / "state", Keyring.locked())
+    try:
+        store.set_meta("last_error", json.dumps({"event": "cycle.failed", "at": 1_800_000_000}))
+    finally:
+        store.close()
+    p = run("status", "--config", str(world / "inboxd.toml"), cwd=world)
+    assert p.returncode == 0, p.stderr
+    line = next(x for x in p.stdout.splitlines() if x.startswith("last error:"))
+    assert line == (
+        "last error: a fetch/send cycle failed at 2027-01-15 08:00 UTC"
+        " (cycle.failed; see the service's log)"
+    )
+    assert "{" not in p.stdout
+
+
+def test_every_shell_block_that_reads_a_secret_is_marked_bash() -> None:
+    """`read -s` is bash, not POSIX sh."""
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        blocks = re.findall(r"^```(\w*)\n(.*?)^```", doc.read_text(encoding="utf-8"), re.M | re.S)
+        for lang, body in blocks:
+            if re.search(r"\bread -\w*s", body):
+                assert lang == "bash", f"{doc.name}: a block with read -s is marked {lang!r}"
+
+
+def test_the_imap_example_documents_the_smtp_ca_file() -> None:
+    import tomllib
+
+    text = (REPO / "config" / "inboxd.imap.toml").read_text(encoding="utf-8")
+    assert "ca_file" in tomllib.loads(text)["smtp"]
+    assert "| `ca_file` |" in (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")

@@ -483,7 +483,24 @@ def test_read_secret_absolute_file(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, BASE))
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")
+    secret.chmod(0o600)
     assert read_secret(cfg, str(secret), "", "mailbox.password_file") == "s3cret"
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
+def test_a_secret_file_others_may_read_is_refused_like_a_key_file(
+    tmp_path: Path, mode: int
+) -> None:
+    cfg = load(write(tmp_path, BASE))
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    secret.chmod(mode)
+    with pytest.raises(ConfigError) as err:
+        read_secret(cfg, str(secret), "", "mailbox.password_file")
+    assert err.value.key == "mailbox.password_file"
+    assert f"file mode {mode:04o} grants access to group or others" in err.value.problem
+    assert f"run 'chmod 600 {secret}'" in err.value.problem
+    assert "s3cret" not in str(err.value)
 
 
 def test_read_secret_relative_under_credentials_directory(
@@ -493,6 +510,8 @@ def test_read_secret_relative_under_credentials_directory(
     creds.mkdir()
     (creds / "imap-password").write_text("from-creds\n")
     (tmp_path / "imap-password").write_text("next-to-config\n")
+    (creds / "imap-password").chmod(0o600)
+    (tmp_path / "imap-password").chmod(0o600)
     cfg = load(write(tmp_path, BASE))
     assert read_secret(cfg, "imap-password", "", "mailbox.password_file") == "next-to-config"
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))

@@ -201,3 +201,24 @@ def test_failed_logins_do_not_slow_down_later_logins(mail: MailServer) -> None:
     with mail.imap(BOX):
         pass
     assert time.monotonic() - t0 < 1.0  # no anvil auth penalty (it would be 8 s here)
+
+
+def test_the_fakes_pki_directory_is_removed_when_the_session_ends() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    child = (
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(tests)!r})\n"
+        "from fakes import pki\n"
+        "ca = pki().ca_file\n"
+        "assert os.path.exists(ca)\n"
+        "print(os.path.dirname(ca))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    made = Path(p.stdout.strip())
+    assert made.name.startswith("inboxd-pki-")
+    assert not made.exists(), f"{made} left behind"

@@ -7,6 +7,7 @@ nothing can reach a real Microsoft host.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import functools
@@ -14,6 +15,7 @@ import http.server
 import io
 import ipaddress
 import logging
+import shutil
 import ssl
 import tempfile
 import threading
@@ -92,6 +94,8 @@ def pki() -> TestPki:
         .sign(ca_key, hashes.SHA256())
     )
     d = Path(tempfile.mkdtemp(prefix="inboxd-pki-"))
+    # One per session: gone when the session ends, not left in /tmp run after run.
+    atexit.register(shutil.rmtree, d, True)
     ca_path = d / "ca.pem"
     ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     chain = d / "server.pem"

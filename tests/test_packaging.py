@@ -1,0 +1,29 @@
+"""What an install from a wheel carries besides the code: the example configurations
+and the systemd units under <prefix>/share/inboxd, as the install guide uses them."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_wheel_carries_config_and_systemd_under_share_inboxd() -> None:
+    data_files = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
+        "setuptools"
+    ]["data-files"]
+    for folder in ("config", "systemd"):
+        shipped = {
+            path.name
+            for pattern in data_files.get(f"share/inboxd/{folder}", [])
+            for path in REPO.glob(pattern)
+        }
+        present = {p.name for p in (REPO / folder).iterdir() if p.is_file()}
+        assert present and shipped == present, (folder, present - shipped)
+    guide = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for text in (guide, readme):
+        assert "share=/opt/inboxd/share/inboxd" in text
+        assert "$share/config/inboxd.imap.toml" in text
+        assert "$share/systemd/inboxd.service" in text
