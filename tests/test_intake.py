@@ -439,7 +439,10 @@ def test_check_with_a_wrong_password_exits_3_with_one_line(world: World, mail: M
     (world.root / "imap-password").write_text("wrong\n")
     result = world.cli("check")
     assert result.returncode == 3
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    # Log lines (JSON) go to stderr too; the answer for the person is one line.
+    answer = [x for x in result.stderr.strip().splitlines() if not x.startswith("{")]
+    assert len(answer) == 1, result.stderr
+    assert not [x for x in result.stdout.splitlines() if x.startswith("{")], result.stdout
     assert "Traceback" not in result.stderr
 
 
