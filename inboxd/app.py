@@ -334,7 +334,7 @@ def build(
     mb = mailbox or make_mailbox(cfg)
     tr = transport or make_transport(cfg, mb)
     templates = Templates(cfg.language, cfg.templates_dir)
-    mailer = Mailer(cfg, templates, clock)
+    mailer = Mailer(cfg, templates, clock, keyring)
     intake = Intake(cfg=cfg, store=store, keyring=keyring, mailbox=mb, mailer=mailer, clock=clock)
     outbox = Outbox(store, tr, clock, cfg.triage.forward_retry_for, language=cfg.language)
     _keep_sent_copies(tr, store)

@@ -12,10 +12,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from inboxd.evidence import Evidence, EvidencePolicy, sender_evidence
-from inboxd.parsing import ParsedMessage
+from inboxd.parsing import WEAK_AUTO_REASONS, ParsedMessage
 from inboxd.references import first_references
 
 DRILL_PREFIXES = ("[test]", "[oefening]")
+
+# inboxd's mails that ask for a reply: a reply to any other (acknowledgement,
+# result, rejection, feedback, alert, forward …) is never answered by mail, so two
+# automatic responders cannot keep each other going.
+ASKS_FOR_REPLY = frozenset({"triage_request", "followup_notice", "question"})
 
 
 class Kind(StrEnum):
@@ -50,6 +55,7 @@ class Decision:
     # Whether a trusted server vouches for the From address (commands, follow-ups and
     # drills act only on VERIFIED, or NOT_REQUIRED where the operator said so).
     evidence: Evidence = Evidence.UNVERIFIED
+    quiet: bool = False  # it answers a mail of ours that asked for no reply: never answer it
 
 
 def mentioned_ids(msg: ParsedMessage) -> tuple[str, ...]:
@@ -86,27 +92,52 @@ def classify(msg: ParsedMessage, ctx: Context) -> Decision:
     if msg.malformed:
         flags.add("malformed")
     answers = tuple(ctx.sent[m] for m in mentioned_ids(msg) if m in ctx.sent)
+    quiet = any(kind not in ASKS_FOR_REPLY for kind, _ in answers)
     own = msg.from_addr is not None and msg.from_addr in ctx.own_addresses
     if own and msg.message_id is not None and msg.message_id in ctx.sent:
-        return Decision(Kind.LOOP, frozenset(flags), refs, answers, source)
-    if msg.auto:
-        if answers:
-            return Decision(Kind.AUTO_ANSWER, frozenset(flags | {"auto"}), refs, answers, source)
-        return Decision(Kind.SIGNAL, frozenset(flags | {"auto"}), refs, (), source)
+        return Decision(Kind.LOOP, frozenset(flags), refs, answers, source, quiet=True)
     sender = msg.from_addr
     evidence = sender_evidence(
         sender, msg.authentication_results, msg.exchange_auth_as, ctx.evidence
     )
     trusted = evidence is not Evidence.UNVERIFIED
+    followup_of = next(
+        (
+            r
+            for r in refs
+            if sender is not None and r in ctx.open_reporters and ctx.open_reporters[r] == sender
+        ),
+        None,
+    )
+    if not trusted:
+        # Unverified, a "follow-up" is a new signal like any other: nothing is lost,
+        # and nobody outside can add to a signal.
+        followup_of = None
+    if msg.auto:
+        flags.add("auto")
+        weak = set(msg.auto_reasons) <= WEAK_AUTO_REASONS
+        if answers and weak and followup_of is not None:
+            # Only markers a person's mail can carry too, from the reporter, about
+            # their open signal: keep it with the signal rather than discard it.
+            return Decision(
+                Kind.FOLLOWUP, frozenset(flags), (followup_of,), answers, source, evidence, True
+            )
+        if answers:
+            return Decision(
+                Kind.AUTO_ANSWER, frozenset(flags), refs, answers, source, evidence, True
+            )
+        return Decision(Kind.SIGNAL, frozenset(flags), refs, (), source, evidence, True)
     if sender is not None and sender in ctx.functionarissen and refs:
         # Unverified, it is still a command: it is refused, and the functionaris told.
-        return Decision(Kind.COMMAND, frozenset(flags), refs, answers, source, evidence)
-    if sender is not None and trusted:
-        for ref in refs:
-            if ref in ctx.open_reporters and ctx.open_reporters[ref] == sender:
-                return Decision(Kind.FOLLOWUP, frozenset(flags), (ref,), answers, source, evidence)
-    # Unverified, a "follow-up" or a "drill" is a new signal like any other: nothing is
-    # lost, and nobody outside can add to a signal or steer one away from a destination.
+        return Decision(Kind.COMMAND, frozenset(flags), refs, answers, source, evidence, quiet)
+    if followup_of is not None:
+        return Decision(
+            Kind.FOLLOWUP, frozenset(flags), (followup_of,), answers, source, evidence, quiet
+        )
+    # Unverified, a "drill" is a new signal like any other: nobody outside can steer
+    # one away from a destination.
     if trusted and is_drill(msg, ctx):
         flags.add("drill")
-    return Decision(Kind.SIGNAL, frozenset(flags), refs, (), source, evidence)
+    if quiet:
+        flags.add("answers_inboxd")  # no acknowledgement now, no feedback at its end
+    return Decision(Kind.SIGNAL, frozenset(flags), refs, (), source, evidence, quiet)

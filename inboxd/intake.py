@@ -29,6 +29,7 @@ from inboxd.config import Config
 from inboxd.crypto import Keyring, signal_token
 from inboxd.dedup import without_trace
 from inboxd.logs import get_logger
+from inboxd.mail_limits import LimitClass, budget, limit_class
 from inboxd.mailbox.base import Mailbox, MailboxItem, verify_deletion
 from inboxd.mails import Mail, is_msg_id, new_message_id
 from inboxd.outbox import AttachRef, entry
@@ -67,10 +68,9 @@ class ReplyHandler(Protocol):
         ...
 
 
-def ack_skip_reason(
-    msg: ParsedMessage, decision: Decision, cfg: Config, recent_acks: int
-) -> str | None:
-    """Why a new signal gets no acknowledgement, or None when it gets one."""
+def ack_skip_reason(msg: ParsedMessage, decision: Decision, cfg: Config) -> str | None:
+    """Why a new signal gets no acknowledgement, or None when it gets one (the rate
+    limit is the mailer's, like every automatic mail's)."""
     if "auto" in decision.flags:
         return "auto"
     if msg.from_addr is None:
@@ -80,8 +80,8 @@ def ack_skip_reason(
     domain = msg.from_addr.rsplit("@", 1)[-1]
     if domain not in {d.lower() for d in cfg.reporters.ack_domains}:
         return "outside_ack_domains"
-    if recent_acks >= cfg.reporters.ack_rate_limit[0]:
-        return "rate_limited"
+    if decision.quiet:
+        return "answers_inboxd"
     return None
 
 
@@ -96,6 +96,7 @@ class Mailer:
     cfg: Config
     templates: Templates
     clock: Callable[[], float]
+    keyring: Keyring
 
     @property
     def domain(self) -> str:
@@ -112,7 +113,16 @@ class Mailer:
         ref: str | None,
         answers: str | None = None,
         attach: tuple[AttachRef, ...] = (),
-    ) -> str:
+        quiet: bool = False,
+    ) -> str | None:
+        """The new mail's Message-ID, or None when it is not sent: ``quiet`` (it would
+        answer an answer) or past the recipient's budget (``mail_limits``)."""
+        if quiet:
+            log.info("mail.suppressed", mail_kind=kind, ref=ref, reason="answers_inboxd")
+            return None
+        if not self.within_budget(tx, kind, to):
+            log.warning("mail.suppressed", mail_kind=kind, ref=ref, reason="rate_limited")
+            return None
         r = self.templates.render(template, context)
         # A sender's odd Message-ID is not worth losing the mail over: leave it out.
         answers_header = None if answers is not None and not is_msg_id(answers) else answers
@@ -134,6 +144,27 @@ class Mailer:
             smime = (certificate, f"{neutral} {ref}" if ref else neutral)
         tx.enqueue(entry(kind, mail, self.cfg.from_address, ref, attach, smime))
         return mail.message_id
+
+    def within_budget(self, tx: Transaction, kind: str, to: str) -> bool:
+        """Counts the mail against ``to``'s budget when there is room for it."""
+        cls = limit_class(kind)
+        if cls is None:
+            return True
+        n, window = budget(cls, self.cfg.reporters.ack_rate_limit)
+        who = self.keyring.sender_digest(to)
+        if tx.mails_since(who, cls.value, self.clock() - window) >= n:
+            return False
+        tx.record_mail(who, cls.value)
+        return True
+
+    def notices_spent(self, tx: Transaction) -> bool:
+        """A functionaris has had their hour's notices: new signals are held."""
+        n, window = budget(LimitClass.NOTICE, self.cfg.reporters.ack_rate_limit)
+        since = self.clock() - window
+        return any(
+            tx.mails_since(self.keyring.sender_digest(f), LimitClass.NOTICE.value, since) >= n
+            for f in self.cfg.triage.functionarissen
+        )
 
     @property
     def certificates(self) -> dict[str, str]:
@@ -374,6 +405,9 @@ class Intake:
     ) -> Signal:
         raw_bytes = item.raw if item is not None else (raw or b"")
         ref = self.new_reference()
+        flags = set(decision.flags)
+        if self._flooded(tx, msg):
+            flags.add("flood")
         retain = self.cfg.mailbox.retain_in_mailbox == "forwarded"
         fields = {"raw": raw_bytes, "subject": msg.subject.encode()}
         if msg.from_addr:
@@ -384,7 +418,7 @@ class Intake:
             NewSignal(
                 ref=ref,
                 source=decision.source,
-                flags=set(decision.flags),
+                flags=flags,
                 size=msg.size,
                 attachment_count=msg.attachment_count,
                 fields=fields,
@@ -397,27 +431,35 @@ class Intake:
         for d in digests[1:]:
             tx.add_dedup(d, signal.id, None)
         log.info(
-            "signal.queued", ref=ref, size=msg.size, flags=sorted(decision.flags), state="queued"
+            "signal.queued", ref=ref, size=msg.size, flags=sorted(signal.flags), state="queued"
         )
         self._acknowledge(tx, signal, msg, decision)
-        self.triage_requests(tx, signal, msg, tx.data_key(signal), related=decision.refs)
+        if "flood" in signal.flags:
+            log.warning("triage_request.held", ref=ref, reason="flood")
+        else:
+            self.triage_requests(tx, signal, msg, tx.data_key(signal), related=decision.refs)
         return signal
+
+    def _flooded(self, tx: Transaction, msg: ParsedMessage) -> bool:
+        """Counts the signal against its sender; true when it is to be held without
+        a triage request (the sender's hour is full, or the functionarissen's)."""
+        sender = self.keyring.sender_digest(msg.from_addr or "")
+        n, window = budget(LimitClass.SIGNAL, self.cfg.reporters.ack_rate_limit)
+        recent = tx.mails_since(sender, LimitClass.SIGNAL.value, self.clock() - window)
+        tx.record_mail(sender, LimitClass.SIGNAL.value)
+        if recent >= n or self.mailer.notices_spent(tx):
+            tx.hold(sender)
+            return True
+        return False
 
     def _acknowledge(
         self, tx: Transaction, signal: Signal, msg: ParsedMessage, decision: Decision
     ) -> None:
-        recent = 0
-        if msg.from_addr is not None:
-            digest = self.keyring.sender_digest(msg.from_addr)
-            recent = self.store.acks_since(
-                digest, self.clock() - self.cfg.reporters.ack_rate_limit[1]
-            )
-        reason = ack_skip_reason(msg, decision, self.cfg, recent)
+        reason = ack_skip_reason(msg, decision, self.cfg)
         if reason is not None:
             log.info("ack.skipped", ref=signal.ref, reason=reason)
             return
         assert msg.from_addr is not None
-        tx.record_ack(self.keyring.sender_digest(msg.from_addr))
         self.mailer.queue(
             tx,
             "ack",

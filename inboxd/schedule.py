@@ -17,7 +17,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from tzlocal import get_localzone
 
+from inboxd.intake import iso
 from inboxd.logs import get_logger
+from inboxd.mail_limits import (
+    FLOOD_PER_SENDER,
+    NOTICE_PER_HOUR,
+    flood_notice_due,
+    longest_window,
+)
 from inboxd.store import OPEN_STATES, Signal
 
 if TYPE_CHECKING:
@@ -199,9 +206,42 @@ def send_digest(app: App, *, force: bool = False) -> bool:
     return True
 
 
+def send_flood_notice(app: App) -> bool:
+    """One notice to each functionaris naming how many signals were queued without a
+    triage request of their own (and from how many senders), once the flood has
+    calmed down or has gone on for an hour. No content: the count and the time."""
+    now = app.clock()
+    held = app.store.held_summary()
+    if held is None:
+        return False
+    count, senders, first, last = held
+    if not flood_notice_due(first, last, now):
+        return False
+    with app.store.transaction() as tx:
+        for f in app.cfg.triage.functionarissen:
+            app.intake.mailer.queue(
+                tx,
+                "flood_notice",
+                "flood_notice",
+                f,
+                {
+                    "count": count,
+                    "senders": senders,
+                    "since": iso(first),
+                    "until": iso(last),
+                    "per_sender": FLOOD_PER_SENDER,
+                    "per_hour": NOTICE_PER_HOUR,
+                },
+                ref=None,
+            )
+        tx.clear_held(last)
+    log.warning("flood.noticed", count=count)
+    return True
+
+
 def housekeeping(app: App) -> None:
     now = app.clock()
-    app.store.expire(now, app.cfg.dedup_window, app.cfg.reporters.ack_rate_limit[1])
+    app.store.expire(now, app.cfg.dedup_window, longest_window(app.cfg.reporters.ack_rate_limit))
     app.store.checkpoint()
     last = app.store.get_meta("last_vacuum")
     if last is None or now - float(last) >= VACUUM_EVERY:
@@ -215,6 +255,7 @@ def due_jobs(app: App) -> None:
     with app.lock:
         send_reminders(app)
         send_digest(app)
+        send_flood_notice(app)
         housekeeping(app)
 
 
@@ -264,6 +305,12 @@ def start_scheduler(app: App, stop: threading.Event) -> BackgroundScheduler:
         # not a misfire APScheduler knows of: one run at start sends it (or, on a
         # fresh store, sets the baseline), as ``inboxd once`` would; then the cron.
         next_run_time=soon + dt.timedelta(seconds=20),
+    )
+    sched.add_job(
+        _guarded(app, "flood_notice", send_flood_notice),
+        "interval",
+        minutes=1,
+        id="flood_notice",
     )
     # Graph files a Sent Items copy of each MIME sendMail, sometimes after the send
     # returned: look for the awaited copies every few minutes (a no-op elsewhere).

@@ -99,8 +99,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(next_attempt_at);
 CREATE TABLE IF NOT EXISTS sent (message_id TEXT PRIMARY KEY, kind TEXT NOT NULL, ref TEXT, sent_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS ack_log (sender BLOB NOT NULL, at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS ack_log_sender ON ack_log(sender, at);
+DROP TABLE IF EXISTS ack_log;
+CREATE TABLE IF NOT EXISTS mail_log (recipient BLOB NOT NULL, class TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS mail_log_recipient ON mail_log(recipient, class, at);
+CREATE TABLE IF NOT EXISTS held (sender BLOB NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS stats (
     month TEXT NOT NULL, source TEXT NOT NULL, form TEXT NOT NULL, outcome TEXT NOT NULL,
     count INTEGER NOT NULL, PRIMARY KEY (month, source, form, outcome)
@@ -235,7 +237,10 @@ class Transaction(Protocol):
     def add_dedup(self, digest: bytes, signal_id: str | None, expires_at: float | None) -> None: ...
     def enqueue(self, entry: OutboxEntry, *, not_before: float | None = None) -> str: ...
     def pending_kinds(self, ref: str) -> list[str]: ...
-    def record_ack(self, sender_digest: bytes) -> None: ...
+    def record_mail(self, recipient_digest: bytes, cls: str) -> None: ...
+    def mails_since(self, recipient_digest: bytes, cls: str, since: float) -> int: ...
+    def hold(self, sender_digest: bytes) -> None: ...
+    def clear_held(self, upto: float) -> None: ...
     def set_meta(self, key: str, value: str) -> None: ...
 
 
@@ -248,7 +253,7 @@ class Store(Protocol):
     def ref_in_use(self, ref: str) -> bool: ...
     def mailbox_key_status(self, keys: Sequence[str]) -> dict[str, str]: ...
     def has_dedup(self, digests: Sequence[bytes]) -> bool: ...
-    def acks_since(self, sender_digest: bytes, since: float) -> int: ...
+    def held_summary(self) -> tuple[int, int, float, float] | None: ...
     def keys_to_expunge(self) -> list[str]: ...
     def inbound(self, limit_messages: int, limit_bytes: int) -> list[Inbound]: ...
     def inbound_count(self) -> int: ...
@@ -491,8 +496,27 @@ class SqliteTransaction:
         )
         return oid
 
-    def record_ack(self, sender_digest: bytes) -> None:
-        self._c.execute("INSERT INTO ack_log (sender, at) VALUES (?, ?)", (sender_digest, self.now))
+    def record_mail(self, recipient_digest: bytes, cls: str) -> None:
+        """One automatic mail (or, class ``signal``, one new signal) counted against
+        a keyed hash of the address: no address, no content."""
+        self._c.execute(
+            "INSERT INTO mail_log (recipient, class, at) VALUES (?,?,?)",
+            (recipient_digest, cls, self.now),
+        )
+
+    def mails_since(self, recipient_digest: bytes, cls: str, since: float) -> int:
+        row = self._c.execute(
+            "SELECT COUNT(*) FROM mail_log WHERE recipient = ? AND class = ? AND at >= ?",
+            (recipient_digest, cls, since),
+        ).fetchone()
+        return int(row[0])
+
+    def hold(self, sender_digest: bytes) -> None:
+        """A signal queued without a triage request of its own (a flood)."""
+        self._c.execute("INSERT INTO held (sender, at) VALUES (?,?)", (sender_digest, self.now))
+
+    def clear_held(self, upto: float) -> None:
+        self._c.execute("DELETE FROM held WHERE at <= ?", (upto,))
 
     # -- signal life (triage) ------------------------------------------------
     def signal(self, signal_id: str) -> Signal | None:
@@ -673,11 +697,13 @@ class SqliteStore:
             for d in digests
         )
 
-    def acks_since(self, sender_digest: bytes, since: float) -> int:
+    def held_summary(self) -> tuple[int, int, float, float] | None:
+        """Signals held without a triage request since the last flood notice: how
+        many, from how many senders, the first and the last time."""
         row = self._c.execute(
-            "SELECT COUNT(*) AS n FROM ack_log WHERE sender = ? AND at >= ?", (sender_digest, since)
+            "SELECT COUNT(*), COUNT(DISTINCT sender), MIN(at), MAX(at) FROM held"
         ).fetchone()
-        return int(row["n"])
+        return None if not row[0] else (int(row[0]), int(row[1]), float(row[2]), float(row[3]))
 
     def keys_to_expunge(self) -> list[str]:
         return [
@@ -945,7 +971,7 @@ class SqliteStore:
             self._c.execute(
                 "DELETE FROM dedup WHERE expires_at IS NOT NULL AND expires_at < ?", (now,)
             )
-            self._c.execute("DELETE FROM ack_log WHERE at < ?", (now - rate_window,))
+            self._c.execute("DELETE FROM mail_log WHERE at < ?", (now - rate_window,))
             self._c.execute(
                 # Remembered Message-IDs hold no content; they go with the dedup window,
                 # except while their signal is open (replies to them must be recognised).

@@ -204,6 +204,7 @@ class Triage:
         self,
         tx: Transaction,
         msg: ParsedMessage,
+        quiet: bool,
         ref: str | None,
         reason: str,
         lines: Sequence[str] = (),
@@ -218,6 +219,7 @@ class Triage:
             {"ref": ref or "", "reason": reason, "lines": list(lines)},
             ref=None,
             answers=msg.message_id,
+            quiet=quiet,
         )
         return "expunge"
 
@@ -228,7 +230,7 @@ class Triage:
             return "expunge"
         if decision.evidence is Evidence.UNVERIFIED:
             # Before the reference is even looked up: a forger learns nothing.
-            return self._reject(tx, msg, ref, "unverified")
+            return self._reject(tx, msg, decision.quiet, ref, "unverified")
         signal = store.signal_by_ref(ref)
         if signal is None:
             if store.ref_in_use(ref):
@@ -242,30 +244,36 @@ class Triage:
                     {"ref": ref},
                     ref=None,
                     answers=msg.message_id,
+                    quiet=decision.quiet,
                 )
                 return "expunge"
-            return self._reject(tx, msg, ref, "unknown_reference")
+            return self._reject(tx, msg, decision.quiet, ref, "unknown_reference")
         expected = signal_token(tx.data_key(signal), ref)
         # The body only: the token is never in a Subject (README, "Where the token travels").
         found = tokens_in(msg.text, msg.html or "")
         if not any(tokens_equal(t, expected) for t in found):
-            return self._reject(tx, msg, ref, "token")
+            return self._reject(tx, msg, decision.quiet, ref, "token")
         if signal.state not in OPEN_STATES:
-            return self._reject(tx, msg, ref, "closed")
+            return self._reject(tx, msg, decision.quiet, ref, "closed")
         if "text-truncated" in msg.defects:
             # Commands are all-or-nothing; a reply we could not read whole is refused.
-            return self._reject(tx, msg, ref, "too_long")
+            return self._reject(tx, msg, decision.quiet, ref, "too_long")
         parsed = read_commands(msg, self.cfg.destinations.keys())
         if parsed is None:
-            return self._reject(tx, msg, ref, "parts_differ")
+            return self._reject(tx, msg, decision.quiet, ref, "parts_differ")
         if parsed.errors:
             return self._reject(
-                tx, msg, ref, "invalid", [cmd.explain(e, self.lang) for e in parsed.errors]
+                tx,
+                msg,
+                decision.quiet,
+                ref,
+                "invalid",
+                [cmd.explain(e, self.lang) for e in parsed.errors],
             )
         reporter = store.read_field(signal, "reporter")
         asks = [c for c in parsed.commands if isinstance(c, cmd.Ask)]
         if asks and (reporter is None or not self._may_mail(reporter.decode())):
-            return self._reject(tx, msg, ref, "no_reporter")
+            return self._reject(tx, msg, decision.quiet, ref, "no_reporter")
         done: list[str] = []
         extra: list[str] = []
         close: cmd.Close | None = None
@@ -316,6 +324,7 @@ class Triage:
             {"ref": ref, "done": done, "extra": extra, "ignored": list(parsed.ignored)},
             ref=None,
             answers=msg.message_id,
+            quiet=decision.quiet,
         )
         log.info(
             "command.accepted",
@@ -479,6 +488,7 @@ class Triage:
             reporter is not None
             and not signal.no_feedback
             and "auto" not in signal.flags
+            and "answers_inboxd" not in signal.flags
             and self._may_mail(reporter)
         )
         if feedback:

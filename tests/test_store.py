@@ -195,7 +195,8 @@ def test_rolled_back_transaction_leaves_nothing(store: SqliteStore) -> None:
             new_signal("VV-CCCC-CCCC", dedup_digest=b"d" * 32, mailbox_key="1:42", retain=False)
         )
         tx.enqueue(entry())
-        tx.record_ack(b"s" * 16)
+        tx.record_mail(b"s" * 16, "ack")
+        tx.hold(b"s" * 16)
         tx.set_meta("last_fetch", "1")
         raise RuntimeError("crash in the middle")
     assert store.signal_by_ref("VV-CCCC-CCCC") is None
@@ -203,7 +204,9 @@ def test_rolled_back_transaction_leaves_nothing(store: SqliteStore) -> None:
     assert not store.has_dedup([b"d" * 32])
     assert store.mailbox_key_status(["1:42"]) == {}
     assert store.due_mail(2e9, 100) == []
-    assert store.acks_since(b"s" * 16, 0) == 0
+    with store.transaction() as tx:
+        assert tx.mails_since(b"s" * 16, "ack", 0) == 0
+    assert store.held_summary() is None
     assert store.get_meta("last_fetch") is None
     # … and the store is usable afterwards.
     with store.transaction() as tx:
@@ -465,18 +468,33 @@ def test_sent_mail_leaves_no_ciphertext(store: SqliteStore, state_dir: Path, clo
 # -- acks, status, expiry ---------------------------------------------------------------------
 
 
-def test_acks_since(store: SqliteStore, clock: Clock) -> None:
+def test_mails_since_counts_per_recipient_and_class(store: SqliteStore, clock: Clock) -> None:
     me, other = b"m" * 16, b"o" * 16
     for t in (100.0, 200.0, 300.0):
         clock.t = t
         with store.transaction() as tx:
-            tx.record_ack(me)
+            tx.record_mail(me, "ack")
     with store.transaction() as tx:
-        tx.record_ack(other)
-    assert store.acks_since(me, 0) == 3
-    assert store.acks_since(me, 200) == 2
-    assert store.acks_since(me, 301) == 0
-    assert store.acks_since(other, 0) == 1
+        tx.record_mail(other, "ack")
+        tx.record_mail(me, "answer")
+        # Inside the transaction that wrote them, too (a batch counts as it goes).
+        assert tx.mails_since(me, "ack", 0) == 3
+        assert tx.mails_since(me, "ack", 200) == 2
+        assert tx.mails_since(me, "ack", 301) == 0
+        assert tx.mails_since(other, "ack", 0) == 1
+        assert tx.mails_since(me, "answer", 0) == 1
+
+
+def test_held_signals_are_summed_up_and_cleared(store: SqliteStore, clock: Clock) -> None:
+    assert store.held_summary() is None
+    for t, who in ((100.0, b"a" * 16), (150.0, b"a" * 16), (200.0, b"b" * 16)):
+        clock.t = t
+        with store.transaction() as tx:
+            tx.hold(who)
+    assert store.held_summary() == (3, 2, 100.0, 200.0)
+    with store.transaction() as tx:
+        tx.clear_held(150.0)
+    assert store.held_summary() == (1, 1, 200.0, 200.0)
 
 
 def test_counts_flags_and_oldest_open(store: SqliteStore) -> None:
@@ -518,7 +536,7 @@ def test_expire(store: SqliteStore, clock: Clock) -> None:
         tx.add_dedup(b"old" * 11, None, t0 + 1 * day)
         tx.add_dedup(b"new" * 11, None, t0 + 40 * day)
         tx.add_dedup(b"live" * 8, "sig", None)  # an open signal's record: no expiry
-        tx.record_ack(b"a" * 16)
+        tx.record_mail(b"a" * 16, "ack")
         tx.record_key("1:1", "expunged")
         tx.record_key("1:2", "expunge")
         tx.record_key("1:3", "retained")
@@ -533,7 +551,8 @@ def test_expire(store: SqliteStore, clock: Clock) -> None:
     assert not store.has_dedup([b"old" * 11])
     assert store.has_dedup([b"new" * 11])
     assert store.has_dedup([b"live" * 8])
-    assert store.acks_since(b"a" * 16, 0) == 0
+    with store.transaction() as tx:
+        assert tx.mails_since(b"a" * 16, "ack", 0) == 0
 
     store.expire(t0 + 31 * day, dedup_window=30 * day, rate_window=3600)
     # Expunged mailbox keys are forgotten after the window; pending ones never.

@@ -343,3 +343,28 @@ def test_templates_are_shipped_with_the_package() -> None:
     data_files = setuptools_cfg.get("data-files", {})
     as_data = any("templates" in k for k in data_files)
     assert in_package or as_data
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_flood_notice_sees_counts_and_times_only(lang: str) -> None:
+    """It names how many signals were held, never anything about them."""
+    assert variables(lang, "flood_notice") == {
+        "count",
+        "senders",
+        "since",
+        "until",
+        "per_sender",
+        "per_hour",
+    }
+    r = Templates(lang).render(
+        "flood_notice",
+        {
+            "count": 25,
+            "senders": 1,
+            "since": "2026-11-28 12:00 UTC",
+            "until": "2026-11-28 12:20 UTC",
+            "per_sender": 5,
+            "per_hour": 60,
+        },
+    )
+    assert "25" in r.subject and "25" in r.body and "queue list" in r.body

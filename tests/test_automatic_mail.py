@@ -1,0 +1,238 @@
+"""No runaway automatic mail, end to end against the real Dovecot + relay: naive
+auto-responders on a functionaris' and on a reporter's mailbox for a simulated hour
+(the clock is injected; no real hour passes), floods from one sender, and the
+per-recipient budgets."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from servers import MailServer
+from world import (
+    F1,
+    F2,
+    MAILBOX,
+    REPORTER,
+    World,
+    assert_absent,
+    body_text,
+    marker,
+    parse,
+    signal_mail,
+)
+
+from inboxd.mail_limits import ANSWER_PER_HOUR, FLOOD_PER_SENDER, FLOOD_QUIET
+from inboxd.references import find_references
+
+STEP = 300.0  # five simulated minutes per round
+HOUR_ROUNDS = 12
+
+
+@pytest.fixture
+def world(mail: MailServer, tmp_path: Path) -> World:
+    return World(mail, tmp_path / "w").setup()
+
+
+def auto_reply(original: bytes, responder: str, *, marked: bool) -> bytes:
+    """What a naive out-of-office sends: an answer to everything, quoting it.
+    ``marked``: with only the markers the issue names (Exchange's agent header and a
+    Dutch subject); unmarked: nothing at all that says it is automatic."""
+    o = parse(original)
+    subject = f"{'Automatisch antwoord' if marked else 'RE'}: {o['Subject']}"
+    extra = "X-MS-Exchange-Generated-Message-Source: Mailbox Rules Agent\r\n" if marked else ""
+    quoted = "\r\n".join("> " + line for line in body_text(original).splitlines())
+    return (
+        f"From: <{responder}>\r\nTo: {MAILBOX}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <oof-{marker()}@gemeente.example>\r\n"
+        f"In-Reply-To: {o['Message-ID']}\r\nReferences: {o['Message-ID']}\r\n{extra}"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        f"Ik ben afwezig tot maandag.\r\n\r\n{quoted}\r\n"
+    ).encode()
+
+
+def sent_to(mail: MailServer) -> Counter[str]:
+    """Every mail inboxd handed to the relay, by recipient."""
+    return Counter(r for t in mail.relay.received for r in t.rcpt_tos)
+
+
+def run_hour(
+    world: World, mail: MailServer, responders: dict[str, bool], answered: set[str] | None = None
+) -> int:
+    """An hour in rounds of five minutes: inboxd does what is due, then every
+    responder answers every mail it has not answered yet (``answered``: the
+    Message-IDs it answered before). Returns the replies sent."""
+    answered = set() if answered is None else answered
+    replies = 0
+    for _ in range(HOUR_ROUNDS):
+        world.now += STEP
+        world.once()
+        for address, marked in responders.items():
+            for m in mail.messages(address):
+                mid = str(parse(m)["Message-ID"])
+                if mid in answered:
+                    continue
+                answered.add(mid)
+                mail.deliver(auto_reply(m, address, marked=marked), MAILBOX, mail_from=address)
+                replies += 1
+    return replies
+
+
+def close_reply(request: bytes) -> bytes:
+    r = parse(request)
+    return (
+        f"From: <{F1}>\r\nTo: {MAILBOX}\r\nSubject: RE: {r['Subject']}\r\n"
+        f"Message-ID: <close-{marker()}@gemeente.example>\r\nIn-Reply-To: {r['Message-ID']}\r\n"
+        "Content-Type: text/plain\r\n\r\nAFSLUITEN\r\n"
+    ).encode()
+
+
+def events(world: World, name: str) -> list[dict[str, object]]:
+    out = []
+    for line in world.log_text().splitlines():
+        if line.startswith("{"):
+            e = json.loads(line)
+            if e["event"] == name:
+                out.append(e)
+    return out
+
+
+@pytest.mark.parametrize("marked", [True, False], ids=["marked", "unmarked"])
+def test_a_naive_auto_responder_on_a_functionaris_mailbox_for_an_hour(
+    world: World, mail: MailServer, marked: bool
+) -> None:
+    """The issue's case: a functionaris' out-of-office and one forged command mail
+    made 65 rejections in 40 s. Now: a handful in an hour, then silence."""
+    mark = marker()
+    mail.deliver(signal_mail(mark), MAILBOX)
+    world.once()
+    request = mail.wait_for_messages(F1, 1)[0]
+    ref = find_references(str(parse(request)["Subject"]), "VV")[0]
+    forged = (
+        f"From: <{F1}>\r\nTo: {MAILBOX}\r\nSubject: RE: Triageverzoek {ref}\r\n"
+        f"Message-ID: <forged-{marker()}@extern.example>\r\n"
+        "Content-Type: text/plain\r\n\r\nKEDO\r\n"
+    ).encode()
+    mail.deliver(forged, MAILBOX)
+
+    replies = run_hour(world, mail, {F1: marked})
+
+    sent = sent_to(mail)
+    # Triage request, the forged mail's rejection, and (unmarked) one rejection of
+    # the out-of-office that answered the triage request; never one per reply.
+    assert sent[F1] == (2 if marked else 3), sent
+    assert sent[F2] == 1, sent
+    assert sent[REPORTER] == 1, sent
+    assert replies == sent[F1], "the responder answered each of them once, and that ended it"
+    assert world.status()["open"] == 1, "the signal is still there, untouched"
+    if not marked:
+        quiet = events(world, "mail.suppressed")
+        assert quiet and {e["reason"] for e in quiet} == {"answers_inboxd"}
+    assert_absent(mark, where="the logs", data=world.log_text())
+
+
+@pytest.mark.parametrize("marked", [True, False], ids=["marked", "unmarked"])
+def test_a_naive_auto_responder_on_a_reporter_mailbox_for_an_hour(
+    world: World, mail: MailServer, marked: bool
+) -> None:
+    """Acknowledgement, out-of-office, then a functionaris closes the signal: the
+    feedback's out-of-office is no new conversation either."""
+    mark = marker()
+    mail.deliver(signal_mail(mark), MAILBOX)
+    world.once()
+    request = mail.wait_for_messages(F1, 1)[0]
+    answered: set[str] = set()
+    run_hour(world, mail, {REPORTER: marked}, answered)
+    mail.deliver(close_reply(request), MAILBOX, mail_from=F1)
+    run_hour(world, mail, {REPORTER: marked}, answered)
+
+    sent = sent_to(mail)
+    assert sent[REPORTER] == 2, f"acknowledgement and feedback only: {sent}"
+    # Triage request, result, closing, and for the unmarked responder a follow-up
+    # notice (its answer to the ack is kept with the signal) and one triage request
+    # for its answer to the feedback (a new signal: kept, never answered).
+    assert (sent[F1], sent[F2]) == ((3, 2) if marked else (5, 4)), sent
+    if marked:
+        assert world.status()["open"] == 0
+    else:
+        status = world.status()
+        assert status["open"] == 1, "the answer to the feedback is kept as a signal"
+        assert status["flags"] == {"answers_inboxd": 1}, status
+        skipped = [e for e in events(world, "ack.skipped") if e["reason"] == "answers_inboxd"]
+        assert len(skipped) == 1
+        # Closed too: still no feedback, so the responder has nothing to answer.
+        requests = [m for m in mail.messages(F1) if "Triageverzoek" in str(parse(m)["Subject"])]
+        mail.deliver(close_reply(requests[-1]), MAILBOX, mail_from=F1)
+        run_hour(world, mail, {REPORTER: marked}, answered)
+        assert world.status()["open"] == 0
+        assert sent_to(mail)[REPORTER] == 2
+
+
+def test_a_flood_from_one_sender_is_queued_whole_and_announced_once(
+    world: World, mail: MailServer
+) -> None:
+    marks = [marker() for _ in range(30)]
+    mail.append_many(MAILBOX, [signal_mail(m) for m in marks])
+    world.once()
+
+    status = world.status()
+    assert status["open"] == 30, "nothing is lost"
+    held = 30 - FLOOD_PER_SENDER
+    assert status["flags"].get("flood") == held
+    sent = sent_to(mail)
+    assert sent[F1] == FLOOD_PER_SENDER and sent[F2] == FLOOD_PER_SENDER, sent
+    assert sent[REPORTER] == 10, "acknowledgements stop at ack_rate_limit (10/h)"
+    assert len(events(world, "triage_request.held")) == held
+
+    # The notice waits until the flood has been quiet a while, then comes once.
+    world.now += FLOOD_QUIET / 2
+    world.once()
+    assert sent_to(mail)[F1] == FLOOD_PER_SENDER
+    world.now += FLOOD_QUIET
+    world.once()
+    world.now += FLOOD_QUIET
+    world.once()
+    sent = sent_to(mail)
+    assert sent[F1] == FLOOD_PER_SENDER + 1 and sent[F2] == FLOOD_PER_SENDER + 1, sent
+    notice = mail.wait_for_messages(F1, FLOOD_PER_SENDER + 1)[-1]
+    n = parse(notice)
+    assert str(held) in str(n["Subject"]) and str(held) in body_text(notice)
+    assert not list(n.iter_attachments()), "a count, no content"
+    for m in marks:
+        assert_absent(m, where="the flood notice", data=notice)
+        assert_absent(m, where="the logs", data=world.log_text())
+    assert [e["count"] for e in events(world, "flood.noticed")] == [held]
+
+
+def test_answers_to_one_functionaris_stop_at_the_hours_budget(
+    world: World, mail: MailServer
+) -> None:
+    mail.deliver(signal_mail(marker()), MAILBOX)
+    world.once()
+    request = mail.wait_for_messages(F1, 1)[0]
+    ref = find_references(str(parse(request)["Subject"]), "VV")[0]
+    tries = ANSWER_PER_HOUR + 5
+    bad = [
+        (
+            f"From: <{F1}>\r\nTo: {MAILBOX}\r\nSubject: RE: Triageverzoek {ref}\r\n"
+            f"Message-ID: <try-{i}-{marker()}@gemeente.example>\r\n"
+            "Content-Type: text/plain\r\n\r\nKEDO\r\n"
+        ).encode()
+        for i in range(tries)
+    ]
+    mail.append_many(MAILBOX, bad)
+    world.once()
+    assert sent_to(mail)[F1] == 1 + ANSWER_PER_HOUR
+    limited = [e for e in events(world, "mail.suppressed") if e["reason"] == "rate_limited"]
+    assert len(limited) == 5 and {e["mail_kind"] for e in limited} == {"command_rejected"}
+    assert len(events(world, "command.rejected")) == tries, "each is still handled and logged"
+    # An hour later the budget is back.
+    world.now += 3601
+    mail.append_many(MAILBOX, bad[:1])
+    world.once()
+    assert sent_to(mail)[F1] == 1 + ANSWER_PER_HOUR, "the same mail again is a duplicate"
+    mail.append_many(MAILBOX, [bad[0].replace(b"Message-ID: <try-0", b"Message-ID: <later-0")])
+    world.once()
+    assert sent_to(mail)[F1] == 2 + ANSWER_PER_HOUR
