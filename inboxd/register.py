@@ -17,6 +17,7 @@ from typing import Any
 from inboxd.commands import Language
 from inboxd.config import Config
 from inboxd.guides import spoken_duration
+from inboxd.mail_limits import longest_window
 from inboxd.store import Retention
 from inboxd.templates import Templates
 
@@ -103,7 +104,7 @@ def context(cfg: Config, kept: Retention, now: float, language: Language) -> dic
         "remind_after": spoken_duration(cfg.triage.remind_after, language),
         "forward_retry_for": spoken_duration(cfg.triage.forward_retry_for, language),
         "dedup_window": spoken_duration(cfg.dedup_window, language),
-        "ack_window": spoken_duration(cfg.reporters.ack_rate_limit[1], language),
+        "ack_window": spoken_duration(longest_window(cfg.reporters.ack_rate_limit), language),
         "mailbox_security": _security(mb.backend, mb.security),
         "smtp_security": _security(cfg.smtp.transport, cfg.smtp.security),
         "trusted_authserv_ids": sorted(cfg.evidence_policy.trusted_authserv_ids),

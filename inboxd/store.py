@@ -909,7 +909,11 @@ class SqliteStore:
             "SELECT COUNT(*) AS n, MIN(month) AS a, MAX(month) AS b, SUM(count) AS c FROM stats"
         )
         audit = one("SELECT COUNT(*) AS n, MIN(at) AS t FROM audit")
-        acks = one("SELECT COUNT(*) AS n, MIN(at) AS t FROM ack_log")
+        # Rate counters of automatic mail (mail_limits) and signals held in a flood.
+        acks = one(
+            "SELECT COUNT(*) AS n, MIN(at) AS t FROM"
+            " (SELECT at FROM mail_log UNION ALL SELECT at FROM held)"
+        )
         return Retention(
             open_signals=int(sig["n"]),
             oldest_open=sig["t"],
