@@ -85,7 +85,9 @@ def close_reply(request: bytes) -> bytes:
     return (
         f"From: <{F1}>\r\nTo: {MAILBOX}\r\nSubject: RE: {r['Subject']}\r\n"
         f"Message-ID: <close-{marker()}@gemeente.example>\r\nIn-Reply-To: {r['Message-ID']}\r\n"
-        "Content-Type: text/plain\r\n\r\nAFSLUITEN\r\n"
+        "Content-Type: text/plain\r\n\r\nAFSLUITEN\r\n\r\n"
+        + "\r\n".join("> " + line for line in body_text(request).splitlines())
+        + "\r\n"
     ).encode()
 
 
