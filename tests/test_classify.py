@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from inboxd.classify import ASKS_FOR_REPLY, Context, Kind, classify
+from inboxd.evidence import EvidencePolicy
 from inboxd.parsing import parse_message
 from inboxd.references import new_reference
 
@@ -14,8 +15,14 @@ OURS = "<ours-1@gemeente.example>"
 REF = new_reference("VV")
 
 
-def ctx(sent_kind: str | None = None, *, open_ref: bool = True) -> Context:
+def ctx(sent_kind: str | None = None, *, open_ref: bool = True, vouched: bool = True) -> Context:
+    """``vouched``: no evidence source configured and that allowed explicitly, so
+    every sender counts as vouched for; else a source no test mail satisfies."""
     return Context(
+        evidence=EvidencePolicy(
+            allow_unauthenticated=vouched,
+            trusted_authserv_ids=frozenset() if vouched else frozenset({"mx.gemeente.example"}),
+        ),
         prefix="VV",
         functionarissen=frozenset({F1}),
         own_addresses=frozenset({"vreemdverhaal@gemeente.example"}),
@@ -101,6 +108,9 @@ def test_a_reporters_answer_with_only_weak_markers_is_kept_as_a_follow_up() -> N
     assert d.kind is Kind.FOLLOWUP and d.refs == (REF,) and "auto" in d.flags and d.quiet
     # Closed signal: nothing to add to, and an automatic answer is not a signal.
     d = classify(parse_message(raw), ctx("ack", open_ref=False))
+    assert d.kind is Kind.AUTO_ANSWER
+    # Nobody vouches for the sender: no follow-up, whoever it claims to be.
+    d = classify(parse_message(raw), ctx("ack", vouched=False))
     assert d.kind is Kind.AUTO_ANSWER
 
 
