@@ -19,13 +19,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> _Parser:
-    common = _Parser(add_help=False)
+    # The common options are accepted before and after the command. SUPPRESS: a
+    # command's parser must not reset what was given before it (argparse would put
+    # its own default over `inboxd --config X status`); the defaults: COMMON_DEFAULTS.
+    common = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument(
         "--config",
         metavar="PATH",
         help="configuration file (default: $INBOXD_CONFIG or /etc/inboxd/inboxd.toml)",
     )
-    common.add_argument("--log-format", choices=["json", "console"], default="json")
+    common.add_argument("--log-format", choices=["json", "console"], help="default: json")
     common.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
@@ -172,8 +175,19 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+COMMON_DEFAULTS = {"config": None, "log_format": "json", "log_level": None}
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = _parser().parse_args(argv)
+    for key, value in COMMON_DEFAULTS.items():
+        if not hasattr(args, key):
+            setattr(args, key, value)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
     from inboxd import logs
 
     # The daemon's log lines are its output (journald); every other command prints for

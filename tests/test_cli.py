@@ -523,3 +523,30 @@ def test_the_imap_example_documents_the_smtp_ca_file() -> None:
     text = (REPO / "config" / "inboxd.imap.toml").read_text(encoding="utf-8")
     assert "ca_file" in tomllib.loads(text)["smtp"]
     assert "| `ca_file` |" in (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--config", "{cfg}", "status", "--json"],
+        ["status", "--config", "{cfg}", "--json"],
+        ["--config", "/elsewhere.toml", "status", "--config", "{cfg}", "--json"],
+    ],
+)
+def test_common_options_before_or_after_the_command(
+    world: Path, in_process: Callable[..., subprocess.CompletedProcess[str]], argv: list[str]
+) -> None:
+    """`inboxd --config X status` used to drop X silently (the command's own default
+    won) and read /etc/inboxd/inboxd.toml: with several instances, another one's."""
+    cfg = str(world / "inboxd.toml")
+    p = in_process(*[a.replace("{cfg}", cfg) for a in argv])
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["open"] == 0
+    missing = world / "missing.toml"
+    line = one_error_line(in_process("--config", str(missing), "stats"))
+    assert str(missing) in line
+    from inboxd.cli import parse
+
+    assert parse(["--log-level", "debug", "queue", "list"]).log_level == "debug"
+    assert parse(["queue", "list"]).log_level is None
+    assert parse(["queue", "list"]).log_format == "json"
