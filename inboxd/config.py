@@ -198,7 +198,7 @@ class MailboxConfig(_Section):
     authority: str = "https://login.microsoftonline.com"
     """The Microsoft identity platform to get tokens from (override for national clouds and tests). Must be https."""
     endpoint: str = "https://graph.microsoft.com"
-    """The Microsoft Graph endpoint (override for national clouds and tests). Must be https."""
+    """The Microsoft Graph endpoint (override for tests and proxies). Must be https. The US Government and China endpoints are refused: Graph has no `permanentDelete` there; use `ews` or `imap` with XOAUTH2."""
 
     @property
     def effective_port(self) -> int:

@@ -128,6 +128,8 @@ class Daemon:
                     except MailboxError as exc:
                         log.warning("mailbox.error", error=type(exc).__name__, reason=exc.reason)
                         self.app.mailbox.close()
+                        # A back-off the server gave while waiting holds as well.
+                        self.pause(exc.retry_after or 0.0)
                 else:
                     self.pause(max(min(reconnect_delay(self.failures), MAX_WAIT), self.backoff))
                 self.watchdog.maybe_ping(time.monotonic())
