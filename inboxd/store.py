@@ -281,6 +281,11 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+# Audited admin actions that change something (a purge, a rotation; "purge"/"rotate"
+# as stores before the admin socket named them) stay for good; the rest this long.
+AUDIT_KEPT_FOR_GOOD = ("queue purge", "keys rotate", "purge", "rotate")
+AUDIT_LOOKS_KEPT = 366 * 86400.0
+
 # A sealed value bigger than this is written and read through SQLite's incremental
 # blob I/O, a piece at a time: binding a 40 MB value makes SQLite copy it whole.
 BIG_VALUE = 1024 * 1024
@@ -986,4 +991,12 @@ class SqliteStore:
             self._c.execute(
                 "DELETE FROM mailbox_keys WHERE status = 'expunged' AND seen_at < ?",
                 (now - dedup_window,),
+            )
+            # Looks (status, stats, lists — a monitor may ask every minute) are kept a
+            # year; what changed something is kept for good.
+            self._c.execute(
+                "DELETE FROM audit WHERE at < ? AND action NOT IN ("
+                + _marks(len(AUDIT_KEPT_FOR_GOOD))
+                + ")",
+                (now - AUDIT_LOOKS_KEPT, *AUDIT_KEPT_FOR_GOOD),
             )

@@ -565,6 +565,29 @@ def test_expire(store: SqliteStore, clock: Clock) -> None:
     assert sorted(k for k, _ in kinds.values()) == ["triage_request"]
 
 
+def test_expire_keeps_looks_a_year_and_changes_for_good(store: SqliteStore, clock: Clock) -> None:
+    day = 86400.0
+    t0 = clock.t
+    for action, ref in [
+        ("status", None),
+        ("stats", None),
+        ("queue list", None),
+        ("queue purge", "VV-AAAA-AAAA"),
+        ("keys rotate", None),
+        ("purge", "VV-BBBB-BBBB"),
+    ]:
+        store.audit(action, ref, 0)
+    store.expire(t0 + 365 * day, dedup_window=30 * day, rate_window=3600)
+    assert store._c.execute("SELECT COUNT(*) FROM audit").fetchone()[0] == 6
+    store.expire(t0 + 367 * day, dedup_window=30 * day, rate_window=3600)
+    kept = store._c.execute("SELECT action, ref FROM audit ORDER BY action").fetchall()
+    assert [tuple(r) for r in kept] == [
+        ("keys rotate", None),
+        ("purge", "VV-BBBB-BBBB"),
+        ("queue purge", "VV-AAAA-AAAA"),
+    ]
+
+
 def test_due_mail_type(store: SqliteStore, clock: Clock) -> None:
     with store.transaction() as tx:
         tx.enqueue(entry())
