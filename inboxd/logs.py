@@ -62,6 +62,9 @@ ALLOWED_FIELDS = frozenset(
         "uid",
         "authenticated",  # sender evidence: a boolean
         "evidence",  # verified | unverified | not_required
+        "restart",  # an expired Graph delta: "location" | "scratch"
+        "retry_after",  # seconds a server asked to be left alone
+        "uploaded",  # parts of a Graph mail sent through upload sessions
     }
 )
 

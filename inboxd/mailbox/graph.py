@@ -271,6 +271,54 @@ class GraphClient:
                 retry_after=retry_after,
             )
 
+    def upload(self, url: str, data: bytes, *, chunk: int, hosts: frozenset[str]) -> None:
+        """PUT ``data`` to an upload session's URL in byte ranges of at most
+        ``chunk``. The URL carries its own token, so no Authorization header goes
+        with it (https://learn.microsoft.com/en-us/graph/outlook-large-attachments);
+        it must be https on the Graph host or one of ``hosts``."""
+        parts = urlsplit(url)
+        if parts.scheme != "https" or (parts.hostname or "") not in hosts | {self.host}:
+            raise GraphFailure("upload URL outside Graph and Outlook", auth=False, temporary=False)
+        total = len(data)
+        for start in range(0, total, chunk):
+            left = self.throttle.remaining()
+            if left > 0:
+                raise GraphFailure(
+                    "HTTP 429 backing off", auth=False, temporary=True, retry_after=left
+                )
+            piece = data[start : start + chunk]
+            end = start + len(piece) - 1
+            try:
+                resp = self._client().put(
+                    url,
+                    content=piece,
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"bytes {start}-{end}/{total}",
+                    },
+                )
+            except httpx.HTTPError as exc:
+                self.close()
+                raise GraphFailure(type(exc).__name__, auth=False, temporary=True) from None
+            last = end + 1 == total
+            if resp.status_code not in ((200, 201) if last else (200,)):
+                code = _error_code(resp)
+                status = resp.status_code
+                held = None
+                if status in (429, 503, 504):
+                    held = self.throttle.hold(_retry_after(resp, 0))
+                resp.close()
+                log.warning("graph.error", kind="upload", code=status, reason=code)
+                raise GraphFailure(
+                    f"HTTP {status} {code}",
+                    auth=status in (401, 403),
+                    temporary=status >= 500 or status in (408, 429),
+                    status=status,
+                    code="" if code == "-" else code,
+                    retry_after=held,
+                )
+            resp.close()
+
 
 # Error codes that mean "this delta link is dead, synchronise again"
 # (https://learn.microsoft.com/en-us/graph/delta-query-overview; SyncStateInvalid:
@@ -284,48 +332,6 @@ def delta_expired(exc: GraphFailure) -> bool:
     if exc.status == 410:
         return True
     return 400 <= exc.status < 500 and exc.code.lower() in _RESYNC_CODES
-
-
-def upload_ranges(
-    client: GraphClient, url: str, data: bytes, *, chunk: int, hosts: frozenset[str]
-) -> None:
-    """PUT ``data`` to an upload session's URL in byte ranges of at most
-    ``chunk``. The URL carries its own token, so no Authorization header goes
-    with it (https://learn.microsoft.com/en-us/graph/outlook-large-attachments);
-    it must be https on the Graph host or one of ``hosts``."""
-    parts = urlsplit(url)
-    if parts.scheme != "https" or (parts.hostname or "") not in hosts | {client.host}:
-        raise GraphFailure("upload URL outside Graph and Outlook", auth=False, temporary=False)
-    total = len(data)
-    for start in range(0, total, chunk):
-        piece = data[start : start + chunk]
-        end = start + len(piece) - 1
-        try:
-            resp = client._client().put(
-                url,
-                content=piece,
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "Content-Range": f"bytes {start}-{end}/{total}",
-                },
-            )
-        except httpx.HTTPError as exc:
-            client.close()
-            raise GraphFailure(type(exc).__name__, auth=False, temporary=True) from None
-        last = end + 1 == total
-        if resp.status_code not in ((200, 201) if last else (200,)):
-            code = _error_code(resp)
-            status = resp.status_code
-            resp.close()
-            log.warning("graph.error", kind="upload", code=status, reason=code)
-            raise GraphFailure(
-                f"HTTP {status} {code}",
-                auth=status in (401, 403),
-                temporary=status >= 500 or status in (408, 429),
-                status=status,
-                code="" if code == "-" else code,
-            )
-        resp.close()
 
 
 def odata_quote(value: str) -> str:

@@ -41,7 +41,6 @@ from inboxd.mailbox.graph import (
     GraphClient,
     GraphFailure,
     odata_quote,
-    upload_ranges,
 )
 from inboxd.msauth import TokenSource
 from inboxd.throttle import Throttle
@@ -285,7 +284,7 @@ class GraphTransport:
         url = resp.json().get("uploadUrl")
         if not isinstance(url, str):
             raise GraphFailure("upload session without a URL", auth=False, temporary=True)
-        upload_ranges(self.client, url, data, chunk=UPLOAD_CHUNK, hosts=UPLOAD_HOSTS)
+        self.client.upload(url, data, chunk=UPLOAD_CHUNK, hosts=UPLOAD_HOSTS)
 
     @staticmethod
     def _too_large(size: int, why: str) -> SendError:
