@@ -2,6 +2,11 @@
 
 One work lock serialises everything that touches the store, so the scheduler's jobs
 and the mail loop never interleave inside a transaction.
+
+The systemd watchdog is fed from this loop only, so a ping means the loop is alive:
+between messages, batches and mails sent (:meth:`Daemon.beat`), and around every
+wait, which :meth:`Daemon.pause` and :meth:`Daemon.locked` cut into slices short
+enough for that (:meth:`sdnotify.Watchdog.bound`).
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 from inboxd import sdnotify
@@ -19,7 +26,8 @@ from inboxd.mailbox.base import MailboxError
 
 log = get_logger(__name__)
 
-# Every blocking wait stays below half of WatchdogSec.
+# The longest single wait without a watchdog; with one, every wait is also cut to a
+# quarter of WatchdogSec (``Watchdog.bound``).
 MAX_WAIT = 25.0
 
 
@@ -42,29 +50,44 @@ class Daemon:
         self.stop_signal = signum
         self.stop.set()
 
+    def beat(self) -> None:
+        """Between two pieces of work: ping the watchdog if a ping is due."""
+        self.watchdog.maybe_ping(time.monotonic())
+
     def pause(self, seconds: float) -> None:
-        """Sleep ``seconds`` (a server's back-off can be minutes) in waits of at
-        most MAX_WAIT, feeding the watchdog between them; a stop ends it."""
-        until = time.monotonic() + seconds
+        """Wait ``seconds`` (a server's back-off can be minutes) or until stopped, in
+        slices the watchdog allows, feeding it between them."""
+        deadline = time.monotonic() + seconds
         while not self.stop.is_set():
-            left = until - time.monotonic()
+            left = deadline - time.monotonic()
             if left <= 0:
-                return
-            self.stop.wait(min(left, MAX_WAIT))
-            self.watchdog.maybe_ping(time.monotonic())
+                break
+            self.stop.wait(self.watchdog.bound(left))
+            self.beat()
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """The work lock. A scheduler job may hold it for long (a drain of a big
+        outbox, a VACUUM): the loop waits in slices and keeps the watchdog fed."""
+        while not self.app.lock.acquire(timeout=self.watchdog.bound(MAX_WAIT)):
+            self.beat()
+        try:
+            yield
+        finally:
+            self.app.lock.release()
 
     def cycle(self) -> bool:
         """Fetch, take in, send. Returns False when the mailbox could not be reached."""
         app = self.app
         try:
-            with app.lock:
+            with self.locked():
                 app.mailbox.open()
-                result = app.intake.run_once(should_stop=self.stop.is_set)
+                result = app.intake.run_once(should_stop=self.stop.is_set, beat=self.beat)
                 if result.listed:
                     log.info(
                         "intake.done", count=result.listed, batch=result.queued, open=result.handled
                     )
-                app.outbox.drain(should_stop=self.stop.is_set)
+                app.outbox.drain(should_stop=self.stop.is_set, beat=self.beat)
             self.failures = 0
             return True
         except Exception as exc:
@@ -87,7 +110,7 @@ class Daemon:
                 event = "cycle.failed"
                 log.error(event, error=type(exc).__name__, attempt=self.failures, exc_info=True)
             try:
-                with app.lock:
+                with self.locked():
                     app.store.set_meta(
                         "last_error", json.dumps({"event": event, "at": app.clock()})
                     )
@@ -118,13 +141,14 @@ class Daemon:
             pass
         try:
             while not self.stop.is_set():
+                self.beat()
                 ok = self.cycle()
-                self.watchdog.maybe_ping(time.monotonic())
+                self.beat()
                 if self.stop.is_set():
                     break
                 if ok:
                     try:
-                        self.app.mailbox.wait(MAX_WAIT, self.stop)
+                        self.app.mailbox.wait(self.watchdog.bound(MAX_WAIT), self.stop)
                     except MailboxError as exc:
                         log.warning("mailbox.error", error=type(exc).__name__, reason=exc.reason)
                         self.app.mailbox.close()
@@ -132,7 +156,6 @@ class Daemon:
                         self.pause(exc.retry_after or 0.0)
                 else:
                     self.pause(max(min(reconnect_delay(self.failures), MAX_WAIT), self.backoff))
-                self.watchdog.maybe_ping(time.monotonic())
         finally:
             if self.stop_signal is not None:
                 log.info("daemon.stopping", signal=signal.Signals(self.stop_signal).name)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -46,6 +46,8 @@ BATCH_MESSAGES = 50
 # commit, the fetch round trip and the UID EXPUNGE over more messages.
 ACCEPT_BATCH_MESSAGES = 200
 BATCH_BYTES = 32 * 1024 * 1024
+# Deleted keys checked per call: each Message-ID costs a search in every folder.
+VERIFY_SLICE = 500
 
 
 @dataclass
@@ -83,6 +85,10 @@ def ack_skip_reason(msg: ParsedMessage, decision: Decision, cfg: Config) -> str 
     if decision.quiet:
         return "answers_inboxd"
     return None
+
+
+def _rest() -> None:
+    """The default ``beat``: nobody to tell that work goes on."""
 
 
 def iso(ts: float) -> str:
@@ -207,29 +213,40 @@ class Intake:
             )
         return self._context_base
 
-    def run_once(self, should_stop: Callable[[], bool] = lambda: False) -> IntakeResult:
-        result = self.accept(should_stop)
-        self.process(should_stop, result)
-        self._verify()
+    def run_once(
+        self, should_stop: Callable[[], bool] = lambda: False, beat: Callable[[], None] = _rest
+    ) -> IntakeResult:
+        """Both steps. ``beat`` is called between messages and between batches (the
+        daemon feeds the systemd watchdog there); ``should_stop`` between batches."""
+        result = self.accept(should_stop, beat=beat)
+        self.process(should_stop, result, beat=beat)
+        self._verify(beat)
         return result
 
     def accept(
-        self, should_stop: Callable[[], bool] = lambda: False, result: IntakeResult | None = None
+        self,
+        should_stop: Callable[[], bool] = lambda: False,
+        result: IntakeResult | None = None,
+        *,
+        beat: Callable[[], None] = _rest,
     ) -> IntakeResult:
         """Step 1: whatever is new in the mailbox, sealed and committed, then deleted."""
         result = result or IntakeResult()
         self._expunge(self.store.keys_to_expunge(), result)
         keys = self.mailbox.list_new()
         result.listed = len(keys)
+        beat()
         known = self.store.mailbox_key_status(keys)
         fresh = [k for k in keys if k not in known]
         batch: list[MailboxItem] = []
         size = 0
-        for item in self.mailbox.fetch(fresh):
+        for item in self._fetch(fresh, beat):
+            beat()
             batch.append(item)
             size += len(item.raw)
             if len(batch) >= self.accept_batch_messages or size >= self.batch_bytes:
                 self._accept(batch, result)
+                beat()
                 batch, size = [], 0
                 if should_stop():
                     break
@@ -237,6 +254,14 @@ class Intake:
             self._accept(batch, result)
         self.store.set_meta("last_fetch", str(self.clock()))
         return result
+
+    def _fetch(self, keys: Sequence[str], beat: Callable[[], None]) -> Iterator[MailboxItem]:
+        """``mailbox.fetch`` a slice of keys at a time: a backlog of thousands is sized
+        and fetched in steps with a beat between them, not in one long go."""
+        step = self.accept_batch_messages
+        for i in range(0, len(keys), step):
+            beat()
+            yield from self.mailbox.fetch(keys[i : i + step])
 
     def _accept(self, items: list[MailboxItem], result: IntakeResult) -> None:
         status = "accepted" if self.cfg.mailbox.retain_in_mailbox == "forwarded" else "expunge"
@@ -247,26 +272,33 @@ class Intake:
         self._expunge(self.store.keys_to_expunge(), result)
 
     def process(
-        self, should_stop: Callable[[], bool] = lambda: False, result: IntakeResult | None = None
+        self,
+        should_stop: Callable[[], bool] = lambda: False,
+        result: IntakeResult | None = None,
+        *,
+        beat: Callable[[], None] = _rest,
     ) -> IntakeResult:
         """Step 2: everything accepted (now or before a crash) becomes what it is."""
         result = result or IntakeResult()
         while True:
+            beat()
             batch = self.store.inbound(self.batch_messages, self.batch_bytes)
             if not batch:
                 break
-            self._commit(batch, result)
+            self._commit(batch, result, beat)
             if should_stop():
                 break
         return result
 
-    def _verify(self) -> None:
-        """Once per cycle rather than per batch: a backlog costs one check, not one
-        folder walk per 50 messages."""
+    def _verify(self, beat: Callable[[], None] = _rest) -> None:
+        """Once per cycle rather than per batch: a backlog costs a few checks, not one
+        folder walk per 50 messages; in slices with a beat between them."""
         keys, self._unverified = self._unverified, []
-        if keys:
-            ids = [self._message_ids.pop(k) for k in keys if k in self._message_ids]
-            verify_deletion(self.mailbox, keys, ids)
+        for i in range(0, len(keys), VERIFY_SLICE):
+            part = keys[i : i + VERIFY_SLICE]
+            ids = [self._message_ids.pop(k) for k in part if k in self._message_ids]
+            verify_deletion(self.mailbox, part, ids)
+            beat()
 
     def _expunge(self, keys: Sequence[str], result: IntakeResult) -> None:
         if not keys:
@@ -276,10 +308,13 @@ class Intake:
         result.expunged += len(keys)
         self._unverified.extend(keys)
 
-    def _commit(self, accepted: list[Inbound], result: IntakeResult) -> None:
+    def _commit(
+        self, accepted: list[Inbound], result: IntakeResult, beat: Callable[[], None] = _rest
+    ) -> None:
         seen_digests: set[bytes] = set()
         with self.store.transaction() as tx:
             for a in accepted:
+                beat()
                 tx.processed(a.id)
                 item = MailboxItem(a.mailbox_key, a.raw)
                 try:

@@ -182,14 +182,20 @@ class Outbox:
         return limit is not None and message_size(data) > limit
 
     def drain(
-        self, limit: int = 1000, should_stop: Callable[[], bool] = lambda: False
+        self,
+        limit: int = 1000,
+        should_stop: Callable[[], bool] = lambda: False,
+        beat: Callable[[], None] = lambda: None,
     ) -> DrainResult:
+        """Send what is due, up to ``limit`` mails. ``beat`` is called before each
+        mail (the daemon feeds the systemd watchdog there)."""
         result = DrainResult()
         while not should_stop():
             due = self.store.due_mail(self.clock(), limit=min(limit, 50))
             if not due:
                 break
             for mail in due:
+                beat()
                 if should_stop():
                     return result
                 if not self._send_one(mail, result):

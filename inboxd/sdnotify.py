@@ -106,9 +106,11 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
 class Watchdog:
     """Pings the watchdog from the daemon's main loop, at most once per interval.
 
-    The loop calls :meth:`maybe_ping` with ``time.monotonic()`` on every iteration;
-    so every blocking wait in the loop (IMAP IDLE, polling sleep) must be shorter
-    than :attr:`interval`, or systemd kills the service as hung.
+    The loop calls :meth:`maybe_ping` with ``time.monotonic()`` between any two
+    pieces of work (messages, batches, mails sent) and after every wait; and every
+    blocking wait is cut by :meth:`bound` to half an interval (a quarter of
+    ``WatchdogSec``). So a ping is never more than about three quarters of
+    ``WatchdogSec`` after the one before, whatever the loop was doing.
     """
 
     def __init__(self, interval: float | None, send: Callable[[], bool] = watchdog) -> None:
@@ -123,6 +125,16 @@ class Watchdog:
     @property
     def enabled(self) -> bool:
         return self.interval is not None
+
+    def bound(self, seconds: float) -> float:
+        """``seconds``, cut to half the ping interval when the watchdog is on.
+
+        Half, not the whole: a wait that starts just before a ping is due must end
+        early enough to leave time for the work that comes before the next ping.
+        """
+        if self.interval is None:
+            return seconds
+        return min(seconds, self.interval / 2)
 
     def maybe_ping(self, now: float) -> bool:
         """Ping if an interval has passed since the last ping (or none was sent yet).

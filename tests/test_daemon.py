@@ -14,9 +14,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import hostile
 import pytest
 from servers import MailServer
-from world import MAILBOX, REPO, REPORTER, World, marker, signal_mail
+from world import MAILBOX, OUTSIDER, REPO, REPORTER, World, marker, signal_mail
 
 
 @pytest.fixture
@@ -143,3 +144,133 @@ def test_sd_notify_ready_and_stopping(world: World, mail: MailServer, tmp_path: 
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+
+
+class Notifications:
+    """A datagram socket standing in for systemd's: every datagram with the time it
+    arrived (this process's monotonic clock), read on a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.path = str(path)
+        self.received: list[tuple[float, bytes]] = []
+        self._done = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._done.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.received.append((time.monotonic(), data))
+
+    def pings(self) -> list[float]:
+        return [t for t, d in self.received if d == b"WATCHDOG=1"]
+
+    def close(self) -> None:
+        self._done.set()
+        self._reader.join(timeout=5)
+        self.sock.close()
+
+
+def longest_silence(pings: list[float], start: float, end: float) -> float:
+    """The longest time in [start, end] without a ping (the edges count too)."""
+    marks = [start, *(t for t in pings if start <= t <= end), end]
+    return max(b - a for a, b in zip(marks, marks[1:], strict=False))
+
+
+BACKLOG = 5_000
+
+
+def test_waiting_for_a_job_that_holds_the_lock_keeps_the_watchdog_fed(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduler job (a long drain, a VACUUM) holds the work lock: the loop waits
+    for it in slices and pings between them, instead of going silent."""
+    listener = Notifications(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.path)
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    from inboxd.daemon import Daemon as Loop
+
+    app = world.app()
+    loop = Loop(app)
+    held = threading.Event()
+    release = threading.Event()
+
+    def job() -> None:
+        with app.lock:
+            held.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    try:
+        assert held.wait(10)
+        t0 = time.monotonic()
+        threading.Timer(3.0, release.set).start()
+        with loop.locked():
+            t1 = time.monotonic()
+    finally:
+        release.set()
+        worker.join(10)
+        app.close()
+        listener.close()
+    assert t1 - t0 >= 2.9, "the lock was not held as long as the job ran"
+    silence = longest_silence(listener.pings(), t0, t1)
+    assert silence < 1.0, f"{silence:.2f}s without a ping while waiting for the lock"
+
+
+@pytest.mark.parametrize("usec", [2_000_000, 4_000_000])
+def test_watchdog_is_fed_while_idle_through_a_hostile_mail_and_a_backlog(
+    world: World, mail: MailServer, tmp_path: Path, usec: int
+) -> None:
+    """systemd kills the service when no WATCHDOG=1 came for WATCHDOG_USEC: there must
+    be one at least every interval, whatever the daemon is doing."""
+    interval = usec / 1_000_000
+    listener = Notifications(tmp_path / "notify")
+    d = Daemon(world, env={"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": str(usec)})
+    phases: dict[str, tuple[float, float]] = {}
+    try:
+        d.wait_for("mailbox.connected")
+        # Idle: nothing to do but wait for mail, for a few intervals.
+        t0 = time.monotonic()
+        with pytest.raises(subprocess.TimeoutExpired):
+            d.proc.wait(timeout=3 * interval)  # it must simply stay up
+        phases["idle"] = (t0, time.monotonic())
+
+        t0 = time.monotonic()
+        mail.append(MAILBOX, hostile.many_references())
+        assert int(str(d.wait_for("signal.queued", timeout=60)["size"])) > 900_000
+        d.wait_for("intake.done")
+        phases["hostile mail"] = (t0, time.monotonic())
+
+        t0 = time.monotonic()
+        backlog = [
+            signal_mail(f"B{i:05d}", sender=OUTSIDER, subject=f"Signaal {i}")
+            for i in range(BACKLOG)
+        ]
+        mail.append_many(MAILBOX, backlog)
+        queued = 0
+        deadline = time.monotonic() + 600
+        while queued < BACKLOG and time.monotonic() < deadline:
+            queued += int(str(d.wait_for("intake.done", timeout=600)["batch"]))
+        assert queued == BACKLOG
+        phases["backlog"] = (t0, time.monotonic())
+        assert d.stop(timeout=60) == 0
+    finally:
+        listener.close()
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+    pings = listener.pings()
+    silences = {k: round(longest_silence(pings, *v), 2) for k, v in phases.items()}
+    late = {k: v for k, v in silences.items() if v >= interval}
+    assert not late, f"WATCHDOG_USEC={usec}: longest silence per phase {silences}"
+    every = longest_silence(pings, pings[0], phases["backlog"][1])
+    assert every < interval, f"a silence of {every:.2f}s between pings"

@@ -649,3 +649,11 @@ def test_the_operations_guide_shows_the_instance_units_paths() -> None:
         assert f'`"{state}"`' in guide, state
         assert f'`"{socket_}"`' in guide, socket_
         assert f"/etc/inboxd/{name}.toml" in guide
+
+
+def test_bound_cuts_a_wait_to_half_the_ping_interval() -> None:
+    # WATCHDOG_USEC = 2 s: a ping every second, no wait longer than half a second.
+    assert sdnotify.Watchdog(1.0).bound(25.0) == 0.5
+    assert sdnotify.Watchdog(1.0).bound(0.2) == 0.2
+    assert sdnotify.Watchdog(30.0).bound(25.0) == 15.0
+    assert sdnotify.Watchdog(None).bound(25.0) == 25.0
