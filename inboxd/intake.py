@@ -47,7 +47,7 @@ BATCH_MESSAGES = 50
 ACCEPT_BATCH_MESSAGES = 200
 BATCH_BYTES = 32 * 1024 * 1024
 # Deleted keys checked per call: each Message-ID costs a search in every folder.
-VERIFY_SLICE = 500
+VERIFY_SLICE = 100
 
 
 @dataclass

@@ -104,13 +104,16 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
 
 
 class Watchdog:
-    """Pings the watchdog from the daemon's main loop, at most once per interval.
+    """Pings the watchdog from the daemon's main loop.
 
-    The loop calls :meth:`maybe_ping` with ``time.monotonic()`` between any two
-    pieces of work (messages, batches, mails sent) and after every wait; and every
-    blocking wait is cut by :meth:`bound` to half an interval (a quarter of
-    ``WatchdogSec``). So a ping is never more than about three quarters of
-    ``WatchdogSec`` after the one before, whatever the loop was doing.
+    ``interval`` is half of ``WatchdogSec`` (:func:`watchdog_interval`): pings must
+    never be further apart than that. The loop calls :meth:`maybe_ping` with
+    ``time.monotonic()`` between any two pieces of work (messages, batches, mails
+    sent) and after every wait, and it pings once a :attr:`step` (half an interval,
+    a quarter of ``WatchdogSec``) has passed; every blocking wait is cut to a step
+    by :meth:`bound`. So while idle pings are at most an interval apart, and a piece
+    of work may take up to three quarters of ``WatchdogSec`` before systemd would
+    see a silence of ``WatchdogSec``.
     """
 
     def __init__(self, interval: float | None, send: Callable[[], bool] = watchdog) -> None:
@@ -126,25 +129,31 @@ class Watchdog:
     def enabled(self) -> bool:
         return self.interval is not None
 
-    def bound(self, seconds: float) -> float:
-        """``seconds``, cut to half the ping interval when the watchdog is on.
+    @property
+    def step(self) -> float | None:
+        """Half an interval: how often the loop pings, and its longest wait."""
+        return None if self.interval is None else self.interval / 2
 
-        Half, not the whole: a wait that starts just before a ping is due must end
-        early enough to leave time for the work that comes before the next ping.
+    def bound(self, seconds: float) -> float:
+        """``seconds``, cut to a :attr:`step` when the watchdog is on.
+
+        A wait that starts just before a ping is due must end early enough to leave
+        time for the work that comes before the next ping.
         """
-        if self.interval is None:
+        if self.step is None:
             return seconds
-        return min(seconds, self.interval / 2)
+        return min(seconds, self.step)
 
     def maybe_ping(self, now: float) -> bool:
-        """Ping if an interval has passed since the last ping (or none was sent yet).
+        """Ping if a :attr:`step` has passed since the last ping (or none was sent yet).
 
-        Returns True if a ping was due and sent. A failed send still counts as the
-        attempt, so a broken socket is logged once per interval, not once per loop.
+        Returns True if a ping was due and sent. Early rather than at the last
+        moment: the work after this call may be long. A failed send still counts as
+        the attempt, so a broken socket is logged once per step, not once per loop.
         """
-        if self.interval is None:
+        if self.step is None:
             return False
-        if self._last is not None and self._last <= now < self._last + self.interval:
+        if self._last is not None and self._last <= now < self._last + self.step:
             return False
         self._last = now
         return self._send()
