@@ -292,19 +292,10 @@ def purge(
             f"inboxd: this deletes {ref} for good, without forwarding or feedback; add --yes\n"
         )
         return 2
-    from inboxd.triage import month_of, triage_bucket
+    from inboxd.ending import End, Ending
 
     with store.transaction() as tx:
-        if "drill" not in signal.flags:
-            tx.count(
-                month_of(signal.created_at),
-                signal.source,
-                signal.form or "onbekend",
-                "verwijderd",
-                triage_bucket(tx.now - signal.created_at),
-            )
-        tx.delete_signal(signal, tx.now + cfg.dedup_window)
-    store.checkpoint()
+        Ending(cfg, store).end(tx, signal, End.PURGED)
     log.warning("queue.purged", ref=ref)
     out.write(
         f"{ref} deleted; a copy still in the mailbox is expunged at the next run of the daemon\n"

@@ -353,6 +353,7 @@ def build(
 
         triage = Triage(app)
         intake.replies = triage
+        outbox.on_sent = triage.mail_sent
         outbox.on_given_up = triage.mail_given_up
     except ImportError:
         pass

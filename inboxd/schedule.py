@@ -34,6 +34,7 @@ log = get_logger(__name__)
 
 DAY = 86400.0
 VACUUM_EVERY = 7 * DAY
+SHRED_RETRY = 10.0  # seconds
 # How far back a missed digest is still sent (a daemon down over a long weekend).
 DIGEST_LOOKBACK = 8 * DAY
 
@@ -242,6 +243,7 @@ def send_flood_notice(app: App) -> bool:
 def housekeeping(app: App) -> None:
     now = app.clock()
     app.store.expire(now, app.cfg.dedup_window, longest_window(app.cfg.reporters.ack_rate_limit))
+    app.store.shred()
     app.store.checkpoint()
     last = app.store.get_meta("last_vacuum")
     if last is None or now - float(last) >= VACUUM_EVERY:
@@ -319,6 +321,14 @@ def start_scheduler(app: App, stop: threading.Event) -> BackgroundScheduler:
         "interval",
         minutes=5,
         id="purge_sent",
+    )
+    # A deletion whose shredding a reader held up (see SqliteStore.shred) is finished
+    # as soon as the reader lets go; a no-op when nothing is owed.
+    sched.add_job(
+        _guarded(app, "shred", lambda a: a.store.shred()),
+        "interval",
+        seconds=SHRED_RETRY,
+        id="shred",
     )
     sched.add_job(
         _guarded(app, "housekeeping", housekeeping),

@@ -3,8 +3,8 @@
 Plain text here: references, states, timestamps, destinations, form, flags,
 counters. Everything a person wrote or is (raw mail, addresses, subjects, follow-ups,
 questions, outgoing mail) is sealed with a per-row data key that the keyring wraps.
-Deleting a row deletes its key; ``secure_delete`` and a WAL checkpoint overwrite
-the freed pages.
+Deleting a signal deletes its key, and the transaction that does it is followed at
+once by :meth:`SqliteStore.shred`: no file of the state directory keeps a byte of it.
 
 The core talks to :class:`Store`; :class:`SqliteStore` is the one implementation
 (a PostgreSQL store for an active/standby pair can implement the same protocol).
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -112,6 +113,9 @@ CREATE TABLE IF NOT EXISTS audit (at REAL NOT NULL, action TEXT NOT NULL, ref TE
 CREATE TABLE IF NOT EXISTS triage_time (
     month TEXT NOT NULL, bucket TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (month, bucket)
 );
+-- Signals whose deletion has committed but whose old bytes may still be in a file of
+-- the state directory: reference and outcome only, until shred() has made it true.
+CREATE TABLE IF NOT EXISTS unshredded (ref TEXT PRIMARY KEY, reason TEXT NOT NULL);
 """
 
 
@@ -227,7 +231,7 @@ class Transaction(Protocol):
     def update_signal(self, signal: Signal, **changes: Any) -> Signal: ...
     def field_names(self, signal: Signal) -> list[str]: ...
     def add_field(self, signal: Signal, name: str, plain: bytes) -> None: ...
-    def delete_signal(self, signal: Signal, dedup_until: float) -> None: ...
+    def delete_signal(self, signal: Signal, dedup_until: float, reason: str) -> None: ...
     def count(
         self, month: str, source: str, form: str, outcome: str, triage_bucket: str
     ) -> None: ...
@@ -276,6 +280,7 @@ class Store(Protocol):
     def oldest_open(self) -> float | None: ...
     def stats_rows(self, year: int) -> list[dict[str, Any]]: ...
     def checkpoint(self) -> None: ...
+    def shred(self) -> bool: ...
     def vacuum(self) -> None: ...
     def expire(self, now: float, dedup_window: float, rate_window: float) -> None: ...
     def close(self) -> None: ...
@@ -374,6 +379,7 @@ class SqliteTransaction:
         self._c = conn
         self._k = keyring
         self.now = now
+        self.deleted = False  # a signal was deleted: shred after the commit
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -591,10 +597,15 @@ class SqliteTransaction:
             (month, triage_bucket),
         )
 
-    def delete_signal(self, signal: Signal, dedup_until: float) -> None:
+    def delete_signal(self, signal: Signal, dedup_until: float, reason: str) -> None:
         """Everything about the signal goes: fields, key, row. What stays is the bare
         reference (so a late command gets "already handled"), content-free dedup
-        records that expire, and mailbox keys still to be expunged."""
+        records that expire, and mailbox keys still to be expunged. The store shreds
+        when this transaction commits (``reason``, the outcome, is for its log)."""
+        self._c.execute(
+            "INSERT OR REPLACE INTO unshredded (ref, reason) VALUES (?, ?)", (signal.ref, reason)
+        )
+        self.deleted = True
         self._c.execute(
             "UPDATE mailbox_keys SET status = 'expunge' WHERE signal_id = ? AND status = 'retained'",
             (signal.id,),
@@ -628,12 +639,23 @@ class SqliteTransaction:
         self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
 
+# How long a connection waits for another one's lock before SQLite says "busy".
+BUSY_TIMEOUT = 30.0
+# How long shredding may wait for readers that keep the log from being emptied
+# (another connection's open read, a command-line process) before it is left to
+# the next try: the daemon's loop must not stall on it.
+SHRED_WAIT = 1.0
+_SHRED_BUSY_MS = 100
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 class SqliteStore:
     """SQLite in WAL mode with ``synchronous=FULL`` and ``secure_delete=ON``."""
 
     def __init__(self, state_dir: str | Path, keyring: Keyring, clock: Any = None) -> None:
-        import time
-
         self.dir = Path(state_dir)
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = self.dir / "inboxd.sqlite3"
@@ -642,7 +664,7 @@ class SqliteStore:
         old_umask = os.umask(0o077)
         try:
             self._c = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30
+                self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT
             )
         finally:
             os.umask(old_umask)
@@ -661,9 +683,13 @@ class SqliteStore:
         self._c.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
         )
+        # A process killed between a deletion's commit and its shredding left the
+        # old bytes behind: they go before anything else is done with this store.
+        self.shred()
 
     def close(self) -> None:
         try:
+            self.shred(wait=5 * SHRED_WAIT)
             self._c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._c.close()
@@ -671,12 +697,81 @@ class SqliteStore:
     @contextmanager
     def transaction(self) -> Iterator[SqliteTransaction]:
         self._c.execute("BEGIN IMMEDIATE")
+        tx = SqliteTransaction(self._c, self.keyring, self.clock())
         try:
-            yield SqliteTransaction(self._c, self.keyring, self.clock())
+            yield tx
         except BaseException:
             self._c.execute("ROLLBACK")
             raise
         self._c.execute("COMMIT")
+        if tx.deleted:
+            self.shred()
+
+    def shred(self, wait: float = SHRED_WAIT) -> bool:
+        """Make the deletions that have committed true on disk, then log each one as
+        ``signal.deleted``. True when nothing is left to shred.
+
+        ``secure_delete`` zeroes a deleted row where it lies, but not the copies
+        SQLite leaves when it moves rows between pages (the unused middle of a page
+        keeps them), nor the old page images in the write-ahead log. So: VACUUM
+        rewrites every page from the live rows alone, and a TRUNCATE checkpoint
+        copies the result into the database file and cuts the log to zero bytes.
+        That checkpoint cannot finish while another connection reads an older
+        snapshot: it is retried for ``wait`` seconds, and then left for the next call
+        (after the next deletion, the scheduler's ``shred`` job, ``close``, or the
+        next start) with a ``store.shred_pending`` warning. Never raises.
+        """
+        try:
+            owed = [
+                (r["ref"], r["reason"])
+                for r in self._c.execute("SELECT ref, reason FROM unshredded ORDER BY rowid")
+            ]
+        except sqlite3.Error as exc:
+            log.error("store.shred_pending", error=type(exc).__name__)
+            return False
+        if not owed:
+            return True
+        started = time.monotonic()
+        deadline = started + wait
+        vacuumed = False
+        self._c.execute(f"PRAGMA busy_timeout = {_SHRED_BUSY_MS}")
+        try:
+            while True:
+                try:
+                    if not vacuumed:
+                        self._c.execute("VACUUM")
+                        vacuumed = True
+                    busy, frames, _ = self._c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                    if busy == 0 and frames == 0:
+                        break
+                except sqlite3.Error as exc:
+                    if not _busy(exc):
+                        # A statement of this connection still running ("SQL statements
+                        # in progress"), a full disk: waiting here would not help.
+                        log.warning(
+                            "store.shred_pending", count=len(owed), error=type(exc).__name__
+                        )
+                        return False
+                if time.monotonic() >= deadline:
+                    log.warning("store.shred_pending", count=len(owed), reason="busy")
+                    return False
+                time.sleep(0.02)  # a checkpoint that returns busy at once must not spin
+        finally:
+            self._c.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        duration_ms = round((time.monotonic() - started) * 1000)
+        for ref, outcome in owed:
+            log.info(
+                "signal.deleted", ref=ref, state="deleted", reason=outcome, duration_ms=duration_ms
+            )
+        try:
+            with self.transaction():
+                self._c.executemany(
+                    "DELETE FROM unshredded WHERE ref = ?", [(ref,) for ref, _ in owed]
+                )
+        except sqlite3.Error as exc:
+            # Shredded all the same; the next call shreds again and logs them again.
+            log.warning("store.shred_pending", count=len(owed), error=type(exc).__name__)
+        return True
 
     # -- intake -------------------------------------------------------------
     def ref_in_use(self, ref: str) -> bool:

@@ -1,5 +1,5 @@
-"""Triage by mail: the functionarissen's commands, the reporter's follow-ups,
-forwarding, and the hard deletion that ends every signal.
+"""Triage by mail: the functionarissen's commands, the reporter's follow-ups and
+forwarding, up to the moment a signal ends (that itself is :mod:`inboxd.ending`).
 
 Authorisation before anything else (as Zulip checks the address token before
 trusting a mail): the sender must be a configured functionaris (exact addr-spec), a
@@ -10,7 +10,6 @@ must be open. Only then is the reply text parsed, and then all-or-nothing.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 from inboxd import commands as cmd
 from inboxd.classify import Decision
 from inboxd.crypto import signal_token, tokens_equal
+from inboxd.ending import End, Ending, within_ack_domains
 from inboxd.evidence import Evidence
 from inboxd.intake import iso
 from inboxd.logs import get_logger
@@ -102,32 +102,13 @@ def _same(a: cmd.Parsed, b: cmd.Parsed) -> bool:
     )
 
 
-def month_of(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m")
-
-
-def triage_bucket(seconds: float) -> str:
-    days = seconds / 86400
-    if days < 1:
-        return "<1d"
-    if days < 3:
-        return "1-3d"
-    if days < 7:
-        return "3-7d"
-    return ">=7d"
-
-
-def outcome_of(destinations: Sequence[str]) -> str:
-    return "+".join(sorted(destinations)) if destinations else "afgesloten"
-
-
 class Triage:
     def __init__(self, app: App) -> None:
         self.app = app
         self.cfg = app.cfg
         self.mailer = app.intake.mailer
         self.lang = app.cfg.language
-        app.outbox.on_sent = self.mail_sent
+        self.ending = Ending(app.cfg, app.store, self.mailer)
 
     # -- intake hooks ---------------------------------------------------------
     def handle(
@@ -334,7 +315,7 @@ class Triage:
             authenticated=decision.evidence is Evidence.VERIFIED,
         )
         if close is not None:
-            self.delete(tx, signal, [])
+            self.ending.end(tx, signal, End.CLOSED)
         return "expunge"
 
     def _seen_before(self, tx: Transaction, msg: ParsedMessage, ref: str) -> bool:
@@ -383,7 +364,7 @@ class Triage:
         ]
 
     def _may_mail(self, address: str) -> bool:
-        return address.rsplit("@", 1)[-1] in {d.lower() for d in self.cfg.reporters.ack_domains}
+        return within_ack_domains(self.cfg, address)
 
     # -- forwarding ---------------------------------------------------------------
     def _forward(self, tx: Transaction, signal: Signal, destinations: Sequence[str]) -> Signal:
@@ -440,7 +421,7 @@ class Triage:
         signal = tx.update_signal(signal, done_destinations=done)
         log.info("forward.accepted", ref=signal.ref, destination=key)
         if set(signal.destinations) <= set(done) and signal.state == "forwarding":
-            self.delete(tx, signal, signal.destinations)
+            self.ending.end(tx, signal, End.FORWARDED)
 
     def mail_given_up(self, due: DueMail, reason: str) -> None:
         if not due.kind.startswith("forward:") or due.ref is None:
@@ -469,44 +450,3 @@ class Triage:
                 },
                 ref=None,
             )
-
-    # -- deletion -----------------------------------------------------------------
-    def delete(self, tx: Transaction, signal: Signal, destinations: Sequence[str]) -> None:
-        now = self.app.clock()
-        outcome = outcome_of(destinations)
-        if "drill" not in signal.flags:
-            tx.count(
-                month_of(signal.created_at),
-                signal.source,
-                signal.form or "onbekend",
-                outcome,
-                triage_bucket(now - signal.created_at),
-            )
-        reporter_raw = self.app.store.read_field(signal, "reporter")
-        reporter = reporter_raw.decode() if reporter_raw else None
-        feedback = (
-            reporter is not None
-            and not signal.no_feedback
-            and "auto" not in signal.flags
-            and "answers_inboxd" not in signal.flags
-            and self._may_mail(reporter)
-        )
-        if feedback:
-            assert reporter is not None
-            template = "feedback_forwarded" if destinations else "feedback_closed"
-            self.mailer.queue(tx, "feedback", template, reporter, {"ref": signal.ref}, ref=None)
-        for f in self.cfg.triage.functionarissen:
-            self.mailer.queue(
-                tx,
-                "triage_closed",
-                "triage_closed",
-                f,
-                {
-                    "ref": signal.ref,
-                    "outcome": outcome,
-                    "destinations": [d.upper() for d in destinations],
-                },
-                ref=None,
-            )
-        tx.delete_signal(signal, now + self.cfg.dedup_window)
-        log.info("signal.deleted", ref=signal.ref, state="deleted", reason=outcome)

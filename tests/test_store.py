@@ -229,7 +229,7 @@ def test_refs_stay_used_after_the_signal_is_gone(store: SqliteStore) -> None:
         sig = tx.add_signal(new_signal("VV-FFFF-FFFF"))
     assert not store.ref_closed("VV-FFFF-FFFF")
     with store.transaction() as tx:
-        tx.delete_signal(sig, dedup_until=9e9)
+        tx.delete_signal(sig, dedup_until=9e9, reason="afgesloten")
     assert store.signal_by_ref("VV-FFFF-FFFF") is None
     assert store.ref_in_use("VV-FFFF-FFFF")
     assert store.ref_closed("VV-FFFF-FFFF")
@@ -260,7 +260,7 @@ def test_delete_signal_leaves_nothing_readable(
     assert store.keys_to_expunge() == []
 
     with store.transaction() as tx:
-        tx.delete_signal(sig, dedup_until=clock.t + 30 * 86400)
+        tx.delete_signal(sig, dedup_until=clock.t + 30 * 86400, reason="afgesloten")
     store.checkpoint()
 
     assert store.signal_by_ref(sig.ref) is None
@@ -512,7 +512,7 @@ def test_counts_flags_and_oldest_open(store: SqliteStore) -> None:
     assert b is not None
     with store.transaction() as tx:
         tx.update_signal(b, state="waiting_info")
-        tx.delete_signal(a, dedup_until=9e9)
+        tx.delete_signal(a, dedup_until=9e9, reason="afgesloten")
     assert store.counts_by_state() == {"queued": 1, "waiting_info": 1}
     assert store.flag_counts() == {"auto": 1, "malformed": 1}
     assert store.oldest_open() == 2000.0
@@ -615,3 +615,107 @@ def test_a_large_value_goes_through_blob_io_sealed_and_comes_back_whole(
     store.checkpoint()
     for name, data in raw_files(state_dir).items():
         assert marker not in data, f"plain text in {name}"
+
+
+# -- shredding -------------------------------------------------------------------------
+
+
+def _secrets(store: SqliteStore, ref: str) -> list[bytes]:
+    """The signal's wrapped data key and every sealed field, as they lie in the store."""
+    row = store._c.execute("SELECT id, wrapped_key FROM signals WHERE ref = ?", (ref,)).fetchone()
+    blobs = store._c.execute(
+        "SELECT blob FROM signal_fields WHERE signal_id = ?", (row["id"],)
+    ).fetchall()
+    return [bytes(row["wrapped_key"])] + [bytes(b[0]) for b in blobs]
+
+
+def _left(state_dir: Path, secrets: list[bytes]) -> list[str]:
+    return [
+        f"{name}: secret {i}"
+        for name, data in raw_files(state_dir).items()
+        for i, s in enumerate(secrets)
+        if s in data
+    ]
+
+
+def _owed(store: SqliteStore) -> list[tuple[str, str]]:
+    return [tuple(r) for r in store._c.execute("SELECT ref, reason FROM unshredded")]
+
+
+def test_the_deleting_commit_shreds_every_file_of_the_state_directory(
+    store: SqliteStore, state_dir: Path
+) -> None:
+    # A value big enough for incremental blob I/O, an accepted copy, and a
+    # neighbour that stays: only the deleted signal's bytes must go.
+    big = os.urandom(2 * 1024 * 1024)
+    with store.transaction() as tx:
+        inbound_id = tx.accept("7:1", b"From: a@b\r\n\r\n" + big, "expunge")
+    inbound = [
+        bytes(v) for v in store._c.execute("SELECT wrapped_key, raw FROM inbound").fetchone()
+    ]
+    with store.transaction() as tx:
+        tx.processed(inbound_id)
+        sig = tx.add_signal(
+            new_signal(fields={"raw": big, "reporter": b"melder@gemeente.example", "subject": b"s"})
+        )
+        tx.add_field(sig, "followup:1", b"aanvulling")
+        keep = tx.add_signal(new_signal("VV-BBBB-BBBB"))
+    secrets = inbound + _secrets(store, sig.ref)
+    kept = _secrets(store, keep.ref)
+    assert _left(state_dir, secrets), "the bytes are on disk before the end"
+
+    with store.transaction() as tx:
+        tx.delete_signal(sig, dedup_until=9e9, reason="afgesloten")
+
+    assert _left(state_dir, secrets) == []
+    assert _owed(store) == [], "nothing left to shred"
+    assert (state_dir / "inboxd.sqlite3-wal").stat().st_size < 64 * 1024, "the log was emptied"
+    assert store.read_field(keep, "raw") == b"From: a@b\r\n\r\nhallo", "the other signal is whole"
+    assert len(_left(state_dir, kept)) == len(kept)
+
+
+def test_a_reader_holds_the_shredding_up_and_the_next_start_finishes_it(
+    state_dir: Path, keyring: Keyring, clock: Clock
+) -> None:
+    store = SqliteStore(state_dir, keyring, clock=clock)
+    with store.transaction() as tx:
+        sig = tx.add_signal(new_signal())
+    secrets = _secrets(store, sig.ref)
+    reader = sqlite3.connect(state_dir / "inboxd.sqlite3", isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT COUNT(*) FROM signals").fetchone() == (1,)
+
+    with store.transaction() as tx:
+        tx.delete_signal(sig, dedup_until=9e9, reason="afgesloten")
+    # Committed, but not yet true on disk: owed, and the bytes are still there.
+    assert store.signal_by_ref(sig.ref) is None
+    assert _owed(store) == [(sig.ref, "afgesloten")]
+    assert _left(state_dir, secrets)
+    assert store.shred(wait=0.2) is False, "still held up"
+
+    # The process dies (its connection is simply dropped, no close), the reader ends.
+    store._c.close()
+    reader.execute("ROLLBACK")
+    reader.close()
+    again = SqliteStore(state_dir, keyring, clock=clock)
+    try:
+        assert _owed(again) == [], "shredded while opening, before anything else"
+        assert _left(state_dir, secrets) == []
+    finally:
+        again.close()
+
+
+def test_a_statement_of_its_own_still_running_leaves_the_shredding_for_later(
+    store: SqliteStore, state_dir: Path
+) -> None:
+    with store.transaction() as tx:
+        a = tx.add_signal(new_signal())
+        tx.add_signal(new_signal("VV-BBBB-BBBB"))
+    running = store._c.execute("SELECT ref FROM signals")
+    running.fetchone()  # a cursor halfway: its statement is still active
+    with store.transaction() as tx:
+        tx.delete_signal(a, dedup_until=9e9, reason="afgesloten")  # must not raise
+    assert _owed(store) == [(a.ref, "afgesloten")]
+    running.fetchall()
+    assert store.shred() is True
+    assert _owed(store) == []
