@@ -18,7 +18,7 @@ import pytest
 from servers import MailServer
 from test_daemon import Daemon
 from test_triage import reply
-from world import F1, F2, KEDO, MAILBOX, RIEC, World, marker, parse, signal_mail
+from world import F1, F2, KEDO, REPORTER, RIEC, World, marker, parse, signal_mail, submit
 
 from inboxd.references import find_references
 
@@ -57,10 +57,10 @@ def connect(world: World) -> sqlite3.Connection:
     return sqlite3.connect(world.root / "state" / "inboxd.sqlite3", isolation_level=None)
 
 
-def accept_only(world: World, raw: bytes) -> list[bytes]:
+def accept_only(world: World, raw: bytes, sender: str = REPORTER) -> list[bytes]:
     """Deliver ``raw`` and run only intake's first step (seal, commit, expunge), so the
     sealed accepted copy can be read before the daemon turns it into a signal."""
-    world.mail.deliver(raw, MAILBOX)
+    submit(world.mail, raw, sender)
     app = world.app()
     try:
         app.mailbox.open()
@@ -141,7 +141,7 @@ def test_nothing_of_a_signal_is_left_in_any_state_file_once_it_is_logged_deleted
         if drill
         else signal_mail(mark)
     )
-    secrets = accept_only(world, raw)
+    secrets = accept_only(world, raw, F1 if drill else REPORTER)
     daemon = start(world, daemons)
     request = triage_request(mail, mark)
     ref = ref_of(request)
@@ -152,7 +152,7 @@ def test_nothing_of_a_signal_is_left_in_any_state_file_once_it_is_logged_deleted
         assert out.returncode == 0, out.stderr
     else:
         command = {"forwarded": "KEDO RIEC", "closed": "AFSLUITEN", "drill": "KEDO"}[path]
-        mail.deliver(reply(request, command), MAILBOX, mail_from=F1)
+        submit(mail, reply(request, command))
     event = wait_deleted(daemon, ref)
 
     assert found_in_state(world, secrets) == [], f"{path}: left behind after signal.deleted"
@@ -194,7 +194,7 @@ def test_a_daemon_killed_between_the_deleting_commit_and_the_shredding_shreds_fi
     try:
         assert reader.stdout is not None
         assert reader.stdout.readline().strip() == "1", "the reader sees the signal"
-        mail.deliver(reply(request, "AFSLUITEN"), MAILBOX, mail_from=F1)
+        submit(mail, reply(request, "AFSLUITEN"))
         pending = daemon.wait_for("store.shred_pending", timeout=WAIT)
         assert pending["reason"] == "busy"
         assert not [e for e in _events(daemon) if e.get("event") == "signal.deleted"], (
