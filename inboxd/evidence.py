@@ -26,6 +26,9 @@ from enum import StrEnum
 import authres
 
 _NEGATIVE = frozenset({"fail", "softfail", "temperror", "permerror"})
+# A receiving chain stamps one field per trusted hop and method group; more than this
+# many trusted fields on top is not a chain we know, and each costs parse time.
+MAX_FIELDS = 8
 
 
 class Evidence(StrEnum):
@@ -92,7 +95,7 @@ def aligned_pass(
     address = from_addr.lower()
     local, _, domain = address.rpartition("@")
     bare = local if domain in {d.lower() for d in local_domains} else None
-    for value in fields:  # topmost first, as the server prepended them
+    for value in fields[:MAX_FIELDS]:  # topmost first, as the server prepended them
         try:
             header = authres.AuthenticationResultsHeader.parse_value(value)
         except Exception:  # noqa: BLE001 - authres raises its own and stdlib errors

@@ -74,6 +74,7 @@ def test_only_the_topmost_trusted_fields_count() -> None:
     assert not ok("this is not a field", pass_)
     assert not ok("", pass_), "a field too long to keep whole"
     assert ok(f"{MX}; none", pass_), "several trusted fields on top all count"
+    assert not ok(*[f"{MX}; none"] * 8, pass_), "a pass below eight trusted fields is not read"
 
 
 def test_a_negative_result_outweighs_every_pass_below_it() -> None:
