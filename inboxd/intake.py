@@ -156,7 +156,7 @@ class Mailer:
         cls = limit_class(kind)
         if cls is None:
             return True
-        n, window = budget(cls, self.cfg.reporters.ack_rate_limit)
+        n, window = budget(cls, self.cfg)
         who = self.keyring.sender_digest(to)
         if tx.mails_since(who, cls.value, self.clock() - window) >= n:
             return False
@@ -165,7 +165,7 @@ class Mailer:
 
     def notices_spent(self, tx: Transaction) -> bool:
         """A functionaris has had their hour's notices: new signals are held."""
-        n, window = budget(LimitClass.NOTICE, self.cfg.reporters.ack_rate_limit)
+        n, window = budget(LimitClass.NOTICE, self.cfg)
         since = self.clock() - window
         return any(
             tx.mails_since(self.keyring.sender_digest(f), LimitClass.NOTICE.value, since) >= n
@@ -479,7 +479,7 @@ class Intake:
         """Counts the signal against its sender; true when it is to be held without
         a triage request (the sender's hour is full, or the functionarissen's)."""
         sender = self.keyring.sender_digest(msg.from_addr or "")
-        n, window = budget(LimitClass.SIGNAL, self.cfg.reporters.ack_rate_limit)
+        n, window = budget(LimitClass.SIGNAL, self.cfg)
         recent = tx.mails_since(sender, LimitClass.SIGNAL.value, self.clock() - window)
         tx.record_mail(sender, LimitClass.SIGNAL.value)
         if recent >= n or self.mailer.notices_spent(tx):

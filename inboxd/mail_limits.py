@@ -11,7 +11,7 @@ addresses and times (no content) for as long as the window:
    other than the three that ask for a reply (triage request, follow-up notice,
    question), gets no acknowledgement, result, rejection or "already handled" back
    (``classify.Decision.quiet``).
-3. **Floods.** A sender's first :data:`FLOOD_PER_SENDER` signals in an hour get a
+3. **Floods.** A sender's first ``triage.request_limit`` signals (10 an hour) get a
    triage request each; the next are queued as usual, flagged ``flood``, without one;
    so are signals that arrive while a functionaris' notice budget is spent. The
    functionarissen get one notice with the count (no content) once the flood has
@@ -21,6 +21,10 @@ addresses and times (no content) for as long as the window:
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inboxd.config import Config
 
 HOUR = 3600.0
 
@@ -35,8 +39,6 @@ class LimitClass(StrEnum):
 
 ANSWER_PER_HOUR = 20
 REPORTER_PER_HOUR = 20
-NOTICE_PER_HOUR = 60
-FLOOD_PER_SENDER = 10
 FLOOD_QUIET = 600.0
 FLOOD_NOTICE_EVERY = HOUR
 
@@ -64,20 +66,20 @@ def limit_class(kind: str) -> LimitClass | None:
     return _CLASSES.get(kind, LimitClass.NOTICE)
 
 
-def budget(cls: LimitClass, ack_rate_limit: tuple[int, float]) -> tuple[int, float]:
-    """(how many, per how many seconds) for one recipient."""
+def budget(cls: LimitClass, cfg: Config) -> tuple[int, float]:
+    """(how many, per how many seconds) for one recipient (or, ``SIGNAL``, sender)."""
     return {
-        LimitClass.ACK: ack_rate_limit,
+        LimitClass.ACK: cfg.reporters.ack_rate_limit,
         LimitClass.ANSWER: (ANSWER_PER_HOUR, HOUR),
         LimitClass.REPORTER: (REPORTER_PER_HOUR, HOUR),
-        LimitClass.NOTICE: (NOTICE_PER_HOUR, HOUR),
-        LimitClass.SIGNAL: (FLOOD_PER_SENDER, HOUR),
+        LimitClass.NOTICE: cfg.triage.notice_limit,
+        LimitClass.SIGNAL: cfg.triage.request_limit,
     }[cls]
 
 
-def longest_window(ack_rate_limit: tuple[int, float]) -> float:
+def longest_window(cfg: Config) -> float:
     """How long the per-recipient records must live."""
-    return max(budget(c, ack_rate_limit)[1] for c in LimitClass)
+    return max(budget(c, cfg)[1] for c in LimitClass)
 
 
 def flood_notice_due(first_held: float, last_held: float, now: float) -> bool:

@@ -104,7 +104,7 @@ def context(cfg: Config, kept: Retention, now: float, language: Language) -> dic
         "remind_after": spoken_duration(cfg.triage.remind_after, language),
         "forward_retry_for": spoken_duration(cfg.triage.forward_retry_for, language),
         "dedup_window": spoken_duration(cfg.dedup_window, language),
-        "ack_window": spoken_duration(longest_window(cfg.reporters.ack_rate_limit), language),
+        "ack_window": spoken_duration(longest_window(cfg), language),
         "mailbox_security": _security(mb.backend, mb.security),
         "smtp_security": _security(cfg.smtp.transport, cfg.smtp.security),
         "trusted_authserv_ids": sorted(cfg.evidence_policy.trusted_authserv_ids),

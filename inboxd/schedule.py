@@ -17,14 +17,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from tzlocal import get_localzone
 
+from inboxd.guides import spoken_duration
 from inboxd.intake import iso
 from inboxd.logs import get_logger
-from inboxd.mail_limits import (
-    FLOOD_PER_SENDER,
-    NOTICE_PER_HOUR,
-    flood_notice_due,
-    longest_window,
-)
+from inboxd.mail_limits import flood_notice_due, longest_window
 from inboxd.store import OPEN_STATES, Signal
 
 if TYPE_CHECKING:
@@ -230,8 +226,14 @@ def send_flood_notice(app: App) -> bool:
                     "senders": senders,
                     "since": iso(first),
                     "until": iso(last),
-                    "per_sender": FLOOD_PER_SENDER,
-                    "per_hour": NOTICE_PER_HOUR,
+                    "per_sender": app.cfg.triage.request_limit[0],
+                    "sender_window": spoken_duration(
+                        app.cfg.triage.request_limit[1], app.cfg.language
+                    ),
+                    "per_functionaris": app.cfg.triage.notice_limit[0],
+                    "functionaris_window": spoken_duration(
+                        app.cfg.triage.notice_limit[1], app.cfg.language
+                    ),
                 },
                 ref=None,
             )
@@ -242,7 +244,7 @@ def send_flood_notice(app: App) -> bool:
 
 def housekeeping(app: App) -> None:
     now = app.clock()
-    app.store.expire(now, app.cfg.dedup_window, longest_window(app.cfg.reporters.ack_rate_limit))
+    app.store.expire(now, app.cfg.dedup_window, longest_window(app.cfg))
     app.store.shred()
     app.store.checkpoint()
     last = app.store.get_meta("last_vacuum")

@@ -24,9 +24,10 @@ from world import (
     signal_mail,
 )
 
-from inboxd.mail_limits import ANSWER_PER_HOUR, FLOOD_PER_SENDER, FLOOD_QUIET
+from inboxd.mail_limits import ANSWER_PER_HOUR, FLOOD_QUIET
 from inboxd.references import find_references
 
+OTHER = "collega@gemeente.example"
 STEP = 300.0  # five simulated minutes per round
 HOUR_ROUNDS = 12
 
@@ -175,30 +176,32 @@ def test_a_naive_auto_responder_on_a_reporter_mailbox_for_an_hour(
 def test_a_flood_from_one_sender_is_queued_whole_and_announced_once(
     world: World, mail: MailServer
 ) -> None:
+    per_sender = world.cfg().triage.request_limit[0]
+    assert per_sender == 10, "the default, as the README says"
     marks = [marker() for _ in range(30)]
     mail.append_many(MAILBOX, [signal_mail(m) for m in marks])
     world.once()
 
     status = world.status()
     assert status["open"] == 30, "nothing is lost"
-    held = 30 - FLOOD_PER_SENDER
+    held = 30 - per_sender
     assert status["flags"].get("flood") == held
     sent = sent_to(mail)
-    assert sent[F1] == FLOOD_PER_SENDER and sent[F2] == FLOOD_PER_SENDER, sent
+    assert sent[F1] == per_sender and sent[F2] == per_sender, sent
     assert sent[REPORTER] == 10, "acknowledgements stop at ack_rate_limit (10/h)"
     assert len(events(world, "triage_request.held")) == held
 
     # The notice waits until the flood has been quiet a while, then comes once.
     world.now += FLOOD_QUIET / 2
     world.once()
-    assert sent_to(mail)[F1] == FLOOD_PER_SENDER
+    assert sent_to(mail)[F1] == per_sender
     world.now += FLOOD_QUIET
     world.once()
     world.now += FLOOD_QUIET
     world.once()
     sent = sent_to(mail)
-    assert sent[F1] == FLOOD_PER_SENDER + 1 and sent[F2] == FLOOD_PER_SENDER + 1, sent
-    notice = mail.wait_for_messages(F1, FLOOD_PER_SENDER + 1)[-1]
+    assert sent[F1] == per_sender + 1 and sent[F2] == per_sender + 1, sent
+    notice = mail.wait_for_messages(F1, per_sender + 1)[-1]
     n = parse(notice)
     assert str(held) in str(n["Subject"]) and str(held) in body_text(notice)
     assert not list(n.iter_attachments()), "a count, no content"
@@ -206,6 +209,19 @@ def test_a_flood_from_one_sender_is_queued_whole_and_announced_once(
         assert_absent(m, where="the flood notice", data=notice)
         assert_absent(m, where="the logs", data=world.log_text())
     assert [e["count"] for e in events(world, "flood.noticed")] == [held]
+
+
+def test_the_limits_are_the_configured_ones(world: World, mail: MailServer) -> None:
+    world.write_config(request_limit="2/h", notice_limit="3/h")
+    mail.append_many(MAILBOX, [signal_mail(marker()) for _ in range(3)])
+    mail.append_many(MAILBOX, [signal_mail(marker(), sender=OTHER) for _ in range(2)])
+    world.once()
+    status = world.status()
+    assert status["open"] == 5
+    # The reporter's third is over request_limit; the other sender's second finds
+    # the functionarissen's notice_limit spent (2 + 1 triage requests each).
+    assert status["flags"].get("flood") == 2, status
+    assert sent_to(mail)[F1] == 3 and sent_to(mail)[F2] == 3
 
 
 def test_answers_to_one_functionaris_stop_at_the_hours_budget(

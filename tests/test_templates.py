@@ -354,7 +354,9 @@ def test_the_flood_notice_sees_counts_and_times_only(lang: str) -> None:
         "since",
         "until",
         "per_sender",
-        "per_hour",
+        "sender_window",
+        "per_functionaris",
+        "functionaris_window",
     }
     r = Templates(lang).render(
         "flood_notice",
@@ -363,8 +365,10 @@ def test_the_flood_notice_sees_counts_and_times_only(lang: str) -> None:
             "senders": 1,
             "since": "2026-11-28 12:00 UTC",
             "until": "2026-11-28 12:20 UTC",
-            "per_sender": 5,
-            "per_hour": 60,
+            "per_sender": 10,
+            "sender_window": "1 uur",
+            "per_functionaris": 60,
+            "functionaris_window": "1 uur",
         },
     )
     assert "25" in r.subject and "25" in r.body and "queue list" in r.body

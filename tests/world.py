@@ -78,6 +78,8 @@ include_content = "{include}"
 trusted_authserv_ids = {trusted}
 allow_unauthenticated = {allow_unauthenticated}
 forward_retry_for = "{retry_for}"
+request_limit = "{request_limit}"
+notice_limit = "{notice_limit}"
 
 [destinations.kedo]
 label = "KEDO (slachtofferspoor)"
@@ -239,6 +241,8 @@ class World:
             "trusted": f'["{AUTHSERV_ID}"]',
             "allow_unauthenticated": "false",
             "retry_for": "24h",
+            "request_limit": "10/h",
+            "notice_limit": "60/h",
             "kedo_cert": "",
             "kedo_test": "",
             "extra": "",

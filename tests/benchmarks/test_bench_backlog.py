@@ -233,8 +233,16 @@ def bare_fetch(mail: MailServer) -> tuple[float, int, int]:
 
 def test_backlog_of_1000(mail: MailServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     world = World(mail, tmp_path / "w").setup()
-    # One reporter sends all 1,000: lift the ack limit so every signal is acknowledged.
-    world.write_config(rate="100000/h", include="none", idle="false")
+    # One reporter sends all 1,000: lift the ack limit so every signal is acknowledged,
+    # and the flood brake (request_limit, notice_limit) so every one is triaged: the
+    # figure is for a backlog of genuine signals, not for a flood.
+    world.write_config(
+        rate="100000/h",
+        include="none",
+        idle="false",
+        request_limit="100000/h",
+        notice_limit="100000/h",
+    )
     raws = backlog(N)
     size = sum(len(r) for r in raws)
 
