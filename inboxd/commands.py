@@ -67,9 +67,12 @@ is the error ``no_command`` on the first non-empty line (line 0 if there is none
 ``too_many_commands``    ``MAX_COMMAND_LINES`` (parsing stops there)
 ======================  ==================================================
 
-``explain``, ``describe`` and ``help_lines`` word errors, results and the HULP
-answer in Dutch or English for the ``command_rejected`` and ``command_result``
-mails.
+One definition per command. Each command is one class below (in the spirit of
+Mailman 3's email commands): its Dutch and English words, its argument grammar
+(``parse``), what it conflicts with, its description and help line, and its effect
+(``apply``, on a :class:`CommandEffects` that triage supplies). The parser, the
+conflict check, ``explain``, ``describe`` and ``help_lines`` read these classes;
+nothing else lists the commands.
 """
 
 from __future__ import annotations
@@ -78,8 +81,8 @@ import re
 import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from enum import Enum, StrEnum
-from typing import Literal
+from enum import StrEnum
+from typing import ClassVar, Literal, Protocol
 
 MAX_COMMAND_LINES = 20
 MAX_LINE_CHARS = 1_000
@@ -96,49 +99,6 @@ class Form(StrEnum):
     OVERIG = "overig"
 
 
-@dataclass(frozen=True)
-class Forward:
-    destinations: tuple[str, ...]  # config keys, sorted, unique
-
-
-@dataclass(frozen=True)
-class SetForm:
-    form: Form
-
-
-@dataclass(frozen=True)
-class Close:
-    reason: str  # "" when none was given
-
-
-@dataclass(frozen=True)
-class Ask:
-    question: str
-
-
-@dataclass(frozen=True)
-class Hold:
-    pass
-
-
-@dataclass(frozen=True)
-class NoFeedback:
-    pass
-
-
-@dataclass(frozen=True)
-class Status:
-    pass
-
-
-@dataclass(frozen=True)
-class Help:
-    pass
-
-
-Command = Forward | SetForm | Close | Ask | Hold | NoFeedback | Status | Help
-
-
 class ErrorCode(StrEnum):
     UNKNOWN_DESTINATION = "unknown_destination"
     BAD_FORM = "bad_form"
@@ -148,6 +108,317 @@ class ErrorCode(StrEnum):
     NO_COMMAND = "no_command"
     TOO_LONG = "too_long"
     TOO_MANY_COMMANDS = "too_many_commands"
+
+
+class CommandEffects(Protocol):
+    """What a command can do to its signal. Triage supplies it for one accepted
+    mail; ``forward`` and ``close`` take effect after the other commands, as the
+    contract says (a forward is queued once, a close ends the signal last)."""
+
+    def set_form(self, form: Form) -> None: ...
+    def hold(self) -> None: ...
+    def no_feedback(self) -> None: ...
+    def ask(self, question: str) -> None: ...
+    def forward(self, destinations: tuple[str, ...]) -> None: ...
+    def close(self, reason: str) -> None: ...
+    def status(self) -> None: ...
+    def help(self) -> None: ...
+
+
+class _Definition:
+    """What every command class defines; the values are class attributes."""
+
+    # Folded command words per language; the first is the one the help shows. A
+    # two-word command is written with one space ("geen terugkoppeling").
+    words: ClassVar[Mapping[Language, tuple[str, ...]]]
+    # Place in ``Parsed.commands`` (and so the order in which effects apply).
+    rank: ClassVar[int]
+    # Two different values on two lines are a conflict (two forms, two questions).
+    single_valued: ClassVar[bool] = False
+    # Names of the command classes this one cannot be combined with (both ways).
+    conflicts_with: ClassVar[frozenset[str]] = frozenset()
+    # Listed under "done" in the ``command_result`` answer.
+    reported: ClassVar[bool] = True
+    # The HULP line, and the words of ``missing_argument``/``unexpected_argument``.
+    help: ClassVar[Mapping[Language, str]]
+    missing: ClassVar[Mapping[Language, str] | None] = None
+    unexpected: ClassVar[Mapping[Language, str] | None] = None
+
+    @classmethod
+    def parse(
+        cls, word: str, argument: str, keys: Mapping[str, str]
+    ) -> Command | tuple[ErrorCode, str]:
+        """The default grammar: the command word alone."""
+        if argument.strip(_WORD_EDGE + " "):
+            return ErrorCode.UNEXPECTED_ARGUMENT, word
+        return cls()  # type: ignore[return-value]
+
+    def describe(self, language: Language) -> str:
+        raise NotImplementedError
+
+    def apply(self, effects: CommandEffects) -> None:
+        raise NotImplementedError
+
+    def comparable(self) -> object:
+        """What must agree between a mail's text and HTML parts (see triage)."""
+        return self
+
+
+@dataclass(frozen=True)
+class Forward(_Definition):
+    destinations: tuple[str, ...]  # config keys, sorted, unique
+
+    words = {"nl": ("doorzetten",), "en": ("forward",)}
+    rank = 2
+    conflicts_with = frozenset({"Close", "Ask", "Hold"})
+    help = {
+        "nl": "<BESTEMMING> … (bijv. KEDO of RIEC KEDO), ook DOORZETTEN <BESTEMMING> … — "
+        "doorzetten naar elke genoemde bestemming",
+        "en": "<DESTINATION> … (e.g. KEDO or RIEC KEDO), also FORWARD <DESTINATION> … — "
+        "forward to each destination named",
+    }
+    missing = {"nl": "de bestemming", "en": "the destination"}
+
+    @classmethod
+    def parse(
+        cls, word: str, argument: str, keys: Mapping[str, str]
+    ) -> Command | tuple[ErrorCode, str]:
+        tokens = [t for t in _LIST_SPLIT.split(argument) if t.strip(_WORD_EDGE)]
+        if word and tokens and _fold(tokens[0]) in _FORWARD_PREFIXES:
+            tokens = tokens[1:]
+        chosen: set[str] = set()
+        for token in tokens:
+            folded = _fold(token)
+            if folded in _LIST_FILLERS:
+                continue
+            if "@" in token or folded.startswith("mailto:") or folded not in keys:
+                return ErrorCode.UNKNOWN_DESTINATION, _cut(token)
+            chosen.add(keys[folded])
+        if not chosen:
+            return ErrorCode.MISSING_ARGUMENT, word
+        return cls(tuple(sorted(chosen)))
+
+    def describe(self, language: Language) -> str:
+        names = ", ".join(d.upper() for d in self.destinations)
+        return (
+            f"Wordt doorgezet naar {names}" if language == "nl" else f"Being forwarded to {names}"
+        )
+
+    def apply(self, effects: CommandEffects) -> None:
+        effects.forward(self.destinations)
+
+
+_FORMS: dict[str, Form] = {
+    "seksueel": Form.SEKSUEEL,
+    "sexual": Form.SEKSUEEL,
+    "arbeid": Form.ARBEID,
+    "labour": Form.ARBEID,
+    "labor": Form.ARBEID,
+    "crimineel": Form.CRIMINEEL,
+    "criminal": Form.CRIMINEEL,
+    "overig": Form.OVERIG,
+    "other": Form.OVERIG,
+}
+_FORM_WORDS: dict[Language, dict[Form, str]] = {
+    "nl": {
+        Form.SEKSUEEL: "seksueel",
+        Form.ARBEID: "arbeid",
+        Form.CRIMINEEL: "crimineel",
+        Form.OVERIG: "overig",
+    },
+    "en": {
+        Form.SEKSUEEL: "sexual",
+        Form.ARBEID: "labour",
+        Form.CRIMINEEL: "criminal",
+        Form.OVERIG: "other",
+    },
+}
+
+
+@dataclass(frozen=True)
+class SetForm(_Definition):
+    form: Form
+
+    words = {"nl": ("vorm",), "en": ("type",)}
+    rank = 0
+    single_valued = True
+    help = {
+        "nl": "VORM seksueel|arbeid|crimineel|overig — de vorm van uitbuiting vastleggen",
+        "en": "TYPE sexual|labour|criminal|other — record the form of exploitation",
+    }
+    missing = {
+        "nl": "de vorm (seksueel, arbeid, crimineel of overig)",
+        "en": "the form (sexual, labour, criminal or other)",
+    }
+    unexpected = {
+        "nl": "achter {word} hoort precies één vorm te staan.",
+        "en": "{word} takes exactly one form.",
+    }
+
+    @classmethod
+    def parse(
+        cls, word: str, argument: str, keys: Mapping[str, str]
+    ) -> Command | tuple[ErrorCode, str]:
+        tokens = argument.split()
+        if not tokens:
+            return ErrorCode.MISSING_ARGUMENT, word
+        if len(tokens) > 1:
+            return ErrorCode.UNEXPECTED_ARGUMENT, word
+        form = _FORMS.get(_fold(tokens[0]))
+        return cls(form) if form is not None else (ErrorCode.BAD_FORM, tokens[0])
+
+    def describe(self, language: Language) -> str:
+        form = _FORM_WORDS[language][self.form]
+        return f"Vorm vastgelegd: {form}" if language == "nl" else f"Form recorded: {form}"
+
+    def apply(self, effects: CommandEffects) -> None:
+        effects.set_form(self.form)
+
+
+@dataclass(frozen=True)
+class Close(_Definition):
+    reason: str  # "" when none was given
+
+    words = {"nl": ("afsluiten",), "en": ("close",)}
+    rank = 3
+    single_valued = True
+    conflicts_with = frozenset({"Forward", "Ask", "Hold"})
+    help = {
+        "nl": "AFSLUITEN [reden] — afsluiten zonder doorzetten; het signaal wordt verwijderd",
+        "en": "CLOSE [reason] — close without forwarding; the signal is deleted",
+    }
+
+    @classmethod
+    def parse(
+        cls, word: str, argument: str, keys: Mapping[str, str]
+    ) -> Command | tuple[ErrorCode, str]:
+        return cls(argument)
+
+    def describe(self, language: Language) -> str:
+        nl = language == "nl"
+        if self.reason:
+            return (
+                f"Afgesloten zonder doorzetten (reden: {self.reason})"
+                if nl
+                else f"Closed without forwarding (reason: {self.reason})"
+            )
+        return "Afgesloten zonder doorzetten" if nl else "Closed without forwarding"
+
+    def apply(self, effects: CommandEffects) -> None:
+        effects.close(self.reason)
+
+    def comparable(self) -> object:
+        return ("close", " ".join(self.reason.split()))
+
+
+@dataclass(frozen=True)
+class Ask(_Definition):
+    question: str
+
+    words = {"nl": ("vraag",), "en": ("ask",)}
+    rank = 4
+    single_valued = True
+    conflicts_with = frozenset({"Forward", "Close"})
+    help = {
+        "nl": "VRAAG <tekst> — de vraag per mail aan de melder stellen",
+        "en": "ASK <text> — mail the question to the reporter",
+    }
+    missing = {"nl": "de vraag aan de melder", "en": "the question for the reporter"}
+
+    @classmethod
+    def parse(
+        cls, word: str, argument: str, keys: Mapping[str, str]
+    ) -> Command | tuple[ErrorCode, str]:
+        return cls(argument) if argument else (ErrorCode.MISSING_ARGUMENT, word)
+
+    def describe(self, language: Language) -> str:
+        return (
+            f"Vraag gesteld aan de melder: „{self.question}”"
+            if language == "nl"
+            else f'Question sent to the reporter: "{self.question}"'
+        )
+
+    def apply(self, effects: CommandEffects) -> None:
+        effects.ask(self.question)
+
+    def comparable(self) -> object:
+        # One part may wrap a question the other keeps on one line.
+        return ("ask", " ".join(self.question.split()))
+
+
+@dataclass(frozen=True)
+class Hold(_Definition):
+    words = {"nl": ("wacht",), "en": ("hold",)}
+    rank = 5
+    conflicts_with = frozenset({"Forward", "Close"})
+    help = {
+        "nl": "WACHT — open houden, geen herinneringen tot de volgende opdracht",
+        "en": "HOLD — keep open, no reminders until the next command",
+    }
+
+    def describe(self, language: Language) -> str:
+        return (
+            "In de wacht: geen herinneringen tot de volgende opdracht"
+            if language == "nl"
+            else "On hold: no reminders until the next command"
+        )
+
+    def apply(self, effects: CommandEffects) -> None:
+        effects.hold()
+
+
+@dataclass(frozen=True)
+class NoFeedback(_Definition):
+    words = {"nl": ("geen terugkoppeling",), "en": ("no feedback",)}
+    rank = 1
+    help = {
+        "nl": "GEEN TERUGKOPPELING — de melder krijgt geen automatische terugkoppeling",
+        "en": "NO FEEDBACK — the reporter gets no automatic feedback",
+    }
+
+    def describe(self, language: Language) -> str:
+        return (
+            "De melder krijgt geen automatische terugkoppeling"
+            if language == "nl"
+            else "The reporter will get no automatic feedback"
+        )
+
+    def apply(self, effects: CommandEffects) -> None:
+        effects.no_feedback()
+
+
+@dataclass(frozen=True)
+class Status(_Definition):
+    words = {"nl": ("status",), "en": ("status",)}
+    rank = 6
+    reported = False
+    help = {"nl": "STATUS — de stand van het signaal", "en": "STATUS — the state of the signal"}
+
+    def describe(self, language: Language) -> str:
+        return "Status opgevraagd" if language == "nl" else "Status requested"
+
+    def apply(self, effects: CommandEffects) -> None:
+        effects.status()
+
+
+@dataclass(frozen=True)
+class Help(_Definition):
+    words = {"nl": ("hulp",), "en": ("help",)}
+    rank = 7
+    reported = False
+    help = {"nl": "HULP — deze lijst", "en": "HELP — this list"}
+
+    def describe(self, language: Language) -> str:
+        return "Hulp opgevraagd" if language == "nl" else "Help requested"
+
+    def apply(self, effects: CommandEffects) -> None:
+        effects.help()
+
+
+Command = Forward | SetForm | Close | Ask | Hold | NoFeedback | Status | Help
+
+# Every command, in the order the HULP answer lists them.
+COMMANDS: tuple[type[Command], ...] = (Forward, SetForm, Close, Ask, Hold, NoFeedback, Status, Help)
 
 
 @dataclass(frozen=True)
@@ -165,47 +436,22 @@ class Parsed:
     ignored: tuple[str, ...]
 
 
-class _Verb(Enum):
-    FORWARD = "forward"
-    FORM = "form"
-    CLOSE = "close"
-    ASK = "ask"
-    HOLD = "hold"
-    NO_FEEDBACK = "no_feedback"
-    STATUS = "status"
-    HELP = "help"
+def _words() -> tuple[dict[str, type[Command]], dict[tuple[str, str], type[Command]]]:
+    one: dict[str, type[Command]] = {}
+    two: dict[tuple[str, str], type[Command]] = {}
+    for kind in COMMANDS:
+        for words in kind.words.values():
+            for word in words:
+                first, _, second = word.partition(" ")
+                if second:
+                    two[(first, second)] = kind
+                else:
+                    one[first] = kind
+    return one, two
 
 
-_VERBS: dict[str, _Verb] = {
-    "doorzetten": _Verb.FORWARD,
-    "forward": _Verb.FORWARD,
-    "vorm": _Verb.FORM,
-    "type": _Verb.FORM,
-    "afsluiten": _Verb.CLOSE,
-    "close": _Verb.CLOSE,
-    "vraag": _Verb.ASK,
-    "ask": _Verb.ASK,
-    "wacht": _Verb.HOLD,
-    "hold": _Verb.HOLD,
-    "status": _Verb.STATUS,
-    "hulp": _Verb.HELP,
-    "help": _Verb.HELP,
-}
-_TWO_WORD_VERBS: dict[tuple[str, str], _Verb] = {
-    ("geen", "terugkoppeling"): _Verb.NO_FEEDBACK,
-    ("no", "feedback"): _Verb.NO_FEEDBACK,
-}
-_FORMS: dict[str, Form] = {
-    "seksueel": Form.SEKSUEEL,
-    "sexual": Form.SEKSUEEL,
-    "arbeid": Form.ARBEID,
-    "labour": Form.ARBEID,
-    "labor": Form.ARBEID,
-    "crimineel": Form.CRIMINEEL,
-    "criminal": Form.CRIMINEEL,
-    "overig": Form.OVERIG,
-    "other": Form.OVERIG,
-}
+_VERBS, _TWO_WORD_VERBS = _words()
+_TWO_WORD_FIRSTS = frozenset(first for first, _ in _TWO_WORD_VERBS)
 _LIST_FILLERS = frozenset({"en", "and"})
 _FORWARD_PREFIXES = frozenset({"naar", "to"})
 
@@ -235,8 +481,8 @@ def parse_commands(text: str, destinations: Collection[str]) -> Parsed:
         line_no = index + 1
         if first_text is None:
             first_text = (line_no, line)
-        verb, word, rest = _split(line, keys)
-        if verb is None:
+        kind, word, rest = _split(line, keys)
+        if kind is None:
             end = index
             break
         command_lines += 1
@@ -249,7 +495,7 @@ def parse_commands(text: str, destinations: Collection[str]) -> Parsed:
         if len(raw) > _CLEAN_CHARS or len(line) > MAX_LINE_CHARS:
             errors.append(_error(line_no, line, ErrorCode.TOO_LONG, str(MAX_LINE_CHARS)))
             continue
-        result = _parse_line(verb, word, rest, keys)
+        result = kind.parse(word, rest.lstrip(_ARGUMENT_LEAD).strip(), keys)
         if isinstance(result, tuple):
             code, detail = result
             errors.append(_error(line_no, line, code, detail))
@@ -284,86 +530,26 @@ def _fold(word: str) -> str:
     return unicodedata.normalize("NFKC", word).casefold().strip(_WORD_EDGE)
 
 
-def _split(line: str, keys: Mapping[str, str]) -> tuple[_Verb | None, str, str]:
-    """(verb, the command word as written, the rest); verb None: not a command line."""
+def _split(line: str, keys: Mapping[str, str]) -> tuple[type[Command] | None, str, str]:
+    """(command, the command word as written, the rest); None: not a command line."""
     first = _FIRST_WORD.match(line)
     if first is None:
         return None, "", ""
     word = _fold(first.group())
     rest = line[first.end() :]
-    if word in ("geen", "no"):
+    if word in _TWO_WORD_FIRSTS:
         second = _FIRST_WORD.search(rest)
         if second is not None and rest[: second.start()].strip() == "":
-            verb = _TWO_WORD_VERBS.get((word, _fold(second.group())))
-            if verb is not None:
+            kind = _TWO_WORD_VERBS.get((word, _fold(second.group())))
+            if kind is not None:
                 written = f"{first.group()} {second.group()}".strip(_WORD_EDGE)
-                return verb, written.upper(), rest[second.end() :]
+                return kind, written.upper(), rest[second.end() :]
         return None, "", ""
     if word in _VERBS:
         return _VERBS[word], first.group().strip(_WORD_EDGE).upper(), rest
     if word in keys:
-        return _Verb.FORWARD, "", line  # a bare destination list: the words are the list
+        return Forward, "", line  # a bare destination list: the words are the list
     return None, "", ""
-
-
-def _parse_line(
-    verb: _Verb, word: str, rest: str, keys: Mapping[str, str]
-) -> Command | tuple[ErrorCode, str]:
-    argument = rest.lstrip(_ARGUMENT_LEAD).strip()
-    if verb is _Verb.FORWARD:
-        return _parse_forward(word, argument, keys)
-    if verb is _Verb.FORM:
-        tokens = argument.split()
-        if not tokens:
-            return ErrorCode.MISSING_ARGUMENT, word
-        if len(tokens) > 1:
-            return ErrorCode.UNEXPECTED_ARGUMENT, word
-        form = _FORMS.get(_fold(tokens[0]))
-        return SetForm(form) if form is not None else (ErrorCode.BAD_FORM, tokens[0])
-    if verb is _Verb.CLOSE:
-        return Close(argument)
-    if verb is _Verb.ASK:
-        return Ask(argument) if argument else (ErrorCode.MISSING_ARGUMENT, word)
-    if argument.strip(_WORD_EDGE + " "):
-        return ErrorCode.UNEXPECTED_ARGUMENT, word
-    simple: dict[_Verb, Command] = {
-        _Verb.HOLD: Hold(),
-        _Verb.NO_FEEDBACK: NoFeedback(),
-        _Verb.STATUS: Status(),
-        _Verb.HELP: Help(),
-    }
-    return simple[verb]
-
-
-def _parse_forward(
-    word: str, argument: str, keys: Mapping[str, str]
-) -> Forward | tuple[ErrorCode, str]:
-    tokens = [t for t in _LIST_SPLIT.split(argument) if t.strip(_WORD_EDGE)]
-    if word and tokens and _fold(tokens[0]) in _FORWARD_PREFIXES:
-        tokens = tokens[1:]
-    chosen: set[str] = set()
-    for token in tokens:
-        folded = _fold(token)
-        if folded in _LIST_FILLERS:
-            continue
-        if "@" in token or folded.startswith("mailto:") or folded not in keys:
-            return ErrorCode.UNKNOWN_DESTINATION, _cut(token)
-        chosen.add(keys[folded])
-    if not chosen:
-        return ErrorCode.MISSING_ARGUMENT, word
-    return Forward(tuple(sorted(chosen)))
-
-
-_CONFLICTING_KINDS = frozenset(
-    {
-        frozenset({Close, Forward}),
-        frozenset({Close, Ask}),
-        frozenset({Forward, Ask}),
-        frozenset({Hold, Forward}),
-        frozenset({Hold, Close}),
-    }
-)
-_SINGLE_VALUED = (SetForm, Close, Ask)
 
 
 def _conflicts(found: list[tuple[int, str, Command]]) -> list[LineError]:
@@ -371,15 +557,13 @@ def _conflicts(found: list[tuple[int, str, Command]]) -> list[LineError]:
     for i, (line_no, line, command) in enumerate(found):
         for earlier_no, _, earlier in found[:i]:
             same = type(earlier) is type(command)
-            if (same and isinstance(command, _SINGLE_VALUED) and earlier != command) or (
-                frozenset({type(earlier), type(command)}) in _CONFLICTING_KINDS
+            if (same and command.single_valued and earlier != command) or (
+                type(earlier).__name__ in command.conflicts_with
+                or type(command).__name__ in earlier.conflicts_with
             ):
                 errors.append(_error(line_no, line, ErrorCode.CONFLICT, str(earlier_no)))
                 break
     return errors
-
-
-_ORDER: tuple[type, ...] = (SetForm, NoFeedback, Forward, Close, Ask, Hold, Status, Help)
 
 
 def _merge(commands: list[Command]) -> tuple[Command, ...]:
@@ -389,7 +573,7 @@ def _merge(commands: list[Command]) -> tuple[Command, ...]:
         merged.setdefault(type(command), command)
     if destinations:
         merged[Forward] = Forward(tuple(destinations))
-    return tuple(merged[kind] for kind in _ORDER if kind in merged)
+    return tuple(sorted(merged.values(), key=lambda c: c.rank))
 
 
 def _ignored(lines: list[str]) -> tuple[str, ...]:
@@ -415,36 +599,9 @@ def _error(line_no: int, line: str, code: ErrorCode, detail: str) -> LineError:
 
 # --- wording ---------------------------------------------------------------------
 
-_FORM_WORDS: dict[Language, dict[Form, str]] = {
-    "nl": {
-        Form.SEKSUEEL: "seksueel",
-        Form.ARBEID: "arbeid",
-        Form.CRIMINEEL: "crimineel",
-        Form.OVERIG: "overig",
-    },
-    "en": {
-        Form.SEKSUEEL: "sexual",
-        Form.ARBEID: "labour",
-        Form.CRIMINEEL: "criminal",
-        Form.OVERIG: "other",
-    },
-}
 
-_MISSING: dict[Language, dict[_Verb, str]] = {
-    "nl": {
-        _Verb.FORWARD: "de bestemming",
-        _Verb.FORM: "de vorm (seksueel, arbeid, crimineel of overig)",
-        _Verb.ASK: "de vraag aan de melder",
-    },
-    "en": {
-        _Verb.FORWARD: "the destination",
-        _Verb.FORM: "the form (sexual, labour, criminal or other)",
-        _Verb.ASK: "the question for the reporter",
-    },
-}
-
-
-def _verb_of(word: str) -> _Verb | None:
+def _kind_of(word: str) -> type[Command] | None:
+    """The command a command word (as an error's ``detail`` holds it) belongs to."""
     folded = _fold(word)
     if folded in _VERBS:
         return _VERBS[folded]
@@ -484,20 +641,17 @@ def explain(error: LineError, language: Language) -> str:
             "criminal or other."
         )
     if code == ErrorCode.MISSING_ARGUMENT:
-        verb = _verb_of(detail) or _Verb.FORWARD
-        what = _MISSING[language].get(verb, _MISSING[language][_Verb.FORWARD])
+        missing = (_kind_of(detail) or Forward).missing or Forward.missing
+        assert missing is not None
         return (
-            f"{where}: achter {detail or 'DOORZETTEN'} ontbreekt {what}."
+            f"{where}: achter {detail or 'DOORZETTEN'} ontbreekt {missing[language]}."
             if nl
-            else f"{where}: {detail or 'FORWARD'} needs {what}."
+            else f"{where}: {detail or 'FORWARD'} needs {missing[language]}."
         )
     if code == ErrorCode.UNEXPECTED_ARGUMENT:
-        if _verb_of(detail) is _Verb.FORM:
-            return (
-                f"{where}: achter {detail} hoort precies één vorm te staan."
-                if nl
-                else f"{where}: {detail} takes exactly one form."
-            )
+        kind = _kind_of(detail)
+        if kind is not None and kind.unexpected is not None:
+            return f"{where}: {kind.unexpected[language].format(word=detail)}"
         return (
             f"{where}: achter {detail} hoort niets te staan; zet een toelichting onder de "
             "opdrachten."
@@ -542,42 +696,7 @@ def explain(error: LineError, language: Language) -> str:
 
 def describe(command: Command, language: Language) -> str:
     """One line for the ``command_result`` mail saying what was done."""
-    nl = language == "nl"
-    if isinstance(command, Forward):
-        names = ", ".join(d.upper() for d in command.destinations)
-        return f"Wordt doorgezet naar {names}" if nl else f"Being forwarded to {names}"
-    if isinstance(command, SetForm):
-        form = _FORM_WORDS[language][command.form]
-        return f"Vorm vastgelegd: {form}" if nl else f"Form recorded: {form}"
-    if isinstance(command, Close):
-        if command.reason:
-            return (
-                f"Afgesloten zonder doorzetten (reden: {command.reason})"
-                if nl
-                else f"Closed without forwarding (reason: {command.reason})"
-            )
-        return "Afgesloten zonder doorzetten" if nl else "Closed without forwarding"
-    if isinstance(command, Ask):
-        return (
-            f"Vraag gesteld aan de melder: „{command.question}”"
-            if nl
-            else f'Question sent to the reporter: "{command.question}"'
-        )
-    if isinstance(command, Hold):
-        return (
-            "In de wacht: geen herinneringen tot de volgende opdracht"
-            if nl
-            else "On hold: no reminders until the next command"
-        )
-    if isinstance(command, NoFeedback):
-        return (
-            "De melder krijgt geen automatische terugkoppeling"
-            if nl
-            else "The reporter will get no automatic feedback"
-        )
-    if isinstance(command, Status):
-        return "Status opgevraagd" if nl else "Status requested"
-    return "Hulp opgevraagd" if nl else "Help requested"
+    return command.describe(language)
 
 
 def form_words(language: Language) -> tuple[str, ...]:
@@ -587,39 +706,26 @@ def form_words(language: Language) -> tuple[str, ...]:
 
 def help_lines(destinations: Mapping[str, str], language: Language) -> list[str]:
     """The HULP answer: every command, then each destination (KEY — label)."""
+    other: Language = "en" if language == "nl" else "nl"
+    # The other language's words, where they differ (STATUS is both).
+    also = ", ".join(
+        kind.words[other][0].upper()
+        for kind in COMMANDS
+        if kind.words[other][0] not in kind.words[language]
+    )
     if language == "nl":
-        lines = [
+        intro = (
             "Zet de opdrachten bovenaan uw antwoord, één per regel, vóór aanhef of "
-            "ondertekening. Hoofdletters maken niet uit.",
-            "<BESTEMMING> … (bijv. KEDO of RIEC KEDO), ook DOORZETTEN <BESTEMMING> … — "
-            "doorzetten naar elke genoemde bestemming",
-            "VORM seksueel|arbeid|crimineel|overig — de vorm van uitbuiting vastleggen",
-            "AFSLUITEN [reden] — afsluiten zonder doorzetten; het signaal wordt verwijderd",
-            "VRAAG <tekst> — de vraag per mail aan de melder stellen",
-            "WACHT — open houden, geen herinneringen tot de volgende opdracht",
-            "GEEN TERUGKOPPELING — de melder krijgt geen automatische terugkoppeling",
-            "STATUS — de stand van het signaal",
-            "HULP — deze lijst",
-            "Engels mag ook: FORWARD, TYPE, CLOSE, ASK, HOLD, NO FEEDBACK, HELP.",
-            "Bestemmingen:",
-        ]
+            "ondertekening. Hoofdletters maken niet uit."
+        )
+        outro = [f"Engels mag ook: {also}.", "Bestemmingen:"]
     else:
-        lines = [
+        intro = (
             "Put the commands at the top of your reply, one per line, before any greeting "
-            "or signature. Case does not matter.",
-            "<DESTINATION> … (e.g. KEDO or RIEC KEDO), also FORWARD <DESTINATION> … — "
-            "forward to each destination named",
-            "TYPE sexual|labour|criminal|other — record the form of exploitation",
-            "CLOSE [reason] — close without forwarding; the signal is deleted",
-            "ASK <text> — mail the question to the reporter",
-            "HOLD — keep open, no reminders until the next command",
-            "NO FEEDBACK — the reporter gets no automatic feedback",
-            "STATUS — the state of the signal",
-            "HELP — this list",
-            "Dutch works too: DOORZETTEN, VORM, AFSLUITEN, VRAAG, WACHT, GEEN "
-            "TERUGKOPPELING, HULP.",
-            "Destinations:",
-        ]
+            "or signature. Case does not matter."
+        )
+        outro = [f"Dutch works too: {also}.", "Destinations:"]
+    lines = [intro, *(kind.help[language] for kind in COMMANDS), *outro]
     for key in sorted(destinations):
         lines.append(f"{key.upper()} — {destinations[key]}")
     return lines

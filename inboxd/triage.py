@@ -90,16 +90,9 @@ def _same(a: cmd.Parsed, b: cmd.Parsed) -> bool:
     (one part may wrap a question the other keeps on one line), and both valid or
     both not."""
 
-    def key(c: cmd.Command) -> object:
-        if isinstance(c, cmd.Ask):
-            return ("ask", " ".join(c.question.split()))
-        if isinstance(c, cmd.Close):
-            return ("close", " ".join(c.reason.split()))
-        return c
-
-    return [key(c) for c in a.commands] == [key(c) for c in b.commands] and bool(a.errors) == bool(
-        b.errors
-    )
+    return [c.comparable() for c in a.commands] == [c.comparable() for c in b.commands] and bool(
+        a.errors
+    ) == bool(b.errors)
 
 
 class Triage:
@@ -205,118 +198,135 @@ class Triage:
         return "expunge"
 
     def command(self, tx: Transaction, msg: ParsedMessage, decision: Decision) -> str:
+        """Authorise, parse, apply, answer; a refusal at any step is answered there
+        and nothing of the mail is carried out."""
+        signal = self._authorise(tx, msg, decision)
+        if signal is None:
+            return "expunge"
+        parsed = self._parse(tx, msg, decision, signal)
+        if parsed is None:
+            return "expunge"
+        applied = self._apply(tx, signal, parsed.commands)
+        self._answer(tx, msg, decision, parsed, applied)
+        return "expunge"
+
+    def _authorise(self, tx: Transaction, msg: ParsedMessage, decision: Decision) -> Signal | None:
+        """The open signal this mail may command, or ``None`` once refused."""
         store = self.app.store
         ref = decision.refs[0]
         if self._seen_before(tx, msg, ref):
-            return "expunge"
+            return None
         if decision.evidence is Evidence.UNVERIFIED:
             # Before the reference is even looked up: a forger learns nothing.
-            return self._reject(tx, msg, decision.quiet, ref, "unverified")
+            self._reject(tx, msg, decision.quiet, ref, "unverified")
+            return None
         signal = store.signal_by_ref(ref)
         if signal is None:
             if store.ref_in_use(ref):
-                log.info("command.late", ref=ref)
-                assert msg.from_addr is not None
-                self.mailer.queue(
-                    tx,
-                    "command_late",
-                    "command_late",
-                    msg.from_addr,
-                    {"ref": ref},
-                    ref=None,
-                    answers=msg.message_id,
-                    quiet=decision.quiet,
-                )
-                return "expunge"
-            return self._reject(tx, msg, decision.quiet, ref, "unknown_reference")
+                self._late(tx, msg, decision, ref)
+            else:
+                self._reject(tx, msg, decision.quiet, ref, "unknown_reference")
+            return None
         expected = signal_token(tx.data_key(signal), ref)
         # The body only: the token is never in a Subject (README, "Where the token travels").
         found = tokens_in(msg.text, msg.html or "")
         if not any(tokens_equal(t, expected) for t in found):
-            return self._reject(tx, msg, decision.quiet, ref, "token")
+            self._reject(tx, msg, decision.quiet, ref, "token")
+            return None
         if signal.state not in OPEN_STATES:
-            return self._reject(tx, msg, decision.quiet, ref, "closed")
+            self._reject(tx, msg, decision.quiet, ref, "closed")
+            return None
+        return signal
+
+    def _late(self, tx: Transaction, msg: ParsedMessage, decision: Decision, ref: str) -> None:
+        log.info("command.late", ref=ref)
+        assert msg.from_addr is not None
+        self.mailer.queue(
+            tx,
+            "command_late",
+            "command_late",
+            msg.from_addr,
+            {"ref": ref},
+            ref=None,
+            answers=msg.message_id,
+            quiet=decision.quiet,
+        )
+
+    def _parse(
+        self, tx: Transaction, msg: ParsedMessage, decision: Decision, signal: Signal
+    ) -> cmd.Parsed | None:
+        """The commands, all of them valid and possible, or ``None`` once refused."""
+        ref, quiet = signal.ref, decision.quiet
         if "text-truncated" in msg.defects:
             # Commands are all-or-nothing; a reply we could not read whole is refused.
-            return self._reject(tx, msg, decision.quiet, ref, "too_long")
+            self._reject(tx, msg, quiet, ref, "too_long")
+            return None
         parsed = read_commands(msg, self.cfg.destinations.keys())
         if parsed is None:
-            return self._reject(tx, msg, decision.quiet, ref, "parts_differ")
+            self._reject(tx, msg, quiet, ref, "parts_differ")
+            return None
         if parsed.errors:
-            return self._reject(
-                tx,
-                msg,
-                decision.quiet,
-                ref,
-                "invalid",
-                [cmd.explain(e, self.lang) for e in parsed.errors],
-            )
-        reporter = store.read_field(signal, "reporter")
-        asks = [c for c in parsed.commands if isinstance(c, cmd.Ask)]
-        if asks and (reporter is None or not self._may_mail(reporter.decode())):
-            return self._reject(tx, msg, decision.quiet, ref, "no_reporter")
-        done: list[str] = []
-        extra: list[str] = []
-        close: cmd.Close | None = None
-        forward: cmd.Forward | None = None
-        for c in parsed.commands:
-            if isinstance(c, cmd.SetForm):
-                signal = tx.update_signal(signal, form=c.form.value)
-            elif isinstance(c, cmd.Hold):
-                signal = tx.update_signal(signal, hold=1)
-            elif isinstance(c, cmd.NoFeedback):
-                signal = tx.update_signal(signal, no_feedback=1)
-            elif isinstance(c, cmd.Ask):
-                assert reporter is not None
-                n = sum(1 for f in tx.field_names(signal) if f.startswith("question:")) + 1
-                tx.add_field(signal, f"question:{n}", c.question.encode())
-                signal = tx.update_signal(signal, state="waiting_info", hold=0)
-                self.mailer.queue(
-                    tx,
-                    "question",
-                    "question",
-                    reporter.decode(),
-                    {"ref": ref, "question": c.question},
-                    ref=ref,
-                )
-            elif isinstance(c, cmd.Status):
-                extra += self._status_lines(signal)
-            elif isinstance(c, cmd.Help):
-                extra += cmd.help_lines(
-                    {k: d.label for k, d in self.cfg.destinations.items()}, self.lang
-                )
-            elif isinstance(c, cmd.Close):
-                close = c
-            elif isinstance(c, cmd.Forward):
-                forward = c
-            if not isinstance(c, cmd.Status | cmd.Help):
-                done.append(cmd.describe(c, self.lang))
-        if forward is not None:
-            signal = self._forward(tx, signal, forward.destinations)
-        if signal.hold and not any(isinstance(c, cmd.Hold) for c in parsed.commands):
+            lines = [cmd.explain(e, self.lang) for e in parsed.errors]
+            self._reject(tx, msg, quiet, ref, "invalid", lines)
+            return None
+        if any(isinstance(c, cmd.Ask) for c in parsed.commands) and self._reporter(signal) is None:
+            self._reject(tx, msg, quiet, ref, "no_reporter")
+            return None
+        return parsed
+
+    def _reporter(self, signal: Signal) -> str | None:
+        """The reporter's address, when inboxd may mail it."""
+        reporter = self.app.store.read_field(signal, "reporter")
+        if reporter is None or not self._may_mail(reporter.decode()):
+            return None
+        return reporter.decode()
+
+    def _apply(self, tx: Transaction, signal: Signal, commands: Sequence[cmd.Command]) -> _Effects:
+        effects = _Effects(self, tx, signal)
+        for c in commands:
+            c.apply(effects)
+        if effects.forwarding is not None:
+            effects.signal = self._forward(tx, effects.signal, effects.forwarding)
+        if effects.signal.hold and not any(isinstance(c, cmd.Hold) for c in commands):
             # WACHT holds "until the next command".
-            signal = tx.update_signal(signal, hold=0)
+            effects.signal = tx.update_signal(effects.signal, hold=0)
+        return effects
+
+    def _answer(
+        self,
+        tx: Transaction,
+        msg: ParsedMessage,
+        decision: Decision,
+        parsed: cmd.Parsed,
+        applied: _Effects,
+    ) -> None:
+        signal = applied.signal
         assert msg.from_addr is not None
+        done = [cmd.describe(c, self.lang) for c in parsed.commands if c.reported]
         self.mailer.queue(
             tx,
             "command_result",
             "command_result",
             msg.from_addr,
-            {"ref": ref, "done": done, "extra": extra, "ignored": list(parsed.ignored)},
+            {
+                "ref": signal.ref,
+                "done": done,
+                "extra": applied.extra,
+                "ignored": list(parsed.ignored),
+            },
             ref=None,
             answers=msg.message_id,
             quiet=decision.quiet,
         )
         log.info(
             "command.accepted",
-            ref=ref,
+            ref=signal.ref,
             count=len(parsed.commands),
             state=signal.state,
             authenticated=decision.evidence is Evidence.VERIFIED,
         )
-        if close is not None:
+        if applied.closing:
             self.ending.end(tx, signal, End.CLOSED)
-        return "expunge"
 
     def _seen_before(self, tx: Transaction, msg: ParsedMessage, ref: str) -> bool:
         """A command mail acts once. The same mail delivered again byte for byte (a
@@ -450,3 +460,56 @@ class Triage:
                 },
                 ref=None,
             )
+
+
+class _Effects:
+    """What the commands of one accepted mail do to its signal (commands.CommandEffects).
+
+    A forward is queued and a close carried out after the other commands (``_apply``,
+    ``_answer``); STATUS and HULP add lines to the answer."""
+
+    def __init__(self, triage: Triage, tx: Transaction, signal: Signal) -> None:
+        self.triage = triage
+        self.tx = tx
+        self.signal = signal
+        self.extra: list[str] = []
+        self.forwarding: tuple[str, ...] | None = None
+        self.closing = False
+
+    def set_form(self, form: cmd.Form) -> None:
+        self.signal = self.tx.update_signal(self.signal, form=form.value)
+
+    def hold(self) -> None:
+        self.signal = self.tx.update_signal(self.signal, hold=1)
+
+    def no_feedback(self) -> None:
+        self.signal = self.tx.update_signal(self.signal, no_feedback=1)
+
+    def ask(self, question: str) -> None:
+        reporter = self.triage._reporter(self.signal)
+        assert reporter is not None  # checked in Triage._parse
+        tx, signal = self.tx, self.signal
+        n = sum(1 for f in tx.field_names(signal) if f.startswith("question:")) + 1
+        tx.add_field(signal, f"question:{n}", question.encode())
+        self.signal = tx.update_signal(signal, state="waiting_info", hold=0)
+        self.triage.mailer.queue(
+            tx,
+            "question",
+            "question",
+            reporter,
+            {"ref": signal.ref, "question": question},
+            ref=signal.ref,
+        )
+
+    def forward(self, destinations: tuple[str, ...]) -> None:
+        self.forwarding = destinations
+
+    def close(self, reason: str) -> None:
+        self.closing = True
+
+    def status(self) -> None:
+        self.extra += self.triage._status_lines(self.signal)
+
+    def help(self) -> None:
+        labels = {k: d.label for k, d in self.triage.cfg.destinations.items()}
+        self.extra += cmd.help_lines(labels, self.triage.lang)

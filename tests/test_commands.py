@@ -670,3 +670,28 @@ def test_megabyte_texts_parse_in_bounded_time(text: str) -> None:
     parsed = parse_commands(text, DESTS)
     assert parsed.commands == () or parsed.errors == ()
     assert time.thread_time() - started < 2.0
+
+
+# --- one definition per command ---------------------------------------------------------
+
+
+def test_every_definition_names_its_words_conflicts_and_help() -> None:
+    from inboxd.commands import COMMANDS
+
+    names = {kind.__name__ for kind in COMMANDS}
+    assert sorted(kind.rank for kind in COMMANDS) == list(range(len(COMMANDS)))
+    for kind in COMMANDS:
+        assert kind.conflicts_with <= names, kind
+        for language in ("nl", "en"):
+            words = kind.words[language]  # type: ignore[index]
+            assert words, (kind, language)
+            assert kind.help[language].startswith(  # type: ignore[index]
+                words[0].upper() if kind is not Forward else "<"
+            )
+            for word in words:
+                parsed = parse_commands(f"{word} {'x' if kind in (Ask, Close) else ''}", {"x"})
+                if kind is SetForm:
+                    parsed = parse_commands(f"{word} overig", DESTS)
+                if kind is Forward:
+                    parsed = parse_commands(f"{word} x", {"x"})
+                assert [type(c) for c in parsed.commands] == [kind], (word, parsed)
