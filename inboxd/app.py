@@ -3,7 +3,6 @@ which backend class goes with which setting)."""
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -19,6 +18,7 @@ from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox
 from inboxd.msauth import TokenError, TokenSource
 from inboxd.outbox import Outbox
+from inboxd.sent_copies import keep_sent_copies, purge_sent_copies
 from inboxd.store import SqliteStore, Store
 from inboxd.templates import Templates
 from inboxd.throttle import Throttle
@@ -256,49 +256,6 @@ def make_transport(cfg: Config, mailbox: Mailbox | None = None) -> Transport:
     )
 
 
-def purge_sent_copies(app: App) -> int:
-    """Delete the Sent Items copies the transport still owes (Graph: a MIME
-    ``sendMail`` always files one, and Exchange may file it after the send returned).
-
-    For the daemon's scheduler and the end of ``inboxd once``; a no-op for other
-    transports. Never raises; returns how many copies are still awaited.
-    """
-    purge = getattr(app.transport, "purge_sent", None)
-    if purge is None:
-        return 0
-    try:
-        with app.lock:
-            return int(purge())
-    except Exception as exc:
-        log.warning(
-            "transport.purge_failed", transport=app.transport.name, error=type(exc).__name__
-        )
-        return 0
-
-
-SENT_COPIES_META = "sent_copies_pending"
-
-
-def _keep_sent_copies(transport: Transport, store: Store) -> None:
-    """Graph: the Sent Items copies still awaited live in the store (our own
-    Message-IDs, no content), so a restart goes on looking for them."""
-    expect = getattr(transport, "expect_copies", None)
-    if expect is None:
-        return
-    saved = store.get_meta(SENT_COPIES_META)
-    if saved:
-        try:
-            ids = json.loads(saved)
-        except ValueError:
-            ids = []
-        expect([i for i in ids if isinstance(i, str)] if isinstance(ids, list) else [])
-
-    def save(ids: list[str]) -> None:
-        store.set_meta(SENT_COPIES_META, json.dumps(ids))
-
-    transport.on_pending = save  # type: ignore[attr-defined]
-
-
 @dataclass
 class App:
     cfg: Config
@@ -316,7 +273,7 @@ class App:
         # end of ``inboxd once`` and a stopping daemon leave none behind.
         pending = getattr(self.transport, "pending_copies", None)
         if pending is not None and pending():
-            purge_sent_copies(self)
+            purge_sent_copies(self.transport, self.lock)
         self.mailbox.close()
         self.transport.close()
         self.store.close()
@@ -337,7 +294,7 @@ def build(
     mailer = Mailer(cfg, templates, clock, keyring)
     intake = Intake(cfg=cfg, store=store, keyring=keyring, mailbox=mb, mailer=mailer, clock=clock)
     outbox = Outbox(store, tr, clock, cfg.triage.forward_retry_for, language=cfg.language)
-    _keep_sent_copies(tr, store)
+    keep_sent_copies(tr, store)
     app = App(
         cfg=cfg,
         keyring=keyring,
@@ -351,7 +308,7 @@ def build(
     try:
         from inboxd.triage import Triage
 
-        triage = Triage(app)
+        triage = Triage(cfg=cfg, store=store, keyring=keyring, mailer=mailer, clock=clock)
         intake.replies = triage
         outbox.on_sent = triage.mail_sent
         outbox.on_given_up = triage.mail_given_up

@@ -477,7 +477,7 @@ class Config(_Section):
 
             # The scheduler's own reading (crontab weekdays: 0 and 7 are Sunday), so
             # what passes here also runs there.
-            from inboxd.schedule import cron_trigger
+            from inboxd.crontab import cron_trigger
 
             cron_trigger(self.triage.digest_cron, dt.UTC)
         except ValueError:

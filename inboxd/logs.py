@@ -15,6 +15,8 @@ from typing import Any, TextIO
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
+from inboxd.event_counts import count_event
+
 # Field names a log event may carry. Values of these fields must never be mail
 # content; exceptions are logged by type name (``error``), never by message.
 ALLOWED_FIELDS = frozenset(
@@ -141,7 +143,6 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
     global _configured
     out = stream if stream is not None else sys.stdout
     renderer: Any = _ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
-    from inboxd.metrics import count_event
 
     shared: list[Any] = [
         count_event,

@@ -7,48 +7,41 @@ from the store at scrape time, under the work lock, and match ``status --json``.
 
 from __future__ import annotations
 
-import re
 import threading
-from collections.abc import Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from inboxd.app import App
+from inboxd.config import Config
+from inboxd.event_counts import EVENTS, REGISTRY
+from inboxd.intake import status_snapshot
+from inboxd.store import Store
 
-REGISTRY = CollectorRegistry(auto_describe=True)
-EVENTS = Counter(
-    "inboxd_events",
-    "Log events by name (signal.queued, ack.sent, mail.failed, …)",
-    ["event"],
-    registry=REGISTRY,
-)
-
-# Every event name of the code is a dotted constant ("signal.queued", "cycle.failed",
-# "transport.error" …): count them all, so failures can be alerted on too. The
-# pattern keeps anything else (free text) from becoming a label value.
-_EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,30}(\.[a-z][a-z0-9_]{0,30}){1,2}")
+__all__ = ["EVENTS", "REGISTRY", "Scraped", "StoreCollector", "registry_for", "serve"]
 
 
-def count_event(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    name = event_dict.get("event")
-    if isinstance(name, str) and _EVENT_NAME.fullmatch(name):
-        EVENTS.labels(event=name).inc()
-    return event_dict
+class Scraped(Protocol):
+    """What a scrape reads of the running application (``inboxd.app.App`` is one):
+    declared here, so that this module does not depend on the assembly above it."""
+
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    @property
+    def lock(self) -> threading.RLock: ...
 
 
 class StoreCollector(Collector):
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Scraped) -> None:
         self.app = app
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from inboxd.intake import status_snapshot
-
         with self.app.lock:
             snap: dict[str, Any] = status_snapshot(self.app.store, self.app.clock())
             last = {k: self.app.store.get_meta(k) for k in ("last_fetch", "last_send")}
@@ -76,7 +69,7 @@ class StoreCollector(Collector):
             )
 
 
-def registry_for(app: App) -> CollectorRegistry:
+def registry_for(app: Scraped) -> CollectorRegistry:
     """The event counters (process-wide) and this app's store gauges, in a registry of
     their own: a second app in the same process (tests, a restart) does not collide
     with the first one's gauges."""
@@ -88,7 +81,7 @@ def registry_for(app: App) -> CollectorRegistry:
     return registry
 
 
-def serve(app: App) -> threading.Thread | None:
+def serve(app: Scraped) -> threading.Thread | None:
     if app.cfg.metrics is None:
         return None
     host, _, port = app.cfg.metrics.listen.rpartition(":")

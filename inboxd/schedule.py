@@ -11,20 +11,20 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
-from tzlocal import get_localzone
 
+from inboxd.config import Config
+from inboxd.crontab import cron_trigger, local_zone
 from inboxd.guides import spoken_duration
-from inboxd.intake import iso
+from inboxd.intake import Intake, iso
 from inboxd.logs import get_logger
 from inboxd.mail_limits import flood_notice_due, longest_window
-from inboxd.store import OPEN_STATES, Signal
-
-if TYPE_CHECKING:
-    from inboxd.app import App
+from inboxd.outbox import Outbox
+from inboxd.sent_copies import purge_sent_copies
+from inboxd.store import OPEN_STATES, Signal, Store
+from inboxd.transport.base import Transport
 
 log = get_logger(__name__)
 
@@ -34,68 +34,25 @@ SHRED_RETRY = 10.0  # seconds
 # How far back a missed digest is still sent (a daemon down over a long weekend).
 DIGEST_LOOKBACK = 8 * DAY
 
-_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
+class Services(Protocol):
+    """What the timed jobs use of the running application (``inboxd.app.App`` is one):
+    declared here, so that this module does not depend on the assembly above it."""
 
-def local_zone() -> dt.tzinfo:
-    """The machine's time zone with its DST rules. (A fixed UTC offset taken from the
-    current moment would put the digest an hour off for half of the year.)"""
-    return get_localzone()
-
-
-def _crontab_weekdays(field: str) -> str:
-    """Crontab day-of-week numbers (0 and 7 Sunday, 1 Monday) as APScheduler names.
-
-    APScheduler 3 reads numbers as 0 = Monday, so "0 9 * * 1-5" would mean Tuesday to
-    Saturday, and "sun-sat" would be no range at all: every part is spelled out as
-    a list of names, which both read the same way.
-    """
-    out: list[str] = []
-    for part in field.split(","):
-        if part == "*":
-            out.append(part)
-            continue
-        span, _, step_text = part.partition("/")
-        step = int(step_text) if step_text else 1
-        if span == "*":
-            first, last = 0, 6
-        else:
-            lo, _, hi = span.partition("-")
-            first = _weekday_number(lo)
-            last = _weekday_number(hi) if hi else (6 if step_text else first)
-        if step < 1 or last < first:
-            raise ValueError(f"bad day-of-week range {part!r}")
-        days = {n % 7 for n in range(first, last + 1, step)}
-        out += [_WEEKDAYS[n] for n in sorted(days)]
-    return ",".join(dict.fromkeys(out))
-
-
-def _weekday_number(text: str) -> int:
-    t = text.strip().lower()
-    if t.isdigit():
-        n = int(t)
-        if n > 7:
-            raise ValueError(f"bad day of week {text!r}")
-        return n
-    if t in _WEEKDAYS:
-        return _WEEKDAYS.index(t)
-    raise ValueError(f"bad day of week {text!r}")
-
-
-def cron_trigger(cron: str, tz: dt.tzinfo | None = None) -> CronTrigger:
-    """A crontab expression with crontab's meaning, in ``tz`` (default: local time)."""
-    values = cron.split()
-    if len(values) != 5:
-        raise ValueError(f"wrong number of fields: {len(values)}, expected 5")
-    minute, hour, day, month, weekday = values
-    return CronTrigger(
-        minute=minute,
-        hour=hour,
-        day=day,
-        month=month,
-        day_of_week=_crontab_weekdays(weekday),
-        timezone=tz or local_zone(),
-    )
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def intake(self) -> Intake: ...
+    @property
+    def outbox(self) -> Outbox: ...
+    @property
+    def transport(self) -> Transport: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    @property
+    def lock(self) -> threading.RLock: ...
 
 
 def due_reminders(signals: Sequence[Signal], now: float, remind_after: float) -> list[Signal]:
@@ -156,7 +113,7 @@ def overdue(signals: Sequence[Signal], now: float, remind_after: float) -> list[
     ]
 
 
-def send_reminders(app: App) -> int:
+def send_reminders(app: Services) -> int:
     """One reminder mail per functionaris when a signal is due, listing every overdue
     signal: signals that fell due at different hours then share one mail a day
     instead of each bringing its own."""
@@ -176,7 +133,7 @@ def send_reminders(app: App) -> int:
     return len(listed)
 
 
-def send_digest(app: App, *, force: bool = False) -> bool:
+def send_digest(app: Services, *, force: bool = False) -> bool:
     now = app.clock()
     last = app.store.get_meta("last_digest")
     if last is None and not force:
@@ -203,7 +160,7 @@ def send_digest(app: App, *, force: bool = False) -> bool:
     return True
 
 
-def send_flood_notice(app: App) -> bool:
+def send_flood_notice(app: Services) -> bool:
     """One notice to each functionaris naming how many signals were queued without a
     triage request of their own (and from how many senders), once the flood has
     calmed down or has gone on for an hour. No content: the count and the time."""
@@ -242,7 +199,7 @@ def send_flood_notice(app: App) -> bool:
     return True
 
 
-def housekeeping(app: App) -> None:
+def housekeeping(app: Services) -> None:
     now = app.clock()
     app.store.expire(now, app.cfg.dedup_window, longest_window(app.cfg))
     app.store.shred()
@@ -254,7 +211,7 @@ def housekeeping(app: App) -> None:
         log.info("store.vacuumed")
 
 
-def due_jobs(app: App) -> None:
+def due_jobs(app: Services) -> None:
     """Everything timed that is due now (``inboxd once``)."""
     with app.lock:
         send_reminders(app)
@@ -263,7 +220,7 @@ def due_jobs(app: App) -> None:
         housekeeping(app)
 
 
-def _guarded(app: App, name: str, fn: Callable[[App], object]) -> Callable[[], None]:
+def _guarded(app: Services, name: str, fn: Callable[[Services], object]) -> Callable[[], None]:
     def job() -> None:
         try:
             with app.lock:
@@ -275,9 +232,7 @@ def _guarded(app: App, name: str, fn: Callable[[App], object]) -> Callable[[], N
     return job
 
 
-def start_scheduler(app: App, stop: threading.Event) -> BackgroundScheduler:
-    from inboxd.app import purge_sent_copies  # app imports this module's neighbours
-
+def start_scheduler(app: Services, stop: threading.Event) -> BackgroundScheduler:
     zone = local_zone()
     sched = BackgroundScheduler(
         timezone=zone,
@@ -319,7 +274,7 @@ def start_scheduler(app: App, stop: threading.Event) -> BackgroundScheduler:
     # Graph files a Sent Items copy of each MIME sendMail, sometimes after the send
     # returned: look for the awaited copies every few minutes (a no-op elsewhere).
     sched.add_job(
-        _guarded(app, "purge_sent", purge_sent_copies),
+        _guarded(app, "purge_sent", lambda a: purge_sent_copies(a.transport, a.lock)),
         "interval",
         minutes=5,
         id="purge_sent",

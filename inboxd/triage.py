@@ -11,24 +11,21 @@ must be open. Only then is the reply text parsed, and then all-or-nothing.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Collection, Sequence
 
 from inboxd import commands as cmd
 from inboxd.classify import Decision
-from inboxd.crypto import signal_token, tokens_equal
+from inboxd.config import Config
+from inboxd.crypto import Keyring, signal_token, tokens_equal
 from inboxd.ending import End, Ending, within_ack_domains
 from inboxd.evidence import Evidence
-from inboxd.intake import iso
+from inboxd.intake import Mailer, iso
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import MailboxItem
 from inboxd.outbox import AttachRef
 from inboxd.parsing import ParsedMessage
 from inboxd.replytext import reply_text
-from inboxd.store import OPEN_STATES, DueMail, Signal, Transaction
-
-if TYPE_CHECKING:
-    from inboxd.app import App
+from inboxd.store import OPEN_STATES, DueMail, Signal, Store, Transaction
 
 log = get_logger(__name__)
 
@@ -96,12 +93,22 @@ def _same(a: cmd.Parsed, b: cmd.Parsed) -> bool:
 
 
 class Triage:
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.cfg = app.cfg
-        self.mailer = app.intake.mailer
-        self.lang = app.cfg.language
-        self.ending = Ending(app.cfg, app.store, self.mailer)
+    def __init__(
+        self,
+        *,
+        cfg: Config,
+        store: Store,
+        keyring: Keyring,
+        mailer: Mailer,
+        clock: Callable[[], float],
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.keyring = keyring
+        self.mailer = mailer
+        self.clock = clock
+        self.lang = cfg.language
+        self.ending = Ending(cfg, store, mailer)
 
     # -- intake hooks ---------------------------------------------------------
     def handle(
@@ -118,7 +125,7 @@ class Triage:
             dest = kind.split(":", 1)[1]
             if not msg.report_type or msg.report_type != "delivery-status":
                 continue
-            signal = self.app.store.signal_by_ref(ref)
+            signal = self.store.signal_by_ref(ref)
             if signal is not None:
                 done = tuple(d for d in signal.done_destinations if d != dest)
                 tx.update_signal(signal, state="forwarding_failed", done_destinations=done)
@@ -139,7 +146,7 @@ class Triage:
         ref: str,
         evidence: Evidence,
     ) -> tuple[str, str]:
-        signal = self.app.store.signal_by_ref(ref)
+        signal = self.store.signal_by_ref(ref)
         assert signal is not None
         n = sum(1 for f in tx.field_names(signal) if f.startswith("followup:")) + 1
         tx.add_field(signal, f"followup:{n}", item.raw)
@@ -157,7 +164,7 @@ class Triage:
             "ref": ref,
             "token": signal_token(tx.data_key(signal), ref),
             "number": n,
-            "received": iso(self.app.clock()),
+            "received": iso(self.clock()),
             "include_content": self.cfg.triage.include_content,
             "text": msg.text[:200_000] if self.cfg.triage.include_content != "none" else "",
         }
@@ -212,7 +219,7 @@ class Triage:
 
     def _authorise(self, tx: Transaction, msg: ParsedMessage, decision: Decision) -> Signal | None:
         """The open signal this mail may command, or ``None`` once refused."""
-        store = self.app.store
+        store = self.store
         ref = decision.refs[0]
         if self._seen_before(tx, msg, ref):
             return None
@@ -276,7 +283,7 @@ class Triage:
 
     def _reporter(self, signal: Signal) -> str | None:
         """The reporter's address, when inboxd may mail it."""
-        reporter = self.app.store.read_field(signal, "reporter")
+        reporter = self.store.read_field(signal, "reporter")
         if reporter is None or not self._may_mail(reporter.decode()):
             return None
         return reporter.decode()
@@ -335,7 +342,7 @@ class Triage:
         someone who captured it — whatever became of the first. One short answer
         for the first such copy, none after: a loop cannot make a mail storm."""
         assert msg.from_addr is not None
-        keyring, store = self.app.keyring, self.app.store
+        keyring, store = self.keyring, self.store
         # Without a Message-ID the visible content names the mail instead.
         name = (
             (msg.from_addr, msg.message_id)
@@ -343,7 +350,7 @@ class Triage:
             else (msg.from_addr, "", msg.subject, msg.text, msg.html or "")
         )
         seen = keyring.command_digests(*name)
-        expires = self.app.clock() + self.cfg.dedup_window
+        expires = self.clock() + self.cfg.dedup_window
         if not store.has_dedup(seen):
             tx.add_dedup(seen[0], None, expires)
             return False
@@ -363,7 +370,7 @@ class Triage:
         return True
 
     def _status_lines(self, s: Signal) -> list[str]:
-        age = int((self.app.clock() - s.created_at) // 3600)
+        age = int((self.clock() - s.created_at) // 3600)
         return [
             f"{s.ref}: {s.state}",
             f"ontvangen/received: {iso(s.created_at)} ({age} h)",
@@ -422,7 +429,7 @@ class Triage:
         if not due.kind.startswith("forward:") or due.ref is None:
             return
         key = due.kind.split(":", 1)[1]
-        signal = self.app.store.signal_by_ref(due.ref)
+        signal = self.store.signal_by_ref(due.ref)
         if signal is None:
             return
         if any(k == due.kind for k in tx.pending_kinds(due.ref)):
@@ -437,8 +444,8 @@ class Triage:
         if not due.kind.startswith("forward:") or due.ref is None:
             return
         dest = due.kind.split(":", 1)[1]
-        with self.app.store.transaction() as tx:
-            signal = self.app.store.signal_by_ref(due.ref)
+        with self.store.transaction() as tx:
+            signal = self.store.signal_by_ref(due.ref)
             if signal is not None:
                 tx.update_signal(signal, state="forwarding_failed")
             self._alert(tx, due.ref, dest, "failed", still_open=signal is not None)

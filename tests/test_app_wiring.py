@@ -29,7 +29,6 @@ from inboxd.app import (
     build,
     make_mailbox,
     make_transport,
-    purge_sent_copies,
     token_sources,
 )
 from inboxd.config import ConfigError
@@ -39,6 +38,7 @@ from inboxd.mailbox import graph as graph_module
 from inboxd.mailbox.ews import EwsMailbox
 from inboxd.mailbox.graph import GraphMailbox
 from inboxd.msauth import OUTLOOK_SCOPE, TokenProvider, graph_scope
+from inboxd.sent_copies import purge_sent_copies
 from inboxd.transport.base import Envelope, SendError
 from inboxd.transport.ews import EwsTransport
 from inboxd.transport.graph import GraphTransport
@@ -311,7 +311,7 @@ def test_purge_of_sent_items_copies_filed_late(
     app.transport.send(Envelope(MAILBOX, F1), mail.encode())
     graph.file_held_copies()
     assert len(graph.folder("sentitems")) == 1
-    assert purge_sent_copies(app) == 0
+    assert purge_sent_copies(app.transport, app.lock) == 0
     assert graph.folder("sentitems") == []
 
     # And a copy still awaited when the app closes (end of once, daemon stop) goes too.
@@ -338,7 +338,9 @@ def test_a_copy_filed_after_the_process_ended_is_purged_by_the_next_one(
         # The immutable id of the message and its Message-ID, nothing else.
         [entry] = app2.transport.pending_copies()  # type: ignore[attr-defined]
         assert entry.endswith(" <after@x>") and " " not in entry.removesuffix(" <after@x>")
-        assert purge_sent_copies(app2) == 0  # what the daemon's 5-minute job runs
+        assert (
+            purge_sent_copies(app2.transport, app2.lock) == 0
+        )  # what the daemon's 5-minute job runs
         assert graph.folder("sentitems") == []
     finally:
         app2.close()
@@ -377,7 +379,7 @@ def test_purge_is_a_no_op_for_other_transports(setup: Setup) -> None:
         f'[smtp]\ntransport = "maildir"\npath = "{setup.root}/out"\n{FROM}\n'
     )
     app = build(cfg)
-    assert purge_sent_copies(app) == 0
+    assert purge_sent_copies(app.transport, app.lock) == 0
     app.close()
 
 

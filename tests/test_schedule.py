@@ -34,11 +34,10 @@ from world import (
 from world import signal_mail as make_signal
 
 from inboxd import logs, schedule
+from inboxd.crontab import _crontab_weekdays, cron_trigger
 from inboxd.references import find_references
 from inboxd.schedule import (
     DAY,
-    _crontab_weekdays,
-    cron_trigger,
     digest_due,
     due_reminders,
     last_fire_before,

@@ -11,24 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
-import inspect
 import re
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from inboxd.config import is_loopback
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import MailboxError, MailboxItem
+from inboxd.mailserver import Security, check_security, oauth2_token, tls_context
 
 log = get_logger(__name__)
 
-Security = Literal["tls", "starttls", "none"]
 
 FETCH_BATCH = 200  # bounded by FETCH_BATCH_BYTES too
 FETCH_BATCH_BYTES = 4 * 1024 * 1024  # a bigger message comes alone, in parts
@@ -161,14 +159,6 @@ def any_message_id(ids: Sequence[str]) -> list[str]:
     return keys
 
 
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """System CAs plus an optional extra bundle; hostname checked, TLS >= 1.2."""
-    ctx = ssl.create_default_context()
-    if ca_file:
-        ctx.load_verify_locations(cafile=ca_file)
-    return ctx
-
-
 def _error_reason(op: str, exc: BaseException) -> str:
     # Only the operation and the exception type: never the server's words.
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -201,10 +191,7 @@ class ImapMailbox:
         timeout: float = 30.0,
         idle_renew: float = 600.0,
     ) -> None:
-        if security not in ("tls", "starttls", "none"):
-            raise ValueError(f"unknown security {security!r}")
-        if security == "none" and not is_loopback(host):
-            raise ValueError("security = 'none' is only allowed to a loopback host")
+        check_security(host, security)
         if password is None and oauth2_token is None:
             raise ValueError("give a password or an oauth2_token provider")
         self.host = host
@@ -269,9 +256,7 @@ class ImapMailbox:
     def _token(self, *, refresh: bool) -> str:
         assert self._oauth2_token is not None
         try:
-            if refresh and "force_refresh" in inspect.signature(self._oauth2_token).parameters:
-                return self._oauth2_token(force_refresh=True)
-            return self._oauth2_token()
+            return oauth2_token(self._oauth2_token, refresh=refresh)
         except Exception as exc:
             # msauth.TokenError says whether retrying can help; other errors: assume not.
             permanent = bool(getattr(exc, "permanent", True))

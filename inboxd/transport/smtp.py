@@ -11,7 +11,6 @@ outbox to stop draining until the next round.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import re
 import smtplib
 import socket
@@ -21,9 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Literal
 
-from inboxd.config import is_loopback
 from inboxd.logs import get_logger
-from inboxd.mailbox.imap import tls_context
+from inboxd.mailserver import Security, check_security, oauth2_token, tls_context
 from inboxd.transport.base import Envelope, Message, SendError, message_size, pieces_of
 
 log = get_logger(__name__)
@@ -92,7 +90,6 @@ class _Stale(Exception):
     """The reused connection was gone before MAIL was accepted."""
 
 
-Security = Literal["tls", "starttls", "none"]
 Stage = Literal["MAIL", "RCPT", "DATA"]
 
 _ENHANCED = re.compile(rb"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
@@ -146,10 +143,7 @@ class SmtpTransport:
         timeout: float = 30.0,
         local_hostname: str | None = None,
     ) -> None:
-        if security not in ("tls", "starttls", "none"):
-            raise ValueError(f"unknown security {security!r}")
-        if security == "none" and not is_loopback(host):
-            raise ValueError("security = 'none' is only allowed to a loopback host")
+        check_security(host, security)
         if username and password is None and oauth2_token is None:
             raise ValueError("a username needs a password or an oauth2_token provider")
         self.host = host
@@ -235,9 +229,7 @@ class SmtpTransport:
     def _token(self, *, refresh: bool) -> str:
         assert self._oauth2_token is not None
         try:
-            if refresh and "force_refresh" in inspect.signature(self._oauth2_token).parameters:
-                return self._oauth2_token(force_refresh=True)
-            return self._oauth2_token()
+            return oauth2_token(self._oauth2_token, refresh=refresh)
         except Exception as exc:
             raise self._fail(
                 f"cannot connect: no oauth2 token ({type(exc).__name__})", exc
