@@ -65,7 +65,13 @@ class Ending:
 
     def end(self, tx: Transaction, signal: Signal, end: End) -> None:
         """Everything but the shredding, in ``tx``; the store shreds on commit."""
-        destinations = signal.destinations if end is End.FORWARDED else ()
+        # What was passed on is what counts: a signal closed after some destination
+        # accepted it (another refused it for good) was forwarded there, not "closed".
+        destinations = {
+            End.FORWARDED: signal.destinations,
+            End.CLOSED: signal.done_destinations,
+            End.PURGED: (),
+        }[end]
         outcome = outcome_of(end, destinations)
         if "drill" not in signal.flags:
             tx.count(

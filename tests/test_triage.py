@@ -406,6 +406,26 @@ def test_forward_refused_permanently_alerts_and_keeps_the_signal(
     assert mail.messages(KEDO) == []
 
 
+def test_closing_after_a_partial_forward_counts_and_reports_what_was_forwarded(
+    world: World, mail: MailServer
+) -> None:
+    mark = marker()
+    _, request = new_signal(world, mail, mark)
+    submit(mail, reply(request, "KEDO RIEC"))
+    # The forwards go out in key order: KEDO's is refused for good, RIEC's accepted.
+    mail.fail_next(count=1, code=550, stage="rcpt")
+    world.until_quiet()
+    assert world.status()["by_state"] == {"forwarding_failed": 1}
+    assert mail.messages(KEDO) == [] and len(mail.messages(RIEC)) == 1
+    command(world, mail, reply(request, "AFSLUITEN"))
+    assert_signal_gone(world, mail, mark)
+    assert stats(world)["rows"][0]["outcome"] == "riec"  # type: ignore[index]
+    feedback = mail.wait_for_messages(REPORTER, 2)[-1]
+    assert "doorgezet" in body_text(feedback), "the reporter hears it was passed on"
+    closed = [m for m in mail.messages(F1) if "Afgehandeld" in str(parse(m)["Subject"])]
+    assert len(closed) == 1 and "RIEC" in body_text(closed[0])
+
+
 # -- S/MIME ------------------------------------------------------------------------
 
 
