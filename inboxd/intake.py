@@ -158,7 +158,7 @@ class Mailer:
             return True
         n, window = budget(cls, self.cfg)
         who = self.keyring.sender_digest(to)
-        if tx.mails_since(who, cls.value, self.clock() - window) >= n:
+        if tx.mails_since(who, cls.value, self.clock() - window, n) >= n:
             return False
         tx.record_mail(who, cls.value)
         return True
@@ -168,7 +168,7 @@ class Mailer:
         n, window = budget(LimitClass.NOTICE, self.cfg)
         since = self.clock() - window
         return any(
-            tx.mails_since(self.keyring.sender_digest(f), LimitClass.NOTICE.value, since) >= n
+            tx.mails_since(self.keyring.sender_digest(f), LimitClass.NOTICE.value, since, n) >= n
             for f in self.cfg.triage.functionarissen
         )
 
@@ -480,7 +480,7 @@ class Intake:
         a triage request (the sender's hour is full, or the functionarissen's)."""
         sender = self.keyring.sender_digest(msg.from_addr or "")
         n, window = budget(LimitClass.SIGNAL, self.cfg)
-        recent = tx.mails_since(sender, LimitClass.SIGNAL.value, self.clock() - window)
+        recent = tx.mails_since(sender, LimitClass.SIGNAL.value, self.clock() - window, n)
         tx.record_mail(sender, LimitClass.SIGNAL.value)
         if recent >= n or self.mailer.notices_spent(tx):
             tx.hold(sender)

@@ -483,6 +483,7 @@ def test_mails_since_counts_per_recipient_and_class(store: SqliteStore, clock: C
         assert tx.mails_since(me, "ack", 301) == 0
         assert tx.mails_since(other, "ack", 0) == 1
         assert tx.mails_since(me, "answer", 0) == 1
+        assert tx.mails_since(me, "ack", 0, upto=2) == 2, "counted no further than asked"
 
 
 def test_held_signals_are_summed_up_and_cleared(store: SqliteStore, clock: Clock) -> None:
