@@ -21,7 +21,7 @@ from fakes.token_server import TokenServer
 from servers import MailServer
 from world import F1, MAILBOX, signal_mail
 
-from inboxd import cli, config
+from inboxd import cli, config, graph_client
 from inboxd import daemon as daemon_module
 from inboxd.app import (
     EWS_SYNC_STATE,
@@ -34,7 +34,6 @@ from inboxd.app import (
 from inboxd.config import ConfigError
 from inboxd.crypto import generate_key_file
 from inboxd.daemon import once
-from inboxd.mailbox import graph as graph_module
 from inboxd.mailbox.ews import EwsMailbox
 from inboxd.mailbox.graph import GraphMailbox
 from inboxd.msauth import OUTLOOK_SCOPE, TokenProvider, graph_scope
@@ -660,7 +659,7 @@ def test_a_long_back_off_holds_every_request_while_the_watchdog_is_fed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Shortened to test time: what is waited inside a call, and the loop's wait.
-    monkeypatch.setattr(graph_module, "MAX_WAIT", 0.2)
+    monkeypatch.setattr(graph_client, "MAX_WAIT", 0.2)
     monkeypatch.setattr(daemon_module, "MAX_WAIT", 0.25)
     with tempfile.TemporaryDirectory(dir="/tmp") as short:
         sock_path = os.path.join(short, "notify")
@@ -708,7 +707,7 @@ def test_a_long_back_off_holds_every_request_while_the_watchdog_is_fed(
 def test_a_send_refused_with_a_long_back_off_waits_for_it_and_stops_the_drain(
     setup: Setup, aad: TokenServer, graph: GraphServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(graph_module, "MAX_WAIT", 0.2)
+    monkeypatch.setattr(graph_client, "MAX_WAIT", 0.2)
     app = build(setup.cfg(graph_toml(setup, aad, graph)))
     d = daemon_module.Daemon(app)
     try:

@@ -15,6 +15,7 @@ from fakes import captured_logs, pki
 from fakes.ews_server import EwsServer
 from fakes.token_server import TokenServer
 
+from inboxd import ews_account
 from inboxd.mailbox import ews as ews_module
 from inboxd.mailbox.base import MailboxError
 from inboxd.mailbox.ews import EwsMailbox
@@ -46,7 +47,7 @@ def srv() -> Iterator[EwsServer]:
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     waited: list[float] = []
-    monkeypatch.setattr(ews_module, "_sleep", waited.append)
+    monkeypatch.setattr(ews_account, "_sleep", waited.append)
     return waited
 
 
@@ -295,7 +296,7 @@ def test_throttling_is_bounded(srv: EwsServer, sleeps: list[float]) -> None:
         mb.list_new()
     assert not ei.value.auth
     assert "ErrorServerBusy" in str(ei.value)
-    assert len(sleeps) == ews_module.MAX_BUSY_RETRIES
+    assert len(sleeps) == ews_account.MAX_BUSY_RETRIES
 
 
 def test_a_long_back_off_is_carried_out_and_holds_every_request(

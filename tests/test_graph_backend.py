@@ -17,6 +17,7 @@ from fakes import captured_logs, pki
 from fakes.graph_server import GraphServer, rebuilt_mime
 from fakes.token_server import TokenServer
 
+from inboxd import graph_client
 from inboxd.mailbox import graph as graph_module
 from inboxd.mailbox.base import MailboxError
 from inboxd.mailbox.graph import GraphMailbox
@@ -57,7 +58,7 @@ def graph(aad: TokenServer) -> Iterator[GraphServer]:
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     waited: list[float] = []
-    monkeypatch.setattr(graph_module, "_sleep", waited.append)
+    monkeypatch.setattr(graph_client, "_sleep", waited.append)
     return waited
 
 
@@ -368,7 +369,7 @@ def test_throttling_is_bounded(aad: TokenServer, graph: GraphServer, sleeps: lis
     graph.fail("delta", 429, times=10, retry_after="1")
     with pytest.raises(MailboxError) as ei:
         mb.list_new()
-    assert sleeps == [1.0] * graph_module.MAX_RETRIES
+    assert sleeps == [1.0] * graph_client.MAX_RETRIES
     assert ei.value.retry_after == 1.0  # the rest is the daemon's to wait out
 
 
@@ -452,7 +453,7 @@ def test_untrusted_certificate_is_refused(aad: TokenServer, graph: GraphServer) 
 
 def test_links_outside_the_endpoint_are_not_followed(aad: TokenServer, graph: GraphServer) -> None:
     # A nextLink/deltaLink naming another host would carry our bearer token there.
-    from inboxd.mailbox.graph import GraphFailure
+    from inboxd.graph_client import GraphFailure
 
     client = mailbox(aad, graph).client
     with pytest.raises(GraphFailure):

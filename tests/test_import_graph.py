@@ -131,21 +131,30 @@ LAYER_RULES = [
         "inboxd.transport.smtp",
         "TLS, connection and OAuth helpers live in inboxd.mailserver",
     ),
-    pytest.param(
+    (
         "inboxd.transport.graph",
         "inboxd.mailbox.graph",
-        "the shared Graph client belongs in a module of its own",
-        marks=pytest.mark.xfail(
-            strict=True, reason="not yet: transport/graph.py imports mailbox/graph.py"
-        ),
+        "the Graph client is inboxd.graph_client, shared by both",
     ),
-    pytest.param(
+    (
+        "inboxd.mailbox.graph",
+        "inboxd.transport.graph",
+        "the Graph client is inboxd.graph_client, shared by both",
+    ),
+    (
         "inboxd.transport.ews",
         "inboxd.mailbox.ews",
-        "EWS account set-up belongs in a module of its own",
-        marks=pytest.mark.xfail(
-            strict=True, reason="not yet: transport/ews.py imports mailbox/ews.py"
-        ),
+        "EWS account set-up is inboxd.ews_account, shared by both",
+    ),
+    (
+        "inboxd.mailbox.ews",
+        "inboxd.transport.ews",
+        "EWS account set-up is inboxd.ews_account, shared by both",
+    ),
+    (
+        "inboxd.mailbox.ews",
+        "inboxd.mailbox.graph",
+        "the sync-state file is inboxd.sync_state, not the Graph backend's",
     ),
 ]
 

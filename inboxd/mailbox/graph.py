@@ -10,315 +10,32 @@ or without ``Location``, or a 400/404 ``syncStateNotFound``/``resyncRequired``)
 means a round from the ``Location`` or from scratch, which lists everything anyway.
 
 Throttling (429/503/504) is waited out as ``Retry-After`` says, bounded; a 401 is
-answered by fetching a new token once. :class:`GraphClient` and the state-file
-helpers are shared with :mod:`inboxd.transport.graph` and the EWS backend.
+answered by fetching a new token once (:mod:`inboxd.graph_client`, shared with
+:mod:`inboxd.transport.graph`); the state file is :mod:`inboxd.sync_state`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import email.utils
-import json
-import os
-import ssl
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-import httpx
-
+from inboxd.graph_client import DEFAULT_ENDPOINT, GraphClient, GraphFailure, odata_quote
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import MailboxError, MailboxItem
-from inboxd.msauth import TokenError, TokenSource
+from inboxd.msauth import TokenSource
+from inboxd.sync_state import read_state, store_state
 from inboxd.throttle import Throttle
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_ENDPOINT = "https://graph.microsoft.com"
 PAGE_SIZE = 100
-MAX_RETRIES = 4
 DELETIONS_PATH = "/mailFolders/recoverableitemsdeletions/messages"
 MAX_DELTA_ROUNDS = 3  # delta rounds in one listing when links keep expiring
-MAX_WAIT = 60.0  # seconds of Retry-After waited out inside one call, in total
-
-# Indirection so tests can observe the waits without sleeping.
-_sleep: Callable[[float], None] = time.sleep
-
-
-# --- state file (also used by the EWS backend) ----------------------------------------
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def read_state(path: str | None, scope: dict[str, str]) -> str | None:
-    """The stored state, if the file exists and belongs to this mailbox and folder."""
-    if not path:
-        return None
-    try:
-        doc = json.loads(Path(path).read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        log.warning("mailbox.state_unreadable", backend=scope.get("backend"))
-        return None
-    if (
-        not isinstance(doc, dict)
-        or doc.get("scope") != scope
-        or not isinstance(doc.get("state"), str)
-    ):
-        log.warning("mailbox.state_ignored", backend=scope.get("backend"))
-        return None
-    return str(doc["state"])
-
-
-def store_state(path: str | None, scope: dict[str, str], state: str) -> None:
-    if path:
-        write_atomically(path, json.dumps({"version": 1, "scope": scope, "state": state}).encode())
-
-
-# --- HTTP ------------------------------------------------------------------------------
-
-
-class GraphFailure(Exception):
-    """A Graph call failed; ``reason`` is a status and Graph error code, no content."""
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        auth: bool,
-        temporary: bool,
-        status: int = 0,
-        code: str = "",
-        location: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.auth = auth
-        self.temporary = temporary
-        self.status = status
-        self.code = code  # Graph's error code ("syncStateNotFound"), "" if none
-        self.location = location  # a Location header the error came with
-        self.retry_after = retry_after  # seconds the server asked to be left alone
-
-
-def _error_code(resp: httpx.Response) -> str:
-    try:
-        doc = resp.json()
-        code = doc.get("error", {}).get("code") if isinstance(doc, dict) else None
-    except ValueError:
-        code = None
-    return str(code) if code else "-"
-
-
-def _retry_after(resp: httpx.Response, attempt: int) -> float:
-    value = resp.headers.get("Retry-After", "")
-    if value.isdigit():
-        return float(value)
-    with contextlib.suppress(TypeError, ValueError):
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
-    return float(2**attempt)  # none given: 1, 2, 4, 8 s
-
-
-class GraphClient:
-    """Authenticated requests to ``{endpoint}/v1.0/users/{mailbox}``."""
-
-    def __init__(
-        self,
-        mailbox: str,
-        token: TokenSource,
-        *,
-        endpoint: str = DEFAULT_ENDPOINT,
-        timeout: float = 30.0,
-        ca_file: str | None = None,
-        throttle: Throttle | None = None,
-    ) -> None:
-        if not endpoint.startswith("https://"):
-            raise ValueError("endpoint must be an https:// URL")
-        if not mailbox:
-            raise ValueError("mailbox (user id or principal name) is required")
-        if ca_file and not os.path.isfile(ca_file):
-            raise ValueError("ca_file does not exist")
-        self.endpoint = endpoint.rstrip("/")
-        self.base = f"{self.endpoint}/v1.0/users/{quote(mailbox, safe='@')}"
-        self.host = urlsplit(self.endpoint).hostname or ""
-        self._token = token
-        self._timeout = timeout
-        self._ca_file = ca_file
-        self._http: httpx.Client | None = None
-        self.throttle = throttle or Throttle()
-
-    def _client(self) -> httpx.Client:
-        if self._http is None:
-            verify: ssl.SSLContext | bool = True
-            if self._ca_file:
-                verify = ssl.create_default_context(cafile=self._ca_file)
-            self._http = httpx.Client(
-                timeout=self._timeout,
-                verify=verify,
-                follow_redirects=False,
-                headers={"User-Agent": "inboxd", "Accept": "application/json"},
-            )
-        return self._http
-
-    def close(self) -> None:
-        http, self._http = self._http, None
-        if http is not None:
-            with contextlib.suppress(Exception):
-                http.close()
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        what: str,
-        content: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        ok: tuple[int, ...] = (200,),
-        tolerate: tuple[int, ...] = (),
-    ) -> httpx.Response:
-        """Send one request; returns a response whose status is in ``ok`` or
-        ``tolerate``; anything else raises :class:`GraphFailure`."""
-        if not url.startswith(self.endpoint + "/"):
-            # Links come from the server; the token goes nowhere but the endpoint.
-            raise GraphFailure("link outside the Graph endpoint", auth=False, temporary=False)
-        refreshed = False
-        waited = 0.0
-        attempt = 0
-        while True:
-            left = self.throttle.remaining()
-            if left > 0:
-                # The service asked to be left alone: nothing is sent before then.
-                raise GraphFailure(
-                    "HTTP 429 backing off", auth=False, temporary=True, retry_after=left
-                )
-            try:
-                tok = self._token(force_refresh=refreshed)
-            except TokenError as exc:
-                raise GraphFailure(
-                    exc.reason, auth=exc.permanent, temporary=not exc.permanent
-                ) from None
-            hdrs = {"Authorization": f"Bearer {tok}", **(headers or {})}
-            try:
-                resp = self._client().request(method, url, content=content, headers=hdrs)
-            except httpx.HTTPError as exc:
-                self.close()
-                raise GraphFailure(type(exc).__name__, auth=False, temporary=True) from None
-            status = resp.status_code
-            if status in ok or status in tolerate:
-                return resp
-            code = _error_code(resp)
-            resp.close()
-            if status == 401 and not refreshed:
-                refreshed = True
-                log.info("graph.token_refresh", kind=what)
-                continue
-            retry_after: float | None = None
-            if status in (429, 503, 504):
-                delay = _retry_after(resp, attempt)
-                if attempt < MAX_RETRIES and waited + delay <= MAX_WAIT:
-                    log.info(
-                        "graph.backoff", kind=what, delay=delay, code=status, attempt=attempt + 1
-                    )
-                    _sleep(delay)
-                    waited += delay
-                    attempt += 1
-                    continue
-                retry_after = self.throttle.hold(delay)
-                log.warning("graph.throttled", kind=what, code=status, delay=round(retry_after))
-            reason = f"HTTP {status} {code}"
-            auth = status in (401, 403)
-            temporary = status >= 500 or status in (408, 429)
-            log.warning("graph.error", kind=what, code=status, reason=code)
-            raise GraphFailure(
-                reason,
-                auth=auth,
-                temporary=temporary,
-                status=status,
-                code="" if code == "-" else code,
-                location=resp.headers.get("Location"),
-                retry_after=retry_after,
-            )
-
-    def upload(self, url: str, data: bytes, *, chunk: int, hosts: frozenset[str]) -> None:
-        """PUT ``data`` to an upload session's URL in byte ranges of at most
-        ``chunk``. The URL carries its own token, so no Authorization header goes
-        with it (https://learn.microsoft.com/en-us/graph/outlook-large-attachments);
-        it must be https on the Graph host or one of ``hosts``."""
-        parts = urlsplit(url)
-        if parts.scheme != "https" or (parts.hostname or "") not in hosts | {self.host}:
-            raise GraphFailure("upload URL outside Graph and Outlook", auth=False, temporary=False)
-        total = len(data)
-        for start in range(0, total, chunk):
-            left = self.throttle.remaining()
-            if left > 0:
-                raise GraphFailure(
-                    "HTTP 429 backing off", auth=False, temporary=True, retry_after=left
-                )
-            piece = data[start : start + chunk]
-            end = start + len(piece) - 1
-            try:
-                resp = self._client().put(
-                    url,
-                    content=piece,
-                    headers={
-                        "Content-Type": "application/octet-stream",
-                        "Content-Range": f"bytes {start}-{end}/{total}",
-                    },
-                )
-            except httpx.HTTPError as exc:
-                self.close()
-                raise GraphFailure(type(exc).__name__, auth=False, temporary=True) from None
-            last = end + 1 == total
-            if resp.status_code not in ((200, 201) if last else (200,)):
-                code = _error_code(resp)
-                status = resp.status_code
-                held = None
-                if status in (429, 503, 504):
-                    held = self.throttle.hold(_retry_after(resp, 0))
-                resp.close()
-                log.warning("graph.error", kind="upload", code=status, reason=code)
-                raise GraphFailure(
-                    f"HTTP {status} {code}",
-                    auth=status in (401, 403),
-                    temporary=status >= 500 or status in (408, 429),
-                    status=status,
-                    code="" if code == "-" else code,
-                    retry_after=held,
-                )
-            resp.close()
-
 
 # Error codes that mean "this delta link is dead, synchronise again"
 # (https://learn.microsoft.com/en-us/graph/delta-query-overview; SyncStateInvalid:
@@ -332,11 +49,6 @@ def delta_expired(exc: GraphFailure) -> bool:
     if exc.status == 410:
         return True
     return 400 <= exc.status < 500 and exc.code.lower() in _RESYNC_CODES
-
-
-def odata_quote(value: str) -> str:
-    """A string literal for ``$filter``."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 # --- the mailbox -----------------------------------------------------------------------

@@ -23,8 +23,8 @@ from exchangelib.errors import (
 )
 from exchangelib.items import SEND_ONLY
 
+from inboxd.ews_account import AuthType, EwsFailure, EwsSettings, call, connect, disconnect
 from inboxd.logs import get_logger
-from inboxd.mailbox.ews import AuthType, EwsFailure, EwsSettings, call, connect, disconnect
 from inboxd.msauth import TokenSource
 from inboxd.throttle import Throttle
 from inboxd.transport.base import Envelope, SendError

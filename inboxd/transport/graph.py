@@ -35,13 +35,8 @@ from email.policy import compat32
 from email.utils import getaddresses
 from urllib.parse import quote
 
+from inboxd.graph_client import DEFAULT_ENDPOINT, GraphClient, GraphFailure, odata_quote
 from inboxd.logs import get_logger
-from inboxd.mailbox.graph import (
-    DEFAULT_ENDPOINT,
-    GraphClient,
-    GraphFailure,
-    odata_quote,
-)
 from inboxd.msauth import TokenSource
 from inboxd.throttle import Throttle
 from inboxd.transport.base import Envelope, SendError
