@@ -22,6 +22,7 @@ from world import (
     marker,
     parse,
     signal_mail,
+    submit,
 )
 
 from inboxd.mail_limits import ANSWER_PER_HOUR, FLOOD_QUIET
@@ -196,6 +197,42 @@ def test_each_marker_the_issue_names_makes_a_signal_without_acknowledgement(
     assert sent_to(mail)[F1] == len(marked), "each is triaged"
     assert sent_to(mail)[REPORTER] == 0, "none is acknowledged"
     assert len(events(world, "ack.skipped")) == len(marked)
+
+
+def test_a_reporters_real_answer_with_only_a_weak_marker_is_kept(
+    world: World, mail: MailServer
+) -> None:
+    """Not swallowed: an answer to the acknowledgement from the reporter's own
+    account, about the open signal, that merely carries List-Unsubscribe (a mailing
+    tool's habit) is a follow-up like any other; the same with Exchange's agent header
+    is an automatic answer, recorded and deleted."""
+    mail.deliver(signal_mail(marker()), MAILBOX)
+    world.once()
+    ack = mail.wait_for_messages(REPORTER, 1)[0]
+    a = parse(ack)
+    ref = find_references(str(a["Subject"]), "VV")[0]
+
+    def answer(extra: str, text: str) -> bytes:
+        return (
+            f"From: <{REPORTER}>\r\nTo: {MAILBOX}\r\nSubject: RE: {a['Subject']}\r\n"
+            f"Message-ID: <antw-{marker()}@gemeente.example>\r\nIn-Reply-To: {a['Message-ID']}\r\n"
+            f"{extra}Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
+        ).encode()
+
+    submit(mail, answer("List-Unsubscribe: <mailto:uit@lijst.example>\r\n", "Nog iets."), REPORTER)
+    world.once()
+    followups = events(world, "signal.followup")
+    assert [e["ref"] for e in followups] == [ref]
+    submit(
+        mail,
+        answer("X-MS-Exchange-Generated-Message-Source: Mailbox Rules Agent\r\n", "Afwezig."),
+        REPORTER,
+    )
+    world.once()
+    assert len(events(world, "signal.followup")) == 1
+    assert [e["kind"] for e in events(world, "mail.auto_answer")] == ["auto_answer"]
+    assert world.status()["open"] == 1
+    assert sent_to(mail)[REPORTER] == 1, "neither is answered"
 
 
 def test_a_flood_from_one_sender_is_queued_whole_and_announced_once(
