@@ -293,7 +293,7 @@ def build(
     templates = Templates(cfg.language, cfg.templates_dir)
     mailer = Mailer(cfg, templates, clock, keyring)
     intake = Intake(cfg=cfg, store=store, keyring=keyring, mailbox=mb, mailer=mailer, clock=clock)
-    outbox = Outbox(store, tr, clock, cfg.triage.forward_retry_for, language=cfg.language)
+    outbox = Outbox(store, tr, clock, cfg.triage.forward_retry_for, templates=templates)
     keep_sent_copies(tr, store)
     app = App(
         cfg=cfg,

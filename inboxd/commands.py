@@ -69,10 +69,11 @@ is the error ``no_command`` on the first non-empty line (line 0 if there is none
 
 One definition per command. Each command is one class below (in the spirit of
 Mailman 3's email commands): its Dutch and English words, its argument grammar
-(``parse``), what it conflicts with, its description and help line, and its effect
-(``apply``, on a :class:`CommandEffects` that triage supplies). The parser, the
-conflict check, ``explain``, ``describe`` and ``help_lines`` read these classes;
-nothing else lists the commands.
+(``parse``), what it conflicts with, its description (the values its text takes)
+and help line (their text named by ``name`` in templates/<language>/text/
+commands.txt), and its effect (``apply``, on a :class:`CommandEffects` that triage
+supplies). The parser, the conflict check, ``explain``, ``describe`` and
+``help_lines`` read these classes; nothing else lists the commands.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, Literal, Protocol
+
+from inboxd.templates import Templates, shipped
 
 MAX_COMMAND_LINES = 20
 MAX_LINE_CHARS = 1_000
@@ -139,10 +142,9 @@ class _Definition:
     conflicts_with: ClassVar[frozenset[str]] = frozenset()
     # Listed under "done" in the ``command_result`` answer.
     reported: ClassVar[bool] = True
-    # The HULP line, and the words of ``missing_argument``/``unexpected_argument``.
-    help: ClassVar[Mapping[Language, str]]
-    missing: ClassVar[Mapping[Language, str] | None] = None
-    unexpected: ClassVar[Mapping[Language, str] | None] = None
+    # Names its texts in templates/<language>/text/commands.txt: describe_<name>,
+    # help_<name>, and ``command`` in explain.
+    name: ClassVar[str]
 
     @classmethod
     def parse(
@@ -153,8 +155,9 @@ class _Definition:
             return ErrorCode.UNEXPECTED_ARGUMENT, word
         return cls()  # type: ignore[return-value]
 
-    def describe(self, language: Language) -> str:
-        raise NotImplementedError
+    def described(self, language: Language) -> dict[str, str]:
+        """The values its ``describe_<name>`` text takes."""
+        return {}
 
     def apply(self, effects: CommandEffects) -> None:
         raise NotImplementedError
@@ -168,16 +171,10 @@ class _Definition:
 class Forward(_Definition):
     destinations: tuple[str, ...]  # config keys, sorted, unique
 
+    name = "forward"
     words = {"nl": ("doorzetten",), "en": ("forward",)}
     rank = 2
     conflicts_with = frozenset({"Close", "Ask", "Hold"})
-    help = {
-        "nl": "<BESTEMMING> … (bijv. KEDO of RIEC KEDO), ook DOORZETTEN <BESTEMMING> … — "
-        "doorzetten naar elke genoemde bestemming",
-        "en": "<DESTINATION> … (e.g. KEDO or RIEC KEDO), also FORWARD <DESTINATION> … — "
-        "forward to each destination named",
-    }
-    missing = {"nl": "de bestemming", "en": "the destination"}
 
     @classmethod
     def parse(
@@ -198,11 +195,8 @@ class Forward(_Definition):
             return ErrorCode.MISSING_ARGUMENT, word
         return cls(tuple(sorted(chosen)))
 
-    def describe(self, language: Language) -> str:
-        names = ", ".join(d.upper() for d in self.destinations)
-        return (
-            f"Wordt doorgezet naar {names}" if language == "nl" else f"Being forwarded to {names}"
-        )
+    def described(self, language: Language) -> dict[str, str]:
+        return {"destinations": ", ".join(d.upper() for d in self.destinations)}
 
     def apply(self, effects: CommandEffects) -> None:
         effects.forward(self.destinations)
@@ -239,21 +233,10 @@ _FORM_WORDS: dict[Language, dict[Form, str]] = {
 class SetForm(_Definition):
     form: Form
 
+    name = "form"
     words = {"nl": ("vorm",), "en": ("type",)}
     rank = 0
     single_valued = True
-    help = {
-        "nl": "VORM seksueel|arbeid|crimineel|overig — de vorm van uitbuiting vastleggen",
-        "en": "TYPE sexual|labour|criminal|other — record the form of exploitation",
-    }
-    missing = {
-        "nl": "de vorm (seksueel, arbeid, crimineel of overig)",
-        "en": "the form (sexual, labour, criminal or other)",
-    }
-    unexpected = {
-        "nl": "achter {word} hoort precies één vorm te staan.",
-        "en": "{word} takes exactly one form.",
-    }
 
     @classmethod
     def parse(
@@ -267,9 +250,8 @@ class SetForm(_Definition):
         form = _FORMS.get(_fold(tokens[0]))
         return cls(form) if form is not None else (ErrorCode.BAD_FORM, tokens[0])
 
-    def describe(self, language: Language) -> str:
-        form = _FORM_WORDS[language][self.form]
-        return f"Vorm vastgelegd: {form}" if language == "nl" else f"Form recorded: {form}"
+    def described(self, language: Language) -> dict[str, str]:
+        return {"form": _FORM_WORDS[language][self.form]}
 
     def apply(self, effects: CommandEffects) -> None:
         effects.set_form(self.form)
@@ -279,14 +261,11 @@ class SetForm(_Definition):
 class Close(_Definition):
     reason: str  # "" when none was given
 
+    name = "close"
     words = {"nl": ("afsluiten",), "en": ("close",)}
     rank = 3
     single_valued = True
     conflicts_with = frozenset({"Forward", "Ask", "Hold"})
-    help = {
-        "nl": "AFSLUITEN [reden] — afsluiten zonder doorzetten; het signaal wordt verwijderd",
-        "en": "CLOSE [reason] — close without forwarding; the signal is deleted",
-    }
 
     @classmethod
     def parse(
@@ -294,15 +273,8 @@ class Close(_Definition):
     ) -> Command | tuple[ErrorCode, str]:
         return cls(argument)
 
-    def describe(self, language: Language) -> str:
-        nl = language == "nl"
-        if self.reason:
-            return (
-                f"Afgesloten zonder doorzetten (reden: {self.reason})"
-                if nl
-                else f"Closed without forwarding (reason: {self.reason})"
-            )
-        return "Afgesloten zonder doorzetten" if nl else "Closed without forwarding"
+    def described(self, language: Language) -> dict[str, str]:
+        return {"reason": self.reason}
 
     def apply(self, effects: CommandEffects) -> None:
         effects.close(self.reason)
@@ -315,15 +287,11 @@ class Close(_Definition):
 class Ask(_Definition):
     question: str
 
+    name = "ask"
     words = {"nl": ("vraag",), "en": ("ask",)}
     rank = 4
     single_valued = True
     conflicts_with = frozenset({"Forward", "Close"})
-    help = {
-        "nl": "VRAAG <tekst> — de vraag per mail aan de melder stellen",
-        "en": "ASK <text> — mail the question to the reporter",
-    }
-    missing = {"nl": "de vraag aan de melder", "en": "the question for the reporter"}
 
     @classmethod
     def parse(
@@ -331,12 +299,8 @@ class Ask(_Definition):
     ) -> Command | tuple[ErrorCode, str]:
         return cls(argument) if argument else (ErrorCode.MISSING_ARGUMENT, word)
 
-    def describe(self, language: Language) -> str:
-        return (
-            f"Vraag gesteld aan de melder: „{self.question}”"
-            if language == "nl"
-            else f'Question sent to the reporter: "{self.question}"'
-        )
+    def described(self, language: Language) -> dict[str, str]:
+        return {"question": self.question}
 
     def apply(self, effects: CommandEffects) -> None:
         effects.ask(self.question)
@@ -348,20 +312,10 @@ class Ask(_Definition):
 
 @dataclass(frozen=True)
 class Hold(_Definition):
+    name = "hold"
     words = {"nl": ("wacht",), "en": ("hold",)}
     rank = 5
     conflicts_with = frozenset({"Forward", "Close"})
-    help = {
-        "nl": "WACHT — open houden, geen herinneringen tot de volgende opdracht",
-        "en": "HOLD — keep open, no reminders until the next command",
-    }
-
-    def describe(self, language: Language) -> str:
-        return (
-            "In de wacht: geen herinneringen tot de volgende opdracht"
-            if language == "nl"
-            else "On hold: no reminders until the next command"
-        )
 
     def apply(self, effects: CommandEffects) -> None:
         effects.hold()
@@ -369,19 +323,9 @@ class Hold(_Definition):
 
 @dataclass(frozen=True)
 class NoFeedback(_Definition):
+    name = "no_feedback"
     words = {"nl": ("geen terugkoppeling",), "en": ("no feedback",)}
     rank = 1
-    help = {
-        "nl": "GEEN TERUGKOPPELING — de melder krijgt geen automatische terugkoppeling",
-        "en": "NO FEEDBACK — the reporter gets no automatic feedback",
-    }
-
-    def describe(self, language: Language) -> str:
-        return (
-            "De melder krijgt geen automatische terugkoppeling"
-            if language == "nl"
-            else "The reporter will get no automatic feedback"
-        )
 
     def apply(self, effects: CommandEffects) -> None:
         effects.no_feedback()
@@ -389,13 +333,10 @@ class NoFeedback(_Definition):
 
 @dataclass(frozen=True)
 class Status(_Definition):
+    name = "status"
     words = {"nl": ("status",), "en": ("status",)}
     rank = 6
     reported = False
-    help = {"nl": "STATUS — de stand van het signaal", "en": "STATUS — the state of the signal"}
-
-    def describe(self, language: Language) -> str:
-        return "Status opgevraagd" if language == "nl" else "Status requested"
 
     def apply(self, effects: CommandEffects) -> None:
         effects.status()
@@ -403,13 +344,10 @@ class Status(_Definition):
 
 @dataclass(frozen=True)
 class Help(_Definition):
+    name = "help"
     words = {"nl": ("hulp",), "en": ("help",)}
     rank = 7
     reported = False
-    help = {"nl": "HULP — deze lijst", "en": "HELP — this list"}
-
-    def describe(self, language: Language) -> str:
-        return "Hulp opgevraagd" if language == "nl" else "Help requested"
 
     def apply(self, effects: CommandEffects) -> None:
         effects.help()
@@ -609,94 +547,33 @@ def _kind_of(word: str) -> type[Command] | None:
     return _TWO_WORD_VERBS.get((parts[0], parts[1])) if len(parts) == 2 else None
 
 
-def explain(error: LineError, language: Language) -> str:
-    """One sentence for the ``command_rejected`` mail saying which line and why."""
-    nl = language == "nl"
-    where = (
-        f"Regel {error.line_no} („{error.line}”)"
-        if nl
-        else f'Line {error.line_no} ("{error.line}")'
+def explain(error: LineError, language: Language, texts: Templates | None = None) -> str:
+    """One sentence for the ``command_rejected`` mail saying which line and why
+    (``explain`` in templates/<language>/text/commands.txt; ``texts``: the
+    configured templates, else the shipped ones)."""
+    kind = _kind_of(error.detail) if error.code in _NAMES_A_WORD else None
+    detail = error.detail
+    return (texts or shipped(language)).phrase(
+        "commands",
+        "explain",
+        code=error.code,
+        line_no=error.line_no,
+        line=error.line,
+        detail=detail,
+        command=kind.name if kind is not None else "",
+        address="@" in detail or detail.casefold().startswith("mailto:"),
     )
-    code, detail = error.code, error.detail
-    if code == ErrorCode.UNKNOWN_DESTINATION:
-        if "@" in detail or detail.casefold().startswith("mailto:"):
-            return (
-                f"{where}: „{detail}” is een e-mailadres; doorzetten kan alleen naar een "
-                "ingestelde bestemming (stuur HULP voor de lijst)."
-                if nl
-                else f'{where}: "{detail}" is an e-mail address; signals can only be '
-                "forwarded to a configured destination (send HELP for the list)."
-            )
-        return (
-            f"{where}: „{detail}” is geen ingestelde bestemming (stuur HULP voor de lijst)."
-            if nl
-            else f'{where}: "{detail}" is not a configured destination (send HELP for the list).'
-        )
-    if code == ErrorCode.BAD_FORM:
-        return (
-            f"{where}: „{detail}” is geen vorm van uitbuiting; kies seksueel, arbeid, "
-            "crimineel of overig."
-            if nl
-            else f'{where}: "{detail}" is not a form of exploitation; choose sexual, labour, '
-            "criminal or other."
-        )
-    if code == ErrorCode.MISSING_ARGUMENT:
-        missing = (_kind_of(detail) or Forward).missing or Forward.missing
-        assert missing is not None
-        return (
-            f"{where}: achter {detail or 'DOORZETTEN'} ontbreekt {missing[language]}."
-            if nl
-            else f"{where}: {detail or 'FORWARD'} needs {missing[language]}."
-        )
-    if code == ErrorCode.UNEXPECTED_ARGUMENT:
-        kind = _kind_of(detail)
-        if kind is not None and kind.unexpected is not None:
-            return f"{where}: {kind.unexpected[language].format(word=detail)}"
-        return (
-            f"{where}: achter {detail} hoort niets te staan; zet een toelichting onder de "
-            "opdrachten."
-            if nl
-            else f"{where}: {detail} takes nothing after it; put any remark below the commands."
-        )
-    if code == ErrorCode.CONFLICT:
-        return (
-            f"{where} gaat niet samen met regel {detail}; stuur één samenhangende opdracht."
-            if nl
-            else f"{where} cannot be combined with line {detail}; send one consistent command."
-        )
-    if code == ErrorCode.NO_COMMAND:
-        if error.line_no == 0:
-            return (
-                "Er stond geen opdracht boven het aangehaalde bericht."
-                if nl
-                else "There was no command above the quoted message."
-            )
-        return (
-            f"{where} is geen opdracht. Zet de opdrachten bovenaan uw antwoord, elk op een "
-            "eigen regel, vóór een aanhef of ondertekening (stuur HULP voor de lijst)."
-            if nl
-            else f"{where} is not a command. Put the commands at the top of your reply, one "
-            "per line, before any greeting or signature (send HELP for the list)."
-        )
-    if code == ErrorCode.TOO_LONG:
-        return (
-            f"Regel {error.line_no} is langer dan {detail} tekens."
-            if nl
-            else f"Line {error.line_no} is longer than {detail} characters."
-        )
-    if code == ErrorCode.TOO_MANY_COMMANDS:
-        return (
-            f"Er staan meer dan {detail} opdrachtregels in uw antwoord (vanaf regel "
-            f"{error.line_no})."
-            if nl
-            else f"Your reply has more than {detail} command lines (from line {error.line_no})."
-        )
-    return f"{where} is niet begrepen." if nl else f"{where} was not understood."
 
 
-def describe(command: Command, language: Language) -> str:
+# The error codes whose ``detail`` is the command word.
+_NAMES_A_WORD = frozenset({ErrorCode.MISSING_ARGUMENT, ErrorCode.UNEXPECTED_ARGUMENT})
+
+
+def describe(command: Command, language: Language, texts: Templates | None = None) -> str:
     """One line for the ``command_result`` mail saying what was done."""
-    return command.describe(language)
+    return (texts or shipped(language)).phrase(
+        "commands", f"describe_{command.name}", **command.described(language)
+    )
 
 
 def form_words(language: Language) -> tuple[str, ...]:
@@ -704,8 +581,11 @@ def form_words(language: Language) -> tuple[str, ...]:
     return tuple(_FORM_WORDS[language].values())
 
 
-def help_lines(destinations: Mapping[str, str], language: Language) -> list[str]:
+def help_lines(
+    destinations: Mapping[str, str], language: Language, texts: Templates | None = None
+) -> list[str]:
     """The HULP answer: every command, then each destination (KEY — label)."""
+    phrase = (texts or shipped(language)).phrase
     other: Language = "en" if language == "nl" else "nl"
     # The other language's words, where they differ (STATUS is both).
     also = ", ".join(
@@ -713,19 +593,11 @@ def help_lines(destinations: Mapping[str, str], language: Language) -> list[str]
         for kind in COMMANDS
         if kind.words[other][0] not in kind.words[language]
     )
-    if language == "nl":
-        intro = (
-            "Zet de opdrachten bovenaan uw antwoord, één per regel, vóór aanhef of "
-            "ondertekening. Hoofdletters maken niet uit."
-        )
-        outro = [f"Engels mag ook: {also}.", "Bestemmingen:"]
-    else:
-        intro = (
-            "Put the commands at the top of your reply, one per line, before any greeting "
-            "or signature. Case does not matter."
-        )
-        outro = [f"Dutch works too: {also}.", "Destinations:"]
-    lines = [intro, *(kind.help[language] for kind in COMMANDS), *outro]
+    lines = [phrase("commands", "help_intro")]
+    lines += [phrase("commands", f"help_{kind.name}") for kind in COMMANDS]
+    lines += [phrase("commands", "help_also", words=also), phrase("commands", "help_destinations")]
     for key in sorted(destinations):
-        lines.append(f"{key.upper()} — {destinations[key]}")
+        lines.append(
+            phrase("commands", "help_destination", key=key.upper(), label=destinations[key])
+        )
     return lines

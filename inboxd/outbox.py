@@ -20,6 +20,7 @@ from inboxd.logs import get_logger
 from inboxd.mails import Attachment, HeaderInjection, Mail, render, render_pieces
 from inboxd.smime import CertificateError, encrypt, load_certificate
 from inboxd.store import DueMail, OutboxEntry, Store
+from inboxd.templates import TemplateError, Templates, shipped
 from inboxd.transport.base import Envelope, Message, SendError, Transport, message_size
 
 log = get_logger(__name__)
@@ -33,19 +34,6 @@ PIECES_FROM = 1024 * 1024
 # attachment (they can still act on the reference) than not at all. A forward is
 # not among them: without the signal it is pointless, so it fails and alerts.
 LEAVE_OUT_WHEN_TOO_BIG = ("triage_request", "followup_notice")
-
-TOO_BIG_NOTE = {
-    "nl": (
-        "\n\nHet oorspronkelijke bericht (ongeveer {} MB) is niet bijgevoegd: de mailserver"
-        " neemt zo'n groot bericht niet aan. Het staat versleuteld in de wachtrij. Een"
-        " doorzending kan om dezelfde reden mislukken; dan krijgt u daarvan bericht.\n"
-    ),
-    "en": (
-        "\n\nThe original message (about {} MB) is not attached: the mail server does not"
-        " accept a message that large. It is kept encrypted in the queue. A forward may"
-        " fail for the same reason; you will be told if it does.\n"
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -131,9 +119,10 @@ class Outbox:
         clock: Callable[[], float],
         retry_for: float,
         on_given_up: FailureHook | None = None,
-        language: str = "nl",
+        templates: Templates | None = None,
     ) -> None:
-        self.language = language
+        # The note on a left-out original (text/outbox.txt).
+        self.templates = templates or shipped("nl")
         self.store = store
         self.transport = transport
         self.clock = clock
@@ -216,11 +205,20 @@ class Outbox:
                 # will not carry the original: without it, and saying so.
                 size = message_size(data)
                 del data
-                note = TOO_BIG_NOTE[self.language if self.language in TOO_BIG_NOTE else "nl"]
-                body = mail.body + note.format(max(1, round(size / 1_000_000)))
+                note = self.templates.phrase(
+                    "outbox", "too_big_note", megabytes=max(1, round(size / 1_000_000))
+                )
+                body = f"{mail.body}\n\n{note}\n"
                 data = self._build(Mail(**{**asdict(mail), "body": body}), (), smime)
                 log.warning("mail.attachment_left_out", mail_kind=due.kind, ref=due.ref, size=size)
-        except (HeaderInjection, CertificateError, ValueError, KeyError, TypeError) as exc:
+        except (
+            HeaderInjection,
+            CertificateError,
+            TemplateError,
+            ValueError,
+            KeyError,
+            TypeError,
+        ) as exc:
             log.error("mail.unbuildable", mail_kind=due.kind, ref=due.ref, error=type(exc).__name__)
             self.store.mail_failed(due, None, type(exc).__name__)
             result.failed += 1

@@ -10,6 +10,11 @@ Pages that are not mails (the guides, the statistics page) live in
 ``<language>/pages/`` and are rendered whole by :meth:`Templates.page`; ``.html``
 pages are autoescaped like HTML mail parts.
 
+Short texts that are not whole mails (the lines of a command's answer, a note the
+outbox adds) are macros in ``<language>/text/<name>.txt``, called by
+:meth:`Templates.phrase`; an operator rewords them by copying the file into their
+``templates_dir`` (all of a file's macros together).
+
 Values are data, never templates: a subject or a question that reads ``{{7*7}}`` is
 printed as written. Templates never see a signal's subject or content unless the
 caller passes it on purpose (only triage requests and forwards do). A signal's token
@@ -19,6 +24,7 @@ mail servers, the token goes in the body.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -123,6 +129,17 @@ class Templates:
             ) from None
         return text.split(":", 1)[1].strip()
 
+    def phrase(self, name: str, macro: str, **values: Any) -> str:
+        """The text of one macro in ``text/<name>.txt``, without a trailing newline
+        (a multi-line macro gives its lines joined by newlines)."""
+        try:
+            module = self.env.get_template(f"text/{name}.txt").module
+            return str(getattr(module, macro)(**values)).rstrip("\n")
+        except Exception as exc:
+            raise TemplateError(
+                f"template {self.language}/text/{name}.txt failed in {macro} ({type(exc).__name__})"
+            ) from None
+
     def page(self, name: str, context: Mapping[str, Any]) -> str:
         """A whole document from ``pages/<name>`` (e.g. ``guide_melder.html``)."""
         try:
@@ -131,3 +148,9 @@ class Templates:
             raise TemplateError(
                 f"template {self.language}/pages/{name} failed ({type(exc).__name__})"
             ) from None
+
+
+@functools.cache
+def shipped(language: str) -> Templates:
+    """The shipped templates of a language, for callers without a configuration."""
+    return Templates(language)

@@ -273,7 +273,7 @@ class Triage:
             self._reject(tx, msg, quiet, ref, "parts_differ")
             return None
         if parsed.errors:
-            lines = [cmd.explain(e, self.lang) for e in parsed.errors]
+            lines = [cmd.explain(e, self.lang, self.mailer.templates) for e in parsed.errors]
             self._reject(tx, msg, quiet, ref, "invalid", lines)
             return None
         if any(isinstance(c, cmd.Ask) for c in parsed.commands) and self._reporter(signal) is None:
@@ -309,7 +309,9 @@ class Triage:
     ) -> None:
         signal = applied.signal
         assert msg.from_addr is not None
-        done = [cmd.describe(c, self.lang) for c in parsed.commands if c.reported]
+        done = [
+            cmd.describe(c, self.lang, self.mailer.templates) for c in parsed.commands if c.reported
+        ]
         self.mailer.queue(
             tx,
             "command_result",
@@ -370,15 +372,19 @@ class Triage:
         return True
 
     def _status_lines(self, s: Signal) -> list[str]:
-        age = int((self.clock() - s.created_at) // 3600)
-        return [
-            f"{s.ref}: {s.state}",
-            f"ontvangen/received: {iso(s.created_at)} ({age} h)",
-            f"vorm/form: {s.form or '-'}",
-            f"bestemmingen/destinations: {', '.join(d.upper() for d in s.destinations) or '-'}",
-            f"afgerond/done: {', '.join(d.upper() for d in s.done_destinations) or '-'}",
-            f"wacht/hold: {'ja/yes' if s.hold else 'nee/no'}",
-        ]
+        text = self.mailer.templates.phrase(
+            "commands",
+            "status",
+            ref=s.ref,
+            state=s.state,
+            received=iso(s.created_at),
+            hours=int((self.clock() - s.created_at) // 3600),
+            form=s.form or "",
+            destinations=", ".join(d.upper() for d in s.destinations),
+            done=", ".join(d.upper() for d in s.done_destinations),
+            hold=bool(s.hold),
+        )
+        return text.split("\n")
 
     def _may_mail(self, address: str) -> bool:
         return within_ack_domains(self.cfg, address)
@@ -519,4 +525,4 @@ class _Effects:
 
     def help(self) -> None:
         labels = {k: d.label for k, d in self.triage.cfg.destinations.items()}
-        self.extra += cmd.help_lines(labels, self.triage.lang)
+        self.extra += cmd.help_lines(labels, self.triage.lang, self.triage.mailer.templates)

@@ -677,6 +677,7 @@ def test_megabyte_texts_parse_in_bounded_time(text: str) -> None:
 
 def test_every_definition_names_its_words_conflicts_and_help() -> None:
     from inboxd.commands import COMMANDS
+    from inboxd.templates import shipped
 
     names = {kind.__name__ for kind in COMMANDS}
     assert sorted(kind.rank for kind in COMMANDS) == list(range(len(COMMANDS)))
@@ -685,9 +686,8 @@ def test_every_definition_names_its_words_conflicts_and_help() -> None:
         for language in ("nl", "en"):
             words = kind.words[language]  # type: ignore[index]
             assert words, (kind, language)
-            assert kind.help[language].startswith(  # type: ignore[index]
-                words[0].upper() if kind is not Forward else "<"
-            )
+            help_line = shipped(language).phrase("commands", f"help_{kind.name}")
+            assert help_line.startswith(words[0].upper() if kind is not Forward else "<")
             for word in words:
                 parsed = parse_commands(f"{word} {'x' if kind in (Ask, Close) else ''}", {"x"})
                 if kind is SetForm:
@@ -695,3 +695,28 @@ def test_every_definition_names_its_words_conflicts_and_help() -> None:
                 if kind is Forward:
                     parsed = parse_commands(f"{word} x", {"x"})
                 assert [type(c) for c in parsed.commands] == [kind], (word, parsed)
+
+
+def test_the_wording_comes_from_the_configured_templates(tmp_path: Path) -> None:
+    """A municipality rewords a command's answer in its templates_dir, no code."""
+    from inboxd.templates import SHIPPED, Templates
+
+    ours = tmp_path / "nl" / "text"
+    ours.mkdir(parents=True)
+    shipped_text = (SHIPPED / "nl" / "text" / "commands.txt").read_text(encoding="utf-8")
+    (ours / "commands.txt").write_text(
+        shipped_text.replace("Vorm vastgelegd:", "Soort uitbuiting genoteerd:")
+        .replace("HULP — deze lijst", "HULP — dit overzicht")
+        .replace("is geen ingestelde bestemming", "kennen we niet als bestemming"),
+        encoding="utf-8",
+    )
+    texts = Templates("nl", str(tmp_path))
+    assert describe(SetForm(Form.ARBEID), "nl", texts) == "Soort uitbuiting genoteerd: arbeid"
+    assert "HULP — dit overzicht" in help_lines({}, "nl", texts)
+    error = parse_commands("DOORZETTEN XYZZY", DESTS).errors
+    assert explain(error[0], "nl", texts) == (
+        "Regel 1 („DOORZETTEN XYZZY”): „XYZZY” kennen we niet als bestemming "
+        "(stuur HULP voor de lijst)."
+    )
+    # The shipped wording is untouched for everyone else.
+    assert describe(SetForm(Form.ARBEID), "nl") == "Vorm vastgelegd: arbeid"
