@@ -16,7 +16,7 @@ from typing import Any, Literal
 from inboxd.commands import Language, form_words
 from inboxd.config import Config
 from inboxd.references import check_char
-from inboxd.templates import Templates
+from inboxd.templates import Templates, shipped
 
 Audience = Literal["melder", "functionaris"]
 Format = Literal["text", "html"]
@@ -40,60 +40,46 @@ def example_reference(prefix: str) -> str:
     return f"{prefix}-{code[:4]}-{code[4:]}"
 
 
-def example_reply(cfg: Config, language: Language) -> list[str]:
+def example_reply(cfg: Config, language: Language, texts: Templates | None = None) -> list[str]:
     """Command lines a functionaris could send: the first destination and a form, then
     a greeting that ends the commands. tests/test_guides.py runs it through the real
     command parser."""
+    phrase = (texts or shipped(language)).phrase
     forms = form_words(language)
     lines = []
     if cfg.destinations:
         lines.append(sorted(cfg.destinations)[0].upper())
     lines.append(f"{'VORM' if language == 'nl' else 'TYPE'} {forms[1]}")
-    lines += ["", "Groet," if language == "nl" else "Regards,", "A. Jansen"]
+    lines += ["", phrase("guides", "example_greeting"), phrase("guides", "example_name")]
     return lines
 
 
-_UNITS: dict[Language, tuple[tuple[int, str, str], ...]] = {
-    "nl": ((86400, "dag", "dagen"), (3600, "uur", "uur"), (60, "minuut", "minuten")),
-    "en": ((86400, "day", "days"), (3600, "hour", "hours"), (60, "minute", "minutes")),
-}
+_UNITS = ((86400, "day"), (3600, "hour"), (60, "minute"))
 
 
-def spoken_duration(seconds: float, language: Language) -> str:
-    """``172800`` → "2 dagen" / "2 days"; the largest unit that divides it."""
-    for size, one, many in _UNITS[language]:
+def spoken_duration(seconds: float, language: Language, texts: Templates | None = None) -> str:
+    """``172800`` → "2 dagen" / "2 days"; the largest unit that divides it (the words:
+    ``duration`` in templates/<language>/text/guides.txt)."""
+    phrase = (texts or shipped(language)).phrase
+    for size, unit in _UNITS:
         if seconds >= size and seconds % size == 0:
-            n = int(seconds // size)
-            return f"{n} {one if n == 1 else many}"
-    return f"{int(seconds)} {'seconden' if language == 'nl' else 'seconds'}"
+            return phrase("guides", "duration", n=int(seconds // size), unit=unit)
+    return phrase("guides", "duration", n=int(seconds), unit="second")
 
 
-_DAYS: dict[Language, dict[str, str]] = {
-    "nl": {
-        "mon-fri": "op werkdagen (maandag tot en met vrijdag)",
-        "1-5": "op werkdagen (maandag tot en met vrijdag)",
-        "*": "elke dag",
-    },
-    "en": {
-        "mon-fri": "on working days (Monday to Friday)",
-        "1-5": "on working days (Monday to Friday)",
-        "*": "every day",
-    },
-}
+_DAYS = {"mon-fri": "workdays", "1-5": "workdays", "*": "daily"}
 
 
-def digest_when(cron: str, language: Language) -> str:
+def digest_when(cron: str, language: Language, texts: Templates | None = None) -> str:
     """The usual digest schedules in words; anything else as the crontab line."""
     parts = cron.split()
-    days = _DAYS[language].get(parts[4].lower()) if len(parts) == 5 else None
+    days = _DAYS.get(parts[4].lower(), "") if len(parts) == 5 else ""
+    at = ""
     if days and parts[0].isdigit() and parts[1].isdigit() and parts[2:4] == ["*", "*"]:
         at = f"{int(parts[1])}:{int(parts[0]):02d}"
-        return f"{days} om {at}" if language == "nl" else f"{days} at {at}"
-    return (
-        f"volgens het schema „{cron}” (cron)"
-        if language == "nl"
-        else f'on the schedule "{cron}" (cron)'
-    )
+    else:
+        days = ""
+    return (texts or shipped(language)).phrase("guides", "digest_when", days=days, at=at, cron=cron)
 
 
 def context(cfg: Config, language: Language) -> dict[str, Any]:
@@ -104,6 +90,7 @@ def context(cfg: Config, language: Language) -> dict[str, Any]:
     ack_domains = sorted(cfg.reporters.ack_domains)
     # The subjects as the functionarissen will really see them: the mail language.
     mails = Templates(cfg.language, cfg.templates_dir)
+    texts = mails if language == cfg.language else Templates(language, cfg.templates_dir)
     ref = example_reference(cfg.reference_prefix)
     return {
         "lang": language,
@@ -115,16 +102,16 @@ def context(cfg: Config, language: Language) -> dict[str, Any]:
         "prefix": cfg.reference_prefix,
         "example_ref": ref,
         "example_token": EXAMPLE_TOKEN,
-        "example_reply": example_reply(cfg, language),
+        "example_reply": example_reply(cfg, language, texts),
         "ack_domains": ack_domains,
         "destinations": destinations,
         "forms": form_words(language),
         "include_content": cfg.triage.include_content,
-        "remind_after": spoken_duration(cfg.triage.remind_after, language),
-        "digest_when": digest_when(cfg.triage.digest_cron, language),
+        "remind_after": spoken_duration(cfg.triage.remind_after, language, texts),
+        "digest_when": digest_when(cfg.triage.digest_cron, language, texts),
         "functionaris_count": len(cfg.triage.functionarissen),
         "encrypted_to_me": bool(cfg.triage.certificates),
-        "forward_retry_for": spoken_duration(cfg.triage.forward_retry_for, language),
+        "forward_retry_for": spoken_duration(cfg.triage.forward_retry_for, language, texts),
         "drill_destinations": [
             Destination(key, key.upper(), d.label, bool(d.certificate))
             for key, d in sorted(cfg.destinations.items())

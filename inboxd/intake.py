@@ -146,8 +146,7 @@ class Mailer:
         smime = None
         certificate = self.certificates.get(to.lower())
         if certificate:
-            neutral = "Beveiligd bericht" if self.cfg.language == "nl" else "Secure message"
-            smime = (certificate, f"{neutral} {ref}" if ref else neutral)
+            smime = (certificate, self.templates.phrase("mail", "secure_subject", ref=ref or ""))
         tx.enqueue(entry(kind, mail, self.cfg.from_address, ref, attach, smime))
         return mail.message_id
 
@@ -528,7 +527,7 @@ class Intake:
             "related": [r for r in related if r != signal.ref],
             "destinations": [k.upper() for k in self.cfg.destinations],
             "include_content": include,
-            "reporter": msg.from_addr or "(onbekend)",
+            "reporter": msg.from_addr or self.mailer.templates.phrase("mail", "unknown_sender"),
             "subject": msg.subject,
             "text": msg.text[:MAX_TRIAGE_TEXT] if include != "none" else "",
         }

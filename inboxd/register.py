@@ -37,17 +37,17 @@ def _day(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
 
 
-def _age(ts: float | None, now: float, language: Language) -> str | None:
+def _age(ts: float | None, now: float, language: Language, texts: Templates) -> str | None:
     if ts is None:
         return None
     seconds = max(0, int(now - ts))
     days, rest = divmod(seconds, 86400)
     if days:
-        return spoken_duration(days * 86400.0, language)
+        return spoken_duration(days * 86400.0, language, texts)
     hours = rest // 3600
     if hours:
-        return spoken_duration(hours * 3600.0, language)
-    return spoken_duration(max(60, rest // 60 * 60), language)
+        return spoken_duration(hours * 3600.0, language, texts)
+    return spoken_duration(max(60, rest // 60 * 60), language, texts)
 
 
 def _where(cfg: Config) -> tuple[str, str]:
@@ -72,6 +72,7 @@ def _security(kind: str, setting: str) -> str:
 
 
 def context(cfg: Config, kept: Retention, now: float, language: Language) -> dict[str, Any]:
+    texts = Templates(language, cfg.templates_dir)
     mailbox_where, outgoing_where = _where(cfg)
     mb = cfg.mailbox
     # Exchange Online: the app's tenant is Microsoft's; where it keeps the mail is a
@@ -101,10 +102,10 @@ def context(cfg: Config, kept: Retention, now: float, language: Language) -> dic
             for key, d in sorted(cfg.destinations.items())
         ],
         "retain_in_mailbox": cfg.mailbox.retain_in_mailbox,
-        "remind_after": spoken_duration(cfg.triage.remind_after, language),
-        "forward_retry_for": spoken_duration(cfg.triage.forward_retry_for, language),
-        "dedup_window": spoken_duration(cfg.dedup_window, language),
-        "ack_window": spoken_duration(longest_window(cfg), language),
+        "remind_after": spoken_duration(cfg.triage.remind_after, language, texts),
+        "forward_retry_for": spoken_duration(cfg.triage.forward_retry_for, language, texts),
+        "dedup_window": spoken_duration(cfg.dedup_window, language, texts),
+        "ack_window": spoken_duration(longest_window(cfg), language, texts),
         "mailbox_security": _security(mb.backend, mb.security),
         "smtp_security": _security(cfg.smtp.transport, cfg.smtp.security),
         "trusted_authserv_ids": sorted(cfg.evidence_policy.trusted_authserv_ids),
@@ -113,10 +114,10 @@ def context(cfg: Config, kept: Retention, now: float, language: Language) -> dic
         "key_count": len(cfg.crypto.key_files),
         "metrics": cfg.metrics.listen if cfg.metrics else None,
         "kept": kept,
-        "oldest_open_age": _age(kept.oldest_open, now, language),
+        "oldest_open_age": _age(kept.oldest_open, now, language, texts),
         "oldest_open_day": _day(kept.oldest_open),
-        "oldest_accepted_age": _age(kept.oldest_accepted, now, language),
-        "oldest_outbox_age": _age(kept.oldest_outbox, now, language),
+        "oldest_accepted_age": _age(kept.oldest_accepted, now, language, texts),
+        "oldest_outbox_age": _age(kept.oldest_outbox, now, language, texts),
         "dedup_until": _day(kept.dedup_last_expiry),
         "oldest_sent_day": _day(kept.oldest_sent_id),
         "first_reference_day": _day(kept.first_reference_closed),

@@ -185,11 +185,15 @@ def send_flood_notice(app: Services) -> bool:
                     "until": iso(last),
                     "per_sender": app.cfg.triage.request_limit[0],
                     "sender_window": spoken_duration(
-                        app.cfg.triage.request_limit[1], app.cfg.language
+                        app.cfg.triage.request_limit[1],
+                        app.cfg.language,
+                        app.intake.mailer.templates,
                     ),
                     "per_functionaris": app.cfg.triage.notice_limit[0],
                     "functionaris_window": spoken_duration(
-                        app.cfg.triage.notice_limit[1], app.cfg.language
+                        app.cfg.triage.notice_limit[1],
+                        app.cfg.language,
+                        app.intake.mailer.templates,
                     ),
                 },
                 ref=None,

@@ -372,3 +372,37 @@ def test_the_flood_notice_sees_counts_and_times_only(lang: str) -> None:
         },
     )
     assert "25" in r.subject and "25" in r.body and "queue list" in r.body
+
+
+def test_both_languages_ship_the_same_short_texts() -> None:
+    """Every macro of templates/<language>/text/ exists, with the same arguments, in
+    Dutch and English: a caller never finds one missing in the other language."""
+    import re
+
+    def macros(language: str) -> dict[str, dict[str, str]]:
+        found = {}
+        for path in sorted((SHIPPED / language / "text").glob("*.txt")):
+            text = path.read_text(encoding="utf-8")
+            found[path.name] = dict(re.findall(r"{% macro (\w+)\(([^)]*)\) %}", text))
+        return found
+
+    nl, en = macros("nl"), macros("en")
+    assert set(nl) >= {"commands.txt", "outbox.txt", "mail.txt", "guides.txt"}
+    assert nl == en
+
+
+def test_short_texts_follow_templates_dir(tmp_path: Path) -> None:
+    from inboxd.guides import digest_when, spoken_duration
+
+    ours = tmp_path / "en" / "text"
+    ours.mkdir(parents=True)
+    text = (SHIPPED / "en" / "text" / "guides.txt").read_text(encoding="utf-8")
+    (ours / "guides.txt").write_text(
+        text.replace("every day at", "daily, at").replace('"days"', '"whole days"'),
+        encoding="utf-8",
+    )
+    texts = Templates("en", str(tmp_path))
+    assert spoken_duration(172800, "en", texts) == "2 whole days"
+    assert digest_when("30 8 * * *", "en", texts) == "daily, at 8:30"
+    assert spoken_duration(172800, "en") == "2 days"
+    assert texts.phrase("mail", "secure_subject", ref="VV-1") == "Secure message VV-1"
