@@ -286,9 +286,9 @@ class TriageConfig(_Section):
     include_content: Literal["full", "text", "none"] = "full"
     """What a triage request carries: `full` (text plus the original attached), `text` (the text only) or `none` (metadata only)."""
     request_limit: Rate = (10, 3600.0)
-    """A sender's signals beyond this many, e.g. `"10/h"`, get no triage request of their own (a flood): they are queued as usual, flagged `flood`, and the functionarissen get one notice with the count once the flood is over."""
+    """A sender's signals beyond this many, e.g. `"10/h"`, get no triage request of their own at once (a flood): they are queued as usual, flagged `flood`, the functionarissen get one notice with the count once the flood is over, and the held signals get their triage requests later, as this limit and `notice_limit` allow."""
     notice_limit: Rate = (60, 3600.0)
-    """At most this many triage requests, follow-up notices, closings and alerts per functionaris, e.g. `"60/h"`; past it new signals are held as in a flood and the other notices are not sent (logged)."""
+    """At most this many triage requests, follow-up notices, closings and alerts per functionaris, e.g. `"60/h"`; past it new signals are held as in a flood (their triage requests follow when the hour allows) and the other notices are not sent (logged)."""
     remind_after: PositiveDuration = 2 * 86400.0
     """Open signals older than this trigger a daily reminder to the functionarissen."""
     digest_cron: str = "0 9 * * mon-fri"

@@ -29,7 +29,7 @@ from inboxd.config import Config
 from inboxd.crypto import Keyring, signal_token
 from inboxd.dedup import without_trace
 from inboxd.logs import get_logger
-from inboxd.mail_limits import LimitClass, budget, limit_class
+from inboxd.mail_limits import LimitClass, budget, limit_class, release_order, release_reserve
 from inboxd.mailbox.base import Mailbox, MailboxItem, verify_deletion
 from inboxd.mails import Mail, is_msg_id, new_message_id
 from inboxd.outbox import AttachRef, entry
@@ -164,11 +164,18 @@ class Mailer:
 
     def notices_spent(self, tx: Transaction) -> bool:
         """A functionaris has had their hour's notices: new signals are held."""
+        return self.notices_left(tx) <= 0
+
+    def notices_left(self, tx: Transaction) -> int:
+        """How many more notices every functionaris may get in this hour."""
         n, window = budget(LimitClass.NOTICE, self.cfg)
         since = self.clock() - window
-        return any(
-            tx.mails_since(self.keyring.sender_digest(f), LimitClass.NOTICE.value, since, n) >= n
-            for f in self.cfg.triage.functionarissen
+        return min(
+            (
+                n - tx.mails_since(self.keyring.sender_digest(f), LimitClass.NOTICE.value, since, n)
+                for f in self.cfg.triage.functionarissen
+            ),
+            default=n,
         )
 
     @property
@@ -440,7 +447,8 @@ class Intake:
         raw_bytes = item.raw if item is not None else (raw or b"")
         ref = self.new_reference()
         flags = set(decision.flags)
-        if self._flooded(tx, msg):
+        held_from = self._flooded(tx, msg)
+        if held_from is not None:
             flags.add("flood")
         retain = self.cfg.mailbox.retain_in_mailbox == "forwarded"
         fields = {"raw": raw_bytes, "subject": msg.subject.encode()}
@@ -468,23 +476,91 @@ class Intake:
             "signal.queued", ref=ref, size=msg.size, flags=sorted(signal.flags), state="queued"
         )
         self._acknowledge(tx, signal, msg, decision)
-        if "flood" in signal.flags:
+        if held_from is not None:
+            tx.hold(held_from, signal.id)
             log.warning("triage_request.held", ref=ref, reason="flood")
         else:
             self.triage_requests(tx, signal, msg, tx.data_key(signal), related=decision.refs)
         return signal
 
-    def _flooded(self, tx: Transaction, msg: ParsedMessage) -> bool:
-        """Counts the signal against its sender; true when it is to be held without
-        a triage request (the sender's hour is full, or the functionarissen's)."""
+    def _flooded(self, tx: Transaction, msg: ParsedMessage) -> bytes | None:
+        """Counts the signal against its sender; the sender's digest when the signal
+        is to be held without a triage request (the sender's hour is full, or the
+        functionarissen's), else None."""
         sender = self.keyring.sender_digest(msg.from_addr or "")
         n, window = budget(LimitClass.SIGNAL, self.cfg)
         recent = tx.mails_since(sender, LimitClass.SIGNAL.value, self.clock() - window, n)
         tx.record_mail(sender, LimitClass.SIGNAL.value)
         if recent >= n or self.mailer.notices_spent(tx):
-            tx.hold(sender)
-            return True
-        return False
+            return sender
+        return None
+
+    def release_held(self, beat: Callable[[], None] = _rest) -> int:
+        """Held signals get their triage request after all, oldest first, senders
+        taking turns (:func:`~inboxd.mail_limits.release_order`), as long as the
+        sender's ``request_limit`` and every functionaris' ``notice_limit`` (less a
+        reserve for notices about signals already in triage) have room. A released
+        signal counts against its sender like a new one. Each release is one
+        savepoint: its requests are queued and it leaves the queue together, or not at
+        all (exactly once, whatever stops the process). Returns how many."""
+        released = 0
+        with self.store.transaction() as tx:
+            held = tx.held_signals()
+            room = self.mailer.notices_left(tx) - release_reserve(self.cfg)
+            n, window = budget(LimitClass.SIGNAL, self.cfg)
+            since = self.clock() - window
+            sender_room: dict[bytes, int] = {}
+            for signal_id, sender in release_order([(i, s) for i, s, _ in held]):
+                if room <= 0:
+                    break
+                if sender not in sender_room:
+                    sender_room[sender] = n - tx.mails_since(
+                        sender, LimitClass.SIGNAL.value, since, n
+                    )
+                if sender_room[sender] <= 0:
+                    continue
+                beat()
+                try:
+                    with tx.savepoint():
+                        self._release(tx, signal_id, sender)
+                except _Suppressed:
+                    # The budget check above said there was room: whatever took it,
+                    # the request must not vanish; it waits for the next release.
+                    log.warning("triage_request.release_stopped", reason="rate_limited")
+                    break
+                sender_room[sender] -= 1
+                room -= 1
+                released += 1
+            left = len(held) - released
+        if released:
+            log.warning("flood.released", count=released, held=left)
+        return released
+
+    def _release(self, tx: Transaction, signal_id: str, sender: bytes) -> None:
+        signal = tx.signal(signal_id)
+        tx.released(signal_id)
+        if signal is None:
+            return
+        raw = tx.read_field(signal, "raw") or b""
+        try:
+            msg = parse_message(raw)
+        except Exception:
+            # It was queued as unprocessable: triaged as intake triaged such a one.
+            msg = unreadable(len(raw), "unprocessable")
+        # "flood" means "still waiting for its triage request" (status, digest);
+        # the request itself says the signal came late, and why.
+        signal = tx.update_signal(signal, flags=(signal.flags - {"flood"}) | {"flood_delayed"})
+        queued = self.triage_requests(
+            tx,
+            signal,
+            msg,
+            tx.data_key(signal),
+            related=references_in(msg, self.cfg.reference_prefix),
+        )
+        if None in queued:
+            raise _Suppressed
+        tx.record_mail(sender, LimitClass.SIGNAL.value)
+        log.info("triage_request.released", ref=signal.ref)
 
     def _acknowledge(
         self, tx: Transaction, signal: Signal, msg: ParsedMessage, decision: Decision
@@ -511,7 +587,9 @@ class Intake:
         msg: ParsedMessage,
         data_key: bytes,
         related: tuple[str, ...] = (),
-    ) -> None:
+    ) -> list[str | None]:
+        """One request per functionaris; their Message-IDs (None: not sent, over the
+        budget)."""
         include = self.cfg.triage.include_content
         context = {
             "ref": signal.ref,
@@ -532,10 +610,16 @@ class Intake:
             "text": msg.text[:MAX_TRIAGE_TEXT] if include != "none" else "",
         }
         attach = (AttachRef(signal.ref, "raw", "signaal.eml"),) if include == "full" else ()
-        for f in self.cfg.triage.functionarissen:
+        return [
             self.mailer.queue(
                 tx, "triage_request", "triage_request", f, context, ref=signal.ref, attach=attach
             )
+            for f in self.cfg.triage.functionarissen
+        ]
+
+
+class _Suppressed(Exception):
+    """A released signal's triage request was not queued: undo that release."""
 
 
 def status_snapshot(store: Store, now: float) -> dict[str, object]:

@@ -16,17 +16,22 @@ addresses and times (no content) for as long as the window:
    so are signals that arrive while a functionaris' notice budget is spent. The
    functionarissen get one notice with the count (no content) once the flood has
    been quiet for :data:`FLOOD_QUIET`, or an hour after it began if it goes on.
+   A held signal gets its triage request later (:func:`release_order`), a few at a
+   time, as the sender's and every functionaris' budget allow: none is lost to triage.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from inboxd.config import Config
 
 HOUR = 3600.0
+T = TypeVar("T")
+S = TypeVar("S", bound=Hashable)
 
 
 class LimitClass(StrEnum):
@@ -84,3 +89,27 @@ def longest_window(cfg: Config) -> float:
 
 def flood_notice_due(first_held: float, last_held: float, now: float) -> bool:
     return now - last_held >= FLOOD_QUIET or now - first_held >= FLOOD_NOTICE_EVERY
+
+
+def release_order(held: Sequence[tuple[T, S]]) -> list[tuple[T, S]]:
+    """The order in which held signals get their triage request: ``held`` is (signal,
+    sender), oldest first. Senders take turns — each sender's oldest, then each
+    sender's second, … — and within a turn the senders with the fewest held go
+    first (then the one held longest). So a colleague's one signal, held because a
+    flood spent the functionarissen's budget, does not wait behind thousands of one
+    sender's, nor behind a flood spread over many forged senders."""
+    queues: dict[S, list[tuple[T, S]]] = {}
+    for item in held:
+        queues.setdefault(item[1], []).append(item)
+    # dicts keep insertion order: ties on count go to the sender held first.
+    senders = sorted(queues, key=lambda s: len(queues[s]))
+    out: list[tuple[T, S]] = []
+    for turn in range(max((len(q) for q in queues.values()), default=0)):
+        out.extend(queues[s][turn] for s in senders if turn < len(queues[s]))
+    return out
+
+
+def release_reserve(cfg: Config) -> int:
+    """Notices a release leaves unspent in each functionaris' hour: follow-up notices,
+    closings and alerts about signals already in triage must still get through."""
+    return cfg.triage.notice_limit[0] // 10

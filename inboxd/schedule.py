@@ -203,6 +203,11 @@ def send_flood_notice(app: Services) -> bool:
     return True
 
 
+def release_held(app: Services) -> int:
+    """Held signals get their triage request, as many as the limits allow now."""
+    return app.intake.release_held()
+
+
 def housekeeping(app: Services) -> None:
     now = app.clock()
     app.store.expire(now, app.cfg.dedup_window, longest_window(app.cfg))
@@ -221,6 +226,7 @@ def due_jobs(app: Services) -> None:
         send_reminders(app)
         send_digest(app)
         send_flood_notice(app)
+        release_held(app)
         housekeeping(app)
 
 
@@ -274,6 +280,12 @@ def start_scheduler(app: Services, stop: threading.Event) -> BackgroundScheduler
         "interval",
         minutes=1,
         id="flood_notice",
+    )
+    sched.add_job(
+        _guarded(app, "release_held", release_held),
+        "interval",
+        minutes=1,
+        id="release_held",
     )
     # Graph files a Sent Items copy of each MIME sendMail, sometimes after the send
     # returned: look for the awaited copies every few minutes (a no-op elsewhere).

@@ -104,6 +104,13 @@ DROP TABLE IF EXISTS ack_log;
 CREATE TABLE IF NOT EXISTS mail_log (recipient BLOB NOT NULL, class TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS mail_log_recipient ON mail_log(recipient, class, at);
 CREATE TABLE IF NOT EXISTS held (sender BLOB NOT NULL, at REAL NOT NULL);
+-- Signals still waiting for their triage request (a flood): the keyed hash of the
+-- sender, to take turns over senders when they are released; gone with the signal.
+CREATE TABLE IF NOT EXISTS held_signals (
+    signal_id TEXT PRIMARY KEY REFERENCES signals(id) ON DELETE CASCADE,
+    sender BLOB NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS stats (
     month TEXT NOT NULL, source TEXT NOT NULL, form TEXT NOT NULL, outcome TEXT NOT NULL,
     count INTEGER NOT NULL, PRIMARY KEY (month, source, form, outcome)
@@ -245,8 +252,12 @@ class Transaction(Protocol):
     def mails_since(
         self, recipient_digest: bytes, cls: str, since: float, upto: int = 1 << 30
     ) -> int: ...
-    def hold(self, sender_digest: bytes) -> None: ...
+    def hold(self, sender_digest: bytes, signal_id: str) -> None: ...
     def clear_held(self, upto: float) -> None: ...
+    def held_signals(self) -> list[tuple[str, bytes, float]]: ...
+    def released(self, signal_id: str) -> None: ...
+    def signal(self, signal_id: str) -> Signal | None: ...
+    def read_field(self, signal: Signal, name: str) -> bytes | None: ...
     def set_meta(self, key: str, value: str) -> None: ...
 
 
@@ -529,9 +540,27 @@ class SqliteTransaction:
         ).fetchone()
         return int(row[0])
 
-    def hold(self, sender_digest: bytes) -> None:
-        """A signal queued without a triage request of its own (a flood)."""
+    def hold(self, sender_digest: bytes, signal_id: str) -> None:
+        """A signal queued without a triage request of its own (a flood): counted for
+        the flood notice (``held``) and waiting for its release (``held_signals``)."""
         self._c.execute("INSERT INTO held (sender, at) VALUES (?,?)", (sender_digest, self.now))
+        self._c.execute(
+            "INSERT INTO held_signals (signal_id, sender, at) VALUES (?,?,?)",
+            (signal_id, sender_digest, self.now),
+        )
+
+    def held_signals(self) -> list[tuple[str, bytes, float]]:
+        """(signal id, sender digest, when held) of every signal still waiting for its
+        triage request, oldest first."""
+        return [
+            (r["signal_id"], bytes(r["sender"]), float(r["at"]))
+            for r in self._c.execute(
+                "SELECT signal_id, sender, at FROM held_signals ORDER BY at, rowid"
+            )
+        ]
+
+    def released(self, signal_id: str) -> None:
+        self._c.execute("DELETE FROM held_signals WHERE signal_id = ?", (signal_id,))
 
     def clear_held(self, upto: float) -> None:
         self._c.execute("DELETE FROM held WHERE at <= ?", (upto,))
@@ -629,6 +658,7 @@ class SqliteTransaction:
             (signal.ref,),
         )
         self._c.execute("DELETE FROM signal_fields WHERE signal_id = ?", (signal.id,))
+        self._c.execute("DELETE FROM held_signals WHERE signal_id = ?", (signal.id,))
         self._c.execute("DELETE FROM signals WHERE id = ?", (signal.id,))
         # Only the day: a closing time to the second, kept for ever, would date each
         # signal's end long after everything else about it is gone.
@@ -689,6 +719,13 @@ class SqliteStore:
             self._c.execute("ALTER TABLE audit ADD COLUMN uid INTEGER")
         self._c.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+        )
+        # Signals held before releases existed wait as well, under one unknown sender.
+        self._c.execute(
+            "INSERT OR IGNORE INTO held_signals (signal_id, sender, at)"
+            " SELECT id, X'', created_at FROM signals"
+            " WHERE ',' || flags || ',' LIKE '%,flood,%'"
+            " AND id NOT IN (SELECT signal_id FROM held_signals)"
         )
         # A process killed between a deletion's commit and its shredding left the
         # old bytes behind: they go before anything else is done with this store.

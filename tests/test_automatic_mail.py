@@ -14,6 +14,7 @@ from servers import MailServer
 from world import (
     F1,
     F2,
+    KEDO,
     MAILBOX,
     REPORTER,
     World,
@@ -21,6 +22,7 @@ from world import (
     body_text,
     marker,
     parse,
+    reply,
     signal_mail,
     submit,
 )
@@ -316,3 +318,150 @@ def test_answers_to_one_functionaris_stop_at_the_hours_budget(
     mail.append_many(MAILBOX, [bad[0].replace(b"Message-ID: <try-0", b"Message-ID: <later-0")])
     world.once()
     assert sent_to(mail)[F1] == 2 + ANSWER_PER_HOUR
+
+
+def triage_requests_to(mail: MailServer, who: str) -> list[str]:
+    """The references of the triage requests inboxd sent ``who``, in sending order."""
+    return [
+        find_references(str(parse(t.raw)["Subject"]), "VV")[0]
+        for t in mail.relay.received
+        if who in t.rcpt_tos and "Triageverzoek" in str(parse(t.raw)["Subject"])
+    ]
+
+
+def test_held_signals_get_their_triage_request_later_within_the_budgets(
+    world: World, mail: MailServer
+) -> None:
+    """A flood from one sender past request_limit: the held signals' requests follow,
+    hour by hour, never more than the sender's limit (nor a functionaris' budget)
+    in any hour, each exactly once."""
+    per_sender, _ = world.cfg().triage.request_limit
+    per_functionaris, _ = world.cfg().triage.notice_limit
+    marks = [marker() for _ in range(30)]
+    mail.append_many(MAILBOX, [signal_mail(m) for m in marks])
+    start = world.now
+    world.once()
+    assert world.status()["flags"].get("flood") == 30 - per_sender
+    arrivals: list[tuple[float, int]] = [(world.now, len(triage_requests_to(mail, F1)))]
+    while world.now < start + 4 * 3600:
+        world.now += 600
+        world.once()
+        arrivals.append((world.now, len(triage_requests_to(mail, F1))))
+    new = [(t, n - arrivals[i - 1][1]) for i, (t, n) in enumerate(arrivals) if i]
+    for t, _ in new:
+        in_hour = sum(k for u, k in new if t - 3600 <= u <= t)
+        assert in_hour <= min(per_sender, per_functionaris), (t - start, new)
+    assert sum(k for t, k in new if t <= start + 3600) == 0, "the sender's hour was full"
+    for f in (F1, F2):
+        refs = triage_requests_to(mail, f)
+        assert len(refs) == 30 and len(set(refs)) == 30, "each signal's request, once"
+    status = world.status()
+    assert status["open"] == 30
+    assert status["flags"] == {"flood_delayed": 30 - per_sender}, status
+    assert len(events(world, "triage_request.released")) == 30 - per_sender
+    assert not [e for e in events(world, "mail.suppressed") if e["mail_kind"] == "triage_request"]
+    for m in marks:
+        assert_absent(m, where="the logs", data=world.log_text())
+
+
+def test_a_colleagues_signal_held_by_an_attackers_flood_is_released_first(
+    world: World, mail: MailServer
+) -> None:
+    """Forged senders spend the functionarissen's hour; a colleague's signal that
+    arrives next is held. In the first release it goes before the attacker's
+    remaining mails, and a functionaris can forward it by replying as usual."""
+    world.write_config(request_limit="2/h", notice_limit="6/h")
+    attackers = [f"aanvaller{i}@extern.example" for i in range(3)]
+    mail.append_many(
+        MAILBOX, [signal_mail(marker(), sender=a) for a in attackers for _ in range(4)]
+    )
+    world.once()
+    assert len(triage_requests_to(mail, F1)) == 6, "two per forged sender, then the budget"
+    world.now += 60
+    mark = marker()
+    mail.deliver(signal_mail(mark), MAILBOX)
+    world.once()
+    ack = mail.wait_for_messages(REPORTER, 1)[0]
+    ref = find_references(str(parse(ack)["Subject"]), "VV")[0]
+    status = world.status()
+    assert status["flags"].get("flood") == 7, "six of the attacker's and the colleague's"
+    assert ref not in triage_requests_to(mail, F1)
+
+    # The flood notice comes while the budget is still spent: a count, no content.
+    world.now += FLOOD_QUIET
+    world.once()
+    notices = [t.raw for t in mail.relay.received if "LET OP" in str(parse(t.raw)["Subject"])]
+    assert len(notices) == 2, "one per functionaris"
+    for n in notices:
+        assert "7" in str(parse(n)["Subject"])
+        assert_absent(mark, where="the flood notice", data=n)
+    assert len(triage_requests_to(mail, F1)) == 6, "nothing released within the hour"
+
+    # The first release: the colleague's signal first, then the attacker's, turn
+    # by turn, as many as a functionaris' hour allows.
+    world.now = world.now - FLOOD_QUIET - 60 + 3600 + 1
+    world.once()
+    released = triage_requests_to(mail, F1)[6:]
+    assert released[0] == ref, released
+    assert len(released) == 6, "the functionaris' budget, not one more"
+    assert triage_requests_to(mail, F2)[6:] == released
+    status = world.status()
+    assert status["flags"] == {"flood": 1, "flood_delayed": 6}, status
+    request = next(
+        t.raw
+        for t in mail.relay.received
+        if F1 in t.rcpt_tos and ref in str(parse(t.raw)["Subject"])
+    )
+    assert mark in body_text(request), "a normal triage request, with the content"
+
+    world.command(reply(request, "KEDO"))
+    forwarded = mail.wait_for_messages(KEDO, 1)
+    assert len(forwarded) == 1 and mark.encode() in forwarded[0]
+
+    # The attacker's last one follows in the next hour.
+    world.now += 3601
+    world.once()
+    assert len(triage_requests_to(mail, F1)) == 13
+    assert world.status()["flags"] == {"flood_delayed": 6}
+    assert not [e for e in events(world, "mail.suppressed") if e["mail_kind"] == "triage_request"]
+    assert_absent(mark, where="the logs", data=world.log_text())
+
+
+def test_a_release_cut_short_releases_nothing_and_the_next_releases_each_once(
+    world: World, mail: MailServer
+) -> None:
+    """A release is one transaction: a process that dies in the middle of one (here:
+    an exception between two signals, where SIGKILL would leave the same
+    uncommitted transaction) has queued no request and released no signal; the
+    next release sends each request once."""
+    world.write_config(request_limit="2/h")
+    mail.append_many(MAILBOX, [signal_mail(marker()) for _ in range(5)])
+    world.once()
+    world.now += 3601
+
+    class Killed(Exception):
+        pass
+
+    beats = 0
+
+    def die_at_the_second() -> None:
+        nonlocal beats
+        beats += 1
+        if beats == 2:
+            raise Killed
+
+    app = world.app()
+    try:
+        with pytest.raises(Killed):
+            app.intake.release_held(beat=die_at_the_second)
+        assert app.store.outbox_size() == 0
+    finally:
+        app.close()
+    assert world.status()["flags"] == {"flood": 3}
+    world.once()
+    world.now += 3601
+    world.once()
+    for f in (F1, F2):
+        refs = triage_requests_to(mail, f)
+        assert len(refs) == 5 and len(set(refs)) == 5, refs
+    assert world.status()["flags"] == {"flood_delayed": 3}

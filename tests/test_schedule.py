@@ -35,6 +35,7 @@ from world import signal_mail as make_signal
 
 from inboxd import logs, schedule
 from inboxd.crontab import _crontab_weekdays, cron_trigger
+from inboxd.mail_limits import release_order
 from inboxd.references import find_references
 from inboxd.schedule import (
     DAY,
@@ -442,3 +443,16 @@ def test_housekeeping_vacuums_once_a_week(world: World, mail: MailServer) -> Non
     world.now += DAY
     world.once()
     assert vacuums() == 2
+
+
+def test_held_signals_are_released_senders_taking_turns_fewest_first() -> None:
+    held = [
+        ("a1", "flood"),
+        ("a2", "flood"),
+        ("b1", "forged"),
+        ("a3", "flood"),
+        ("c1", "colleague"),
+        ("b2", "forged"),
+    ]
+    assert [s for s, _ in release_order(held)] == ["c1", "b1", "a1", "b2", "a2", "a3"]
+    assert release_order([]) == []

@@ -191,12 +191,12 @@ def test_a_field_blob_moved_to_another_signal_does_not_open(store: SqliteStore) 
 
 def test_rolled_back_transaction_leaves_nothing(store: SqliteStore) -> None:
     with pytest.raises(RuntimeError), store.transaction() as tx:
-        tx.add_signal(
+        sig = tx.add_signal(
             new_signal("VV-CCCC-CCCC", dedup_digest=b"d" * 32, mailbox_key="1:42", retain=False)
         )
         tx.enqueue(entry())
         tx.record_mail(b"s" * 16, "ack")
-        tx.hold(b"s" * 16)
+        tx.hold(b"s" * 16, sig.id)
         tx.set_meta("last_fetch", "1")
         raise RuntimeError("crash in the middle")
     assert store.signal_by_ref("VV-CCCC-CCCC") is None
@@ -488,14 +488,26 @@ def test_mails_since_counts_per_recipient_and_class(store: SqliteStore, clock: C
 
 def test_held_signals_are_summed_up_and_cleared(store: SqliteStore, clock: Clock) -> None:
     assert store.held_summary() is None
-    for t, who in ((100.0, b"a" * 16), (150.0, b"a" * 16), (200.0, b"b" * 16)):
+    ids = []
+    for i, (t, who) in enumerate(((100.0, b"a" * 16), (150.0, b"a" * 16), (200.0, b"b" * 16))):
         clock.t = t
         with store.transaction() as tx:
-            tx.hold(who)
+            sig = tx.add_signal(new_signal(f"VV-HHHH-HHH{i}"))
+            tx.hold(who, sig.id)
+            ids.append(sig.id)
     assert store.held_summary() == (3, 2, 100.0, 200.0)
     with store.transaction() as tx:
         tx.clear_held(150.0)
     assert store.held_summary() == (1, 1, 200.0, 200.0)
+    # The notice's count is cleared; the signals still wait for their release,
+    # until they are released or deleted.
+    with store.transaction() as tx:
+        assert [h[0] for h in tx.held_signals()] == ids
+        tx.released(ids[0])
+        sig1 = tx.signal(ids[1])
+        assert sig1 is not None
+        tx.delete_signal(sig1, 0.0, "purged")
+        assert tx.held_signals() == [(ids[2], b"b" * 16, 200.0)]
 
 
 def test_counts_flags_and_oldest_open(store: SqliteStore) -> None:
