@@ -732,3 +732,22 @@ def test_a_statement_of_its_own_still_running_leaves_the_shredding_for_later(
     running.fetchall()
     assert store.shred() is True
     assert _owed(store) == []
+
+
+def test_signals_held_before_releases_existed_wait_for_one_too(
+    state_dir: Path, keyring: Keyring, clock: Clock
+) -> None:
+    """A store from before the release list: its ``flood`` signals are put on it when
+    it is opened (under one unknown sender), the others are not."""
+    s = SqliteStore(state_dir, keyring, clock=clock)
+    with s.transaction() as tx:
+        held = tx.add_signal(new_signal("VV-OLDH-ELD1", flags={"flood"}))
+        tx.add_signal(new_signal("VV-NOTH-ELD1", flags={"auto"}))
+        tx.released(held.id)  # as if the list had not existed
+    s.close()
+    s2 = SqliteStore(state_dir, keyring, clock=clock)
+    try:
+        with s2.transaction() as tx:
+            assert tx.held_signals() == [(held.id, b"", held.created_at)]
+    finally:
+        s2.close()
