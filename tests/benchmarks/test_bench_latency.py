@@ -148,8 +148,9 @@ class Counter:
 
 def test_delivery_to_acknowledgement_under_idle(mail: MailServer, tmp_path: Path) -> None:
     world = World(mail, tmp_path / "w").setup()
-    # 20 signals from one reporter inside the hour: lift the ack rate limit.
-    world.write_config(idle="true", rate="1000/h")
+    # 20 signals from one reporter inside the hour: lift the ack rate limit and the
+    # flood brake, so each signal is acknowledged and triaged (a latency, not a flood).
+    world.write_config(idle="true", rate="1000/h", request_limit="1000/h", notice_limit="1000/h")
     reporter = Counter(mail, REPORTER)
     daemon = Daemon(world)
     try:
