@@ -19,8 +19,9 @@ from typing import Any, TextIO
 
 from inboxd.config import Config
 from inboxd.crypto import DecryptError, Keyring
+from inboxd.lifecycle import OPEN_STATES
 from inboxd.logs import get_logger
-from inboxd.store import OPEN_STATES, SqliteStore
+from inboxd.store import SqliteStore
 
 log = get_logger(__name__)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from inboxd.evidence import Evidence, EvidencePolicy, sender_evidence
+from inboxd.lifecycle import MailKind
 from inboxd.parsing import WEAK_AUTO_REASONS, ParsedMessage
 from inboxd.references import first_references
 
@@ -20,7 +21,7 @@ DRILL_PREFIXES = ("[test]", "[oefening]")
 # inboxd's mails that ask for a reply: a reply to any other (acknowledgement,
 # result, rejection, feedback, alert, forward …) is never answered by mail, so two
 # automatic responders cannot keep each other going.
-ASKS_FOR_REPLY = frozenset({"triage_request", "followup_notice", "question"})
+ASKS_FOR_REPLY = frozenset({MailKind.TRIAGE_REQUEST, MailKind.FOLLOWUP_NOTICE, MailKind.QUESTION})
 
 
 class Kind(StrEnum):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from inboxd.config import Config
 from inboxd.intake import Mailer
+from inboxd.lifecycle import MailKind
 from inboxd.store import Signal, Store, Transaction
 
 
@@ -100,11 +101,11 @@ class Ending:
             and within_ack_domains(self.cfg, reporter)
         ):
             template = "feedback_forwarded" if destinations else "feedback_closed"
-            mailer.queue(tx, "feedback", template, reporter, {"ref": signal.ref}, ref=None)
+            mailer.queue(tx, MailKind.FEEDBACK, template, reporter, {"ref": signal.ref}, ref=None)
         for f in self.cfg.triage.functionarissen:
             mailer.queue(
                 tx,
-                "triage_closed",
+                MailKind.TRIAGE_CLOSED,
                 "triage_closed",
                 f,
                 {

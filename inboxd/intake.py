@@ -28,6 +28,7 @@ from inboxd.classify import Context, Decision, Kind, classify, mentioned_ids, re
 from inboxd.config import Config
 from inboxd.crypto import Keyring, signal_token
 from inboxd.dedup import without_trace
+from inboxd.lifecycle import KeyStatus, MailKind
 from inboxd.logs import get_logger
 from inboxd.mail_limits import LimitClass, budget, limit_class, release_order, release_reserve
 from inboxd.mailbox.base import Mailbox, MailboxItem, verify_deletion
@@ -65,8 +66,8 @@ class ReplyHandler(Protocol):
 
     def handle(
         self, tx: Transaction, item: MailboxItem, msg: ParsedMessage, decision: Decision
-    ) -> tuple[str, str | None]:
-        """The mailbox key's fate ("expunge" or "retained") and the signal it belongs to."""
+    ) -> tuple[KeyStatus, str | None]:
+        """The mailbox key's fate (expunge or retained) and the signal it belongs to."""
         ...
 
 
@@ -270,7 +271,11 @@ class Intake:
             yield from self.mailbox.fetch(keys[i : i + step])
 
     def _accept(self, items: list[MailboxItem], result: IntakeResult) -> None:
-        status = "accepted" if self.cfg.mailbox.retain_in_mailbox == "forwarded" else "expunge"
+        status = (
+            KeyStatus.ACCEPTED
+            if self.cfg.mailbox.retain_in_mailbox == "forwarded"
+            else KeyStatus.EXPUNGE
+        )
         with self.store.transaction() as tx:
             for item in items:
                 tx.accept(item.key, item.raw, status)
@@ -376,7 +381,7 @@ class Intake:
         # else) is one; another message under a Message-ID seen before is its own.
         digests = self.keyring.dedup_digests(msg.message_id, *without_trace(item.raw))
         if digests[0] in seen or self.store.has_dedup(digests):
-            tx.record_key(item.key, "expunge")
+            tx.record_key(item.key, KeyStatus.EXPUNGE)
             result.duplicates += 1
             # A command delivered again acts once, and gets no answer: an identical
             # copy is a relay's retry or a loop, and answering a loop feeds it.
@@ -424,7 +429,7 @@ class Intake:
             self.replies.auto_answer(tx, msg, decision)
         for d in remember:
             tx.add_dedup(d, None, self.clock() + self.cfg.dedup_window)
-        tx.record_key(item.key, "expunge")
+        tx.record_key(item.key, KeyStatus.EXPUNGE)
         result.handled += 1
 
     def new_reference(self) -> str:
@@ -473,7 +478,7 @@ class Intake:
         for d in digests[1:]:
             tx.add_dedup(d, signal.id, None)
         log.info(
-            "signal.queued", ref=ref, size=msg.size, flags=sorted(signal.flags), state="queued"
+            "signal.queued", ref=ref, size=msg.size, flags=sorted(signal.flags), state=signal.state
         )
         self._acknowledge(tx, signal, msg, decision)
         if held_from is not None:
@@ -572,7 +577,7 @@ class Intake:
         assert msg.from_addr is not None
         self.mailer.queue(
             tx,
-            "ack",
+            MailKind.ACK,
             "ack",
             msg.from_addr,
             {"ref": signal.ref},
@@ -612,7 +617,13 @@ class Intake:
         attach = (AttachRef(signal.ref, "raw", "signaal.eml"),) if include == "full" else ()
         return [
             self.mailer.queue(
-                tx, "triage_request", "triage_request", f, context, ref=signal.ref, attach=attach
+                tx,
+                MailKind.TRIAGE_REQUEST,
+                "triage_request",
+                f,
+                context,
+                ref=signal.ref,
+                attach=attach,
             )
             for f in self.cfg.triage.functionarissen
         ]

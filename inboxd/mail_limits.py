@@ -26,6 +26,8 @@ from collections.abc import Hashable, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
+from inboxd.lifecycle import MailKind
+
 if TYPE_CHECKING:
     from inboxd.config import Config
 
@@ -47,20 +49,20 @@ REPORTER_PER_HOUR = 20
 FLOOD_QUIET = 600.0
 FLOOD_NOTICE_EVERY = HOUR
 
-_CLASSES = {
-    "ack": LimitClass.ACK,
-    "command_result": LimitClass.ANSWER,
-    "command_rejected": LimitClass.ANSWER,
-    "command_late": LimitClass.ANSWER,
-    "feedback": LimitClass.REPORTER,
-    "question": LimitClass.REPORTER,
-    "triage_request": LimitClass.NOTICE,
-    "followup_notice": LimitClass.NOTICE,
-    "forward_alert": LimitClass.NOTICE,
-    "triage_closed": LimitClass.NOTICE,
+_CLASSES: dict[str, LimitClass] = {
+    MailKind.ACK: LimitClass.ACK,
+    MailKind.COMMAND_RESULT: LimitClass.ANSWER,
+    MailKind.COMMAND_REJECTED: LimitClass.ANSWER,
+    MailKind.COMMAND_LATE: LimitClass.ANSWER,
+    MailKind.FEEDBACK: LimitClass.REPORTER,
+    MailKind.QUESTION: LimitClass.REPORTER,
+    MailKind.TRIAGE_REQUEST: LimitClass.NOTICE,
+    MailKind.FOLLOWUP_NOTICE: LimitClass.NOTICE,
+    MailKind.FORWARD_ALERT: LimitClass.NOTICE,
+    MailKind.TRIAGE_CLOSED: LimitClass.NOTICE,
 }
 # No budget: forwards must all go; reminder, digest and flood notice are timed.
-UNLIMITED = ("forward:", "reminder", "digest", "flood_notice")
+UNLIMITED = ("forward:", MailKind.REMINDER, MailKind.DIGEST, MailKind.FLOOD_NOTICE)
 
 
 def limit_class(kind: str) -> LimitClass | None:

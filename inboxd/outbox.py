@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
+from inboxd.lifecycle import MailKind
 from inboxd.logs import get_logger
 from inboxd.mails import Attachment, HeaderInjection, Mail, render, render_pieces
 from inboxd.smime import CertificateError, encrypt, load_certificate
@@ -33,7 +34,7 @@ PIECES_FROM = 1024 * 1024
 # Mails to the functionarissen that attach what came in: better without the
 # attachment (they can still act on the reference) than not at all. A forward is
 # not among them: without the signal it is pointless, so it fails and alerts.
-LEAVE_OUT_WHEN_TOO_BIG = ("triage_request", "followup_notice")
+LEAVE_OUT_WHEN_TOO_BIG = (MailKind.TRIAGE_REQUEST, MailKind.FOLLOWUP_NOTICE)
 
 
 @dataclass(frozen=True)

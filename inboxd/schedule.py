@@ -19,11 +19,12 @@ from inboxd.config import Config
 from inboxd.crontab import cron_trigger, local_zone
 from inboxd.guides import spoken_duration
 from inboxd.intake import Intake, iso
+from inboxd.lifecycle import OPEN_STATES, MailKind
 from inboxd.logs import get_logger
 from inboxd.mail_limits import flood_notice_due, longest_window
 from inboxd.outbox import Outbox
 from inboxd.sent_copies import purge_sent_copies
-from inboxd.store import OPEN_STATES, Signal, Store
+from inboxd.store import Signal, Store
 from inboxd.transport.base import Transport
 
 log = get_logger(__name__)
@@ -125,7 +126,7 @@ def send_reminders(app: Services) -> int:
     with app.store.transaction() as tx:
         for f in app.cfg.triage.functionarissen:
             app.intake.mailer.queue(
-                tx, "reminder", "reminder", f, {"signals": rows(listed, now)}, ref=None
+                tx, MailKind.REMINDER, "reminder", f, {"signals": rows(listed, now)}, ref=None
             )
         for s in listed:
             tx.update_signal(s, last_reminder_at=now)
@@ -149,7 +150,7 @@ def send_digest(app: Services, *, force: bool = False) -> bool:
         for f in app.cfg.triage.functionarissen:
             app.intake.mailer.queue(
                 tx,
-                "digest",
+                MailKind.DIGEST,
                 "digest",
                 f,
                 {"signals": rows(signals, now), "open": len(signals)},
@@ -175,7 +176,7 @@ def send_flood_notice(app: Services) -> bool:
         for f in app.cfg.triage.functionarissen:
             app.intake.mailer.queue(
                 tx,
-                "flood_notice",
+                MailKind.FLOOD_NOTICE,
                 "flood_notice",
                 f,
                 {

@@ -32,13 +32,12 @@ from inboxd.crypto import (
     seal_to,
     sealed_size,
 )
+from inboxd.lifecycle import OPEN_STATES, KeyStatus, MailKind, SignalState, check_transition
 from inboxd.logs import get_logger
 
 log = get_logger(__name__)
 
 SCHEMA_VERSION = 1
-
-OPEN_STATES = ("queued", "waiting_info", "forwarding", "forwarding_failed")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -156,7 +155,7 @@ class Retention:
 class Signal:
     id: str
     ref: str
-    state: str
+    state: SignalState
     source: str
     flags: frozenset[str]
     form: str
@@ -242,8 +241,8 @@ class Transaction(Protocol):
     def count(
         self, month: str, source: str, form: str, outcome: str, triage_bucket: str
     ) -> None: ...
-    def record_key(self, key: str, status: str, signal_id: str | None = None) -> None: ...
-    def accept(self, key: str, raw: bytes, status: str) -> str: ...
+    def record_key(self, key: str, status: KeyStatus, signal_id: str | None = None) -> None: ...
+    def accept(self, key: str, raw: bytes, status: KeyStatus) -> str: ...
     def processed(self, inbound_id: str) -> None: ...
     def add_dedup(self, digest: bytes, signal_id: str | None, expires_at: float | None) -> None: ...
     def enqueue(self, entry: OutboxEntry, *, not_before: float | None = None) -> str: ...
@@ -268,7 +267,7 @@ class Store(Protocol):
     def transaction(self) -> AbstractContextManager[Transaction]: ...
     # intake
     def ref_in_use(self, ref: str) -> bool: ...
-    def mailbox_key_status(self, keys: Sequence[str]) -> dict[str, str]: ...
+    def mailbox_key_status(self, keys: Sequence[str]) -> dict[str, KeyStatus]: ...
     def has_dedup(self, digests: Sequence[bytes]) -> bool: ...
     def held_summary(self) -> tuple[int, int, float, float] | None: ...
     def keys_to_expunge(self) -> list[str]: ...
@@ -282,7 +281,7 @@ class Store(Protocol):
     def mail_failed(self, mail: DueMail, next_attempt_at: float | None, error: str) -> None: ...
     def sent_kinds(self, message_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]: ...
     # signals
-    def signals(self, states: Sequence[str] = OPEN_STATES) -> list[Signal]: ...
+    def signals(self, states: Sequence[SignalState] = OPEN_STATES) -> list[Signal]: ...
     def signal_by_ref(self, ref: str) -> Signal | None: ...
     def read_field(self, signal: Signal, name: str) -> bytes | None: ...
     # status, statistics, upkeep
@@ -370,7 +369,7 @@ def _row_to_signal(row: sqlite3.Row) -> Signal:
     return Signal(
         id=row["id"],
         ref=row["ref"],
-        state=row["state"],
+        state=SignalState(row["state"]),
         source=row["source"],
         flags=frozenset(f for f in row["flags"].split(",") if f),
         form=row["form"],
@@ -417,7 +416,7 @@ class SqliteTransaction:
             (
                 s.id,
                 s.ref,
-                "queued",
+                SignalState.QUEUED,
                 s.source,
                 flags,
                 s.size,
@@ -444,7 +443,9 @@ class SqliteTransaction:
         if s.dedup_digest is not None:
             self.add_dedup(s.dedup_digest, s.id, None)
         if s.mailbox_key is not None:
-            self.record_key(s.mailbox_key, "retained" if s.retain else "expunge", s.id)
+            self.record_key(
+                s.mailbox_key, KeyStatus.RETAINED if s.retain else KeyStatus.EXPUNGE, s.id
+            )
         row = self._c.execute("SELECT * FROM signals WHERE id = ?", (s.id,)).fetchone()
         return _row_to_signal(row)
 
@@ -454,19 +455,27 @@ class SqliteTransaction:
         ).fetchone()
         return self._k.unwrap(row["key_id"], row["wrapped_key"], f"signal:{signal.id}")
 
-    def record_key(self, key: str, status: str, signal_id: str | None = None) -> None:
+    def record_key(self, key: str, status: KeyStatus, signal_id: str | None = None) -> None:
         # A key already expunged stays expunged: processing after acceptance may say
         # "expunge" again about a message that is long gone.
         self._c.execute(
             "INSERT INTO mailbox_keys (key, status, signal_id, seen_at) VALUES (?,?,?,?)"
             " ON CONFLICT(key) DO UPDATE SET status = CASE"
-            " WHEN mailbox_keys.status = 'expunged' AND excluded.status = 'expunge'"
-            " THEN 'expunged' ELSE excluded.status END,"
+            " WHEN mailbox_keys.status = ? AND excluded.status = ?"
+            " THEN ? ELSE excluded.status END,"
             " signal_id = COALESCE(excluded.signal_id, mailbox_keys.signal_id)",
-            (key, status, signal_id, self.now),
+            (
+                key,
+                KeyStatus(status),
+                signal_id,
+                self.now,
+                KeyStatus.EXPUNGED,
+                KeyStatus.EXPUNGE,
+                KeyStatus.EXPUNGED,
+            ),
         )
 
-    def accept(self, key: str, raw: bytes, status: str) -> str:
+    def accept(self, key: str, raw: bytes, status: KeyStatus) -> str:
         """Seal a fetched message under its own data key and remember its mailbox key
         (``expunge`` when it may leave the mailbox now, ``accepted`` when processing
         decides). Parsing comes later, in :meth:`processed`'s transaction."""
@@ -586,6 +595,12 @@ class SqliteTransaction:
         for k, v in changes.items():
             if k not in allowed:
                 raise StoreError(f"cannot change {k}")
+            if k == "state":
+                # The state as stored now, not as the caller last read it.
+                current = self.signal(signal.id)
+                if current is None:
+                    raise StoreError("signal is gone")
+                v = check_transition(current.state, SignalState(v))
             if isinstance(v, tuple | list | set | frozenset):
                 v = ",".join(sorted(v))
             cols.append(f"{k} = ?")
@@ -643,8 +658,8 @@ class SqliteTransaction:
         )
         self.deleted = True
         self._c.execute(
-            "UPDATE mailbox_keys SET status = 'expunge' WHERE signal_id = ? AND status = 'retained'",
-            (signal.id,),
+            "UPDATE mailbox_keys SET status = ? WHERE signal_id = ? AND status = ?",
+            (KeyStatus.EXPUNGE, signal.id, KeyStatus.RETAINED),
         )
         self._c.execute(
             "UPDATE mailbox_keys SET signal_id = NULL WHERE signal_id = ?", (signal.id,)
@@ -654,8 +669,8 @@ class SqliteTransaction:
             (dedup_until, signal.id),
         )
         self._c.execute(
-            "DELETE FROM outbox WHERE ref = ? AND kind != 'ack'",
-            (signal.ref,),
+            "DELETE FROM outbox WHERE ref = ? AND kind != ?",
+            (signal.ref, MailKind.ACK),
         )
         self._c.execute("DELETE FROM signal_fields WHERE signal_id = ?", (signal.id,))
         self._c.execute("DELETE FROM held_signals WHERE signal_id = ?", (signal.id,))
@@ -827,12 +842,12 @@ class SqliteStore:
         row = self._c.execute("SELECT closed_at FROM refs_used WHERE ref = ?", (ref,)).fetchone()
         return row is not None and row["closed_at"] is not None
 
-    def mailbox_key_status(self, keys: Sequence[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
+    def mailbox_key_status(self, keys: Sequence[str]) -> dict[str, KeyStatus]:
+        out: dict[str, KeyStatus] = {}
         for i in range(0, len(keys), 500):
             chunk = list(keys[i : i + 500])
             q = "SELECT key, status FROM mailbox_keys WHERE key IN (" + _marks(len(chunk)) + ")"
-            out.update({r["key"]: r["status"] for r in self._c.execute(q, chunk)})
+            out.update({r["key"]: KeyStatus(r["status"]) for r in self._c.execute(q, chunk)})
         return out
 
     def has_dedup(self, digests: Sequence[bytes]) -> bool:
@@ -852,7 +867,9 @@ class SqliteStore:
     def keys_to_expunge(self) -> list[str]:
         return [
             r["key"]
-            for r in self._c.execute("SELECT key FROM mailbox_keys WHERE status = 'expunge'")
+            for r in self._c.execute(
+                "SELECT key FROM mailbox_keys WHERE status = ?", (KeyStatus.EXPUNGE,)
+            )
         ]
 
     def inbound(self, limit_messages: int, limit_bytes: int) -> list[Inbound]:
@@ -886,7 +903,8 @@ class SqliteStore:
     def mark_expunged(self, keys: Sequence[str]) -> None:
         with self.transaction():
             self._c.executemany(
-                "UPDATE mailbox_keys SET status = 'expunged' WHERE key = ?", [(k,) for k in keys]
+                "UPDATE mailbox_keys SET status = ? WHERE key = ?",
+                [(KeyStatus.EXPUNGED, k) for k in keys],
             )
 
     # -- outbox -------------------------------------------------------------
@@ -971,7 +989,7 @@ class SqliteStore:
         return out
 
     # -- signals ------------------------------------------------------------
-    def signals(self, states: Sequence[str] = OPEN_STATES) -> list[Signal]:
+    def signals(self, states: Sequence[SignalState] = OPEN_STATES) -> list[Signal]:
         q = "SELECT * FROM signals WHERE state IN (" + _marks(len(states)) + ") ORDER BY created_at"
         return [_row_to_signal(r) for r in self._c.execute(q, list(states))]
 
@@ -1128,8 +1146,8 @@ class SqliteStore:
                 (now - dedup_window,),
             )
             self._c.execute(
-                "DELETE FROM mailbox_keys WHERE status = 'expunged' AND seen_at < ?",
-                (now - dedup_window,),
+                "DELETE FROM mailbox_keys WHERE status = ? AND seen_at < ?",
+                (KeyStatus.EXPUNGED, now - dedup_window),
             )
             # Looks (status, stats, lists — a monitor may ask every minute) are kept a
             # year; what changed something is kept for good.

@@ -20,12 +20,13 @@ from inboxd.crypto import Keyring, signal_token, tokens_equal
 from inboxd.ending import End, Ending, within_ack_domains
 from inboxd.evidence import Evidence
 from inboxd.intake import Mailer, iso
+from inboxd.lifecycle import OPEN_STATES, KeyStatus, MailKind, SignalState
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import MailboxItem
 from inboxd.outbox import AttachRef
 from inboxd.parsing import ParsedMessage
 from inboxd.replytext import reply_text
-from inboxd.store import OPEN_STATES, DueMail, Signal, Store, Transaction
+from inboxd.store import DueMail, Signal, Store, Transaction
 
 log = get_logger(__name__)
 
@@ -113,7 +114,7 @@ class Triage:
     # -- intake hooks ---------------------------------------------------------
     def handle(
         self, tx: Transaction, item: MailboxItem, msg: ParsedMessage, decision: Decision
-    ) -> tuple[str, str | None]:
+    ) -> tuple[KeyStatus, str | None]:
         if decision.kind.value == "followup":
             return self.followup(tx, item, msg, decision.refs[0], decision.evidence)
         return self.command(tx, msg, decision), None
@@ -128,12 +129,14 @@ class Triage:
             signal = self.store.signal_by_ref(ref)
             if signal is not None:
                 done = tuple(d for d in signal.done_destinations if d != dest)
-                tx.update_signal(signal, state="forwarding_failed", done_destinations=done)
+                tx.update_signal(
+                    signal, state=SignalState.FORWARDING_FAILED, done_destinations=done
+                )
             log.error(
                 "forward.bounced",
                 ref=ref,
                 destination=dest,
-                state="forwarding_failed" if signal else "deleted",
+                state=SignalState.FORWARDING_FAILED if signal else "deleted",
             )
             self._alert(tx, ref, dest, "bounced", still_open=signal is not None)
 
@@ -145,13 +148,13 @@ class Triage:
         msg: ParsedMessage,
         ref: str,
         evidence: Evidence,
-    ) -> tuple[str, str]:
+    ) -> tuple[KeyStatus, str]:
         signal = self.store.signal_by_ref(ref)
         assert signal is not None
         n = sum(1 for f in tx.field_names(signal) if f.startswith("followup:")) + 1
         tx.add_field(signal, f"followup:{n}", item.raw)
-        if signal.state == "waiting_info":
-            signal = tx.update_signal(signal, state="queued")
+        if signal.state is SignalState.WAITING_INFO:
+            signal = tx.update_signal(signal, state=SignalState.QUEUED)
         log.info(
             "signal.followup",
             ref=ref,
@@ -175,10 +178,10 @@ class Triage:
         )
         for f in self.cfg.triage.functionarissen:
             self.mailer.queue(
-                tx, "followup_notice", "followup_notice", f, context, ref=ref, attach=attach
+                tx, MailKind.FOLLOWUP_NOTICE, "followup_notice", f, context, ref=ref, attach=attach
             )
         keep = self.cfg.mailbox.retain_in_mailbox == "forwarded"
-        return ("retained" if keep else "expunge"), signal.id
+        return (KeyStatus.RETAINED if keep else KeyStatus.EXPUNGE), signal.id
 
     # -- commands ---------------------------------------------------------------
     def _reject(
@@ -189,12 +192,12 @@ class Triage:
         ref: str | None,
         reason: str,
         lines: Sequence[str] = (),
-    ) -> str:
+    ) -> KeyStatus:
         assert msg.from_addr is not None
         log.warning("command.rejected", ref=ref, reason=reason)
         self.mailer.queue(
             tx,
-            "command_rejected",
+            MailKind.COMMAND_REJECTED,
             "command_rejected",
             msg.from_addr,
             {"ref": ref or "", "reason": reason, "lines": list(lines)},
@@ -202,20 +205,20 @@ class Triage:
             answers=msg.message_id,
             quiet=quiet,
         )
-        return "expunge"
+        return KeyStatus.EXPUNGE
 
-    def command(self, tx: Transaction, msg: ParsedMessage, decision: Decision) -> str:
+    def command(self, tx: Transaction, msg: ParsedMessage, decision: Decision) -> KeyStatus:
         """Authorise, parse, apply, answer; a refusal at any step is answered there
         and nothing of the mail is carried out."""
         signal = self._authorise(tx, msg, decision)
         if signal is None:
-            return "expunge"
+            return KeyStatus.EXPUNGE
         parsed = self._parse(tx, msg, decision, signal)
         if parsed is None:
-            return "expunge"
+            return KeyStatus.EXPUNGE
         applied = self._apply(tx, signal, parsed.commands)
         self._answer(tx, msg, decision, parsed, applied)
-        return "expunge"
+        return KeyStatus.EXPUNGE
 
     def _authorise(self, tx: Transaction, msg: ParsedMessage, decision: Decision) -> Signal | None:
         """The open signal this mail may command, or ``None`` once refused."""
@@ -250,7 +253,7 @@ class Triage:
         assert msg.from_addr is not None
         self.mailer.queue(
             tx,
-            "command_late",
+            MailKind.COMMAND_LATE,
             "command_late",
             msg.from_addr,
             {"ref": ref},
@@ -314,7 +317,7 @@ class Triage:
         ]
         self.mailer.queue(
             tx,
-            "command_result",
+            MailKind.COMMAND_RESULT,
             "command_result",
             msg.from_addr,
             {
@@ -362,7 +365,7 @@ class Triage:
             tx.add_dedup(answered[0], None, expires)
             self.mailer.queue(
                 tx,
-                "command_rejected",
+                MailKind.COMMAND_REJECTED,
                 "command_rejected",
                 msg.from_addr,
                 {"ref": ref, "reason": "duplicate", "lines": []},
@@ -428,7 +431,7 @@ class Triage:
                     attach=tuple(attach),
                 )
             log.info("forward.queued", ref=signal.ref, destination=key)
-        return tx.update_signal(signal, state="forwarding", destinations=wanted)
+        return tx.update_signal(signal, state=SignalState.FORWARDING, destinations=wanted)
 
     def mail_sent(self, tx: Transaction, due: DueMail) -> None:
         """Called inside the transaction that removes ``due`` from the outbox."""
@@ -443,7 +446,7 @@ class Triage:
         done = sorted(set(signal.done_destinations) | {key})
         signal = tx.update_signal(signal, done_destinations=done)
         log.info("forward.accepted", ref=signal.ref, destination=key)
-        if set(signal.destinations) <= set(done) and signal.state == "forwarding":
+        if set(signal.destinations) <= set(done) and signal.state is SignalState.FORWARDING:
             self.ending.end(tx, signal, End.FORWARDED)
 
     def mail_given_up(self, due: DueMail, reason: str) -> None:
@@ -453,7 +456,7 @@ class Triage:
         with self.store.transaction() as tx:
             signal = self.store.signal_by_ref(due.ref)
             if signal is not None:
-                tx.update_signal(signal, state="forwarding_failed")
+                tx.update_signal(signal, state=SignalState.FORWARDING_FAILED)
             self._alert(tx, due.ref, dest, "failed", still_open=signal is not None)
 
     def _alert(self, tx: Transaction, ref: str, dest: str, what: str, *, still_open: bool) -> None:
@@ -461,7 +464,7 @@ class Triage:
         for f in self.cfg.triage.functionarissen:
             self.mailer.queue(
                 tx,
-                "forward_alert",
+                MailKind.FORWARD_ALERT,
                 "forward_alert",
                 f,
                 {
@@ -504,10 +507,10 @@ class _Effects:
         tx, signal = self.tx, self.signal
         n = sum(1 for f in tx.field_names(signal) if f.startswith("question:")) + 1
         tx.add_field(signal, f"question:{n}", question.encode())
-        self.signal = tx.update_signal(signal, state="waiting_info", hold=0)
+        self.signal = tx.update_signal(signal, state=SignalState.WAITING_INFO, hold=0)
         self.triage.mailer.queue(
             tx,
-            "question",
+            MailKind.QUESTION,
             "question",
             reporter,
             {"ref": signal.ref, "question": question},

@@ -3,6 +3,7 @@ durable, encrypted at rest, nothing personal in plain text on disk."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import stat
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from inboxd.crypto import DecryptError, Keyring, generate_key_file
+from inboxd.lifecycle import TRANSITIONS, IllegalTransition, SignalState
 from inboxd.store import DueMail, NewSignal, OutboxEntry, SqliteStore, StoreError
 
 
@@ -751,3 +753,32 @@ def test_signals_held_before_releases_existed_wait_for_one_too(
             assert tx.held_signals() == [(held.id, b"", held.created_at)]
     finally:
         s2.close()
+
+
+def test_update_signal_walks_only_the_transition_table(store: SqliteStore) -> None:
+    # Every (from, to) pair, through the store: a signal is brought to ``old`` by
+    # allowed steps, then asked to move to ``new``.
+    paths = {SignalState.QUEUED: [SignalState.QUEUED]}
+    todo = [SignalState.QUEUED]
+    while todo:
+        here = todo.pop(0)
+        for nxt in sorted(TRANSITIONS[here]):
+            if nxt not in paths:
+                paths[nxt] = [*paths[here], nxt]
+                todo.append(nxt)
+    assert set(paths) == set(SignalState)
+    for n, (old, new) in enumerate(itertools.product(SignalState, SignalState)):
+        with store.transaction() as tx:
+            sig = tx.add_signal(new_signal(f"VV-{n:04d}-WALK"))
+            for step in paths[old][1:]:
+                sig = tx.update_signal(sig, state=step)
+        assert sig.state is old
+        if new in TRANSITIONS[old]:
+            with store.transaction() as tx:
+                assert tx.update_signal(sig, state=new).state is new
+        else:
+            with pytest.raises(IllegalTransition), store.transaction() as tx:
+                tx.update_signal(sig, hold=True, state=new)
+            # Nothing of the refused update stays.
+            after = store.signal_by_ref(sig.ref)
+            assert after is not None and after.state is old and not after.hold

@@ -1,0 +1,78 @@
+"""The life of a signal as plain data: its states, the transitions between them,
+what becomes of a message's key in the mailbox, and the kinds of mail inboxd sends.
+
+The values are the strings the store has always kept (``StrEnum``), so a store
+written before these types existed reads the same. A signal's end is no state: it is
+deleted (:mod:`inboxd.ending`) from whichever open state it is in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+
+class SignalState(StrEnum):
+    QUEUED = "queued"  # waiting for the functionarissen's commands
+    WAITING_INFO = "waiting_info"  # VRAAG: a question to the reporter is out
+    FORWARDING = "forwarding"  # DOORZETTEN: forwards queued, not all accepted yet
+    FORWARDING_FAILED = "forwarding_failed"  # a forward bounced or was given up
+
+
+# Every stored state is open: a closed signal is deleted, not kept in a state.
+OPEN_STATES: tuple[SignalState, ...] = tuple(SignalState)
+
+S = SignalState
+# Which state a signal may move to from which. Forwards bounce or are given up
+# whenever the destination's server says so, so FORWARDING_FAILED is reachable from
+# every state; a follow-up from the reporter answers a question (WAITING_INFO →
+# QUEUED) and is only filed otherwise; a command may forward again or ask again.
+TRANSITIONS: Mapping[SignalState, frozenset[SignalState]] = {
+    S.QUEUED: frozenset({S.WAITING_INFO, S.FORWARDING, S.FORWARDING_FAILED}),
+    S.WAITING_INFO: frozenset({S.QUEUED, S.WAITING_INFO, S.FORWARDING, S.FORWARDING_FAILED}),
+    S.FORWARDING: frozenset({S.WAITING_INFO, S.FORWARDING, S.FORWARDING_FAILED}),
+    S.FORWARDING_FAILED: frozenset({S.WAITING_INFO, S.FORWARDING, S.FORWARDING_FAILED}),
+}
+del S
+
+
+class IllegalTransition(ValueError):
+    def __init__(self, old: SignalState, new: SignalState) -> None:
+        super().__init__(f"a signal cannot go from {old} to {new}")
+        self.old = old
+        self.new = new
+
+
+def check_transition(old: SignalState, new: SignalState) -> SignalState:
+    """``new`` when a signal in ``old`` may move to it, else :class:`IllegalTransition`."""
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(old, new)
+    return new
+
+
+class KeyStatus(StrEnum):
+    """What becomes of a message in the mailbox, by its key."""
+
+    ACCEPTED = "accepted"  # sealed in the store; processing decides its fate
+    EXPUNGE = "expunge"  # may leave the mailbox now
+    RETAINED = "retained"  # stays until its signal is forwarded or ends
+    EXPUNGED = "expunged"  # gone from the mailbox
+
+
+class MailKind(StrEnum):
+    """The kinds of mail inboxd sends; a forward's kind names its destination
+    (:func:`forward_kind`)."""
+
+    ACK = "ack"
+    TRIAGE_REQUEST = "triage_request"
+    FOLLOWUP_NOTICE = "followup_notice"
+    QUESTION = "question"
+    COMMAND_RESULT = "command_result"
+    COMMAND_REJECTED = "command_rejected"
+    COMMAND_LATE = "command_late"
+    FEEDBACK = "feedback"
+    FORWARD_ALERT = "forward_alert"
+    TRIAGE_CLOSED = "triage_closed"
+    REMINDER = "reminder"
+    DIGEST = "digest"
+    FLOOD_NOTICE = "flood_notice"

@@ -1,0 +1,63 @@
+"""The life of a signal as data (inboxd/lifecycle.py): the states and the transitions
+between them, the mailbox-key statuses and mail kinds, as the stores have always
+spelled them."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from inboxd.lifecycle import (
+    OPEN_STATES,
+    TRANSITIONS,
+    IllegalTransition,
+    KeyStatus,
+    MailKind,
+    SignalState,
+    check_transition,
+)
+
+
+def reachable(start: SignalState) -> set[SignalState]:
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in TRANSITIONS[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_the_stored_strings_stay_what_they_were() -> None:
+    # Old stores hold these strings; renaming one would strand its signals.
+    assert [s.value for s in SignalState] == [
+        "queued",
+        "waiting_info",
+        "forwarding",
+        "forwarding_failed",
+    ]
+    assert {k.value for k in KeyStatus} == {"accepted", "expunge", "retained", "expunged"}
+    assert MailKind("triage_request") is MailKind.TRIAGE_REQUEST
+    assert tuple(SignalState) == OPEN_STATES
+
+
+def test_the_table_covers_every_state_and_every_state_is_reachable() -> None:
+    assert set(TRANSITIONS) == set(SignalState)
+    assert all(targets <= set(SignalState) for targets in TRANSITIONS.values())
+    assert reachable(SignalState.QUEUED) == set(SignalState)
+    # Only a follow-up answering a question sends a signal back to the queue.
+    assert [s for s in SignalState if SignalState.QUEUED in TRANSITIONS[s]] == [
+        SignalState.WAITING_INFO
+    ]
+
+
+@pytest.mark.parametrize(("old", "new"), list(itertools.product(SignalState, SignalState)))
+def test_every_transition_is_allowed_or_raises_as_the_table_says(
+    old: SignalState, new: SignalState
+) -> None:
+    if new in TRANSITIONS[old]:
+        assert check_transition(old, new) is new
+    else:
+        with pytest.raises(IllegalTransition, match=f"from {old} to {new}"):
+            check_transition(old, new)
