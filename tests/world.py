@@ -100,6 +100,42 @@ socket = "{root}/admin.sock"
 """
 
 
+def config_text(root: Path, *, imap_port: int, smtp_port: int, ca: str, **options: Any) -> str:
+    """The suite's one configuration: :data:`CONFIG` with its defaults, ``options``
+    overriding them (``extra`` is appended as more TOML)."""
+    o = {
+        "language": "nl",
+        "idle": "true",
+        "poll": "60s",
+        "retain": "queued",
+        "rate": "10/h",
+        "include": "full",
+        # The suite's relay stamps Authentication-Results as the mail server does.
+        "trusted": f'["{AUTHSERV_ID}"]',
+        "allow_unauthenticated": "false",
+        "retry_for": "24h",
+        "request_limit": "10/h",
+        "notice_limit": "60/h",
+        "kedo_cert": "",
+        "kedo_test": "",
+        "extra": "",
+        **options,
+    }
+    return CONFIG.format(
+        root=root,
+        imap_port=imap_port,
+        smtp_port=smtp_port,
+        ca=ca,
+        mailbox=MAILBOX,
+        f1=F1,
+        f2=F2,
+        kedo=KEDO,
+        riec=RIEC,
+        nla=NLA,
+        **o,
+    ) + str(o["extra"])
+
+
 def marker() -> str:
     return "MRK" + uuid.uuid4().hex[:12].upper()
 
@@ -230,39 +266,14 @@ class World:
 
     def write_config(self, **overrides: Any) -> None:
         self.options.update(overrides)
-        o = {
-            "language": "nl",
-            "idle": "true",
-            "poll": "60s",
-            "retain": "queued",
-            "rate": "10/h",
-            "include": "full",
-            # The suite's relay stamps Authentication-Results as the mail server does.
-            "trusted": f'["{AUTHSERV_ID}"]',
-            "allow_unauthenticated": "false",
-            "retry_for": "24h",
-            "request_limit": "10/h",
-            "notice_limit": "60/h",
-            "kedo_cert": "",
-            "kedo_test": "",
-            "extra": "",
-            **self.options,
-        }
         self.config_path.write_text(
-            CONFIG.format(
-                root=self.root,
+            config_text(
+                self.root,
                 imap_port=self.mail.imap_tls_port,
                 smtp_port=self.mail.smtp_port,
                 ca=self.mail.ca_file,
-                mailbox=MAILBOX,
-                f1=F1,
-                f2=F2,
-                kedo=KEDO,
-                riec=RIEC,
-                nla=NLA,
-                **o,
+                **self.options,
             )
-            + o["extra"]
         )
 
     def setup(self) -> World:

@@ -1,0 +1,302 @@
+"""A signal's life in the test process: intake, triage, the outbox and a signal's end,
+built as ``inboxd once`` builds them (:func:`inboxd.app.build`), against a store in a
+temp dir and the in-memory mailbox and transport of :mod:`fakes.memory`. No root, no
+Dovecot, no relay: fast enough to run on every save. The same workflows against the
+real servers are in ``test_triage.py`` and ``test_sender_evidence.py``.
+
+Mail from staff arrives as the suite's relay would deliver it
+(:func:`servers.smtp_relay.stamp`): with the relay's ``Authentication-Results`` on top,
+``auth=pass`` for the account that logged in, or none.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from fakes.memory import MemoryMailbox, MemoryTransport
+from servers.smtp_relay import stamp
+from world import (
+    F1,
+    F2,
+    KEDO,
+    MAILBOX,
+    REPORTER,
+    RIEC,
+    assert_absent,
+    body_text,
+    config_text,
+    marker,
+    parse,
+    reply,
+    signal_mail,
+)
+
+from inboxd import config, logs
+from inboxd.app import build
+from inboxd.crypto import Keyring, generate_key_file
+from inboxd.daemon import once
+from inboxd.references import find_references
+from inboxd.store import SqliteStore
+from inboxd.transport.base import SendError
+from inboxd.triage import tokens_in
+
+# Domains whose mail the relay takes only authenticated (it stamps spf=fail otherwise).
+HOSTED = frozenset({"gemeente.example"})
+# The Date of the test mails; the statistics count by the month a signal came in.
+NOW = dt.datetime(2026, 11, 23, 10, 5, tzinfo=dt.UTC).timestamp()
+
+
+@dataclass
+class Office:
+    """inboxd as ``inboxd once`` runs it, with the mail servers replaced by memory."""
+
+    root: Path
+    mailbox: MemoryMailbox = field(default_factory=MemoryMailbox)
+    transport: MemoryTransport = field(default_factory=MemoryTransport)
+    log: io.StringIO = field(default_factory=io.StringIO)
+    now: float = NOW
+
+    def setup(self) -> Office:
+        self.root.mkdir(parents=True, exist_ok=True)
+        generate_key_file(self.root / "master-key")
+        for name in ("imap-password", "smtp-password"):
+            (self.root / name).write_text("unused: the servers are in memory\n")
+            (self.root / name).chmod(0o600)
+        # The suite's configuration; its IMAP and SMTP settings are never dialled, as
+        # ``build`` is given the mailbox and the transport.
+        (self.root / "inboxd.toml").write_text(
+            config_text(self.root, imap_port=1, smtp_port=1, ca=str(self.root / "unused-ca"))
+        )
+        logs.configure("json", "debug", stream=self.log)
+        return self
+
+    def clock(self) -> float:
+        return self.now
+
+    def cfg(self) -> config.Config:
+        return config.load(str(self.root / "inboxd.toml"))
+
+    def deliver(self, raw: bytes, *, login: str | None, mail_from: str) -> None:
+        """``raw`` as the relay files it after a submission by ``login`` (or none)."""
+        self.mailbox.deliver(stamp(raw, login, mail_from, HOSTED))
+
+    def once(self) -> int:
+        return once(
+            build(self.cfg(), clock=self.clock, mailbox=self.mailbox, transport=self.transport)
+        )
+
+    def until_quiet(self, rounds: int = 6) -> None:
+        for _ in range(rounds):
+            assert self.once() == 0
+            if not self.mailbox.messages and self.outbox_size() == 0:
+                return
+
+    def store(self) -> SqliteStore:
+        cfg = self.cfg()
+        return SqliteStore(cfg.state_dir, Keyring.from_files(cfg.crypto.key_files))
+
+    def outbox_size(self) -> int:
+        s = self.store()
+        try:
+            return s.outbox_size()
+        finally:
+            s.close()
+
+    def by_state(self) -> dict[str, int]:
+        s = self.store()
+        try:
+            return s.counts_by_state()
+        finally:
+            s.close()
+
+    def stats(self) -> list[dict[str, object]]:
+        s = self.store()
+        try:
+            return s.stats_rows(2026)
+        finally:
+            s.close()
+
+    def state_bytes(self) -> bytes:
+        return b"".join(p.read_bytes() for p in (self.root / "state").rglob("*") if p.is_file())
+
+    def subjects(self, address: str) -> list[str]:
+        return [str(parse(m)["Subject"]) for m in self.transport.to(address)]
+
+
+@pytest.fixture
+def office(tmp_path: Path) -> Office:
+    return Office(tmp_path / "office").setup()
+
+
+def new_signal(office: Office, mark: str) -> tuple[str, bytes]:
+    office.deliver(signal_mail(mark), login=REPORTER, mail_from=REPORTER)
+    assert office.once() == 0
+    (request,) = office.transport.to(F1)
+    ref = find_references(str(parse(request)["Subject"]), "VV")[0]
+    return ref, request
+
+
+def command(office: Office, raw: bytes, sender: str = F1) -> None:
+    """A functionaris' reply, submitted from their own account, and all it causes."""
+    office.deliver(raw, login=sender, mail_from=sender)
+    office.until_quiet()
+
+
+def assert_signal_gone(office: Office, mark: str) -> None:
+    assert office.by_state() == {}
+    assert office.mailbox.messages == {}, "the original and the command are expunged"
+    assert_absent(mark, where="the store on disk", data=office.state_bytes())
+    assert_absent(mark, where="the logs", data=office.log.getvalue())
+    assert_absent(REPORTER, where="the logs", data=office.log.getvalue())
+    for raw in office.transport.to(REPORTER):
+        assert_absent(mark, where="what the reporter received", data=raw)
+
+
+def test_a_new_signal_is_acknowledged_and_triaged(office: Office) -> None:
+    mark = marker()
+    ref, request = new_signal(office, mark)
+
+    (ack,) = office.transport.to(REPORTER)
+    assert ref in str(parse(ack)["Subject"])
+    assert_absent(mark, where="the acknowledgement", data=ack)
+    for f in (F1, F2):
+        (req,) = office.transport.to(f)
+        assert str(parse(req)["Subject"]).startswith(f"Triageverzoek {ref}")
+        assert mark in req.decode("utf-8", "replace"), "include_content = full"
+        (token,) = tokens_in(body_text(req))
+        assert token not in str(parse(req)["Subject"])
+    assert {s.envelope.sender for s in office.transport.sent} <= {MAILBOX, ""}
+    assert office.by_state() == {"queued": 1}
+    # retain_in_mailbox = "queued": hard-deleted once encrypted and committed.
+    assert office.mailbox.messages == {}
+    assert_absent(mark, where="the store on disk", data=office.state_bytes())
+    assert_absent(mark, where="the logs", data=office.log.getvalue())
+
+
+def test_an_authenticated_reply_forwards_to_kedo_and_ends_the_signal(office: Office) -> None:
+    mark = marker()
+    ref, request = new_signal(office, mark)
+    command(office, reply(request, "KEDO\nVORM arbeid"))
+
+    (kedo,) = office.transport.to(KEDO)
+    assert mark in kedo.decode("utf-8", "replace"), "KEDO receives the signal itself"
+    fwd = parse(kedo)
+    assert [p.get_content_type() for p in fwd.iter_attachments()] == ["message/rfc822"]
+    assert ref in str(fwd["Subject"]) and "arbeid" in body_text(kedo)
+
+    ack, feedback = office.transport.to(REPORTER)
+    assert ref in str(parse(feedback)["Subject"]) and "doorgezet" in body_text(feedback)
+    for f in (F1, F2):
+        closed = [s for s in office.subjects(f) if s.startswith("Afgehandeld en verwijderd")]
+        assert len(closed) == 1 and ref in closed[0], office.subjects(f)
+    assert any(s.startswith("Uitgevoerd") for s in office.subjects(F1))
+    assert office.transport.to(RIEC) == []
+
+    assert_signal_gone(office, mark)
+    assert office.stats() == [
+        {"month": "2026-11", "source": "intern", "form": "arbeid", "outcome": "kedo", "count": 1}
+    ]
+    assert '"authenticated": true' in office.log.getvalue()
+
+
+def test_afsluiten_ends_the_signal_without_forwarding(office: Office) -> None:
+    mark = marker()
+    ref, request = new_signal(office, mark)
+    command(office, reply(request, "AFSLUITEN geen signaal van uitbuiting"))
+
+    assert office.transport.to(KEDO) == [] and office.transport.to(RIEC) == []
+    feedback = office.transport.to(REPORTER)[-1]
+    assert ref in str(parse(feedback)["Subject"]) and "afgehandeld" in body_text(feedback)
+    for f in (F1, F2):
+        assert any(s.startswith("Afgehandeld en verwijderd") for s in office.subjects(f))
+    assert_signal_gone(office, mark)
+    (row,) = office.stats()
+    assert row["outcome"] == "afgesloten" and row["count"] == 1
+
+
+def test_a_question_and_the_reporters_answer(office: Office) -> None:
+    mark = marker()
+    ref, request = new_signal(office, mark)
+    command(office, reply(request, "VRAAG Weet u het huisnummer nog?"))
+
+    question = office.transport.to(REPORTER)[-1]
+    assert ref in str(parse(question)["Subject"]) and "huisnummer" in body_text(question)
+    assert office.by_state() == {"waiting_info": 1}
+
+    answer_mark = marker()
+    answer = signal_mail(
+        answer_mark, subject=f"RE: Vraag over uw signaal {ref}", body=f"Nummer 12. {answer_mark}\n"
+    )
+    office.deliver(answer, login=REPORTER, mail_from=REPORTER)
+    office.until_quiet()
+    assert office.by_state() == {"queued": 1}
+    (notice,) = [
+        m for m in office.transport.to(F1) if str(parse(m)["Subject"]).startswith("Aanvulling")
+    ]
+    assert answer_mark in body_text(notice)
+    token = tokens_in(body_text(request))[0]
+    assert token in body_text(notice) and token not in str(parse(notice)["Subject"])
+
+    # A reply to the notice (its quoted body carries the token) is a command too.
+    command(office, reply(notice, "KEDO"))
+    (kedo,) = office.transport.to(KEDO)
+    assert len(list(parse(kedo).iter_attachments())) == 2, "original and follow-up"
+    assert answer_mark.encode() in kedo
+    assert_signal_gone(office, mark)
+    assert_absent(answer_mark, where="the store on disk", data=office.state_bytes())
+
+
+def test_a_forward_refused_for_now_is_retried_and_only_then_ends_the_signal(
+    office: Office,
+) -> None:
+    mark = marker()
+    _, request = new_signal(office, mark)
+    office.transport.refuse[KEDO] = [SendError("451 4.3.0 try again later", temporary=True)]
+    office.deliver(reply(request, "KEDO"), login=F1, mail_from=F1)
+    assert office.once() == 0
+
+    assert len(office.transport.refused) == 1 and office.transport.to(KEDO) == []
+    assert office.by_state() == {"forwarding": 1}, "open until KEDO has it"
+    assert office.stats() == []
+    office.now += 3600  # past the outbox's back-off
+    office.until_quiet()
+    assert len(office.transport.to(KEDO)) == 1
+    assert_signal_gone(office, mark)
+    assert office.stats()[0]["outcome"] == "kedo"
+
+
+@pytest.mark.parametrize("forgery", ["unauthenticated", "forged_trusted_field", "other_account"])
+def test_a_forged_reply_is_refused(office: Office, forgery: str) -> None:
+    mark = marker()
+    ref, request = new_signal(office, mark)
+    raw = reply(request, "KEDO")
+    if forgery == "unauthenticated":
+        # The functionaris' own envelope sender without a login: the relay says spf=fail.
+        office.deliver(raw, login=None, mail_from=F1)
+    elif forgery == "forged_trusted_field":
+        # A pass written by the forger under the relay's id is stripped by the relay.
+        head = f"Authentication-Results: relay.gemeente.example; auth=pass smtp.auth={F1}\r\n"
+        office.deliver(head.encode() + raw, login=None, mail_from="forger@evil.example")
+    else:
+        office.deliver(raw, login="buiten@extern.example", mail_from=F1)
+    office.until_quiet()
+
+    assert office.transport.to(KEDO) == [], "the forged command was carried out"
+    assert office.by_state() == {"queued": 1}
+    (answer,) = [
+        s for s in office.transport.to(F1) if str(parse(s)["Subject"]).startswith("Niet uitgevoerd")
+    ]
+    assert "niet worden bevestigd als afkomstig uit uw eigen mailbox" in body_text(answer)
+    assert '"reason": "unverified"' in office.log.getvalue()
+    assert office.mailbox.messages == {}, "the forged command mail is deleted once handled"
+    assert office.stats() == []
+    store = office.store()
+    try:
+        s = store.signal_by_ref(ref)
+        assert s is not None and s.state == "queued" and not s.destinations
+    finally:
+        store.close()
