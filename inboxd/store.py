@@ -234,7 +234,19 @@ class Transaction(Protocol):
     def savepoint(self) -> AbstractContextManager[None]: ...
     def add_signal(self, signal: NewSignal) -> Signal: ...
     def data_key(self, signal: Signal) -> bytes: ...
-    def update_signal(self, signal: Signal, **changes: Any) -> Signal: ...
+    def update_signal(
+        self,
+        signal: Signal,
+        *,
+        state: SignalState | None = None,
+        form: str | None = None,
+        destinations: Iterable[str] | None = None,
+        done_destinations: Iterable[str] | None = None,
+        hold: bool | None = None,
+        no_feedback: bool | None = None,
+        last_reminder_at: float | None = None,
+        flags: Iterable[str] | None = None,
+    ) -> Signal: ...
     def field_names(self, signal: Signal) -> list[str]: ...
     def add_field(self, signal: Signal, name: str, plain: bytes) -> None: ...
     def delete_signal(self, signal: Signal, dedup_until: float, reason: str) -> None: ...
@@ -579,32 +591,40 @@ class SqliteTransaction:
         row = self._c.execute("SELECT * FROM signals WHERE id = ?", (signal_id,)).fetchone()
         return _row_to_signal(row) if row else None
 
-    def update_signal(self, signal: Signal, **changes: Any) -> Signal:
-        allowed = {
-            "state",
-            "form",
-            "destinations",
-            "done_destinations",
-            "hold",
-            "no_feedback",
-            "last_reminder_at",
-            "flags",
+    def update_signal(
+        self,
+        signal: Signal,
+        *,
+        state: SignalState | None = None,
+        form: str | None = None,
+        destinations: Iterable[str] | None = None,
+        done_destinations: Iterable[str] | None = None,
+        hold: bool | None = None,
+        no_feedback: bool | None = None,
+        last_reminder_at: float | None = None,
+        flags: Iterable[str] | None = None,
+    ) -> Signal:
+        """Change what is given (``None``: leave it); the other columns — the
+        reference, the source, the key — never change."""
+        changes: dict[str, object] = {
+            "form": form,
+            "destinations": None if destinations is None else ",".join(sorted(destinations)),
+            "done_destinations": (
+                None if done_destinations is None else ",".join(sorted(done_destinations))
+            ),
+            "hold": hold,
+            "no_feedback": no_feedback,
+            "last_reminder_at": last_reminder_at,
+            "flags": None if flags is None else ",".join(sorted(flags)),
         }
-        cols = []
-        values: list[Any] = []
-        for k, v in changes.items():
-            if k not in allowed:
-                raise StoreError(f"cannot change {k}")
-            if k == "state":
-                # The state as stored now, not as the caller last read it.
-                current = self.signal(signal.id)
-                if current is None:
-                    raise StoreError("signal is gone")
-                v = check_transition(current.state, SignalState(v))
-            if isinstance(v, tuple | list | set | frozenset):
-                v = ",".join(sorted(v))
-            cols.append(f"{k} = ?")
-            values.append(v)
+        if state is not None:
+            # The state as stored now, not as the caller last read it.
+            current = self.signal(signal.id)
+            if current is None:
+                raise StoreError("signal is gone")
+            changes["state"] = check_transition(current.state, SignalState(state))
+        cols = [f"{k} = ?" for k, v in changes.items() if v is not None]
+        values = [v for v in changes.values() if v is not None]
         cols.append("updated_at = ?")
         values.append(self.now)
         self._c.execute(f"UPDATE signals SET {', '.join(cols)} WHERE id = ?", (*values, signal.id))

@@ -299,7 +299,7 @@ class Triage:
             effects.signal = self._forward(tx, effects.signal, effects.forwarding)
         if effects.signal.hold and not any(isinstance(c, cmd.Hold) for c in commands):
             # WACHT holds "until the next command".
-            effects.signal = tx.update_signal(effects.signal, hold=0)
+            effects.signal = tx.update_signal(effects.signal, hold=False)
         return effects
 
     def _answer(
@@ -496,10 +496,10 @@ class _Effects:
         self.signal = self.tx.update_signal(self.signal, form=form.value)
 
     def hold(self) -> None:
-        self.signal = self.tx.update_signal(self.signal, hold=1)
+        self.signal = self.tx.update_signal(self.signal, hold=True)
 
     def no_feedback(self) -> None:
-        self.signal = self.tx.update_signal(self.signal, no_feedback=1)
+        self.signal = self.tx.update_signal(self.signal, no_feedback=True)
 
     def ask(self, question: str) -> None:
         reporter = self.triage._reporter(self.signal)
@@ -507,7 +507,7 @@ class _Effects:
         tx, signal = self.tx, self.signal
         n = sum(1 for f in tx.field_names(signal) if f.startswith("question:")) + 1
         tx.add_field(signal, f"question:{n}", question.encode())
-        self.signal = tx.update_signal(signal, state=SignalState.WAITING_INFO, hold=0)
+        self.signal = tx.update_signal(signal, state=SignalState.WAITING_INFO, hold=False)
         self.triage.mailer.queue(
             tx,
             MailKind.QUESTION,
