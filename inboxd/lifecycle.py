@@ -76,3 +76,19 @@ class MailKind(StrEnum):
     REMINDER = "reminder"
     DIGEST = "digest"
     FLOOD_NOTICE = "flood_notice"
+
+
+# A forward's kind is "forward:<destination key>": one per destination, so the outbox
+# can tell which destinations still wait and the sent mail which one accepted.
+FORWARD = "forward"
+
+
+def forward_kind(destination: str) -> str:
+    """The mail kind of a forward to ``destination`` (a key of the destinations)."""
+    return f"{FORWARD}:{destination}"
+
+
+def forward_destination(kind: str) -> str | None:
+    """The destination a forward's kind names; ``None`` for every other kind."""
+    family, colon, destination = kind.partition(":")
+    return destination if colon and family == FORWARD else None

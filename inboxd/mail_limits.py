@@ -26,7 +26,7 @@ from collections.abc import Hashable, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
-from inboxd.lifecycle import MailKind
+from inboxd.lifecycle import MailKind, forward_destination
 
 if TYPE_CHECKING:
     from inboxd.config import Config
@@ -62,11 +62,11 @@ _CLASSES: dict[str, LimitClass] = {
     MailKind.TRIAGE_CLOSED: LimitClass.NOTICE,
 }
 # No budget: forwards must all go; reminder, digest and flood notice are timed.
-UNLIMITED = ("forward:", MailKind.REMINDER, MailKind.DIGEST, MailKind.FLOOD_NOTICE)
+UNLIMITED = (MailKind.REMINDER, MailKind.DIGEST, MailKind.FLOOD_NOTICE)
 
 
 def limit_class(kind: str) -> LimitClass | None:
-    if kind.startswith(UNLIMITED):
+    if forward_destination(kind) is not None or kind.startswith(UNLIMITED):
         return None
     # A kind added later without a class gets the functionarissen's budget rather
     # than none: an unlimited automatic mail is the bug this module exists for.

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
-from inboxd.lifecycle import MailKind
+from inboxd.lifecycle import FORWARD, MailKind, forward_destination
 from inboxd.logs import get_logger
 from inboxd.mails import Attachment, HeaderInjection, Mail, render, render_pieces
 from inboxd.smime import CertificateError, encrypt, load_certificate
@@ -274,6 +274,7 @@ class Outbox:
             return True
         hook = self.on_sent
         self.store.mail_sent(due, self.clock(), then=(lambda tx: hook(tx, due)) if hook else None)
-        log.info(f"{due.kind.split(':', 1)[0]}.sent", mail_kind=due.kind, ref=due.ref)
+        family = FORWARD if forward_destination(due.kind) is not None else due.kind
+        log.info(f"{family}.sent", mail_kind=due.kind, ref=due.ref)
         result.sent += 1
         return True

@@ -20,7 +20,14 @@ from inboxd.crypto import Keyring, signal_token, tokens_equal
 from inboxd.ending import End, Ending, within_ack_domains
 from inboxd.evidence import Evidence
 from inboxd.intake import Mailer, iso
-from inboxd.lifecycle import OPEN_STATES, KeyStatus, MailKind, SignalState
+from inboxd.lifecycle import (
+    OPEN_STATES,
+    KeyStatus,
+    MailKind,
+    SignalState,
+    forward_destination,
+    forward_kind,
+)
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import MailboxItem
 from inboxd.outbox import AttachRef
@@ -121,9 +128,9 @@ class Triage:
 
     def auto_answer(self, tx: Transaction, msg: ParsedMessage, decision: Decision) -> None:
         for kind, ref in decision.answers:
-            if not kind.startswith("forward:") or ref is None:
+            dest = forward_destination(kind)
+            if dest is None or ref is None:
                 continue
-            dest = kind.split(":", 1)[1]
             if not msg.report_type or msg.report_type != "delivery-status":
                 continue
             signal = self.store.signal_by_ref(ref)
@@ -404,7 +411,7 @@ class Triage:
         ]
         pending = set(tx.pending_kinds(signal.ref))
         for key in destinations:
-            if key in signal.done_destinations or f"forward:{key}" in pending:
+            if key in signal.done_destinations or forward_kind(key) in pending:
                 continue
             dest = self.cfg.destinations[key]
             targets = [dest.address]
@@ -417,7 +424,7 @@ class Triage:
             for to in targets:
                 self.mailer.queue(
                     tx,
-                    f"forward:{key}",
+                    forward_kind(key),
                     "forward",
                     to,
                     {
@@ -435,9 +442,9 @@ class Triage:
 
     def mail_sent(self, tx: Transaction, due: DueMail) -> None:
         """Called inside the transaction that removes ``due`` from the outbox."""
-        if not due.kind.startswith("forward:") or due.ref is None:
+        key = forward_destination(due.kind)
+        if key is None or due.ref is None:
             return
-        key = due.kind.split(":", 1)[1]
         signal = self.store.signal_by_ref(due.ref)
         if signal is None:
             return
@@ -450,9 +457,9 @@ class Triage:
             self.ending.end(tx, signal, End.FORWARDED)
 
     def mail_given_up(self, due: DueMail, reason: str) -> None:
-        if not due.kind.startswith("forward:") or due.ref is None:
+        dest = forward_destination(due.kind)
+        if dest is None or due.ref is None:
             return
-        dest = due.kind.split(":", 1)[1]
         with self.store.transaction() as tx:
             signal = self.store.signal_by_ref(due.ref)
             if signal is not None:

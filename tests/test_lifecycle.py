@@ -16,6 +16,8 @@ from inboxd.lifecycle import (
     MailKind,
     SignalState,
     check_transition,
+    forward_destination,
+    forward_kind,
 )
 
 
@@ -61,3 +63,12 @@ def test_every_transition_is_allowed_or_raises_as_the_table_says(
     else:
         with pytest.raises(IllegalTransition, match=f"from {old} to {new}"):
             check_transition(old, new)
+
+
+def test_a_forward_kind_names_its_destination_and_only_a_forward_does() -> None:
+    # The stored spelling stays "forward:<key>": mail queued before this still counts.
+    assert forward_kind("kedo") == "forward:kedo"
+    assert forward_destination("forward:kedo") == "kedo"
+    assert forward_destination(forward_kind("riec")) == "riec"
+    for kind in [*MailKind, "forward", "forward_alert", "forwarded:kedo", "ack:kedo"]:
+        assert forward_destination(kind) is None, kind
