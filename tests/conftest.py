@@ -71,6 +71,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from servers import MailServer  # noqa: E402
+from world import World  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +87,10 @@ def mailserver() -> Iterator[MailServer]:
 def mail(mailserver: MailServer) -> MailServer:
     mailserver.reset()
     return mailserver
+
+
+@pytest.fixture
+def world(mail: MailServer, tmp_path: Path) -> World:
+    """A configured inboxd against the reset servers (see ``world.World``); files
+    that need another set-up define their own ``world``."""
+    return World(mail, tmp_path / "w").setup()

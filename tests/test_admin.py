@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from servers import MailServer
 from world import (
     F1,
@@ -33,11 +32,6 @@ from world import (
 from inboxd.crypto import Keyring, generate_key_file
 from inboxd.references import find_references, new_reference
 from inboxd.store import NewSignal, OutboxEntry, SqliteStore
-
-
-@pytest.fixture
-def world(mail: MailServer, tmp_path: Path) -> World:
-    return World(mail, tmp_path / "w").setup()
 
 
 def year_of(world: World) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from servers import MailServer
@@ -33,11 +32,6 @@ from inboxd.references import find_references
 OTHER = "collega@gemeente.example"
 STEP = 300.0  # five simulated minutes per round
 HOUR_ROUNDS = 12
-
-
-@pytest.fixture
-def world(mail: MailServer, tmp_path: Path) -> World:
-    return World(mail, tmp_path / "w").setup()
 
 
 def auto_reply(original: bytes, responder: str, *, marked: bool) -> bytes:

@@ -8,9 +8,7 @@ Against the suite's real relay and Dovecot: every delivery gets its own trace he
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-import pytest
 from servers import MailServer
 from world import (
     F1,
@@ -24,11 +22,6 @@ from world import (
     signal_mail,
     submit,
 )
-
-
-@pytest.fixture
-def world(mail: MailServer, tmp_path: Path) -> World:
-    return World(mail, tmp_path / "w").setup()
 
 
 def new_request(world: World, mail: MailServer) -> bytes:

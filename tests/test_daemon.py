@@ -22,11 +22,6 @@ from servers import MailServer
 from world import MAILBOX, OUTSIDER, REPO, REPORTER, World, marker, signal_mail
 
 
-@pytest.fixture
-def world(mail: MailServer, tmp_path: Path) -> World:
-    return World(mail, tmp_path / "w").setup()
-
-
 class Daemon:
     """``inboxd run`` with its JSON log lines read on a thread, so a test can wait for
     an event with a bounded timeout."""

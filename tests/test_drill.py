@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 
-import pytest
 from servers import MailServer
 from world import (
     F1,
@@ -26,11 +24,6 @@ from world import (
 )
 
 from inboxd.references import find_references
-
-
-@pytest.fixture
-def world(mail: MailServer, tmp_path: Path) -> World:
-    return World(mail, tmp_path / "w").setup()
 
 
 def year_of(world: World) -> str:

@@ -28,11 +28,6 @@ from world import (
 from inboxd.references import find_references
 
 
-@pytest.fixture
-def world(mail: MailServer, tmp_path: Path) -> World:
-    return World(mail, tmp_path / "w").setup()
-
-
 def everything_in(mail: MailServer, address: str) -> list[bytes]:
     return [m for msgs in mail.all_messages(address).values() for m in msgs]
 

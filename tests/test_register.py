@@ -9,7 +9,6 @@ import json
 import re
 import time
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
 from servers import MailServer
@@ -22,11 +21,6 @@ from inboxd import register
 from inboxd.store import Retention
 
 DAY = 86400.0
-
-
-@pytest.fixture
-def world(mail: MailServer, tmp_path: Path) -> World:
-    return World(mail, tmp_path / "w").setup()
 
 
 def test_register_from_configuration_and_live_store(world: World, mail: MailServer) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from email import policy
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 from servers import MailServer
@@ -93,11 +92,6 @@ def test_a_single_part_is_read_as_it_is() -> None:
 
 
 # -- against the real relay and Dovecot --------------------------------------------
-
-
-@pytest.fixture
-def world(mail: MailServer, tmp_path: Path) -> World:
-    return World(mail, tmp_path / "w").setup()
 
 
 def request_and_token(world: World, mail: MailServer) -> tuple[str, str]:

@@ -32,11 +32,6 @@ from inboxd.references import find_references
 from inboxd.triage import MAX_TOKENS, tokens_in
 
 
-@pytest.fixture
-def world(mail: MailServer, tmp_path: Path) -> World:
-    return World(mail, tmp_path / "w").setup()
-
-
 def everything_in(mail: MailServer, address: str) -> bytes:
     return b"".join(m for msgs in mail.all_messages(address).values() for m in msgs)
 
