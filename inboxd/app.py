@@ -285,9 +285,15 @@ def build(
     clock: Callable[[], float] = time.time,
     mailbox: Mailbox | None = None,
     transport: Transport | None = None,
+    store: Store | None = None,
+    keyring: Keyring | None = None,
 ) -> App:
-    keyring = Keyring.from_files(cfg.crypto.key_files)
-    store = SqliteStore(cfg.state_dir, keyring, clock=clock)
+    """Everything ``cfg`` names, wired. A test passes the parts it brings itself:
+    mail servers, a store (then also the keyring it was opened with), a keyring."""
+    if keyring is None:
+        keyring = Keyring.from_files(cfg.crypto.key_files)
+    if store is None:
+        store = SqliteStore(cfg.state_dir, keyring, clock=clock)
     mb = mailbox or make_mailbox(cfg)
     tr = transport or make_transport(cfg, mb)
     templates = Templates(cfg.language, cfg.templates_dir)

@@ -36,11 +36,11 @@ from world import (
 )
 
 from inboxd import config, logs
-from inboxd.app import build
+from inboxd.app import App, build
 from inboxd.crypto import Keyring, generate_key_file
 from inboxd.daemon import once
 from inboxd.references import find_references
-from inboxd.store import SqliteStore
+from inboxd.store import Store
 from inboxd.transport.base import SendError
 from inboxd.triage import tokens_in
 
@@ -59,6 +59,7 @@ class Office:
     transport: MemoryTransport = field(default_factory=MemoryTransport)
     log: io.StringIO = field(default_factory=io.StringIO)
     now: float = NOW
+    keyring: Keyring = field(init=False)
 
     def setup(self) -> Office:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -72,6 +73,7 @@ class Office:
             config_text(self.root, imap_port=1, smtp_port=1, ca=str(self.root / "unused-ca"))
         )
         logs.configure("json", "debug", stream=self.log)
+        self.keyring = Keyring.from_files(self.cfg().crypto.key_files)
         return self
 
     def clock(self) -> float:
@@ -84,10 +86,18 @@ class Office:
         """``raw`` as the relay files it after a submission by ``login`` (or none)."""
         self.mailbox.deliver(stamp(raw, login, mail_from, HOSTED))
 
-    def once(self) -> int:
-        return once(
-            build(self.cfg(), clock=self.clock, mailbox=self.mailbox, transport=self.transport)
+    def app(self) -> App:
+        """The office as ``inboxd once`` assembles it, around the memory servers."""
+        return build(
+            self.cfg(),
+            clock=self.clock,
+            mailbox=self.mailbox,
+            transport=self.transport,
+            keyring=self.keyring,
         )
+
+    def once(self) -> int:
+        return once(self.app())
 
     def until_quiet(self, rounds: int = 6) -> None:
         for _ in range(rounds):
@@ -95,9 +105,9 @@ class Office:
             if not self.mailbox.messages and self.outbox_size() == 0:
                 return
 
-    def store(self) -> SqliteStore:
-        cfg = self.cfg()
-        return SqliteStore(cfg.state_dir, Keyring.from_files(cfg.crypto.key_files))
+    def store(self) -> Store:
+        """The store of a fresh assembly, to read what the rounds left (close it)."""
+        return self.app().store
 
     def outbox_size(self) -> int:
         s = self.store()
@@ -154,6 +164,23 @@ def assert_signal_gone(office: Office, mark: str) -> None:
     assert_absent(REPORTER, where="the logs", data=office.log.getvalue())
     for raw in office.transport.to(REPORTER):
         assert_absent(mark, where="what the reporter received", data=raw)
+
+
+def test_build_wires_the_store_and_keyring_it_is_given(office: Office) -> None:
+    store = office.store()
+    try:
+        app = build(
+            office.cfg(),
+            mailbox=office.mailbox,
+            transport=office.transport,
+            store=store,
+            keyring=office.keyring,
+        )
+        assert app.store is store and app.keyring is office.keyring
+        assert app.intake.store is store and app.intake.keyring is office.keyring
+        assert app.outbox.store is store
+    finally:
+        store.close()
 
 
 def test_a_new_signal_is_acknowledged_and_triaged(office: Office) -> None:
