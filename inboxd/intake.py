@@ -614,7 +614,8 @@ class Intake:
             "subject": msg.subject,
             "text": msg.text[:MAX_TRIAGE_TEXT] if include != "none" else "",
         }
-        attach = (AttachRef(signal.ref, "raw", "signaal.eml"),) if include == "full" else ()
+        name = self.mailer.templates.phrase("mail", "signal_attachment")
+        attach = (AttachRef(signal.ref, "raw", name),) if include == "full" else ()
         return [
             self.mailer.queue(
                 tx,

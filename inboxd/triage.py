@@ -179,7 +179,7 @@ class Triage:
             "text": msg.text[:200_000] if self.cfg.triage.include_content != "none" else "",
         }
         attach = (
-            (AttachRef(ref, f"followup:{n}", f"aanvulling-{n}.eml"),)
+            (AttachRef(ref, f"followup:{n}", self._followup_name(n)),)
             if self.cfg.triage.include_content == "full"
             else ()
         )
@@ -399,13 +399,19 @@ class Triage:
     def _may_mail(self, address: str) -> bool:
         return within_ack_domains(self.cfg, address)
 
+    def _followup_name(self, number: int) -> str:
+        """The file name a follow-up's original is attached under."""
+        return self.mailer.templates.phrase("mail", "followup_attachment", number=number)
+
     # -- forwarding ---------------------------------------------------------------
     def _forward(self, tx: Transaction, signal: Signal, destinations: Sequence[str]) -> Signal:
         drill = "drill" in signal.flags
         wanted = sorted(set(signal.destinations) | set(destinations))
-        attach = [AttachRef(signal.ref, "raw", "signaal.eml")]
+        attach = [
+            AttachRef(signal.ref, "raw", self.mailer.templates.phrase("mail", "signal_attachment"))
+        ]
         attach += [
-            AttachRef(signal.ref, f, f"{f.replace(':', '-')}.eml")
+            AttachRef(signal.ref, f, self._followup_name(int(f.removeprefix("followup:"))))
             for f in tx.field_names(signal)
             if f.startswith("followup:")
         ]

@@ -63,6 +63,7 @@ def test_plain_signal_is_queued_acknowledged_triaged_and_gone(
         assert r["Auto-Submitted"] == "auto-generated"
         attached = [p for p in r.iter_attachments() if p.get_content_type() == "message/rfc822"]
         assert len(attached) == 1
+        assert attached[0].get_filename() == "signaal.eml"  # from text/mail.txt
         # The original travels unchanged (line endings as on the wire).
         assert raw.replace(b"\r\n", b"\n") in req.replace(b"\r\n", b"\n")
         assert mark in body_text(req)

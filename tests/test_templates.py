@@ -406,3 +406,30 @@ def test_short_texts_follow_templates_dir(tmp_path: Path) -> None:
     assert digest_when("30 8 * * *", "en", texts) == "daily, at 8:30"
     assert spoken_duration(172800, "en") == "2 days"
     assert texts.phrase("mail", "secure_subject", ref="VV-1") == "Secure message VV-1"
+
+
+# -- short texts (text/<name>.txt) ------------------------------------------------------
+
+
+def text_macros(lang: str) -> dict[str, dict[str, tuple[str, ...]]]:
+    """Per shipped ``text/`` file of a language: its macros and what each takes."""
+    env = Templates(lang).env
+    found: dict[str, dict[str, tuple[str, ...]]] = {}
+    for path in sorted((SHIPPED / lang / "text").glob("*.txt")):
+        module = env.get_template(f"text/{path.name}").module
+        found[path.stem] = {
+            name: tuple(macro.arguments)
+            for name, macro in vars(module).items()
+            if isinstance(macro, jinja2.runtime.Macro)
+        }
+    return found
+
+
+def test_both_languages_ship_every_phrase_with_the_same_arguments() -> None:
+    # A macro missing in one language fails only when that language's operator meets
+    # it, in the middle of a command's answer or a status line.
+    nl, en = text_macros("nl"), text_macros("en")
+    assert set(nl) == set(en)
+    for name in nl:
+        assert nl[name] == en[name], name
+        assert nl[name], f"text/{name}.txt has no macros"

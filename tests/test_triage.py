@@ -192,12 +192,16 @@ def test_question_answer_and_forward_with_the_follow_up(world: World, mail: Mail
     assert world.status()["by_state"] == {"queued": 1}
     notice = [m for m in mail.messages(F1) if str(parse(m)["Subject"]).startswith("Aanvulling")]
     assert len(notice) == 1 and answer_mark in body_text(notice[0])
+    names = [p.get_filename() for p in parse(notice[0]).iter_attachments()]
+    assert names == ["aanvulling-1.eml"], "the follow-up's name from text/mail.txt"
     token = tokens_in(body_text(request))[0]
     assert token in body_text(notice[0]) and token not in str(parse(notice[0])["Subject"])
     # A reply to the notice itself (its quoted body carries the token) is a command.
     command(world, mail, reply(notice[0], "KEDO"))
     kedo = mail.wait_for_messages(KEDO, 1)[0]
     assert len(list(parse(kedo).iter_attachments())) == 2, "original and follow-up"
+    names = [p.get_filename() for p in parse(kedo).iter_attachments()]
+    assert names == ["signaal.eml", "aanvulling-1.eml"], "one name per original, as in the notice"
     assert answer_mark.encode() in kedo
     assert_signal_gone(world, mail, mark)
     assert_absent(answer_mark, where="the store on disk", data=world.state_bytes())
