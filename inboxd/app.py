@@ -271,8 +271,7 @@ class App:
     def close(self) -> None:
         # Graph: one more try at the Sent Items copies still awaited, so that the
         # end of ``inboxd once`` and a stopping daemon leave none behind.
-        pending = getattr(self.transport, "pending_copies", None)
-        if pending is not None and pending():
+        if self.transport.pending_copies():
             purge_sent_copies(self.transport, self.lock)
         self.mailbox.close()
         self.transport.close()

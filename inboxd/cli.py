@@ -333,7 +333,7 @@ def _check(cfg: object) -> int:
     mailbox = make_mailbox(cfg)
     try:
         mailbox.open()
-        reach = _recoverable_items_reach(mailbox)
+        reach = mailbox.recoverable_items_reach()
     except MailboxError as exc:
         return _fail(explain_failure(cfg, "mailbox", exc), EXIT_CONNECT)
     finally:
@@ -358,13 +358,6 @@ def _check(cfg: object) -> int:
     }.get(cfg.smtp.transport, "")
     print(f"outgoing mail ({cfg.smtp.transport}): ok, nothing sent{note}")
     return EXIT_OK
-
-
-def _recoverable_items_reach(mailbox: object) -> dict[str, str] | None:
-    """Exchange backends: which parts of Recoverable Items this account can look
-    into (None for servers without them)."""
-    reach = getattr(mailbox, "recoverable_items_reach", None)
-    return reach() if reach is not None else None
 
 
 def _admin(cfg: object, args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Any
 
 from inboxd.lifecycle import FORWARD, MailKind, forward_destination
 from inboxd.logs import get_logger
@@ -148,7 +148,7 @@ class Outbox:
         full = Mail(**{**asdict(mail), "attachments": attachments})
         if (
             smime is None
-            and getattr(self.transport, "takes_pieces", False)
+            and self.transport.takes_pieces
             and sum(len(a.raw) for a in attachments) > PIECES_FROM
         ):
             # Pieces: the transport sends the original from the bytes it was read
@@ -162,11 +162,8 @@ class Outbox:
         return data
 
     def _too_big(self, data: Message) -> bool:
-        size_limit = getattr(self.transport, "size_limit", None)
-        if size_limit is None:
-            return False
         try:
-            limit = size_limit()
+            limit = self.transport.size_limit()
         except SendError:
             return False  # the send itself will say what is wrong
         return limit is not None and message_size(data) > limit
@@ -227,13 +224,8 @@ class Outbox:
                 self.on_given_up(due, type(exc).__name__)
             return True
         try:
-            envelope = Envelope(sender=due.sender, recipient=due.recipient)
-            if isinstance(data, bytes):
-                self.transport.send(envelope, data)
-            else:
-                # Only built for a transport with ``takes_pieces``.
-                send_pieces = cast(Callable[[Envelope, Message], None], self.transport.send)
-                send_pieces(envelope, data)
+            # Pieces are only built for a transport with ``takes_pieces``.
+            self.transport.send(Envelope(sender=due.sender, recipient=due.recipient), data)
         except SendError as exc:
             expired = now - due.created_at >= self.retry_for
             if exc.temporary and not expired:

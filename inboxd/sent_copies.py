@@ -9,7 +9,7 @@ import threading
 
 from inboxd.logs import get_logger
 from inboxd.store import Store
-from inboxd.transport.base import Transport
+from inboxd.transport.base import SentCopies, Transport
 
 log = get_logger(__name__)
 
@@ -20,12 +20,9 @@ def purge_sent_copies(transport: Transport, lock: threading.RLock) -> int:
     For the daemon's scheduler and the end of ``inboxd once``; a no-op for other
     transports. Never raises; returns how many copies are still awaited.
     """
-    purge = getattr(transport, "purge_sent", None)
-    if purge is None:
-        return 0
     try:
         with lock:
-            return int(purge())
+            return int(transport.purge_sent())
     except Exception as exc:
         log.warning("transport.purge_failed", transport=transport.name, error=type(exc).__name__)
         return 0
@@ -34,21 +31,27 @@ def purge_sent_copies(transport: Transport, lock: threading.RLock) -> int:
 SENT_COPIES_META = "sent_copies_pending"
 
 
-def keep_sent_copies(transport: Transport, store: Store) -> None:
-    """Graph: the Sent Items copies still awaited live in the store (our own
-    Message-IDs, no content), so a restart goes on looking for them."""
-    expect = getattr(transport, "expect_copies", None)
-    if expect is None:
-        return
-    saved = store.get_meta(SENT_COPIES_META)
-    if saved:
+class StoredSentCopies(SentCopies):
+    """The copies still awaited, in the store's meta table as a JSON list."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def load(self) -> list[str]:
+        saved = self.store.get_meta(SENT_COPIES_META)
+        if not saved:
+            return []
         try:
             ids = json.loads(saved)
         except ValueError:
-            ids = []
-        expect([i for i in ids if isinstance(i, str)] if isinstance(ids, list) else [])
+            return []
+        return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
 
-    def save(ids: list[str]) -> None:
-        store.set_meta(SENT_COPIES_META, json.dumps(ids))
+    def save(self, entries: list[str]) -> None:
+        self.store.set_meta(SENT_COPIES_META, json.dumps(entries))
 
-    transport.on_pending = save  # type: ignore[attr-defined]
+
+def keep_sent_copies(transport: Transport, store: Store) -> None:
+    """Graph: the Sent Items copies still awaited live in the store (our own
+    Message-IDs, no content), so a restart goes on looking for them."""
+    transport.keep_copies(StoredSentCopies(store))

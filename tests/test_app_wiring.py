@@ -335,7 +335,7 @@ def test_a_copy_filed_after_the_process_ended_is_purged_by_the_next_one(
     app2 = build(cfg)  # a restart: no network at build, the awaited id comes back
     try:
         # The immutable id of the message and its Message-ID, nothing else.
-        [entry] = app2.transport.pending_copies()  # type: ignore[attr-defined]
+        [entry] = app2.transport.pending_copies()
         assert entry.endswith(" <after@x>") and " " not in entry.removesuffix(" <after@x>")
         assert (
             purge_sent_copies(app2.transport, app2.lock) == 0
@@ -345,7 +345,7 @@ def test_a_copy_filed_after_the_process_ended_is_purged_by_the_next_one(
         app2.close()
     app3 = build(cfg)  # nothing left to wait for, and that is remembered too
     try:
-        assert app3.transport.pending_copies() == []  # type: ignore[attr-defined]
+        assert app3.transport.pending_copies() == []
     finally:
         app3.close()
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from inboxd.logs import get_logger
+from inboxd.throttle import Throttle
 
 log = get_logger(__name__)
 
@@ -45,13 +46,17 @@ class MailboxItem:
 
 
 class Mailbox(Protocol):
-    """A folder that signals arrive in.
+    """A folder that signals arrive in. Subclass it explicitly: a backend with
+    nothing to report for a member inherits the default here.
 
     Methods raise :class:`MailboxError` on connection or authentication failures;
     the caller reconnects with backoff by calling :meth:`open` again.
     """
 
     name: str
+    # The service's back-off (Exchange, Graph), shared with a transport that sends
+    # through the same account; None where the server sets none.
+    throttle: Throttle | None = None
 
     def open(self) -> None:
         """Connect and log in (idempotent: reconnects when the connection is gone)."""
@@ -84,6 +89,12 @@ class Mailbox(Protocol):
     def wait(self, timeout: float, stop: threading.Event) -> None:
         """Block until new mail may have arrived, ``timeout`` seconds passed, or
         ``stop`` is set — whichever comes first (IMAP IDLE where offered)."""
+
+    def recoverable_items_reach(self) -> dict[str, str] | None:
+        """What ``inboxd check`` reports for Exchange: which parts of Recoverable
+        Items (``Deletions``, ``Purges``) this account can look into after a hard
+        delete. None for servers that keep no such thing."""
+        return None
 
 
 def verify_deletion(mailbox: Mailbox, keys: Sequence[str], message_ids: Sequence[str]) -> bool:

@@ -36,7 +36,7 @@ from exchangelib.services import GetEvents
 
 from inboxd.ews_account import AuthType, EwsFailure, EwsSettings, call, connect, disconnect
 from inboxd.logs import get_logger
-from inboxd.mailbox.base import MailboxError, MailboxItem
+from inboxd.mailbox.base import Mailbox, MailboxError, MailboxItem
 from inboxd.msauth import TokenSource
 from inboxd.sync_state import read_state, store_state
 from inboxd.throttle import Throttle
@@ -67,7 +67,7 @@ _RECOVERABLE_PARTS: tuple[tuple[str, type[Folder]], ...] = (
 # --- the mailbox -----------------------------------------------------------------------
 
 
-class EwsMailbox:
+class EwsMailbox(Mailbox):
     """A folder of an Exchange mailbox over EWS (see the module docstring)."""
 
     name = "ews"

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from inboxd.graph_client import DEFAULT_ENDPOINT, GraphClient, GraphFailure, odata_quote
 from inboxd.logs import get_logger
-from inboxd.mailbox.base import MailboxError, MailboxItem
+from inboxd.mailbox.base import Mailbox, MailboxError, MailboxItem
 from inboxd.msauth import TokenSource
 from inboxd.sync_state import read_state, store_state
 from inboxd.throttle import Throttle
@@ -54,7 +54,7 @@ def delta_expired(exc: GraphFailure) -> bool:
 # --- the mailbox -----------------------------------------------------------------------
 
 
-class GraphMailbox:
+class GraphMailbox(Mailbox):
     """A folder of a Microsoft 365 mailbox (see the module docstring).
 
     ``folder`` is a well-known folder name (``inbox``) or a folder id.

@@ -22,7 +22,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from inboxd.logs import get_logger
-from inboxd.mailbox.base import MailboxError, MailboxItem
+from inboxd.mailbox.base import Mailbox, MailboxError, MailboxItem
 from inboxd.mailserver import Security, check_security, oauth2_token, tls_context
 
 log = get_logger(__name__)
@@ -169,7 +169,7 @@ def _error_reason(op: str, exc: BaseException) -> str:
 # --- the shell -------------------------------------------------------------------
 
 
-class ImapMailbox:
+class ImapMailbox(Mailbox):
     """One folder on an IMAP server. Safe to call from several threads: a caller
     that needs the connection while :meth:`wait` idles ends the IDLE early."""
 

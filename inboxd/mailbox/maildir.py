@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from inboxd.logs import get_logger
-from inboxd.mailbox.base import MailboxError, MailboxItem
+from inboxd.mailbox.base import Mailbox, MailboxError, MailboxItem
 
 log = get_logger(__name__)
 
@@ -17,7 +17,7 @@ def _key(name: str) -> str:
     return name.split(":", 1)[0]
 
 
-class MaildirMailbox:
+class MaildirMailbox(Mailbox):
     name = "maildir"
 
     def __init__(self, path: str, poll_interval: float = 1.0) -> None:

@@ -16,6 +16,11 @@ def pieces_of(message: Message) -> Sequence[bytes]:
     return (message,) if isinstance(message, bytes) else message
 
 
+def joined(message: Message) -> bytes:
+    """The message as one bytes object (for a transport without ``takes_pieces``)."""
+    return message if isinstance(message, bytes) else b"".join(message)
+
+
 def message_size(message: Message) -> int:
     return sum(len(p) for p in pieces_of(message))
 
@@ -42,13 +47,30 @@ class Envelope:
     recipient: str  # exactly one: the outbox keeps one row per recipient
 
 
-class Transport(Protocol):
-    name: str
+class SentCopies(Protocol):
+    """Where a transport keeps the copies of sent mail it still has to delete (its
+    own entries, no mail content), so that a restart goes on looking for them."""
 
-    def send(self, envelope: Envelope, message: bytes) -> None:
+    def load(self) -> list[str]:
+        """What the last process left awaited; [] when nothing (or nothing readable)."""
+
+    def save(self, entries: list[str]) -> None:
+        """Remember ``entries`` as all that is awaited now."""
+
+
+class Transport(Protocol):
+    """Outgoing mail. Subclass it explicitly: a transport with nothing to do for a
+    member (no size limit, no copies of sent mail) inherits the default here."""
+
+    name: str
+    # Whether :meth:`send` takes a message as pieces without joining them first.
+    takes_pieces: bool = False
+
+    def send(self, envelope: Envelope, message: Message) -> None:
         """Deliver ``message`` to ``envelope.recipient``; return only once the server
         accepted it. Raises :class:`SendError`. Keeps its connection open between
-        calls (reconnecting when needed) so that a batch costs one login."""
+        calls (reconnecting when needed) so that a batch costs one login. A
+        transport without ``takes_pieces`` is given bytes only (pieces it joins)."""
 
     def check(self) -> None:
         """Connect (and log in where credentials are configured), send nothing.
@@ -56,3 +78,22 @@ class Transport(Protocol):
 
     def close(self) -> None:
         """Quit the connection; never raises."""
+
+    def size_limit(self) -> int | None:
+        """The largest message the server takes, None when it names none. Raises
+        :class:`SendError` when the server cannot be asked."""
+        return None
+
+    def keep_copies(self, copies: SentCopies) -> None:
+        """Keep the copies of sent mail still to be deleted in ``copies`` (called once,
+        before the first send), taking back what it holds from an earlier run."""
+        return None
+
+    def purge_sent(self) -> int:
+        """Delete the copies of sent mail the server filed; returns how many are
+        still awaited. Never raises."""
+        return 0
+
+    def pending_copies(self) -> list[str]:
+        """The copies of sent mail still awaited (see :meth:`keep_copies`)."""
+        return []

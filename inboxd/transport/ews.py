@@ -14,7 +14,8 @@ import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
-from exchangelib import Account, Mailbox, Message
+from exchangelib import Account, Mailbox
+from exchangelib import Message as EwsMessage
 from exchangelib.errors import (
     ErrorInvalidRecipients,
     ErrorMailRecipientNotFound,
@@ -27,7 +28,7 @@ from inboxd.ews_account import AuthType, EwsFailure, EwsSettings, call, connect,
 from inboxd.logs import get_logger
 from inboxd.msauth import TokenSource
 from inboxd.throttle import Throttle
-from inboxd.transport.base import Envelope, SendError
+from inboxd.transport.base import Envelope, Message, SendError, Transport, joined
 from inboxd.transport.graph import recipients_match
 
 log = get_logger(__name__)
@@ -42,7 +43,7 @@ _PERMANENT = (
 )
 
 
-class EwsTransport:
+class EwsTransport(Transport):
     name = "ews"
 
     def __init__(
@@ -93,8 +94,9 @@ class EwsTransport:
                 f"ews {what}: {exc.reason}", temporary=exc.temporary, retry_after=exc.retry_after
             ) from None
 
-    def send(self, envelope: Envelope, message: bytes) -> None:
-        if not recipients_match(message, envelope.recipient):
+    def send(self, envelope: Envelope, message: Message) -> None:
+        mime = joined(message)
+        if not recipients_match(mime, envelope.recipient):
             log.error("transport.refused", transport="ews", reason="recipient-mismatch")
             raise SendError(
                 "ews send: the message's To/Cc/Bcc must name exactly the envelope recipient",
@@ -102,9 +104,9 @@ class EwsTransport:
             )
 
         def create(account: Account) -> list[object]:
-            item = Message(
+            item = EwsMessage(
                 account=account,
-                mime_content=message,
+                mime_content=mime,
                 to_recipients=[Mailbox(email_address=envelope.recipient)],
             )
             return list(
@@ -119,7 +121,7 @@ class EwsTransport:
                 "transport.error", transport="ews", kind="send", error=type(result).__name__
             )
             raise SendError(f"ews send: {type(result).__name__}", temporary=not permanent)
-        log.info("transport.sent", transport="ews", size=len(message))
+        log.info("transport.sent", transport="ews", size=len(mime))
 
     def check(self) -> None:
         # GetFolder on the mailbox root: proves the credentials and the mailbox.

@@ -17,9 +17,10 @@ in Sent Items. Should the id not resolve any more, the Message-ID is looked for
 in every folder, Drafts included. ``send`` and ``check`` purge what is already
 there; the daemon calls ``purge_sent`` every few minutes as well, and
 :meth:`GraphTransport.pending_copies` says what is still waiting. What is still
-awaited is handed to ``on_pending`` whenever it changes (the app keeps it in the
-store), and :meth:`GraphTransport.expect_copies` takes it back after a restart, so
-a copy Exchange files after the process ended is deleted by the next one.
+awaited is saved in the :class:`~inboxd.transport.base.SentCopies` given to
+:meth:`GraphTransport.keep_copies` whenever it changes (the app keeps it in the
+store), which also hands back what an earlier process still awaited, so a copy
+Exchange files after the process ended is deleted by the next one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import contextlib
 import json
 import quopri
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
@@ -39,7 +40,7 @@ from inboxd.graph_client import DEFAULT_ENDPOINT, GraphClient, GraphFailure, oda
 from inboxd.logs import get_logger
 from inboxd.msauth import TokenSource
 from inboxd.throttle import Throttle
-from inboxd.transport.base import Envelope, SendError
+from inboxd.transport.base import Envelope, Message, SendError, SentCopies, Transport, joined
 
 log = get_logger(__name__)
 
@@ -171,7 +172,7 @@ def _split_entry(entry: str) -> tuple[str | None, str | None]:
     return key, mid or None
 
 
-class GraphTransport:
+class GraphTransport(Transport):
     name = "graph"
 
     def __init__(
@@ -191,13 +192,17 @@ class GraphTransport:
         )
         self._pending: dict[str, float] = {}  # pending_entry -> when sent (monotonic)
         self._sent_items_id: str | None = None
-        self.on_pending: Callable[[list[str]], None] | None = None
+        self._copies: SentCopies | None = None
+
+    def keep_copies(self, copies: SentCopies) -> None:
+        self.expect_copies(copies.load())
+        self._copies = copies
 
     def _pending_changed(self) -> None:
-        if self.on_pending is None:
+        if self._copies is None:
             return
         try:
-            self.on_pending(list(self._pending))
+            self._copies.save(list(self._pending))
         except Exception as exc:
             # Losing the list costs at most a copy left in Sent Items after a restart,
             # which is logged as such; never a mail.
@@ -216,7 +221,8 @@ class GraphTransport:
     def _message_url(self, key: str, suffix: str = "") -> str:
         return self.client.url(f"/messages/{quote(key, safe='-_=')}{suffix}")
 
-    def send(self, envelope: Envelope, message: bytes) -> None:
+    def send(self, envelope: Envelope, message: Message) -> None:
+        message = joined(message)  # a large mail is split below, from one bytes object
         if not recipients_match(message, envelope.recipient):
             log.error("transport.refused", transport="graph", reason="recipient-mismatch")
             raise SendError(

@@ -8,7 +8,7 @@ import socket
 import time
 from pathlib import Path
 
-from inboxd.transport.base import Envelope, SendError
+from inboxd.transport.base import Envelope, Message, SendError, Transport, joined
 
 
 def deliver(root: Path, recipient: str, message: bytes) -> Path:
@@ -29,17 +29,17 @@ def deliver(root: Path, recipient: str, message: bytes) -> Path:
     return final
 
 
-class MaildirTransport:
+class MaildirTransport(Transport):
     name = "maildir"
 
     def __init__(self, path: str) -> None:
         self.root = Path(path)
 
-    def send(self, envelope: Envelope, message: bytes) -> None:
+    def send(self, envelope: Envelope, message: Message) -> None:
         if "/" in envelope.recipient or envelope.recipient.startswith("."):
             raise SendError("recipient is not a mailbox name", temporary=False)
         try:
-            deliver(self.root, envelope.recipient, message)
+            deliver(self.root, envelope.recipient, joined(message))
         except OSError as exc:
             raise SendError(
                 f"maildir write failed ({type(exc).__name__})", temporary=True

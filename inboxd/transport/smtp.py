@@ -22,7 +22,14 @@ from typing import Literal
 
 from inboxd.logs import get_logger
 from inboxd.mailserver import Security, check_security, oauth2_token, tls_context
-from inboxd.transport.base import Envelope, Message, SendError, message_size, pieces_of
+from inboxd.transport.base import (
+    Envelope,
+    Message,
+    SendError,
+    Transport,
+    message_size,
+    pieces_of,
+)
 
 log = get_logger(__name__)
 
@@ -126,7 +133,7 @@ def xoauth2_string(username: str, token: str) -> str:
 # --- the shell -------------------------------------------------------------------
 
 
-class SmtpTransport:
+class SmtpTransport(Transport):
     name = "smtp"
     takes_pieces = True
 

@@ -13,12 +13,12 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from inboxd.mailbox.base import MailboxItem
-from inboxd.transport.base import Envelope, SendError
+from inboxd.mailbox.base import Mailbox, MailboxItem
+from inboxd.transport.base import Envelope, Message, SendError, Transport, joined
 
 
 @dataclass
-class MemoryMailbox:
+class MemoryMailbox(Mailbox):
     """A folder of raw messages by key. Keys are never reused, as an IMAP UID is not."""
 
     name: str = "memory"
@@ -70,7 +70,7 @@ class Sent:
 
 
 @dataclass
-class MemoryTransport:
+class MemoryTransport(Transport):
     """Records every accepted mail. ``refuse[address]`` makes the next sends to
     ``address`` fail with the given errors, one per send, in order."""
 
@@ -79,12 +79,12 @@ class MemoryTransport:
     refuse: dict[str, list[SendError]] = field(default_factory=dict)
     refused: list[Envelope] = field(default_factory=list)
 
-    def send(self, envelope: Envelope, message: bytes) -> None:
+    def send(self, envelope: Envelope, message: Message) -> None:
         errors = self.refuse.get(envelope.recipient)
         if errors:
             self.refused.append(envelope)
             raise errors.pop(0)
-        self.sent.append(Sent(envelope, bytes(message)))
+        self.sent.append(Sent(envelope, joined(message)))
 
     def check(self) -> None:
         pass
