@@ -8,7 +8,7 @@ deleted (:mod:`inboxd.ending`) from whichever open state it is in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
 
@@ -48,6 +48,24 @@ def check_transition(old: SignalState, new: SignalState) -> SignalState:
     if new not in TRANSITIONS[old]:
         raise IllegalTransition(old, new)
     return new
+
+
+def after_forward(
+    state: SignalState, wanted: Iterable[str], done: Iterable[str], on_the_way: Iterable[str]
+) -> SignalState | None:
+    """A signal's state once a forward command has queued what it could.
+
+    ``FORWARDING`` while any forward is on its way; ``None`` (the signal ends) when
+    every destination it names has accepted it, as when the last forward is
+    accepted; otherwise the state it had: a destination given up stays failed until
+    it is named again or the signal is closed, so a command that names only
+    destinations already done never leaves a signal waiting for nothing.
+    """
+    if set(on_the_way):
+        return SignalState.FORWARDING
+    if set(wanted) <= set(done):
+        return None
+    return state
 
 
 class KeyStatus(StrEnum):

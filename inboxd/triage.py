@@ -25,6 +25,7 @@ from inboxd.lifecycle import (
     KeyStatus,
     MailKind,
     SignalState,
+    after_forward,
     forward_destination,
     forward_kind,
 )
@@ -303,7 +304,9 @@ class Triage:
         for c in commands:
             c.apply(effects)
         if effects.forwarding is not None:
-            effects.signal = self._forward(tx, effects.signal, effects.forwarding)
+            effects.signal, effects.forwarded = self._forward(
+                tx, effects.signal, effects.forwarding
+            )
         if effects.signal.hold and not any(isinstance(c, cmd.Hold) for c in commands):
             # WACHT holds "until the next command".
             effects.signal = tx.update_signal(effects.signal, hold=False)
@@ -346,6 +349,8 @@ class Triage:
         )
         if applied.closing:
             self.ending.end(tx, signal, End.CLOSED)
+        elif applied.forwarded:
+            self.ending.end(tx, signal, End.FORWARDED)
 
     def _seen_before(self, tx: Transaction, msg: ParsedMessage, ref: str) -> bool:
         """A command mail acts once. The same mail delivered again byte for byte (a
@@ -404,7 +409,11 @@ class Triage:
         return self.mailer.templates.phrase("mail", "followup_attachment", number=number)
 
     # -- forwarding ---------------------------------------------------------------
-    def _forward(self, tx: Transaction, signal: Signal, destinations: Sequence[str]) -> Signal:
+    def _forward(
+        self, tx: Transaction, signal: Signal, destinations: Sequence[str]
+    ) -> tuple[Signal, bool]:
+        """Queue the forwards not yet done or on their way; the signal, and whether
+        every destination it names already has it (then the command ends it)."""
         drill = "drill" in signal.flags
         wanted = sorted(set(signal.destinations) | set(destinations))
         attach = [
@@ -444,7 +453,12 @@ class Triage:
                     attach=tuple(attach),
                 )
             log.info("forward.queued", ref=signal.ref, destination=key)
-        return tx.update_signal(signal, state=SignalState.FORWARDING, destinations=wanted)
+        kinds = tx.pending_kinds(signal.ref)
+        on_the_way = {d for d in map(forward_destination, kinds) if d is not None}
+        state = after_forward(signal.state, wanted, signal.done_destinations, on_the_way)
+        changed = state if state is not None and state != signal.state else None
+        signal = tx.update_signal(signal, state=changed, destinations=wanted)
+        return signal, state is None
 
     def mail_sent(self, tx: Transaction, due: DueMail) -> None:
         """Called inside the transaction that removes ``due`` from the outbox."""
@@ -503,6 +517,7 @@ class _Effects:
         self.signal = signal
         self.extra: list[str] = []
         self.forwarding: tuple[str, ...] | None = None
+        self.forwarded = False  # every destination named has the signal: it ends
         self.closing = False
 
     def set_form(self, form: cmd.Form) -> None:

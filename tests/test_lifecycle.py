@@ -15,6 +15,7 @@ from inboxd.lifecycle import (
     KeyStatus,
     MailKind,
     SignalState,
+    after_forward,
     check_transition,
     forward_destination,
     forward_kind,
@@ -72,3 +73,18 @@ def test_a_forward_kind_names_its_destination_and_only_a_forward_does() -> None:
     assert forward_destination(forward_kind("riec")) == "riec"
     for kind in [*MailKind, "forward", "forward_alert", "forwarded:kedo", "ack:kedo"]:
         assert forward_destination(kind) is None, kind
+
+
+def test_after_a_forward_command_the_signal_waits_only_for_what_is_on_its_way() -> None:
+    S = SignalState
+    assert after_forward(S.QUEUED, ["kedo"], [], ["kedo"]) is S.FORWARDING
+    assert after_forward(S.FORWARDING_FAILED, ["kedo", "riec"], ["riec"], ["kedo"]) is (
+        S.FORWARDING
+    )
+    # Nothing on its way and every destination done: the signal ends.
+    assert after_forward(S.FORWARDING_FAILED, ["riec"], ["riec"], []) is None
+    assert after_forward(S.FORWARDING, ["kedo", "riec"], ["kedo", "riec"], []) is None
+    # Nothing on its way, a destination not done: the failure stays visible.
+    assert after_forward(S.FORWARDING_FAILED, ["kedo", "riec"], ["riec"], []) is (
+        S.FORWARDING_FAILED
+    )

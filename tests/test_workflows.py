@@ -327,3 +327,51 @@ def test_a_forged_reply_is_refused(office: Office, forgery: str) -> None:
         assert s is not None and s.state == "queued" and not s.destinations
     finally:
         store.close()
+
+
+def test_a_forward_named_again_after_every_destination_accepted_ends_the_signal(
+    office: Office,
+) -> None:
+    """A drill goes to both functionarissen; F1's copy is refused for good (the signal
+    is marked failed), F2's is accepted, so RIEC has it. Naming RIEC again queues
+    nothing, as RIEC is done: the signal ends then, instead of waiting in
+    ``forwarding`` for a forward that was never queued."""
+    mark = marker()
+    office.deliver(
+        signal_mail(mark, sender=F1, subject=f"[TEST] oefening {mark}"), login=F1, mail_from=F1
+    )
+    assert office.once() == 0
+    (request,) = [
+        m for m in office.transport.to(F1) if str(parse(m)["Subject"]).startswith("Triageverzoek")
+    ]
+    office.transport.refuse[F1] = [SendError("550 5.1.1 mailbox unavailable", temporary=False)]
+    command(office, reply(request, "RIEC"))
+    assert len(office.transport.refused) == 1
+    assert office.by_state() == {"forwarding_failed": 1}, "F1's copy was given up"
+
+    command(office, reply(request, "RIEC"))
+    assert office.by_state() == {}, "every destination named has the signal: it ends"
+    assert any(s.startswith("Afgehandeld en verwijderd") for s in office.subjects(F2))
+    assert office.transport.to(RIEC) == [], "a drill never reaches the real destination"
+
+
+def test_a_forward_naming_only_done_destinations_keeps_a_failed_one_visible(
+    office: Office,
+) -> None:
+    """KEDO refuses for good, RIEC accepts. Naming RIEC again queues nothing: the
+    signal stays ``forwarding_failed`` (KEDO still lacks it) rather than claiming to be
+    on its way; naming KEDO again forwards it and ends the signal."""
+    mark = marker()
+    _, request = new_signal(office, mark)
+    office.transport.refuse[KEDO] = [SendError("550 5.1.1 no such user", temporary=False)]
+    command(office, reply(request, "KEDO RIEC"))
+    assert len(office.transport.to(RIEC)) == 1 and office.transport.to(KEDO) == []
+    assert office.by_state() == {"forwarding_failed": 1}
+
+    command(office, reply(request, "RIEC"))
+    assert office.by_state() == {"forwarding_failed": 1}, "nothing is on its way"
+    assert len(office.transport.to(RIEC)) == 1, "RIEC is not sent the signal twice"
+
+    command(office, reply(request, "KEDO"))
+    assert len(office.transport.to(KEDO)) == 1
+    assert_signal_gone(office, mark)
