@@ -18,10 +18,34 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_CONFIG)
 
 
+# What the commands that ask the running service add to their description.
+_ADMIN_NOTE = (
+    " Asks the running service over its admin socket; without one, reads the "
+    "state directory directly."
+)
+
+
 def _parser() -> _Parser:
-    # The common options are accepted before and after the command. SUPPRESS: a
-    # command's parser must not reset what was given before it (argparse would put
-    # its own default over `inboxd --config X status`); the defaults: COMMON_DEFAULTS.
+    from inboxd import __version__
+
+    common = _common_options()
+    p = _Parser(prog="inboxd", description="The vreemdverhaal mailbox daemon.", parents=[common])
+    p.add_argument("--version", action="version", version=f"inboxd {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    commands = _Commands(sub, common)
+    _service_commands(commands)
+    _admin_commands(commands)
+    _key_commands(commands)
+    _document_commands(commands)
+    _demo_command(commands)
+    return p
+
+
+def _common_options() -> _Parser:
+    """The options every command takes, before and after its name. SUPPRESS: a
+    command's parser must not reset what was given before it (argparse would put its
+    own default over `inboxd --config X status`); the defaults: COMMON_DEFAULTS."""
     common = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument(
         "--config",
@@ -34,53 +58,71 @@ def _parser() -> _Parser:
         choices=["debug", "info", "warning", "error"],
         help="default: info for run and once, warning for the others",
     )
-    from inboxd import __version__
+    return common
 
-    p = _Parser(prog="inboxd", description="The vreemdverhaal mailbox daemon.", parents=[common])
-    p.add_argument("--version", action="version", version=f"inboxd {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
 
-    def command(name: str, summary: str, description: str) -> _Parser:
-        parser: _Parser = sub.add_parser(
-            name, parents=[common], help=summary, description=description
+# argparse's own type for a set of subcommands (typeshed names it; argparse does not export it).
+_Actions = argparse._SubParsersAction
+
+
+class _Commands:
+    """Adds a command, or an action of a command, that takes the common options."""
+
+    def __init__(self, sub: _Actions[_Parser], common: _Parser) -> None:
+        self.sub = sub
+        self.common = common
+
+    def add(self, name: str, summary: str, description: str) -> _Parser:
+        return self.action(self.sub, name, summary, description)
+
+    def actions(self, parser: _Parser, dest: str) -> _Actions[_Parser]:
+        actions = parser.add_subparsers(dest=dest, metavar="ACTION", parser_class=_Parser)
+        actions.required = True
+        return actions
+
+    def action(
+        self, actions: _Actions[_Parser], name: str, summary: str, description: str
+    ) -> _Parser:
+        parser: _Parser = actions.add_parser(
+            name, parents=[self.common], help=summary, description=description
         )
         return parser
 
-    command(
+
+def _service_commands(commands: _Commands) -> None:
+    commands.add(
         "run",
         "the daemon, in the foreground",
         "Run the daemon in the foreground (as systemd does): wait for mail, take it in, "
         "carry out commands, send what is due; SIGTERM finishes the message in hand.",
     )
-    command(
+    commands.add(
         "once",
         "everything due now, then exit",
         "Do everything that is due now (fetch, commands, forwards, deletions, reminders, "
         "digest) and exit: 0, or 3 when a server could not be reached (one line on stderr).",
     )
-    command(
+    commands.add(
         "check",
         "validate configuration and keys, log in to the servers",
         "Check the configuration, the master keys and certificates, and log in to the "
         "mailbox and the outgoing mail server; nothing is sent. Exit 0, 2 or 3.",
     )
-    admin_note = (
-        " Asks the running service over its admin socket; without one, reads the "
-        "state directory directly."
-    )
-    st = command(
+
+
+def _admin_commands(commands: _Commands) -> None:
+    st = commands.add(
         "status",
         "queue depth, oldest signal, last fetch/send/error",
         "Show signals per state, flags, the oldest open signal, the outbox, the last "
-        "fetch, send and error, the master key ids and the version." + admin_note,
+        "fetch, send and error, the master key ids and the version." + _ADMIN_NOTE,
     )
     st.add_argument("--json", action="store_true", help="one JSON object, for monitoring")
-    stats = command(
+    stats = commands.add(
         "stats",
         "anonymous counts per year",
         "Anonymous counts of a year against the year before: per month, source, form, "
-        "outcome and time to decision." + admin_note,
+        "outcome and time to decision." + _ADMIN_NOTE,
     )
     stats.add_argument("--year", type=int, help="default: this year")
     stats.add_argument("--format", choices=["table", "csv", "json", "html"], default="table")
@@ -88,78 +130,83 @@ def _parser() -> _Parser:
         "--suppress-below", type=int, default=0, metavar="N", help="show counts under N as <N"
     )
     stats.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
-    q = command(
+    q = commands.add(
         "queue",
         "open signals (metadata) / audited purge",
         "The queue of open signals. Actions: 'list' shows their metadata (never "
         "content); 'purge REF --yes' deletes one for good, without forwarding or "
-        "feedback, and audits it." + admin_note,
+        "feedback, and audits it." + _ADMIN_NOTE,
     )
-    qs = q.add_subparsers(dest="queue_command", metavar="ACTION", parser_class=_Parser)
-    qs.required = True
-    qs.add_parser(
+    qs = commands.actions(q, "queue_command")
+    commands.action(
+        qs,
         "list",
-        parents=[common],
-        help="reference, state, age, flags, form, destinations of each open signal",
-        description="List the open signals: reference, state, age, flags, form, "
+        "reference, state, age, flags, form, destinations of each open signal",
+        "List the open signals: reference, state, age, flags, form, "
         "destinations, hold. Never content.",
     )
-    purge = qs.add_parser(
+    purge = commands.action(
+        qs,
         "purge",
-        parents=[common],
-        help="delete one open signal for good (needs --yes; audited)",
-        description="Delete one open signal for good, without forwarding or feedback; it "
+        "delete one open signal for good (needs --yes; audited)",
+        "Delete one open signal for good, without forwarding or feedback; it "
         "is counted with outcome 'verwijderd' and the action is audited.",
     )
     purge.add_argument("ref", help="the signal's reference, e.g. VV-7K3M-9QXF")
     purge.add_argument("--yes", action="store_true", help="really delete it")
-    k = command(
+
+
+def _key_commands(commands: _Commands) -> None:
+    k = commands.add(
         "keys",
         "master keys: generate / rotate",
         "Master keys. Actions: 'generate --out PATH' writes a new key file (0600, never "
         "overwrites); 'rotate' re-wraps every data key under the newest configured key "
         "(asks the running service, which holds the keys).",
     )
-    ks = k.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_Parser)
-    ks.required = True
-    gen = ks.add_parser(
+    ks = commands.actions(k, "keys_command")
+    gen = commands.action(
+        ks,
         "generate",
-        parents=[common],
-        help="write a new master key file (0600, never overwrites)",
-        description="Write a new master key to PATH (mode 0600); an existing file is "
-        "never overwritten.",
+        "write a new master key file (0600, never overwrites)",
+        "Write a new master key to PATH (mode 0600); an existing file is never overwritten.",
     )
     gen.add_argument("--out", required=True, metavar="PATH")
-    ks.add_parser(
+    commands.action(
+        ks,
         "rotate",
-        parents=[common],
-        help="re-wrap every data key under the newest master key",
-        description="Re-wrap every data key under the newest master key in crypto.key_files, "
-        "in small transactions; an interrupted rotation is simply run again." + admin_note,
+        "re-wrap every data key under the newest master key",
+        "Re-wrap every data key under the newest master key in crypto.key_files, "
+        "in small transactions; an interrupted rotation is simply run again." + _ADMIN_NOTE,
     )
-    guide = sub.add_parser(
+
+
+def _document_commands(commands: _Commands) -> None:
+    guide = commands.add(
         "guide",
-        parents=[common],
-        help="the guide for reporters (melder) or the functionarissen's command card",
-        description="Print a guide for the people who use inboxd, from this configuration: "
+        "the guide for reporters (melder) or the functionarissen's command card",
+        "Print a guide for the people who use inboxd, from this configuration: "
         "'melder' for colleagues who report a signal, 'functionaris' for the command card.",
     )
     guide.add_argument("audience", choices=["melder", "functionaris"])
     guide.add_argument("--format", choices=["text", "html"], default="text")
-    guide.add_argument("--language", choices=["nl", "en"], help="default: the configured language")
-    guide.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
-    reg = sub.add_parser(
+    reg = commands.add(
         "privacy-register",
-        parents=[common],
-        help="the processing-register entry (GDPR/AVG art. 30) from the configuration and the store",
-        description="Print the entry for the processing register (GDPR/AVG article 30): "
+        "the processing-register entry (GDPR/AVG art. 30) from the configuration and the store",
+        "Print the entry for the processing register (GDPR/AVG article 30): "
         "purposes, data subjects and data, recipients, retention as configured and as "
         "measured in the store, security measures. Nothing is decrypted.",
     )
     reg.add_argument("--format", choices=["text", "json"], default="text")
-    reg.add_argument("--language", choices=["nl", "en"], help="default: the configured language")
-    reg.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
-    demo = command(
+    for document in (guide, reg):
+        document.add_argument(
+            "--language", choices=["nl", "en"], help="default: the configured language"
+        )
+        document.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+
+
+def _demo_command(commands: _Commands) -> None:
+    demo = commands.add(
         "demo",
         "the life of a signal in a throw-away local world",
         "Show the whole life of a signal, narrated, in a local Maildir world of its own "
@@ -167,7 +214,6 @@ def _parser() -> _Parser:
         "afterwards, unless --keep DIR builds it in DIR and keeps it to look at.",
     )
     demo.add_argument("--keep", metavar="DIR", help="build the demo world in DIR and keep it")
-    return p
 
 
 def _fail(message: str, code: int) -> int:
