@@ -81,40 +81,26 @@ class _Refused(Exception):
     """Internal: the value is not one unambiguous mailbox."""
 
 
-def _read_quoted(value: str, i: int) -> tuple[str, int]:
-    """The quoted string starting at ``value[i] == '"'``, and the index after it."""
-    j = i + 1
-    n = len(value)
-    while j < n:
+def _read_enclosed(value: str, i: int, close: str, *, nests: bool) -> tuple[str, int]:
+    """The quoted string (``"…"``) or comment (``(…)``, which may hold comments:
+    ``nests``) that opens at ``value[i]``, and the index after it. A backslash
+    escapes the next character in both."""
+    depth, j = 0, i
+    while j < len(value):
         c = value[j]
         if c == "\\":
             j += 2
             continue
-        if c == '"':
-            return value[i : j + 1], j + 1
-        j += 1
-    raise _Refused("unterminated quoted string")
-
-
-def _read_comment(value: str, i: int) -> tuple[str, int]:
-    depth = 0
-    j = i
-    n = len(value)
-    while j < n:
-        c = value[j]
-        if c == "\\":
-            j += 2
-            continue
-        if c == "(":
-            depth += 1
-            if depth > MAX_COMMENT_DEPTH:
-                raise _Refused("comment too deep")
-        elif c == ")":
+        if c == close and j > i:
             depth -= 1
             if depth == 0:
                 return value[i : j + 1], j + 1
+        elif c == value[i] and (nests or j == i):
+            depth += 1
+            if depth > MAX_COMMENT_DEPTH:
+                raise _Refused("comment too deep")
         j += 1
-    raise _Refused("unbalanced comment")
+    raise _Refused("unbalanced comment" if nests else "unterminated quoted string")
 
 
 def _tokenize(value: str) -> list[_Token]:
@@ -130,10 +116,10 @@ def _tokenize(value: str) -> list[_Token]:
             tokens.append(_Token("ws", value[i:j]))
             i = j
         elif c == '"':
-            text, i = _read_quoted(value, i)
+            text, i = _read_enclosed(value, i, '"', nests=False)
             tokens.append(_Token("quoted", text))
         elif c == "(":
-            text, i = _read_comment(value, i)
+            text, i = _read_enclosed(value, i, ")", nests=True)
             tokens.append(_Token("comment", text))
         elif c in "<>@.,;:[]":
             tokens.append(_Token(c, c))
