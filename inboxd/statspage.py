@@ -114,13 +114,43 @@ class Label:
 
 
 @dataclass(frozen=True)
-class Chart:
+class Frame:
+    """A chart's size and the margins around its plot."""
+
     width: int
     height: int
     left: float
     top: float
     right: float
     bottom: float
+
+    @property
+    def plot_w(self) -> float:
+        return self.width - self.left - self.right
+
+    @property
+    def plot_h(self) -> float:
+        return self.height - self.top - self.bottom
+
+    def chart(
+        self, bars: list[Bar], ticks: list[Tick], labels: list[Label], *, horizontal: bool
+    ) -> Chart:
+        return Chart(
+            self.width,
+            self.height,
+            self.left,
+            self.top,
+            self.right,
+            self.bottom,
+            bars=tuple(bars),
+            ticks=tuple(ticks),
+            labels=tuple(labels),
+            horizontal=horizontal,
+        )
+
+
+@dataclass(frozen=True)
+class Chart(Frame):
     bars: tuple[Bar, ...]
     ticks: tuple[Tick, ...]
     labels: tuple[Label, ...]
@@ -137,19 +167,23 @@ def nice_ticks(top: int) -> list[int]:
     return list(range(0, (math.ceil(top / step) + 1) * step, step))
 
 
+def _value_axis(cells: Sequence[Cell], length: float) -> tuple[list[int], float]:
+    """The round ticks of a value axis ``length`` long that holds every cell, and
+    the length of one count on it."""
+    ticks = nice_ticks(max([c.drawn for c in cells] + [1]))
+    return ticks, length / ticks[-1]
+
+
 def month_chart(
     now: Sequence[Cell], before: Sequence[Cell], months: Sequence[str], year: int
 ) -> Chart:
-    width, height = 720, 280
-    left, right, top, bottom = 44.0, 12.0, 16.0, 36.0
-    plot_w, plot_h = width - left - right, height - top - bottom
-    ticks = nice_ticks(max([c.drawn for c in (*now, *before)] + [1]))
-    scale = plot_h / ticks[-1]
-    slot = plot_w / 12
+    f = Frame(720, 280, left=44.0, top=16.0, right=12.0, bottom=36.0)
+    ticks, scale = _value_axis((*now, *before), f.plot_h)
+    slot = f.plot_w / 12
     bar_w = slot * 0.36
     bars, labels = [], []
     for m in range(12):
-        x0 = left + m * slot + slot * 0.12
+        x0 = f.left + m * slot + slot * 0.12
         for offset, series, cells, y in (
             (0.0, "before", before, year - 1),
             (bar_w, "now", now, year),
@@ -159,7 +193,7 @@ def month_chart(
             bars.append(
                 Bar(
                     x=round(x0 + offset, 1),
-                    y=round(top + plot_h - h, 1),
+                    y=round(f.top + f.plot_h - h, 1),
                     w=round(bar_w, 1),
                     h=round(h, 1),
                     series=series,
@@ -167,35 +201,25 @@ def month_chart(
                     title=f"{months[m]} {y}: {cell.shown}",
                 )
             )
-        labels.append(Label(round(left + m * slot + slot / 2, 1), height - bottom + 16, months[m]))
-    return Chart(
-        width,
-        height,
-        left,
-        top,
-        right,
-        bottom,
-        tuple(bars),
-        tuple(Tick(round(top + plot_h - t * scale, 1), str(t)) for t in ticks),
-        tuple(labels),
-        horizontal=False,
-    )
+        labels.append(
+            Label(round(f.left + m * slot + slot / 2, 1), f.height - f.bottom + 16, months[m])
+        )
+    ticks_at = [Tick(round(f.top + f.plot_h - t * scale, 1), str(t)) for t in ticks]
+    return f.chart(bars, ticks_at, labels, horizontal=False)
 
 
 def split_chart(
     names: Sequence[str], now: Sequence[Cell], before: Sequence[Cell], year: int
 ) -> Chart:
     row_h, bar_h = 34.0, 12.0
-    left, right, top, bottom = 150.0, 60.0, 8.0, 26.0
-    width = 720
+    top, bottom = 8.0, 26.0
     height = int(top + bottom + row_h * max(len(names), 1))
-    plot_w = width - left - right
-    ticks = nice_ticks(max([c.drawn for c in (*now, *before)] + [1]))
-    scale = plot_w / ticks[-1]
+    f = Frame(720, height, left=150.0, top=top, right=60.0, bottom=bottom)
+    ticks, scale = _value_axis((*now, *before), f.plot_w)
     bars, labels = [], []
     for i, name in enumerate(names):
-        y0 = top + i * row_h + (row_h - 2 * bar_h) / 2
-        labels.append(Label(left - 8, round(y0 + bar_h + 4, 1), name, "end"))
+        y0 = f.top + i * row_h + (row_h - 2 * bar_h) / 2
+        labels.append(Label(f.left - 8, round(y0 + bar_h + 4, 1), name, "end"))
         for offset, series, cells, y in (
             (0.0, "now", now, year),
             (bar_h, "before", before, year - 1),
@@ -204,7 +228,7 @@ def split_chart(
             w = cell.drawn * scale
             bars.append(
                 Bar(
-                    x=left,
+                    x=f.left,
                     y=round(y0 + offset, 1),
                     w=round(w, 1),
                     h=bar_h - 1,
@@ -215,21 +239,11 @@ def split_chart(
             )
             labels.append(
                 Label(
-                    round(left + w + 4, 1), round(y0 + offset + bar_h - 2, 1), cell.shown, "start"
+                    round(f.left + w + 4, 1), round(y0 + offset + bar_h - 2, 1), cell.shown, "start"
                 )
             )
-    return Chart(
-        width,
-        height,
-        left,
-        top,
-        right,
-        bottom,
-        tuple(bars),
-        tuple(Tick(round(left + t * scale, 1), str(t)) for t in ticks),
-        tuple(labels),
-        horizontal=True,
-    )
+    ticks_at = [Tick(round(f.left + t * scale, 1), str(t)) for t in ticks]
+    return f.chart(bars, ticks_at, labels, horizontal=True)
 
 
 # -- the page ---------------------------------------------------------------------
