@@ -36,6 +36,10 @@ PIECES_FROM = 1024 * 1024
 # not among them: without the signal it is pointless, so it fails and alerts.
 LEAVE_OUT_WHEN_TOO_BIG = (MailKind.TRIAGE_REQUEST, MailKind.FOLLOWUP_NOTICE)
 
+# What a stored entry that cannot become a mail raises (a header that would inject,
+# an unusable certificate, a broken template or payload): failed, never retried.
+UNBUILDABLE = (HeaderInjection, CertificateError, TemplateError, ValueError, KeyError, TypeError)
+
 
 @dataclass(frozen=True)
 class AttachRef:
@@ -93,6 +97,13 @@ def reply_code(reason: str) -> str:
     if not m:
         return "no-code"
     return " ".join(g for g in m.groups() if g)
+
+
+def stops_the_round(exc: SendError) -> bool:
+    """A temporary failure of the connection (or a server's request to be left
+    alone): the rest of the round would fail the same way, or must not be tried."""
+    reason = exc.reason.lower()
+    return "connect" in reason or "unreachable" in reason or exc.retry_after is not None
 
 
 def backoff(attempts: int) -> float:
@@ -194,34 +205,13 @@ class Outbox:
         return result
 
     def _send_one(self, due: DueMail, result: DrainResult) -> bool:
+        """Build and send one due mail and record the outcome; False when the rest
+        of the round would fail the same way (or, throttled, must not be tried)."""
         now = self.clock()
         try:
-            mail, refs, smime = decode(due.payload)
-            data = self._build(mail, self._attachments(refs), smime)
-            if refs and due.kind in LEAVE_OUT_WHEN_TOO_BIG and self._too_big(data):
-                # The functionarissen must hear of the signal even when the server
-                # will not carry the original: without it, and saying so.
-                size = message_size(data)
-                del data
-                note = self.templates.phrase(
-                    "outbox", "too_big_note", megabytes=max(1, round(size / 1_000_000))
-                )
-                body = f"{mail.body}\n\n{note}\n"
-                data = self._build(Mail(**{**asdict(mail), "body": body}), (), smime)
-                log.warning("mail.attachment_left_out", mail_kind=due.kind, ref=due.ref, size=size)
-        except (
-            HeaderInjection,
-            CertificateError,
-            TemplateError,
-            ValueError,
-            KeyError,
-            TypeError,
-        ) as exc:
-            log.error("mail.unbuildable", mail_kind=due.kind, ref=due.ref, error=type(exc).__name__)
-            self.store.mail_failed(due, None, type(exc).__name__)
-            result.failed += 1
-            if self.on_given_up is not None:
-                self.on_given_up(due, type(exc).__name__)
+            data = self._message_for(due)
+        except UNBUILDABLE as exc:
+            self._unbuildable(due, exc, result)
             return True
         try:
             # Pieces are only built for a transport with ``takes_pieces``.
@@ -229,44 +219,80 @@ class Outbox:
         except SendError as exc:
             expired = now - due.created_at >= self.retry_for
             if exc.temporary and not expired:
-                # Never before the server's own back-off ends (Retry-After).
-                delay = max(backoff(due.attempts), exc.retry_after or 0.0)
-                self.store.mail_failed(due, now + delay, reply_code(exc.reason))
-                log.warning(
-                    "mail.retry",
-                    mail_kind=due.kind,
-                    ref=due.ref,
-                    attempt=due.attempts + 1,
-                    delay=round(delay),
-                    code=reply_code(exc.reason),
-                )
-                result.retry += 1
-                # The rest would fail the same way (or, throttled, must not be tried).
-                connection = (
-                    "connect" in exc.reason.lower()
-                    or "unreachable" in exc.reason.lower()
-                    or exc.retry_after is not None
-                )
-                if connection:
-                    result.unreachable = True
-                self.store.set_meta("last_error", json.dumps({"event": "mail.retry", "at": now}))
-                return not connection
-            self.store.mail_failed(due, None, reply_code(exc.reason))
-            log.error(
-                "mail.failed",
-                mail_kind=due.kind,
-                ref=due.ref,
-                attempt=due.attempts + 1,
-                code=reply_code(exc.reason),
-            )
-            self.store.set_meta("last_error", json.dumps({"event": "mail.failed", "at": now}))
-            result.failed += 1
-            if self.on_given_up is not None:
-                self.on_given_up(due, exc.reason)
+                return self._retry_later(due, exc, now, result)
+            self._failed(due, exc, now, result)
             return True
+        self._sent(due, result)
+        return True
+
+    def _message_for(self, due: DueMail) -> Message:
+        mail, refs, smime = decode(due.payload)
+        data = self._build(mail, self._attachments(refs), smime)
+        if refs and due.kind in LEAVE_OUT_WHEN_TOO_BIG and self._too_big(data):
+            size = message_size(data)
+            del data  # not two large mails in memory at once
+            return self._without_attachments(due, mail, smime, size)
+        return data
+
+    def _without_attachments(
+        self, due: DueMail, mail: Mail, smime: tuple[str, str] | None, size: int
+    ) -> Message:
+        """The functionarissen must hear of the signal even when the server will
+        not carry the original: without it, and saying so."""
+        note = self.templates.phrase(
+            "outbox", "too_big_note", megabytes=max(1, round(size / 1_000_000))
+        )
+        body = f"{mail.body}\n\n{note}\n"
+        data = self._build(Mail(**{**asdict(mail), "body": body}), (), smime)
+        log.warning("mail.attachment_left_out", mail_kind=due.kind, ref=due.ref, size=size)
+        return data
+
+    def _unbuildable(self, due: DueMail, exc: Exception, result: DrainResult) -> None:
+        log.error("mail.unbuildable", mail_kind=due.kind, ref=due.ref, error=type(exc).__name__)
+        self.store.mail_failed(due, None, type(exc).__name__)
+        self._given_up(due, type(exc).__name__, result)
+
+    def _retry_later(self, due: DueMail, exc: SendError, now: float, result: DrainResult) -> bool:
+        """Queue the mail again after its back-off; False when the server itself is
+        the trouble."""
+        # Never before the server's own back-off ends (Retry-After).
+        delay = max(backoff(due.attempts), exc.retry_after or 0.0)
+        self.store.mail_failed(due, now + delay, reply_code(exc.reason))
+        log.warning(
+            "mail.retry",
+            mail_kind=due.kind,
+            ref=due.ref,
+            attempt=due.attempts + 1,
+            delay=round(delay),
+            code=reply_code(exc.reason),
+        )
+        result.retry += 1
+        connection = stops_the_round(exc)
+        if connection:
+            result.unreachable = True
+        self.store.set_meta("last_error", json.dumps({"event": "mail.retry", "at": now}))
+        return not connection
+
+    def _failed(self, due: DueMail, exc: SendError, now: float, result: DrainResult) -> None:
+        self.store.mail_failed(due, None, reply_code(exc.reason))
+        log.error(
+            "mail.failed",
+            mail_kind=due.kind,
+            ref=due.ref,
+            attempt=due.attempts + 1,
+            code=reply_code(exc.reason),
+        )
+        self.store.set_meta("last_error", json.dumps({"event": "mail.failed", "at": now}))
+        self._given_up(due, exc.reason, result)
+
+    def _given_up(self, due: DueMail, reason: str, result: DrainResult) -> None:
+        result.failed += 1
+        if self.on_given_up is not None:
+            self.on_given_up(due, reason)
+
+    def _sent(self, due: DueMail, result: DrainResult) -> None:
         hook = self.on_sent
         self.store.mail_sent(due, self.clock(), then=(lambda tx: hook(tx, due)) if hook else None)
         family = FORWARD if forward_destination(due.kind) is not None else due.kind
         log.info(f"{family}.sent", mail_kind=due.kind, ref=due.ref)
         result.sent += 1
-        return True
