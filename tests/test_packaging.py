@@ -27,3 +27,24 @@ def test_the_wheel_carries_config_and_systemd_under_share_inboxd() -> None:
         assert "share=/opt/inboxd/share/inboxd" in text
         assert "$share/config/inboxd.imap.toml" in text
         assert "$share/systemd/inboxd.service" in text
+
+
+def test_the_source_archive_carries_everything_the_repository_tracks() -> None:
+    """MANIFEST.in names every top-level file and folder git tracks, so an sdist holds
+    the documentation, the change log and the whole test suite, not only the code."""
+    import subprocess
+
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    if tracked.returncode != 0:  # an unpacked archive: what it holds is the list
+        tops = {p.name for p in REPO.iterdir() if p.name not in {".git", ".venv"}}
+    else:
+        tops = {line.split("/")[0] for line in tracked.stdout.splitlines()}
+    tops -= {".gitignore"}
+    covered: set[str] = set()
+    for line in (REPO / "MANIFEST.in").read_text(encoding="utf-8").splitlines():
+        words = line.split()
+        if words and words[0] in {"include", "graft"}:
+            covered.update(words[1:])
+    assert tops and tops <= covered, sorted(tops - covered)
