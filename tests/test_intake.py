@@ -549,9 +549,11 @@ def test_an_encoded_newline_in_the_senders_name_gets_no_acknowledgement_but_is_q
     assert not any("evil.example" in str(rec.rcpt_tos) for rec in mail.relay.received)
 
 
-# What one message may cost at most, parse to commit, on a loaded 2-core test machine
-# (a plain 5 KB signal takes ~2 ms; before the bounds, the 70,000-reference mail took
-# ~100 s and a forged command full of tokens as long).
+# What one message may cost at most, parse to commit, in CPU time of the thread that
+# takes it in (a plain 5 KB signal takes ~2 ms; before the bounds, the 70,000-reference
+# mail took ~100 s and a forged command full of tokens as long). CPU time, not the wall
+# clock: the cost of the work is what is bounded, and other processes on a loaded
+# 2-core machine made a wall-clock bound fail at random.
 MESSAGE_BOUND = 3.0
 
 
@@ -574,14 +576,14 @@ def test_hostile_shapes_each_cost_a_moment_and_every_one_is_queued(
     try:
         for name, raw in shapes.items():
             mail.append(MAILBOX, raw)
-            t0 = time.monotonic()
+            t0 = time.thread_time()
             result = app.intake.run_once()
-            took[name] = time.monotonic() - t0
+            took[name] = time.thread_time() - t0
             assert (result.accepted, result.queued + result.handled) == (1, 1), name
     finally:
         app.close()
     slow = {k: round(v, 2) for k, v in took.items() if v > MESSAGE_BOUND}
-    assert not slow, f"one message took longer than {MESSAGE_BOUND}s: {slow}"
+    assert not slow, f"one message took more than {MESSAGE_BOUND}s of CPU: {slow}"
     assert everything_in(mail, MAILBOX) == []
     status = world.status()
     assert status["open"] == 1 + len(shapes) - 1, "every shape but the command is a signal"

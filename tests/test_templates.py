@@ -183,7 +183,9 @@ def test_user_data_stays_literal(lang: str, evil: str) -> None:
 
 
 @given(st.text(max_size=200))
-@settings(max_examples=50)
+# No deadline: a render's wall-clock time says nothing about correctness, and a
+# loaded 2-core machine made the 200 ms default fail at random.
+@settings(max_examples=50, deadline=None)
 def test_any_text_is_printed_as_written(text: str) -> None:
     r = Templates("nl").render("triage_request", triage_context(text=text))
     assert text in r.body
