@@ -73,7 +73,7 @@ echo "== installing inboxd[test] into .venv"
 status=0
 echo "== ruff"
 .venv/bin/ruff check inboxd tests || status=1
-echo "== mypy"
+echo "== mypy (inboxd and tests, see [tool.mypy] in pyproject.toml)"
 .venv/bin/mypy || status=1
 echo "== pytest"
 .venv/bin/pytest -q "$@" || status=1

@@ -30,6 +30,7 @@ from world import (
 )
 
 from inboxd.crypto import Keyring, generate_key_file
+from inboxd.lifecycle import KeyStatus
 from inboxd.references import find_references, new_reference
 from inboxd.store import NewSignal, OutboxEntry, SqliteStore
 
@@ -365,7 +366,7 @@ def test_keys_rotate_includes_messages_accepted_but_not_yet_processed(world: Wor
     try:
         with store.transaction() as tx:
             for i, raw in enumerate(raws):
-                tx.accept(f"1:{i + 1}", raw, "expunge")
+                tx.accept(f"1:{i + 1}", raw, KeyStatus.EXPUNGE)
     finally:
         store.close()
     new = generate_key_file(world.root / "master-key-2")

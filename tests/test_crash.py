@@ -18,6 +18,7 @@ from servers import MailServer
 from world import MAILBOX, REPO, REPORTER, World, parse, signal_mail
 
 from inboxd.references import find_references
+from inboxd.store import SqliteStore
 
 BACKLOG = 300
 
@@ -158,6 +159,7 @@ def test_crash_during_forwarding_never_deletes_early_nor_forwards_twice_outside_
         app.store.mail_sent = mail_sent  # type: ignore[method-assign]
     with pytest.raises(Crash):
         app.outbox.drain()
+    assert isinstance(app.store, SqliteStore)
     app.store._c.close()  # the process is gone; nothing else is committed
 
     status = world.status()

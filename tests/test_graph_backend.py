@@ -231,7 +231,14 @@ def test_removed_entries_and_deleted_items(aad: TokenServer, graph: GraphServer)
 def same_content(a: bytes, b: bytes) -> bool:
     """What inboxd reads from a message: the same in both (bytes may differ)."""
     pa, pb = parse_message(a), parse_message(b)
-    fields = ("message_id", "from_addr", "subject", "attachment_count", "auto", "report_type")
+    fields: tuple[str, ...] = (
+        "message_id",
+        "from_addr",
+        "subject",
+        "attachment_count",
+        "auto",
+        "report_type",
+    )
     fields += ("in_reply_to", "references")
     return all(getattr(pa, f) == getattr(pb, f) for f in fields) and (
         " ".join(pa.text.split()) == " ".join(pb.text.split())

@@ -468,9 +468,8 @@ def test_every_corpus_message_is_queued_once_and_nothing_is_lost(
 def test_a_message_that_trips_a_bug_is_kept_flagged_and_does_not_block_the_rest(
     world: World, mail: MailServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import inboxd.intake as intake_module
+    from inboxd.parsing import parse_message as real_parse
 
-    real_parse = intake_module.parse_message
     poison = marker()
 
     def parse(raw: bytes):  # type: ignore[no-untyped-def]
@@ -478,7 +477,7 @@ def test_a_message_that_trips_a_bug_is_kept_flagged_and_does_not_block_the_rest(
             raise RuntimeError("a bug in the parser")
         return real_parse(raw)
 
-    monkeypatch.setattr(intake_module, "parse_message", parse)
+    monkeypatch.setattr("inboxd.intake.parse_message", parse)
     mail.append_many(MAILBOX, [signal_mail(marker()), signal_mail(poison), signal_mail(marker())])
     world.once()
     assert everything_in(mail, MAILBOX) == []

@@ -361,10 +361,9 @@ def test_any_original_survives(original: bytes) -> None:
 
 
 def test_boundary_never_occurs_in_an_attachment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import inboxd.mails as mails
-
     seq = iter(["a" * 40, "b" * 40, "c" * 40])
-    monkeypatch.setattr(mails.secrets, "token_hex", lambda n=None: next(seq))
+    # The secrets module as inboxd.mails sees it.
+    monkeypatch.setattr("inboxd.mails.secrets.token_hex", lambda n=None: next(seq))
     hostile = ORIGINAL + b"--inboxd-" + b"a" * 40 + b"\n" + b"inboxd-" + b"b" * 40 + b"--\n"
     raw = render(mail(attachments=(Attachment(hostile),)))
     assert b'boundary="inboxd-' + b"c" * 40 + b'"' in raw

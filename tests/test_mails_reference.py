@@ -80,7 +80,7 @@ names = st.text(
     alphabet=st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters='<>"\\'),
     max_size=40,
 )
-bodies = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=3000)
+bodies = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=3000)
 ids = st.from_regex(r"<[a-z0-9.]{1,40}@[a-z0-9.]{1,30}>", fullmatch=True)
 
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 from servers import MailServer
 from test_daemon import Daemon
-from test_triage import reply
-from world import F1, F2, KEDO, REPORTER, RIEC, World, marker, parse, signal_mail, submit
+from world import F1, F2, KEDO, REPORTER, RIEC, World, marker, parse, reply, signal_mail, submit
 
 from inboxd.references import find_references
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from inboxd.crypto import DecryptError, Keyring, generate_key_file
-from inboxd.lifecycle import TRANSITIONS, IllegalTransition, SignalState
+from inboxd.lifecycle import TRANSITIONS, IllegalTransition, KeyStatus, SignalState
 from inboxd.store import DueMail, NewSignal, OutboxEntry, SqliteStore
 
 
@@ -287,7 +287,11 @@ def test_update_signal(store: SqliteStore, clock: Clock) -> None:
     clock.t += 60
     with store.transaction() as tx:
         new = tx.update_signal(
-            sig, state="forwarding", destinations=("riec", "kedo"), hold=True, form="arbeid"
+            sig,
+            state=SignalState.FORWARDING,
+            destinations=("riec", "kedo"),
+            hold=True,
+            form="arbeid",
         )
     assert new.state == "forwarding"
     assert new.destinations == ("kedo", "riec")
@@ -330,7 +334,7 @@ def test_mailbox_keys_lifecycle(store: SqliteStore) -> None:
     with store.transaction() as tx:
         tx.add_signal(new_signal("VV-AAAA-AAAA", mailbox_key="7:1"))
         tx.add_signal(new_signal("VV-BBBB-BBBB", mailbox_key="7:2", retain=True))
-        tx.record_key("7:3", "expunge")
+        tx.record_key("7:3", KeyStatus.EXPUNGE)
     assert store.mailbox_key_status(["7:1", "7:2", "7:3", "7:4"]) == {
         "7:1": "expunge",
         "7:2": "retained",
@@ -343,7 +347,7 @@ def test_mailbox_keys_lifecycle(store: SqliteStore) -> None:
     # A retained key can later be marked for expunge (signal deleted) without losing
     # its signal id.
     with store.transaction() as tx:
-        tx.record_key("7:2", "expunge")
+        tx.record_key("7:2", KeyStatus.EXPUNGE)
     row = store._c.execute("SELECT signal_id FROM mailbox_keys WHERE key = '7:2'").fetchone()
     assert row[0] is not None
     assert sorted(store.keys_to_expunge()) == ["7:2", "7:3"]
@@ -353,7 +357,7 @@ def test_mailbox_key_status_many_keys(store: SqliteStore) -> None:
     keys = [f"9:{i}" for i in range(1_234)]
     with store.transaction() as tx:
         for k in keys[::2]:
-            tx.record_key(k, "expunged")
+            tx.record_key(k, KeyStatus.EXPUNGED)
     status = store.mailbox_key_status(keys)
     assert set(status) == set(keys[::2])
     assert store.mailbox_key_status([]) == {}
@@ -528,13 +532,13 @@ def test_counts_flags_and_oldest_open(store: SqliteStore) -> None:
     b = store.signal_by_ref("VV-BBBB-BBBB")
     assert b is not None
     with store.transaction() as tx:
-        tx.update_signal(b, state="waiting_info")
+        tx.update_signal(b, state=SignalState.WAITING_INFO)
         tx.delete_signal(a, dedup_until=9e9, reason="afgesloten")
     assert store.counts_by_state() == {"queued": 1, "waiting_info": 1}
     assert store.flag_counts() == {"auto": 1, "malformed": 1}
     assert store.oldest_open() == 2000.0
     assert [s.ref for s in store.signals()] == ["VV-BBBB-BBBB", "VV-CCCC-CCCC"]
-    assert [s.ref for s in store.signals(("waiting_info",))] == ["VV-BBBB-BBBB"]
+    assert [s.ref for s in store.signals((SignalState.WAITING_INFO,))] == ["VV-BBBB-BBBB"]
 
 
 def test_meta(store: SqliteStore) -> None:
@@ -554,9 +558,9 @@ def test_expire(store: SqliteStore, clock: Clock) -> None:
         tx.add_dedup(b"new" * 11, None, t0 + 40 * day)
         tx.add_dedup(b"live" * 8, "sig", None)  # an open signal's record: no expiry
         tx.record_mail(b"a" * 16, "ack")
-        tx.record_key("1:1", "expunged")
-        tx.record_key("1:2", "expunge")
-        tx.record_key("1:3", "retained")
+        tx.record_key("1:1", KeyStatus.EXPUNGED)
+        tx.record_key("1:2", KeyStatus.EXPUNGE)
+        tx.record_key("1:3", KeyStatus.RETAINED)
         tx.enqueue(entry(kind="ack", ref=None))
         tx.enqueue(entry(kind="triage_request", ref="VV-AAAA-AAAA"))
         tx.enqueue(entry(kind="triage_request", ref="VV-BBBB-BBBB"))
@@ -621,7 +625,7 @@ def test_a_large_value_goes_through_blob_io_sealed_and_comes_back_whole(
     big = (marker + b"\r\n" + os.urandom(4000)) * 700  # ~2.8 MB
     with store.transaction() as tx:
         s = tx.add_signal(new_signal(fields={"raw": big, "reporter": b"a@b"}))
-        iid = tx.accept("1:7", big, "expunge")
+        iid = tx.accept("1:7", big, KeyStatus.EXPUNGE)
     assert store.read_field(s, "raw") == big
     assert [a.raw for a in store.inbound(10, 10**9)] == [big]
     with store.transaction() as tx:
@@ -666,7 +670,7 @@ def test_the_deleting_commit_shreds_every_file_of_the_state_directory(
     # neighbour that stays: only the deleted signal's bytes must go.
     big = os.urandom(2 * 1024 * 1024)
     with store.transaction() as tx:
-        inbound_id = tx.accept("7:1", b"From: a@b\r\n\r\n" + big, "expunge")
+        inbound_id = tx.accept("7:1", b"From: a@b\r\n\r\n" + big, KeyStatus.EXPUNGE)
     inbound = [
         bytes(v) for v in store._c.execute("SELECT wrapped_key, raw FROM inbound").fetchone()
     ]

@@ -6,6 +6,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from servers import MailServer
@@ -48,7 +49,7 @@ def command(world: World, mail: MailServer, raw: bytes, sender: str = F1) -> Non
     world.command(raw, sender)
 
 
-def stats(world: World) -> dict[str, object]:
+def stats(world: World) -> dict[str, Any]:
     out = world.cli("stats", "--format", "json", "--year", "2026")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)  # type: ignore[no-any-return]

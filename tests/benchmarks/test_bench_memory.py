@@ -200,8 +200,8 @@ class Peaks:
         hwm = _proc_status_kb("VmHWM")
         for f in self.stack:
             f.peak_kb = max(f.peak_kb, hwm)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
         rss = _proc_status_kb("VmRSS")
         self.stack.append(_Frame(label, rss, rss))
 

@@ -14,7 +14,18 @@ from pathlib import Path
 
 import pytest
 import structlog
-from contract_backends import Backend
+from contract_backends import (
+    GRAPH_CLIENT,
+    GRAPH_SECRET,
+    Backend,
+    EwsBackend,
+    GraphBackend,
+    ImapBackend,
+    MaildirBackend,
+)
+from fakes.ews_server import EwsServer
+from fakes.graph_server import GraphServer
+from fakes.token_server import TokenServer
 from servers import AUTHSERV_ID
 from world import F1, F2, KEDO, MAILBOX, NLA, REPORTER, RIEC, body_text, marker, parse, signal_mail
 
@@ -135,6 +146,36 @@ class Contract:
         files = [p for p in (self.root / "state").rglob("*") if p.is_file()]
         assert files, "the store left no files at all?"
         return b"".join(p.read_bytes() for p in files)
+
+
+BACKENDS = ["imap", "maildir", "ews", "graph"]
+
+
+# Here rather than in a conftest.py of its own: tests/conftest.py is the suite's one
+# module named conftest, which lets mypy check tests/ as one tree.
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """One parameter per backend (see ``contract_backends``); only ``imap`` starts
+    Dovecot and the relay."""
+    root = tmp_path / "backend"
+    root.mkdir()
+    kind = request.param
+    if kind == "imap":
+        # Only this parameter needs Dovecot: the others run without it.
+        yield ImapBackend(request.getfixturevalue("mail"), root)
+    elif kind == "maildir":
+        yield MaildirBackend(root)
+    elif kind == "ews":
+        with EwsServer(auth="basic") as srv:
+            yield EwsBackend(srv, root)
+            assert srv.protocol_errors == [], "inboxd sent EWS requests Exchange would refuse"
+    else:
+        with (
+            TokenServer(secrets={GRAPH_CLIENT: GRAPH_SECRET}) as aad,
+            GraphServer(aad, mailbox=MAILBOX) as graph,
+        ):
+            yield GraphBackend(aad, graph, root)
+            assert graph.protocol_errors == [], "inboxd sent Graph requests Graph would refuse"
 
 
 @pytest.fixture

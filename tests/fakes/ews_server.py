@@ -142,6 +142,10 @@ def _esc(text: str) -> str:
 class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "Microsoft-IIS/10.0"
     protocol_version = "HTTP/1.1"
+    # NTLM's handshake spans requests on one connection, i.e. one handler.
+    _ntlm_ctx: spnego.ContextProxy | None = None
+    _ntlm_user: str | None = None
+    _ntlm_sent = False
 
     @property
     def state(self) -> _State:
@@ -197,11 +201,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         Returns True once this connection is authenticated; otherwise it has sent
         the 401 itself (``_ntlm_sent``) or the caller sends a plain 401.
         """
-        if getattr(self, "_ntlm_user", None) is not None:
+        if self._ntlm_user is not None:
             return True
         if not header or not header.startswith("NTLM "):
             return False
-        ctx = getattr(self, "_ntlm_ctx", None)
+        ctx = self._ntlm_ctx
         if ctx is None:
             # The acceptor reads the accounts from NTLM_USER_FILE (see EwsServer).
             ctx = self._ntlm_ctx = spnego.server(protocol="ntlm")
@@ -219,8 +223,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
             return False
         self._ntlm_ctx = None
-        self._ntlm_user = ctx.client_principal
-        return bool(self._ntlm_user.lower() == self.state.username.lower())
+        user = self._ntlm_user = ctx.client_principal
+        return user is not None and user.lower() == self.state.username.lower()
 
     def do_GET(self) -> None:
         # Exchange answers browsers on the EWS URL with 401 too.

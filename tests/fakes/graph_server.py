@@ -758,7 +758,10 @@ def _rebuild(part: Message, seed: str, count: list[int]) -> None:
     if part.is_multipart():
         count[0] += 1
         part.set_boundary(f"_{count[0]:03d}_{seed}_")
-        for sub in part.get_payload():
+        subparts = part.get_payload()
+        assert isinstance(subparts, list)
+        for sub in subparts:
+            assert isinstance(sub, Message)
             _rebuild(sub, seed, count)
         return
     if part.get_content_type() == "message/rfc822":
