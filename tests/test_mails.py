@@ -423,13 +423,14 @@ def test_pieces_are_the_rendered_mail_and_hold_the_original_itself() -> None:
 
 
 def test_a_large_original_goes_to_a_piece_taking_transport_as_pieces() -> None:
-    from inboxd.outbox import PIECES_FROM, Outbox
-    from inboxd.transport.base import Transport
+    from fakes.memory import MemoryTransport
 
-    class Pieces(Transport):
+    from inboxd.outbox import PIECES_FROM, Outbox
+
+    class Pieces(MemoryTransport):
         takes_pieces = True
 
-    class Whole(Transport):
+    class Whole(MemoryTransport):
         pass
 
     big = b"Subject: x\r\n\r\n" + (b"y" * 76 + b"\r\n") * (PIECES_FROM // 78 + 10)
