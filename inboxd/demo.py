@@ -13,10 +13,13 @@ import io
 import shutil
 import tempfile
 import textwrap
+from dataclasses import dataclass
 from email import policy
 from pathlib import Path
+from typing import Any
 
 from inboxd import logs
+from inboxd.templates import Templates, shipped
 from inboxd.transport.maildir import deliver
 
 MARKER = "ZEBRA-7731"
@@ -76,24 +79,49 @@ in de kassen werken en geen loon krijgen tot hun schuld is afbetaald.
 """
 
 
-def _say(text: str = "") -> None:
-    print(textwrap.fill(text, 88) if text else "")
+# The demo's world speaks Dutch (its configuration says so); so does its narration.
+LANGUAGE = "nl"
 
 
-def _show(title: str, raw: bytes) -> None:
-    msg = email.message_from_bytes(raw, policy=policy.default)
-    print(f"  ┌─ {title}")
-    print(f"  │ Van: {msg['From']}")
-    print(f"  │ Aan: {msg['To']}")
-    print(f"  │ Onderwerp: {msg['Subject']}")
-    body = msg.get_body(preferencelist=("plain",))
-    text = body.get_content() if body is not None else ""
-    for line in text.strip().splitlines()[:14]:
-        print(f"  │ {line}")
-    attachments = [p.get_content_type() for p in msg.iter_attachments()]
-    if attachments:
-        print(f"  │ [bijlage: {', '.join(attachments)}]")
-    print("  └─")
+@dataclass(frozen=True)
+class _World:
+    """The demo's throw-away world: its folder, the narration's wording and what the
+    daemon logged while it ran."""
+
+    root: Path
+    text: Templates
+    logged: io.StringIO
+
+    def phrase(self, macro: str, **values: Any) -> str:
+        return self.text.phrase("demo", macro, **values)
+
+    def say(self, macro: str = "", *, indent: bool = False, **values: Any) -> None:
+        """One sentence of the narration (or, without a macro, an empty line)."""
+        text = self.phrase(macro, **values) if macro else ""
+        print(textwrap.fill(("   " if indent else "") + text, 88) if text else "")
+
+    def show(self, title: str, raw: bytes) -> None:
+        """A mail as its recipient would see it: headers, the start of the text and
+        what is attached."""
+        msg = email.message_from_bytes(raw, policy=policy.default)
+        print(f"  ┌─ {self.phrase(title)}")
+        print(f"  │ {self.phrase('mail_from')}: {msg['From']}")
+        print(f"  │ {self.phrase('mail_to')}: {msg['To']}")
+        print(f"  │ {self.phrase('mail_subject')}: {msg['Subject']}")
+        body = msg.get_body(preferencelist=("plain",))
+        text = body.get_content() if body is not None else ""
+        for line in text.strip().splitlines()[:14]:
+            print(f"  │ {line}")
+        attachments = [p.get_content_type() for p in msg.iter_attachments()]
+        if attachments:
+            print(f"  │ {self.phrase('attachments', types=attachments)}")
+        print("  └─")
+
+    def inbox(self, who: str) -> list[bytes]:
+        return _inbox(self.root, who)
+
+    def run_once(self) -> None:
+        _once(self.root)
 
 
 def _inbox(root: Path, who: str) -> list[bytes]:
@@ -140,117 +168,128 @@ def _everything_under(root: Path) -> bytes:
 def run_demo(keep: str | None = None) -> int:
     root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="inboxd-demo-"))
     root.mkdir(parents=True, exist_ok=True)
-    logbuf = io.StringIO()
-    logs.configure("json", "info", stream=logbuf)
+    logged = io.StringIO()
+    logs.configure("json", "info", stream=logged)
     try:
-        from inboxd.crypto import generate_key_file
-
-        for sub in ("new", "cur", "tmp"):
-            (root / "vreemdverhaal" / sub).mkdir(parents=True, exist_ok=True)
-        generate_key_file(root / "master-key")
-        (root / "inboxd.toml").write_text(CONFIG.format(root=root))
-        _say(
-            f"Een wegwerpwereld in {root}: een Maildir als mailbox vreemdverhaal@gemeente.example, een map per ontvanger voor wat inboxd verstuurt, een nieuwe hoofdsleutel."
-        )
-        _say()
-        _say(
-            "1. Een collega aan de balie meldt wat ze zag. (Het woord "
-            + MARKER
-            + " staat in onderwerp en tekst, zodat we het straks kunnen zoeken.)"
-        )
-        deliver(root, "vreemdverhaal", SIGNAL.encode())
-        # deliver() wrote into root/vreemdverhaal/new: the signals mailbox itself.
-        _once(root)
-        left = list((root / "vreemdverhaal" / "new").iterdir()) + list(
-            (root / "vreemdverhaal" / "cur").iterdir()
-        )
-        _say(
-            f"   inboxd heeft het signaal versleuteld opgeslagen en het origineel uit de mailbox verwijderd ({len(left)} berichten over)."
-        )
-        _say()
-        _say("2. De collega krijgt een ontvangstbevestiging — met referentie, zonder de inhoud:")
-        ack = _inbox(root, REPORTER)
-        _show("bevestiging aan de melder", ack[-1])
-        assert MARKER.encode() not in ack[-1], "the acknowledgement must not repeat the signal"
-        _say()
-        _say(
-            "3. Beide aandachtsfunctionarissen krijgen een triageverzoek, met de sleutel in het onderwerp en het origineel als bijlage:"
-        )
-        request = _inbox(root, FUNCTIONARIS)[-1]
-        _show("triageverzoek aan a.jansen", request)
-        _say()
-        _say(
-            "4. A. Jansen antwoordt vanuit Outlook, boven het geciteerde verzoek: KEDO en VORM arbeid."
-        )
-        deliver(root, "vreemdverhaal", _reply(request, "KEDO\r\nVORM arbeid"))
-        _once(root)
-        _once(root)
-        _show("bevestiging aan de functionaris", _inbox(root, FUNCTIONARIS)[-2])
-        _say()
-        _say("5. KEDO ontvangt het signaal, ongewijzigd als bijlage:")
-        kedo = _inbox(root, "intake-kedo@gemeente.example")
-        _show("doorgezet naar KEDO", kedo[-1])
-        _say(
-            f"   Het woord {MARKER} zit in wat KEDO ontving: {'ja' if MARKER.encode() in kedo[-1] else 'NEE'}."
-        )
-        _say()
-        _say("6. De collega krijgt een algemene terugkoppeling, zonder details:")
-        feedback = _inbox(root, REPORTER)[-1]
-        _show("terugkoppeling aan de melder", feedback)
-        _say("   en de functionarissen horen dat het signaal is verwijderd:")
-        _show("afgehandeld", _inbox(root, FUNCTIONARIS)[-1])
-        _say()
-        _say("7. Het bewijs: nergens bij het meldpunt staat nog iets van het signaal.")
-        from inboxd import config
-        from inboxd.crypto import Keyring
-        from inboxd.store import SqliteStore
-
-        cfg = config.load(str(root / "inboxd.toml"))
-        store = SqliteStore(cfg.state_dir, Keyring.from_files(cfg.crypto.key_files))
-        open_count = sum(store.counts_by_state().values())
-        import datetime as dt
-
-        from inboxd.admin import stats_table
-
-        year = dt.datetime.now(dt.UTC).year
-        table = stats_table(store.stats_rows(year), store.stats_rows(year - 1), year, 0)
-        store.close()
-        state_bytes = _everything_under(root / "state")
-        mailbox_bytes = _everything_under(root / "vreemdverhaal")
-        checks = [
-            ("open signalen in de opslag", str(open_count), open_count == 0),
-            (
-                f"'{MARKER}' in de opslag (ruwe bytes, WAL incl.)",
-                "nee" if MARKER.encode() not in state_bytes else "JA",
-                MARKER.encode() not in state_bytes,
-            ),
-            (
-                f"'{MARKER}' in de mailbox vreemdverhaal",
-                "nee" if MARKER.encode() not in mailbox_bytes else "JA",
-                MARKER.encode() not in mailbox_bytes,
-            ),
-            (
-                f"'{MARKER}' of het adres van de melder in de logs",
-                "nee"
-                if (MARKER in logbuf.getvalue() or REPORTER in logbuf.getvalue()) is False
-                else "JA",
-                MARKER not in logbuf.getvalue() and REPORTER not in logbuf.getvalue(),
-            ),
-            (
-                f"'{MARKER}' in bevestiging of terugkoppeling",
-                "nee" if all(MARKER.encode() not in m for m in _inbox(root, REPORTER)) else "JA",
-                all(MARKER.encode() not in m for m in _inbox(root, REPORTER)),
-            ),
-        ]
-        for label, value, ok in checks:
-            print(f"   {'✔' if ok else '✘'} {label}: {value}")
-        _say()
-        _say(
-            "Wat overblijft zijn anonieme tellingen (inboxd stats): maand × bron × vorm × uitkomst."
-        )
-        print(textwrap.indent(table, "   "))
-        return 0 if all(ok for *_, ok in checks) else 1
+        world = _build_world(root, logged)
+        _report(world)
+        request = _acknowledge_and_ask(world)
+        _decide(world, request)
+        _end(world)
+        return _prove(world)
     finally:
         logs.configure("json", "info")
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _build_world(root: Path, logged: io.StringIO) -> _World:
+    """A Maildir for the mailbox, a fresh master key and the configuration."""
+    from inboxd.crypto import generate_key_file
+
+    for sub in ("new", "cur", "tmp"):
+        (root / "vreemdverhaal" / sub).mkdir(parents=True, exist_ok=True)
+    generate_key_file(root / "master-key")
+    (root / "inboxd.toml").write_text(CONFIG.format(root=root))
+    world = _World(root, shipped(LANGUAGE), logged)
+    world.say("world", root=root)
+    world.say()
+    return world
+
+
+def _report(world: _World) -> None:
+    """1. A colleague mails a signal; inboxd takes it out of the mailbox."""
+    world.say("signal_sent", marker=MARKER)
+    deliver(world.root, "vreemdverhaal", SIGNAL.encode())
+    # deliver() wrote into root/vreemdverhaal/new: the signals mailbox itself.
+    world.run_once()
+    mailbox = world.root / "vreemdverhaal"
+    left = list((mailbox / "new").iterdir()) + list((mailbox / "cur").iterdir())
+    world.say("signal_stored", indent=True, left=len(left))
+    world.say()
+
+
+def _acknowledge_and_ask(world: _World) -> bytes:
+    """2 and 3. The acknowledgement, and the triage request it returns."""
+    world.say("acknowledged")
+    ack = world.inbox(REPORTER)
+    world.show("acknowledgement", ack[-1])
+    assert MARKER.encode() not in ack[-1], "the acknowledgement must not repeat the signal"
+    world.say()
+    world.say("requested")
+    request = world.inbox(FUNCTIONARIS)[-1]
+    world.show("request", request)
+    world.say()
+    return request
+
+
+def _decide(world: _World, request: bytes) -> None:
+    """4 and 5. The functionaris answers with commands; KEDO gets the signal."""
+    world.say("replied")
+    deliver(world.root, "vreemdverhaal", _reply(request, "KEDO\r\nVORM arbeid"))
+    world.run_once()
+    world.run_once()
+    world.show("result", world.inbox(FUNCTIONARIS)[-2])
+    world.say()
+    world.say("forwarded")
+    kedo = world.inbox("intake-kedo@gemeente.example")
+    world.show("forward", kedo[-1])
+    world.say("marker_forwarded", indent=True, marker=MARKER, found=MARKER.encode() in kedo[-1])
+    world.say()
+
+
+def _end(world: _World) -> None:
+    """6. The general feedback, and the functionarissen's notice of the end."""
+    world.say("fed_back")
+    world.show("feedback", world.inbox(REPORTER)[-1])
+    world.say("closed", indent=True)
+    world.show("closing", world.inbox(FUNCTIONARIS)[-1])
+    world.say()
+
+
+def _prove(world: _World) -> int:
+    """7. Nothing of the signal is left; only the anonymous counts are. 0 if so."""
+    world.say("proof")
+    open_count, table = _what_the_store_holds(world.root)
+    state = _everything_under(world.root / "state")
+    mailbox = _everything_under(world.root / "vreemdverhaal")
+    logged = world.logged.getvalue()
+    marker = MARKER.encode()
+    checks = [
+        (world.phrase("open_signals"), str(open_count), open_count == 0),
+        _absent(world, "marker_in_store", marker not in state),
+        _absent(world, "marker_in_mailbox", marker not in mailbox),
+        _absent(world, "marker_in_logs", MARKER not in logged and REPORTER not in logged),
+        _absent(world, "marker_in_mails", all(marker not in m for m in world.inbox(REPORTER))),
+    ]
+    for label, value, ok in checks:
+        print(f"   {'✔' if ok else '✘'} {label}: {value}")
+    world.say()
+    world.say("what_is_left")
+    print(textwrap.indent(table, "   "))
+    return 0 if all(ok for *_, ok in checks) else 1
+
+
+def _absent(world: _World, label: str, absent: bool) -> tuple[str, str, bool]:
+    """One check of the proof: its label, the answer shown and whether it holds."""
+    return world.phrase(label, marker=MARKER), world.phrase("found", found=not absent), absent
+
+
+def _what_the_store_holds(root: Path) -> tuple[int, str]:
+    """The number of open signals and this year's statistics table."""
+    import datetime as dt
+
+    from inboxd import config
+    from inboxd.admin import stats_table
+    from inboxd.crypto import Keyring
+    from inboxd.store import SqliteStore
+
+    cfg = config.load(str(root / "inboxd.toml"))
+    store = SqliteStore(cfg.state_dir, Keyring.from_files(cfg.crypto.key_files))
+    try:
+        open_count = sum(store.counts_by_state().values())
+        year = dt.datetime.now(dt.UTC).year
+        table = stats_table(store.stats_rows(year), store.stats_rows(year - 1), year, 0)
+    finally:
+        store.close()
+    return open_count, table

@@ -463,6 +463,22 @@ def test_demo_refuses_a_config(tmp_path: Path) -> None:
     assert "`inboxd demo [--keep DIR]`" in readme
 
 
+def test_demo_narrates_the_life_of_a_signal_and_proves_it_gone(tmp_path: Path) -> None:
+    kept = tmp_path / "demo"
+    p = run("demo", "--keep", str(kept), cwd=tmp_path)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr and "✘" not in p.stdout
+    # The narration, from templates/nl/text/demo.txt: every step, every mail shown,
+    # every check of the proof, and what is left.
+    for step in range(1, 8):
+        assert re.search(rf"^{step}\. ", p.stdout, re.MULTILINE), step
+    assert p.stdout.count("  ┌─ ") == 6 and p.stdout.count("  │ Onderwerp: ") == 6
+    assert p.stdout.count("   ✔ ") == 5
+    assert "Het woord ZEBRA-7731 zit in wat KEDO ontving: ja." in p.stdout
+    assert "per uitkomst:" in p.stdout
+    assert (kept / "inboxd.toml").is_file(), "--keep keeps the world"
+
+
 def test_once_reports_a_failure_in_one_line(world: Path) -> None:
     """A Maildir that is not there: one line naming the path, not "host and port";
     the log lines stay on stdout for the journal."""

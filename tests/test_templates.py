@@ -435,3 +435,18 @@ def test_both_languages_ship_every_phrase_with_the_same_arguments() -> None:
     for name in nl:
         assert nl[name] == en[name], name
         assert nl[name], f"text/{name}.txt has no macros"
+
+
+# The files whose macros take plain words and numbers (commands.txt and guides.txt
+# take codes and units; test_commands and test_guides render them).
+PLAIN_TEXTS = ("mail", "outbox", "demo")
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+@pytest.mark.parametrize("name", PLAIN_TEXTS)
+def test_every_plain_phrase_renders(lang: str, name: str) -> None:
+    # The language a demo or an operator never picks must still render, not only exist.
+    t = Templates(lang)
+    for macro, arguments in text_macros(lang)[name].items():
+        text = t.phrase(name, macro, **{a: "7" for a in arguments})
+        assert text.strip() and "{{" not in text, f"{lang}/text/{name}.txt {macro}"
