@@ -639,7 +639,7 @@ def load(path: str | None = None) -> Config:
     base = Path(path).resolve().parent
     cfg = _resolve_paths(cfg.model_copy(update={"source_path": path}), base)
     if cfg.templates_dir:
-        from inboxd.templates import Templates
+        from inboxd.templates import Templates, override_problem
 
         showing = Templates(cfg.language, cfg.templates_dir).subjects_showing_token()
         if showing:
@@ -649,6 +649,9 @@ def load(path: str | None = None) -> Config:
                 f"template {showing[0]} puts {{{{ token }}}} in its Subject line; mail "
                 "servers log subjects, so the token belongs in the body only",
             )
+        broken = override_problem(cfg.language, cfg.templates_dir)
+        if broken:
+            raise ConfigError(path, "templates_dir", broken)
     return cfg
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateSyntaxError, meta
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 SHIPPED = Path(__file__).resolve().parent.parent / "templates"
@@ -148,6 +148,84 @@ class Templates:
             raise TemplateError(
                 f"template {self.language}/pages/{name} failed ({type(exc).__name__})"
             ) from None
+
+
+def override_problem(language: str, override_dir: str) -> str | None:
+    """What is wrong with an operator's own templates, as one line naming the file,
+    or None. Checked when the configuration is loaded: a template that fails at
+    render time would cost the very mail it words (the acknowledgement, a triage
+    request), so it is refused before inboxd starts.
+
+    Each file in ``override_dir`` (``<language>/`` first, then the folder itself: as
+    :func:`search_path` finds them) must replace a shipped template of that name,
+    parse, use only the values inboxd gives that template (those the shipped one
+    uses), start a mail with its ``Subject:`` line, and for ``text/<name>.txt``
+    define every macro of the shipped file with the same arguments.
+    """
+    ours = Templates(language)
+    assert ours.env.loader is not None
+    shipped_names = set(ours.env.loader.list_templates())
+    seen: set[str] = set()
+    for base in (Path(override_dir) / language, Path(override_dir)):
+        for path in _override_files(base):
+            name = path.relative_to(base).as_posix()
+            if name in seen:
+                continue
+            seen.add(name)
+            problem = _override_file_problem(ours, shipped_names, name, path)
+            if problem:
+                return f"template {path}: {problem}"
+    return None
+
+
+def _override_files(base: Path) -> list[Path]:
+    """The files an operator's folder can replace: mails, short texts and pages."""
+    if not base.is_dir():
+        return []
+    found = [*base.glob("*.txt"), *base.glob("text/*.txt"), *base.glob("pages/*")]
+    return sorted(p for p in found if p.is_file())
+
+
+def _override_file_problem(
+    ours: Templates, shipped_names: set[str], name: str, path: Path
+) -> str | None:
+    if name not in shipped_names:
+        return "inboxd has no template of this name (a misspelt file would never be used)"
+    try:
+        source = path.read_text(encoding="utf-8")
+        tree = ours.env.parse(source)
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"cannot be read ({type(exc).__name__})"
+    except TemplateSyntaxError as exc:
+        return f"line {exc.lineno}: {exc.message}"
+    assert ours.env.loader is not None
+    original = ours.env.parse(ours.env.loader.get_source(ours.env, name)[0])
+    if name.startswith("text/"):
+        return _missing_macro(tree, original)
+    unknown = sorted(
+        meta.find_undeclared_variables(tree) - meta.find_undeclared_variables(original)
+    )
+    if unknown:
+        return (
+            f"uses {{{{ {unknown[0]} }}}}, which inboxd does not give this template; "
+            "use only the values the shipped one uses"
+        )
+    if "/" not in name and not source.lower().startswith("subject:"):
+        return "a mail template must start with its 'Subject:' line and a blank line"
+    return None
+
+
+def _missing_macro(tree: nodes.Template, original: nodes.Template) -> str | None:
+    def macros(t: nodes.Template) -> dict[str, tuple[str, ...]]:
+        return {m.name: tuple(a.name for a in m.args) for m in t.find_all(nodes.Macro)}
+
+    have, need = macros(tree), macros(original)
+    for macro, args in sorted(need.items()):
+        if macro not in have:
+            return f"lacks the macro {macro}({', '.join(args)}); copy it from the shipped file"
+        if have[macro] != args:
+            return f"the macro {macro} must take ({', '.join(args)})"
+    return None
 
 
 @functools.cache

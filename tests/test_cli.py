@@ -274,6 +274,23 @@ def test_a_template_with_the_token_in_its_subject_is_refused(
     assert in_process("status", "--config", str(cfg)).returncode == 0
 
 
+def test_a_template_that_would_fail_its_mail_is_refused_at_start(
+    world: Path, in_process: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    """A value inboxd does not give the acknowledgement would make every
+    acknowledgement fail to render: refused when the configuration is loaded."""
+    ours = world / "own" / "nl"
+    ours.mkdir(parents=True)
+    (ours / "ack.txt").write_text("Subject: Ontvangen {{ ref }}\n\n{{ melder }}\n", "utf-8")
+    cfg = world / "inboxd.toml"
+    cfg.write_text(f'templates_dir = "{world / "own"}"\n' + cfg.read_text("utf-8"), "utf-8")
+    result = in_process("check", "--config", str(cfg))
+    line = one_error_line(result)
+    assert result.returncode == 2
+    assert str(cfg) in line and "templates_dir" in line and "nl/ack.txt" in line
+    assert "{{ melder }}" in line
+
+
 def test_a_config_error_in_a_real_process(world: Path) -> None:
     cfg = world / "inboxd.toml"
     cfg.write_text("bogus = 1\n" + cfg.read_text(encoding="utf-8"), encoding="utf-8")

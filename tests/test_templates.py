@@ -450,3 +450,63 @@ def test_every_plain_phrase_renders(lang: str, name: str) -> None:
     for macro, arguments in text_macros(lang)[name].items():
         text = t.phrase(name, macro, **{a: "7" for a in arguments})
         assert text.strip() and "{{" not in text, f"{lang}/text/{name}.txt {macro}"
+
+
+# -- an operator's own templates, checked when the configuration is loaded --------------
+
+
+def own(tmp_path: Path, name: str, text: str, lang: str = "nl") -> str:
+    path = tmp_path / "own" / lang / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return str(tmp_path / "own")
+
+
+def shipped_text(name: str, lang: str = "nl") -> str:
+    return (SHIPPED / lang / name).read_text(encoding="utf-8")
+
+
+def test_a_faithful_override_of_every_kind_passes(tmp_path: Path) -> None:
+    from inboxd.templates import override_problem
+
+    folder = own(tmp_path, "ack.txt", "Subject: Ontvangen {{ ref }}\n\nDank u. {{ ref }}\n")
+    own(tmp_path, "text/outbox.txt", shipped_text("text/outbox.txt"))
+    own(tmp_path, "pages/guide_melder.txt", shipped_text("pages/guide_melder.txt"))
+    assert override_problem("nl", folder) is None
+    # The folder itself is searched too, after <language>/.
+    (tmp_path / "own" / "feedback_closed.txt").write_text(
+        "Subject: Afgehandeld {{ ref }}\n\nKlaar.\n", encoding="utf-8"
+    )
+    assert override_problem("nl", folder) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [
+        ("ack.txt", "Subject: Ontvangen {{ ref }\n\nx\n", "line 1"),
+        ("ack.txt", "Subject: Ontvangen {{ ref }}\n\n{{ reporter }}\n", "{{ reporter }}"),
+        ("ack.txt", "Ontvangen {{ ref }}\n\nx\n", "'Subject:' line"),
+        ("akc.txt", "Subject: x\n\nx\n", "no template of this name"),
+        ("text/outbox.txt", "{% macro other() %}x{% endmacro %}\n", "lacks the macro"),
+        ("pages/stats.html", "{% if %}", "line 1"),
+    ],
+)
+def test_an_override_that_would_fail_a_mail_is_named(
+    tmp_path: Path, name: str, text: str, said: str
+) -> None:
+    from inboxd.templates import override_problem
+
+    folder = own(tmp_path, name, text)
+    problem = override_problem("nl", folder)
+    assert problem is not None and said in problem, problem
+    assert str(tmp_path / "own" / "nl" / name) in problem and "\n" not in problem
+
+
+def test_a_text_override_must_keep_each_macros_arguments(tmp_path: Path) -> None:
+    from inboxd.templates import override_problem
+
+    text = shipped_text("text/mail.txt")
+    changed = text.replace("macro followup_attachment(number)", "macro followup_attachment(n)")
+    assert changed != text
+    problem = override_problem("nl", own(tmp_path, "text/mail.txt", changed))
+    assert problem is not None and "followup_attachment must take (number)" in problem
