@@ -1,7 +1,8 @@
-"""The incremental-sync state of the Microsoft backends (Graph's delta link, EWS's
-sync state) in a small file under ``state_dir``: written atomically, read back only
-when it belongs to the same mailbox and folder. No mail content: an opaque server
-token and the scope it belongs to."""
+"""The incremental sync of the Microsoft backends: its state (Graph's delta link,
+EWS's sync state) in a small file under ``state_dir``, written atomically, read back
+only when it belongs to the same mailbox and folder (no mail content: an opaque
+server token and the scope it belongs to); and what a listing plus a sync round
+make new (:func:`fresh_items`)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from inboxd.logs import get_logger
+from inboxd.mailbox.base import MailboxError
 
 log = get_logger(__name__)
+
+R = TypeVar("R")
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -61,3 +67,38 @@ def read_state(path: str | None, scope: dict[str, str]) -> str | None:
 def store_state(path: str | None, scope: dict[str, str], state: str) -> None:
     if path:
         write_atomically(path, json.dumps({"version": 1, "scope": scope, "state": state}).encode())
+
+
+def keep_state(path: str | None, scope: dict[str, str], state: str, what: str) -> None:
+    """:func:`store_state` for a listing: a state that cannot be written fails the
+    listing (:class:`MailboxError` "<backend>: cannot write <what>"), so that what
+    it found is listed again next time rather than lost."""
+    try:
+        store_state(path, scope, state)
+    except OSError as exc:
+        backend = scope.get("backend")
+        log.error("mailbox.state_write_failed", backend=backend, error=type(exc).__name__)
+        raise MailboxError(f"{backend}: cannot write {what}") from None
+
+
+def fresh_items(
+    present: Iterable[tuple[str, R]],
+    changes: Iterable[tuple[bool, str, R]],
+    seen: set[str],
+) -> tuple[dict[str, R], set[str]]:
+    """What to list now: the items of a full listing ``present`` (key, received)
+    and of a sync round's ``changes`` (removed, key, received) that are not in
+    ``seen`` (listed before), each once with its received time; and the keys the
+    round removed, which the caller forgets (an item that comes back is new)."""
+    fresh: dict[str, R] = {}
+    for key, received in present:
+        if key not in seen:
+            fresh.setdefault(key, received)
+    removed: set[str] = set()
+    for gone, key, received in changes:
+        if gone:
+            fresh.pop(key, None)
+            removed.add(key)
+        elif key not in seen or key in removed:
+            fresh.setdefault(key, received)
+    return fresh, removed

@@ -38,7 +38,7 @@ from inboxd.ews_account import AuthType, EwsFailure, EwsSettings, call, connect,
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox, MailboxError, MailboxItem
 from inboxd.msauth import TokenSource
-from inboxd.sync_state import read_state, store_state
+from inboxd.sync_state import fresh_items, keep_state, read_state
 from inboxd.throttle import Throttle
 
 log = get_logger(__name__)
@@ -49,6 +49,9 @@ T = TypeVar("T")
 # exchangelib holds a whole response (base64) in memory while parsing it.
 GET_CHUNK = 1
 DELETE_CHUNK = 100
+# A search for Message-IDs: this many ids in one restriction, over this many folders.
+SEARCH_IDS = 20
+SEARCH_FOLDERS = 50
 PAGE_SIZE = 100  # FindItem page / SyncFolderItems MaxChangesReturned (Exchange caps at 512)
 # Pull notifications (see EwsMailbox.wait): how often GetEvents is asked, and how
 # long the server keeps an unasked subscription (minutes; each GetEvents renews it).
@@ -63,6 +66,11 @@ _RECOVERABLE_PARTS: tuple[tuple[str, type[Folder]], ...] = (
     ("Deletions", RecoverableItemsDeletions),
     ("Purges", RecoverableItemsPurges),
 )
+
+
+def in_chunks(items: Sequence[T], size: int) -> list[list[T]]:
+    return [list(items[start : start + size]) for start in range(0, len(items), size)]
+
 
 # --- the mailbox -----------------------------------------------------------------------
 
@@ -177,24 +185,15 @@ class EwsMailbox(Mailbox):
                 # stored state the sync from scratch lists everything anyway.)
                 present = self._call(account, lambda: self._find_all(folder), what="find")
         changes, new_state = self._call(account, lambda: self._sync(folder, state), what="sync")
-        fresh: dict[str, Any] = {}
-        for key, received in present:
-            if key not in self._seen:
-                fresh.setdefault(key, received)
-        for kind, key, received in changes:
-            if kind == "delete":
-                fresh.pop(key, None)
-                self._seen.discard(key)
-            elif key not in self._seen:
-                fresh.setdefault(key, received)
+        fresh, removed = fresh_items(
+            present,
+            ((kind == "delete", key, received) for kind, key, received in changes),
+            self._seen,
+        )
+        self._seen -= removed
         # Oldest first; items without a received time keep the server's order.
         ordered = sorted(fresh, key=lambda k: (fresh[k] is None, fresh[k] or 0))
-        if self.sync_state_path:
-            try:
-                store_state(self.sync_state_path, self._scope, new_state)
-            except OSError as exc:
-                log.error("mailbox.state_write_failed", backend="ews", error=type(exc).__name__)
-                raise MailboxError("ews: cannot write sync state") from None
+        keep_state(self.sync_state_path, self._scope, new_state, "sync state")
         self._sync_state = new_state
         self._first = False
         self._seen.update(ordered)
@@ -246,41 +245,53 @@ class EwsMailbox(Mailbox):
 
     def fetch(self, keys: Sequence[str]) -> Iterator[MailboxItem]:
         account, folder = self._require()
-        for start in range(0, len(keys), GET_CHUNK):
-            chunk = list(keys[start : start + GET_CHUNK])
+        results = self._get_items(account, folder, keys, ["mime_content"], GET_CHUNK, "fetch")
+        for key, result in results:
+            if isinstance(result, ErrorItemNotFound):
+                continue
+            if isinstance(result, Exception):
+                log.warning(
+                    "mailbox.error", backend="ews", kind="fetch", error=type(result).__name__
+                )
+                raise MailboxError(
+                    f"ews fetch: {type(result).__name__}",
+                    auth=isinstance(result, ErrorAccessDenied),
+                )
+            raw = result.mime_content
+            if raw is None:
+                raise MailboxError("ews fetch: no MimeContent in the response")
+            yield MailboxItem(key, bytes(raw))
+
+    def _get_items(
+        self,
+        account: Account,
+        folder: Folder,
+        keys: Sequence[str],
+        fields: list[str],
+        chunk_size: int,
+        what: str,
+    ) -> Iterator[tuple[str, Any]]:
+        """Each key with what GetItem answered for it (the item with ``fields``, or
+        the error for that item), ``chunk_size`` keys a request, one request at a
+        time as the caller goes on."""
+        for chunk in in_chunks(keys, chunk_size):
 
             def get(chunk: list[str] = chunk) -> list[Any]:
                 return list(
                     account.fetch(
                         ids=[ItemId(id=k) for k in chunk],
                         folder=folder,
-                        only_fields=["mime_content"],
-                        chunk_size=GET_CHUNK,
+                        only_fields=fields,
+                        chunk_size=chunk_size,
                     )
                 )
 
-            results = self._call(account, get, what="fetch")
-            for key, result in zip(chunk, results, strict=True):
-                if isinstance(result, ErrorItemNotFound):
-                    continue
-                if isinstance(result, Exception):
-                    log.warning(
-                        "mailbox.error", backend="ews", kind="fetch", error=type(result).__name__
-                    )
-                    raise MailboxError(
-                        f"ews fetch: {type(result).__name__}",
-                        auth=isinstance(result, ErrorAccessDenied),
-                    )
-                raw = result.mime_content
-                if raw is None:
-                    raise MailboxError("ews fetch: no MimeContent in the response")
-                yield MailboxItem(key, bytes(raw))
+            yield from zip(chunk, self._call(account, get, what=what), strict=True)
 
     def delete(self, keys: Sequence[str]) -> None:
         account, _folder = self._require()
         failed: list[str] = []
-        for start in range(0, len(keys), DELETE_CHUNK):
-            chunk = list(keys[start : start + DELETE_CHUNK])
+        for chunk in in_chunks(keys, DELETE_CHUNK):
 
             def remove(chunk: list[str] = chunk) -> list[Any]:
                 return list(
@@ -316,55 +327,29 @@ class EwsMailbox(Mailbox):
         ``mailbox.verify_limited``.
         """
         account, folder = self._require()
+        results = self._get_items(account, folder, keys, ["id"], DELETE_CHUNK, "verify")
         still: list[str] = []
-        for start in range(0, len(keys), DELETE_CHUNK):
-            chunk = list(keys[start : start + DELETE_CHUNK])
-
-            def probe(chunk: list[str] = chunk) -> list[Any]:
-                return list(
-                    account.fetch(
-                        ids=[ItemId(id=k) for k in chunk],
-                        folder=folder,
-                        only_fields=["id"],
-                        chunk_size=DELETE_CHUNK,
-                    )
-                )
-
-            for key, result in zip(chunk, self._call(account, probe, what="verify"), strict=True):
-                if isinstance(result, ErrorItemNotFound):
-                    continue
-                if isinstance(result, Exception):
-                    raise MailboxError(f"ews verify: {type(result).__name__}")
-                still.append(key)
+        for key, result in results:
+            if isinstance(result, ErrorItemNotFound):
+                continue
+            if isinstance(result, Exception):
+                raise MailboxError(f"ews verify: {type(result).__name__}")
+            still.append(key)
         ids = [m for m in message_ids if m]
         if not ids:
             return still
+        for key in self._found_by_message_id(account, ids):
+            if key not in still:
+                still.append(key)
+        return still
 
-        def mail_folders() -> list[Folder]:
-            # Every folder under the mailbox's top (one FindFolder, deep): a rule or
-            # a colleague may have filed a copy anywhere.
-            found = FolderCollection(
-                account=account, folders=[account.msg_folder_root]
-            ).find_folders(depth=DEEP)
-            return [
-                f
-                for f in found
-                if isinstance(f, Folder)
-                and (f.folder_class is None or f.folder_class.startswith("IPF.Note"))
-            ]
-
-        places: list[list[Folder]] = []
-        everywhere = self._call(account, mail_folders, what="verify")
-        for start in range(0, len(everywhere), 50):
-            places.append(everywhere[start : start + 50])
-        recoverable: list[Folder] = []
-        for label, folder_cls in _RECOVERABLE_PARTS:
-            part = self._recoverable_part(account, label, folder_cls)
-            if part is not None:
-                recoverable.append(part)
-        for start in range(0, len(ids), 20):
-            chunk_ids = ids[start : start + 20]
-            for where in [*places, recoverable]:
+    def _found_by_message_id(self, account: Account, ids: list[str]) -> list[str]:
+        """Keys of the items with any of these Message-IDs, in every mail folder
+        and the readable parts of Recoverable Items (a key may come twice)."""
+        places = [*self._mail_folders(account), self._recoverable(account)]
+        found: list[str] = []
+        for chunk_ids in in_chunks(ids, SEARCH_IDS):
+            for where in places:
                 if not where:
                     continue
 
@@ -376,10 +361,30 @@ class EwsMailbox(Mailbox):
                     )
                     return [item.id for item in qs.only("id")]
 
-                for key in self._call(account, search, what="verify"):
-                    if key not in still:
-                        still.append(key)
-        return still
+                found += self._call(account, search, what="verify")
+        return found
+
+    def _mail_folders(self, account: Account) -> list[list[Folder]]:
+        """Every mail folder under the mailbox's top (one FindFolder, deep: a rule or
+        a colleague may have filed a copy anywhere), in groups of SEARCH_FOLDERS."""
+
+        def find() -> list[Folder]:
+            found = FolderCollection(
+                account=account, folders=[account.msg_folder_root]
+            ).find_folders(depth=DEEP)
+            return [
+                f
+                for f in found
+                if isinstance(f, Folder)
+                and (f.folder_class is None or f.folder_class.startswith("IPF.Note"))
+            ]
+
+        return in_chunks(self._call(account, find, what="verify"), SEARCH_FOLDERS)
+
+    def _recoverable(self, account: Account) -> list[Folder]:
+        """The parts of Recoverable Items this account may read."""
+        parts = (self._recoverable_part(account, *part) for part in _RECOVERABLE_PARTS)
+        return [part for part in parts if part is not None]
 
     def _recoverable_part(
         self, account: Account, label: str, folder_cls: type[Folder]

@@ -26,7 +26,7 @@ from inboxd.graph_client import DEFAULT_ENDPOINT, GraphClient, GraphFailure, oda
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox, MailboxError, MailboxItem
 from inboxd.msauth import TokenSource
-from inboxd.sync_state import read_state, store_state
+from inboxd.sync_state import fresh_items, keep_state, read_state
 from inboxd.throttle import Throttle
 
 log = get_logger(__name__)
@@ -170,22 +170,10 @@ class GraphMailbox(Mailbox):
             if link is not None:
                 present = self._call(self._list_all, "list")
         changes, new_link = self._call(lambda: self._delta(link), "delta")
-        fresh: dict[str, str] = {}
-        for key, received in present:
-            if key not in self._seen:
-                fresh.setdefault(key, received)
-        for removed, key, received in changes:
-            if removed:
-                fresh.pop(key, None)
-                self._seen.discard(key)
-            elif key not in self._seen:
-                fresh.setdefault(key, received)
+        fresh, removed = fresh_items(present, changes, self._seen)
+        self._seen -= removed
         ordered = sorted(fresh, key=lambda k: fresh[k])  # ISO 8601 UTC sorts as text
-        try:
-            store_state(self.delta_state_path, self._scope, new_link)
-        except OSError as exc:
-            log.error("mailbox.state_write_failed", backend="graph", error=type(exc).__name__)
-            raise MailboxError("graph: cannot write delta state") from None
+        keep_state(self.delta_state_path, self._scope, new_link, "delta state")
         self._delta_link = new_link
         self._first = False
         self._seen.update(ordered)
