@@ -30,7 +30,7 @@ from pathlib import Path
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from .tlsca import TlsFiles, make_tls_files
+from .tlsca import TlsFiles, pki
 
 VMAIL_USER = "inboxd-vmail"
 
@@ -187,10 +187,9 @@ class Dovecot:
         self.log_file = self.root / "dovecot.log"
         self.config_file = self.root / "dovecot.conf"
         self.mail_dir = self.root / "mail"
-        self.tls: TlsFiles = make_tls_files(self.root / "tls")
-        (self.root / "tls").chmod(0o755)
-        self.ca_file = str(self.tls.ca_file)
-        self.tls.ca_file.chmod(0o644)
+        # The suite's one CA (the fakes' too): one ca_file trusts every test server.
+        self.tls: TlsFiles = pki().tls
+        self.ca_file = pki().ca_file
         self._proc: subprocess.Popen[bytes] | None = None
         self.tokeninfo = TokenInfoServer(self.users)
         self.last_pgid: int | None = None  # process group of the last stopped instance

@@ -1,20 +1,29 @@
-"""A throw-away certificate authority and a server certificate for the test servers.
+"""The suite's one certificate authority, for every server the tests run.
 
-Clients under test must verify certificates for real, so the servers present a
-certificate for ``localhost``/``127.0.0.1`` signed by a CA that exists only in a
-temp dir. A second, unrelated CA lets tests check that a wrong CA is refused.
+Clients under test must verify certificates for real, so every server — the real
+ones (Dovecot, the SMTP relay) and the wire fakes of Exchange, Graph and the
+Microsoft identity platform (``tests/fakes``) — presents the same certificate for
+``localhost``/``127.0.0.1``/``::1``, signed by a CA that exists only in a temp dir
+for one test session: :func:`pki`. A configuration names that one ``ca_file`` for
+whichever backend it sets up. :func:`make_ca` makes another, unrelated CA, so that
+tests can check that a wrong CA is refused.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
+import functools
 import ipaddress
+import shutil
+import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -124,3 +133,68 @@ def make_tls_files(directory: Path) -> TlsFiles:
     key_file = directory / "server.key"
     _write_key(key_file, key)
     return TlsFiles(ca_file=ca_file, cert_file=cert_file, key_file=key_file, chain_file=chain_file)
+
+
+class TestPki:
+    """The session's CA and what it issued (see :func:`pki`)."""
+
+    __test__ = False  # a helper, not a pytest test class
+
+    def __init__(self, directory: Path) -> None:
+        self.tls = make_tls_files(directory)
+        # Dovecot's unprivileged processes and any test user may read the CA.
+        directory.chmod(0o755)
+        self.tls.ca_file.chmod(0o644)
+
+    @property
+    def ca_file(self) -> str:
+        """The CA certificate (PEM) a client trusts: a configuration's ``ca_file``."""
+        return str(self.tls.ca_file)
+
+    @functools.cached_property
+    def server_context(self) -> ssl.SSLContext:
+        """A server-side context presenting the certificate (for the fakes)."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(self.tls.cert_file), str(self.tls.key_file))
+        return ctx
+
+    @functools.cached_property
+    def _client(self) -> tuple[str, x509.Certificate]:
+        # RSA, as Entra ID takes for an app's certificate credential; self-signed, as
+        # an app registration's uploaded certificate usually is. Made when first used.
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("inboxd app"))
+            .issuer_name(_name("inboxd app"))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=7))
+            .sign(key, hashes.SHA256())
+        )
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ) + cert.public_bytes(serialization.Encoding.PEM)
+        return pem.decode(), cert
+
+    @property
+    def client_pem(self) -> str:
+        """An RSA key + certificate: an app's certificate credential for Entra ID."""
+        return self._client[0]
+
+    @property
+    def client_cert(self) -> x509.Certificate:
+        return self._client[1]
+
+
+@functools.lru_cache(maxsize=1)
+def pki() -> TestPki:
+    """The one CA of this test session, made when first asked for."""
+    directory = Path(tempfile.mkdtemp(prefix="inboxd-pki-"))
+    # One per session: gone when the session ends, not left in /tmp run after run.
+    atexit.register(shutil.rmtree, directory, True)
+    return TestPki(directory)
