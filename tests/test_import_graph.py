@@ -156,6 +156,11 @@ LAYER_RULES = [
         "inboxd.mailbox.graph",
         "the sync-state file is inboxd.sync_state, not the Graph backend's",
     ),
+    # inboxd.parsing reaches every piece of the reading (inboxd.mime, inboxd.auto_rules).
+    ("inboxd.parsing", "inboxd.store", "reading a mail is pure: no store"),
+    ("inboxd.parsing", "inboxd.config", "reading a mail is pure: no settings"),
+    ("inboxd.parsing", "inboxd.logs", "reading a mail is pure: no logging"),
+    ("inboxd.parsing", "inboxd.mailbox", "reading a mail is pure: no mailbox"),
 ]
 
 
