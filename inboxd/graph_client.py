@@ -11,6 +11,7 @@ import os
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -76,6 +77,34 @@ def _retry_after(resp: httpx.Response, attempt: int) -> float:
         when = email.utils.parsedate_to_datetime(value)
         return max(0.0, when.timestamp() - time.time())
     return float(2**attempt)  # none given: 1, 2, 4, 8 s
+
+
+# Answers that mean "too many requests, come back later".
+THROTTLED = (429, 503, 504)
+
+
+def _failure(
+    status: int, code: str, retry_after: float | None, location: str | None = None
+) -> GraphFailure:
+    """A refused request (``code``: Graph's error code, "-" for none)."""
+    return GraphFailure(
+        f"HTTP {status} {code}",
+        auth=status in (401, 403),
+        temporary=status >= 500 or status in (408, 429),
+        status=status,
+        code="" if code == "-" else code,
+        location=location,
+        retry_after=retry_after,
+    )
+
+
+@dataclass
+class _Tries:
+    """How far one request has got: a fresh token fetched, throttling waited out."""
+
+    refreshed: bool = False
+    throttled: int = 0
+    waited: float = 0.0
 
 
 class GraphClient:
@@ -144,63 +173,74 @@ class GraphClient:
         if not url.startswith(self.endpoint + "/"):
             # Links come from the server; the token goes nowhere but the endpoint.
             raise GraphFailure("link outside the Graph endpoint", auth=False, temporary=False)
-        refreshed = False
-        waited = 0.0
-        attempt = 0
+        tries = _Tries()
         while True:
-            left = self.throttle.remaining()
-            if left > 0:
-                # The service asked to be left alone: nothing is sent before then.
-                raise GraphFailure(
-                    "HTTP 429 backing off", auth=False, temporary=True, retry_after=left
-                )
-            try:
-                tok = self._token(force_refresh=refreshed)
-            except TokenError as exc:
-                raise GraphFailure(
-                    exc.reason, auth=exc.permanent, temporary=not exc.permanent
-                ) from None
-            hdrs = {"Authorization": f"Bearer {tok}", **(headers or {})}
-            try:
-                resp = self._client().request(method, url, content=content, headers=hdrs)
-            except httpx.HTTPError as exc:
-                self.close()
-                raise GraphFailure(type(exc).__name__, auth=False, temporary=True) from None
-            status = resp.status_code
-            if status in ok or status in tolerate:
+            resp = self._send(method, url, content, headers, refresh=tries.refreshed)
+            if resp.status_code in ok or resp.status_code in tolerate:
                 return resp
             code = _error_code(resp)
             resp.close()
-            if status == 401 and not refreshed:
-                refreshed = True
-                log.info("graph.token_refresh", kind=what)
-                continue
-            retry_after: float | None = None
-            if status in (429, 503, 504):
-                delay = _retry_after(resp, attempt)
-                if attempt < MAX_RETRIES and waited + delay <= MAX_WAIT:
-                    log.info(
-                        "graph.backoff", kind=what, delay=delay, code=status, attempt=attempt + 1
-                    )
-                    _sleep(delay)
-                    waited += delay
-                    attempt += 1
-                    continue
-                retry_after = self.throttle.hold(delay)
-                log.warning("graph.throttled", kind=what, code=status, delay=round(retry_after))
-            reason = f"HTTP {status} {code}"
-            auth = status in (401, 403)
-            temporary = status >= 500 or status in (408, 429)
-            log.warning("graph.error", kind=what, code=status, reason=code)
+            self._again_or_raise(resp, code, what, tries)
+
+    def _not_held(self) -> None:
+        left = self.throttle.remaining()
+        if left > 0:
+            # The service asked to be left alone: nothing is sent before then.
+            raise GraphFailure("HTTP 429 backing off", auth=False, temporary=True, retry_after=left)
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        content: bytes | None,
+        headers: dict[str, str] | None,
+        *,
+        refresh: bool,
+    ) -> httpx.Response:
+        """One attempt, with a token (a fresh one with ``refresh``)."""
+        self._not_held()
+        try:
+            tok = self._token(force_refresh=refresh)
+        except TokenError as exc:
             raise GraphFailure(
-                reason,
-                auth=auth,
-                temporary=temporary,
-                status=status,
-                code="" if code == "-" else code,
-                location=resp.headers.get("Location"),
-                retry_after=retry_after,
-            )
+                exc.reason, auth=exc.permanent, temporary=not exc.permanent
+            ) from None
+        hdrs = {"Authorization": f"Bearer {tok}", **(headers or {})}
+        try:
+            return self._client().request(method, url, content=content, headers=hdrs)
+        except httpx.HTTPError as exc:
+            self.close()
+            raise GraphFailure(type(exc).__name__, auth=False, temporary=True) from None
+
+    def _again_or_raise(self, resp: httpx.Response, code: str, what: str, tries: _Tries) -> None:
+        """Return when the refused request is worth another attempt now: a 401 once
+        with a fresh token, throttling waited out as the service asks (bounded).
+        Otherwise raise its :class:`GraphFailure`, a longer back-off held in the
+        shared throttle."""
+        status = resp.status_code
+        if status == 401 and not tries.refreshed:
+            tries.refreshed = True
+            log.info("graph.token_refresh", kind=what)
+            return
+        retry_after: float | None = None
+        if status in THROTTLED:
+            delay = _retry_after(resp, tries.throttled)
+            if tries.throttled < MAX_RETRIES and tries.waited + delay <= MAX_WAIT:
+                log.info(
+                    "graph.backoff",
+                    kind=what,
+                    delay=delay,
+                    code=status,
+                    attempt=tries.throttled + 1,
+                )
+                _sleep(delay)
+                tries.waited += delay
+                tries.throttled += 1
+                return
+            retry_after = self.throttle.hold(delay)
+            log.warning("graph.throttled", kind=what, code=status, delay=round(retry_after))
+        log.warning("graph.error", kind=what, code=status, reason=code)
+        raise _failure(status, code, retry_after, location=resp.headers.get("Location"))
 
     def upload(self, url: str, data: bytes, *, chunk: int, hosts: frozenset[str]) -> None:
         """PUT ``data`` to an upload session's URL in byte ranges of at most
@@ -212,11 +252,7 @@ class GraphClient:
             raise GraphFailure("upload URL outside Graph and Outlook", auth=False, temporary=False)
         total = len(data)
         for start in range(0, total, chunk):
-            left = self.throttle.remaining()
-            if left > 0:
-                raise GraphFailure(
-                    "HTTP 429 backing off", auth=False, temporary=True, retry_after=left
-                )
+            self._not_held()
             piece = data[start : start + chunk]
             end = start + len(piece) - 1
             try:
@@ -236,18 +272,11 @@ class GraphClient:
                 code = _error_code(resp)
                 status = resp.status_code
                 held = None
-                if status in (429, 503, 504):
+                if status in THROTTLED:
                     held = self.throttle.hold(_retry_after(resp, 0))
                 resp.close()
                 log.warning("graph.error", kind="upload", code=status, reason=code)
-                raise GraphFailure(
-                    f"HTTP {status} {code}",
-                    auth=status in (401, 403),
-                    temporary=status >= 500 or status in (408, 429),
-                    status=status,
-                    code="" if code == "-" else code,
-                    retry_after=held,
-                )
+                raise _failure(status, code, held)
             resp.close()
 
 

@@ -311,14 +311,7 @@ class GraphTransport(Transport):
         """The send failed: the draft must not stay behind with the signal in it
         (left pending when even that fails, so that purge_sent finds it)."""
         try:
-            self.client.request(
-                "POST",
-                self._message_url(key, "/permanentDelete"),
-                what="purge",
-                headers=IMMUTABLE,
-                ok=(200, 204),
-                tolerate=(404,),
-            )
+            self._delete(key)
         except GraphFailure as exc:
             log.warning("transport.purge_failed", transport="graph", error=exc.reason)
             return
