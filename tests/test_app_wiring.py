@@ -277,7 +277,7 @@ auth = "xoauth2"
     cfg = setup.cfg(imap + smtp)
     tr = make_transport(cfg)
     assert isinstance(tr, SmtpTransport)
-    provider = tr._oauth2_token
+    provider = tr.server.oauth2_token
     assert isinstance(provider, TokenProvider)
     assert (provider.tenant_id, provider.client_id, provider.scope) == (
         aad.tenant_id,
@@ -296,8 +296,8 @@ auth = "xoauth2"
     own += f'authority = "{aad.authority}"\n'
     tr2 = make_transport(setup.cfg(imap + own))
     assert isinstance(tr2, SmtpTransport)
-    assert isinstance(tr2._oauth2_token, TokenProvider)
-    assert tr2._oauth2_token.client_id == other
+    assert isinstance(tr2.server.oauth2_token, TokenProvider)
+    assert tr2.server.oauth2_token.client_id == other
 
 
 def test_purge_of_sent_items_copies_filed_late(

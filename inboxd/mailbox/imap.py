@@ -23,7 +23,7 @@ from imapclient.exceptions import LoginError
 
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox, MailboxError, MailboxItem
-from inboxd.mailserver import Security, check_security, oauth2_token, tls_context
+from inboxd.mailserver import Security, ServerAccount, login_with_token
 
 log = get_logger(__name__)
 
@@ -191,20 +191,15 @@ class ImapMailbox(Mailbox):
         timeout: float = 30.0,
         idle_renew: float = 600.0,
     ) -> None:
-        check_security(host, security)
+        self.server = ServerAccount(
+            host, port, security, username, password, oauth2_token, ca_file, timeout
+        )
         if password is None and oauth2_token is None:
             raise ValueError("give a password or an oauth2_token provider")
-        self.host = host
-        self.port = port
-        self.security: Security = security
         self.username = username
-        self._password = password
-        self._oauth2_token = oauth2_token
         self.folder = folder
-        self.ca_file = ca_file
         self.use_idle = use_idle
         self.poll_interval = poll_interval
-        self.timeout = timeout
         self.idle_renew = idle_renew
         self._client: IMAPClient | None = None
         self._caps: frozenset[bytes] = frozenset()
@@ -215,7 +210,7 @@ class ImapMailbox(Mailbox):
         self._wanted_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"ImapMailbox(host={self.host!r}, port={self.port}, security={self.security!r})"
+        return f"ImapMailbox({self.server.where()})"
 
     # --- connection ---------------------------------------------------------------
 
@@ -246,17 +241,16 @@ class ImapMailbox(Mailbox):
         log.warning(
             "mailbox.error",
             backend=self.name,
-            host=self.host,
-            port=self.port,
+            host=self.server.host,
+            port=self.server.port,
             reason=reason,
             error=type(exc).__name__,
         )
         return MailboxError(reason, auth=auth)
 
     def _token(self, *, refresh: bool) -> str:
-        assert self._oauth2_token is not None
         try:
-            return oauth2_token(self._oauth2_token, refresh=refresh)
+            return self.server.token(refresh=refresh)
         except Exception as exc:
             # msauth.TokenError says whether retrying can help; other errors: assume not.
             permanent = bool(getattr(exc, "permanent", True))
@@ -267,19 +261,22 @@ class ImapMailbox(Mailbox):
             raise MailboxError(f"no oauth2 token ({type(exc).__name__})", auth=permanent) from None
 
     def _connect(self) -> IMAPClient:
-        ctx = tls_context(self.ca_file)
+        server = self.server
+        ctx = server.tls_context()
         try:
-            if self.security == "tls":
+            if server.security == "tls":
                 client = IMAPClient(
-                    self.host, port=self.port, ssl=True, ssl_context=ctx, timeout=self.timeout
+                    server.host, port=server.port, ssl=True, ssl_context=ctx, timeout=server.timeout
                 )
             else:
-                client = IMAPClient(self.host, port=self.port, ssl=False, timeout=self.timeout)
+                client = IMAPClient(
+                    server.host, port=server.port, ssl=False, timeout=server.timeout
+                )
         except _ERRORS as exc:
             raise self._fail("connect", exc) from None
         self._client = client
         try:
-            if self.security == "starttls":
+            if server.security == "starttls":
                 if not client.has_capability("STARTTLS"):
                     self._drop()
                     log.warning("mailbox.error", backend=self.name, reason="no STARTTLS offered")
@@ -292,15 +289,13 @@ class ImapMailbox(Mailbox):
 
     def _login(self, client: IMAPClient) -> None:
         try:
-            if self._oauth2_token is not None:
-                try:
-                    client.oauth2_login(self.username, self._token(refresh=False))
-                except LoginError:
-                    # A cached token may have been revoked or expired early: one fresh try.
-                    client.oauth2_login(self.username, self._token(refresh=True))
+            if self.server.oauth2_token is not None:
+                login_with_token(
+                    lambda token: client.oauth2_login(self.username, token), self._token, LoginError
+                )
             else:
-                assert self._password is not None
-                client.login(self.username, self._password)
+                assert self.server.password is not None
+                client.login(self.username, self.server.password)
         except LoginError as exc:
             raise self._fail("login", exc, auth=True) from None
         except _ERRORS as exc:
@@ -330,14 +325,14 @@ class ImapMailbox(Mailbox):
             log.info(
                 "mailbox.connected",
                 backend=self.name,
-                host=self.host,
-                port=self.port,
-                security=self.security,
+                host=self.server.host,
+                port=self.server.port,
+                security=self.server.security,
                 idle=self._idle_usable(),
                 uidvalidity=uidvalidity,
             )
             if b"UIDPLUS" not in self._caps:
-                log.warning("mailbox.no_uidplus", backend=self.name, host=self.host)
+                log.warning("mailbox.no_uidplus", backend=self.name, host=self.server.host)
 
     def close(self) -> None:
         with self._use():
@@ -541,4 +536,4 @@ class ImapMailbox(Mailbox):
         except (TimeoutError, BlockingIOError, ssl.SSLWantReadError, InterruptedError):
             return False
         finally:
-            sock.settimeout(self.timeout)
+            sock.settimeout(self.server.timeout)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Literal
 
 from inboxd.logs import get_logger
-from inboxd.mailserver import Security, check_security, oauth2_token, tls_context
+from inboxd.mailserver import Security, ServerAccount, login_with_token
 from inboxd.transport.base import (
     Envelope,
     Message,
@@ -150,24 +150,18 @@ class SmtpTransport(Transport):
         timeout: float = 30.0,
         local_hostname: str | None = None,
     ) -> None:
-        check_security(host, security)
+        self.server = ServerAccount(
+            host, port, security, username, password, oauth2_token, ca_file, timeout
+        )
         if username and password is None and oauth2_token is None:
             raise ValueError("a username needs a password or an oauth2_token provider")
-        self.host = host
-        self.port = port
-        self.security: Security = security
-        self.username = username
-        self._password = password
-        self._oauth2_token = oauth2_token
-        self.ca_file = ca_file
-        self.timeout = timeout
         self._local_hostname = local_hostname
         self._conn: smtplib.SMTP | None = None
         self._last_used = 0.0
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"SmtpTransport(host={self.host!r}, port={self.port}, security={self.security!r})"
+        return f"SmtpTransport({self.server.where()})"
 
     # --- connection -------------------------------------------------------------------
 
@@ -182,8 +176,8 @@ class SmtpTransport(Transport):
         log.warning(
             "transport.error",
             transport=self.name,
-            host=self.host,
-            port=self.port,
+            host=self.server.host,
+            port=self.server.port,
             reason=reason,
             error=type(exc).__name__ if exc is not None else None,
         )
@@ -196,16 +190,23 @@ class SmtpTransport(Transport):
                 conn.close()
 
     def _connect(self) -> smtplib.SMTP:
-        ctx = tls_context(self.ca_file)
+        server = self.server
+        ctx = server.tls_context()
         name = self._helo_name()
         conn: smtplib.SMTP
         try:
-            if self.security == "tls":
+            if server.security == "tls":
                 conn = smtplib.SMTP_SSL(
-                    self.host, self.port, local_hostname=name, timeout=self.timeout, context=ctx
+                    server.host,
+                    server.port,
+                    local_hostname=name,
+                    timeout=server.timeout,
+                    context=ctx,
                 )
             else:
-                conn = smtplib.SMTP(self.host, self.port, local_hostname=name, timeout=self.timeout)
+                conn = smtplib.SMTP(
+                    server.host, server.port, local_hostname=name, timeout=server.timeout
+                )
         except ssl.SSLCertVerificationError as exc:
             raise self._fail("cannot connect: certificate not trusted", exc) from None
         except (OSError, smtplib.SMTPException) as exc:
@@ -213,7 +214,7 @@ class SmtpTransport(Transport):
         self._conn = conn
         try:
             conn.ehlo()
-            if self.security == "starttls":
+            if server.security == "starttls":
                 if not conn.has_extn("starttls"):
                     raise self._fail("cannot connect: server does not offer STARTTLS")
                 conn.starttls(context=ctx)
@@ -222,21 +223,20 @@ class SmtpTransport(Transport):
             raise self._fail("cannot connect: certificate not trusted", exc) from None
         except (OSError, smtplib.SMTPException) as exc:
             raise self._fail(f"cannot connect ({type(exc).__name__})", exc) from None
-        if self.username:
-            self._login(conn, self.username)
+        if server.username:
+            self._login(conn, server.username)
         log.info(
             "transport.connected",
             transport=self.name,
-            host=self.host,
-            port=self.port,
-            security=self.security,
+            host=self.server.host,
+            port=self.server.port,
+            security=self.server.security,
         )
         return conn
 
     def _token(self, *, refresh: bool) -> str:
-        assert self._oauth2_token is not None
         try:
-            return oauth2_token(self._oauth2_token, refresh=refresh)
+            return self.server.token(refresh=refresh)
         except Exception as exc:
             raise self._fail(
                 f"cannot connect: no oauth2 token ({type(exc).__name__})", exc
@@ -246,15 +246,15 @@ class SmtpTransport(Transport):
         try:
             if not conn.has_extn("auth"):
                 raise self._fail("cannot connect: server offers no AUTH")
-            if self._oauth2_token is not None:
-                try:
-                    self._xoauth2(conn, username, self._token(refresh=False))
-                except smtplib.SMTPAuthenticationError:
-                    # The cached token may have expired early: one fresh try.
-                    self._xoauth2(conn, username, self._token(refresh=True))
+            if self.server.oauth2_token is not None:
+                login_with_token(
+                    lambda token: self._xoauth2(conn, username, token),
+                    self._token,
+                    smtplib.SMTPAuthenticationError,
+                )
             else:
-                assert self._password is not None
-                conn.login(username, self._password)
+                assert self.server.password is not None
+                conn.login(username, self.server.password)
         except smtplib.SMTPAuthenticationError as exc:
             raise self._fail(
                 f"cannot connect: login refused {status(exc.smtp_code, exc.smtp_error)}", exc
