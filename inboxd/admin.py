@@ -14,7 +14,8 @@ import io
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from inboxd.config import Config
@@ -22,6 +23,7 @@ from inboxd.crypto import DecryptError, Keyring
 from inboxd.lifecycle import OPEN_STATES
 from inboxd.logs import get_logger
 from inboxd.store import SqliteStore
+from inboxd.templates import Templates, shipped
 
 log = get_logger(__name__)
 
@@ -128,6 +130,19 @@ def dispatch(
     return code
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One admin command being run: what it works on and where it writes."""
+
+    cfg: Config
+    store: SqliteStore
+    keyring: Keyring
+    args: argparse.Namespace
+    out: TextIO
+    err: TextIO
+    running: bool
+
+
 def _run(
     cfg: Config,
     store: SqliteStore,
@@ -138,123 +153,151 @@ def _run(
     err: TextIO,
     running: bool,
 ) -> int:
-    if action == "status":
-        from inboxd import __version__
-        from inboxd.evidence import summary
-        from inboxd.intake import status_snapshot
-
-        snap = status_snapshot(store, time.time())
-        # Only the daemon holds the keys; without it the ids are simply not known.
-        snap["keys"] = [k.key_id for k in keyring.keys] if keyring.keys else None
-        snap["version"] = __version__
-        snap["service"] = "running" if running else "not running"
-        snap["sender_evidence"] = summary(cfg.evidence_policy)
-        out.write((json.dumps(snap, sort_keys=True) if args.json else status_text(snap)) + "\n")
-        return 0
-    if action == "stats":
-        today = dt.datetime.now(dt.UTC)
-        year = args.year or today.year
-        rows, previous = store.stats_rows(year), store.stats_rows(year - 1)
-        if args.format == "json":
-            report = stats_report(rows, previous, year, args.suppress_below)
-            report["triage_time"] = store.triage_time_rows(year)
-            text = json.dumps(report, sort_keys=True) + "\n"
-        elif args.format == "csv":
-            text = stats_csv(rows, args.suppress_below)
-        elif args.format == "html":
-            from inboxd import statspage
-            from inboxd.templates import Templates
-
-            context = statspage.page_context(
-                rows,
-                previous,
-                store.triage_time_rows(year),
-                store.triage_time_rows(year - 1),
-                year,
-                args.suppress_below,
-                cfg.language,
-                today.strftime("%Y-%m-%d %H:%M UTC"),
-            )
-            text = statspage.render(Templates(cfg.language, cfg.templates_dir), context)
-        else:
-            text = stats_table(rows, previous, year, args.suppress_below) + "\n"
-        # --out is written by the command line, where the admin is, not by the service.
-        out.write(text)
-        return 0
-    if action == "privacy-register":
-        from inboxd import register
-
-        kept, now = store.retention(), time.time()
-        if args.format == "json":
-            text = json.dumps(register.as_json(cfg, kept, now), sort_keys=True) + "\n"
-        else:
-            text = register.render(cfg, kept, now, args.language)
-        out.write(text)
-        return 0
-    if action == "queue list":
-        now = time.time()
-        signals = store.signals(OPEN_STATES)
-        if not signals:
-            out.write("no open signals\n")
-        for s in signals:
-            age = int((now - s.created_at) // 3600)
-            flags = ",".join(sorted(s.flags)) or "-"
-            dests = ",".join(s.destinations) or "-"
-            out.write(
-                f"{s.ref}  {s.state:<18} {age:>5}h  flags={flags}  form={s.form or '-'}  destinations={dests}  hold={'yes' if s.hold else 'no'}\n"
-            )
-        return 0
-    if action == "queue purge":
-        return purge(cfg, store, args.ref, args.yes, out, err)
-    if action == "keys rotate":
-        return rotate(store, keyring, out, err)
-    err.write(f"inboxd: {action} is not an admin command\n")
-    return 2
+    command = _COMMANDS.get(action)
+    if command is None:
+        err.write(f"inboxd: {action} is not an admin command\n")
+        return 2
+    return command(_Call(cfg, store, keyring, args, out, err, running))
 
 
-def status_text(snap: dict[str, Any]) -> str:
-    lines = [f"service: {snap['service']}", f"open signals: {snap['open']}"]
-    for state, n in sorted(snap["by_state"].items()):
-        lines.append(f"  {state}: {n}")
-    if snap["flags"]:
-        lines.append("flags: " + ", ".join(f"{k} {v}" for k, v in sorted(snap["flags"].items())))
-    age = snap["oldest_open_seconds"]
-    lines.append(f"oldest open: {'-' if age is None else _age(int(age))}")
-    lines.append(f"outbox: {snap['outbox']}")
-    lines.append(f"accepted, not yet processed: {snap.get('accepted', 0)}")
-    lines.append(f"last fetch: {_when(snap['last_fetch']) or 'never'}")
-    lines.append(f"last send: {_when(snap['last_send']) or 'never'}")
-    evidence = snap.get("sender_evidence")
-    if evidence is not None:
-        lines.append(
-            f"sender evidence: required ({', '.join(evidence['sources'])})"
-            if evidence["required"]
-            else "sender evidence: NOT verified (allow_unauthenticated = true): commands are taken on From alone"
-        )
-    err = snap["last_error"]
-    lines.append(f"last error: {_error_text(err) if err else 'none'}")
-    keys = snap["keys"]
-    lines.append(
-        f"master keys: {', '.join(keys)} (newest {keys[-1]})"
-        if keys
-        else "master keys: not loaded (only the running service holds them)"
+def _status(call: _Call) -> int:
+    from inboxd import __version__
+    from inboxd.evidence import summary
+    from inboxd.intake import status_snapshot
+
+    snap = status_snapshot(call.store, time.time())
+    # Only the daemon holds the keys; without it the ids are simply not known.
+    snap["keys"] = [k.key_id for k in call.keyring.keys] if call.keyring.keys else None
+    snap["version"] = __version__
+    snap["service"] = "running" if call.running else "not running"
+    snap["sender_evidence"] = summary(call.cfg.evidence_policy)
+    if call.args.json:
+        call.out.write(json.dumps(snap, sort_keys=True) + "\n")
+    else:
+        call.out.write(status_text(snap, _texts(call.cfg)) + "\n")
+    return 0
+
+
+def _stats(call: _Call) -> int:
+    store, args = call.store, call.args
+    today = dt.datetime.now(dt.UTC)
+    year = args.year or today.year
+    rows, previous = store.stats_rows(year), store.stats_rows(year - 1)
+    if args.format == "json":
+        report = stats_report(rows, previous, year, args.suppress_below)
+        report["triage_time"] = store.triage_time_rows(year)
+        text = json.dumps(report, sort_keys=True) + "\n"
+    elif args.format == "csv":
+        text = stats_csv(rows, args.suppress_below)
+    elif args.format == "html":
+        text = _stats_page(call, rows, previous, year, today)
+    else:
+        text = stats_table(rows, previous, year, args.suppress_below) + "\n"
+    # --out is written by the command line, where the admin is, not by the service.
+    call.out.write(text)
+    return 0
+
+
+def _stats_page(
+    call: _Call,
+    rows: list[dict[str, Any]],
+    previous: list[dict[str, Any]],
+    year: int,
+    today: dt.datetime,
+) -> str:
+    from inboxd import statspage
+
+    context = statspage.page_context(
+        rows,
+        previous,
+        call.store.triage_time_rows(year),
+        call.store.triage_time_rows(year - 1),
+        year,
+        call.args.suppress_below,
+        call.cfg.language,
+        today.strftime("%Y-%m-%d %H:%M UTC"),
     )
-    lines.append(f"version: {snap['version']}")
-    return "\n".join(lines)
+    return statspage.render(_texts(call.cfg), context)
 
 
-# What the events stored as the last error mean, for a person reading `status`.
-_ERROR_MEANING = {
-    "mailbox.error": "the mailbox could not be reached or refused the login",
-    "cycle.failed": "a fetch/send cycle failed",
+def _privacy_register(call: _Call) -> int:
+    from inboxd import register
+
+    kept, now = call.store.retention(), time.time()
+    if call.args.format == "json":
+        text = json.dumps(register.as_json(call.cfg, kept, now), sort_keys=True) + "\n"
+    else:
+        text = register.render(call.cfg, kept, now, call.args.language)
+    call.out.write(text)
+    return 0
+
+
+def _queue_list(call: _Call) -> int:
+    text, now = _texts(call.cfg), time.time()
+    signals = call.store.signals(OPEN_STATES)
+    if not signals:
+        call.out.write(text.phrase("admin", "queue_empty") + "\n")
+    for s in signals:
+        line = text.phrase(
+            "admin",
+            "queue_line",
+            ref=s.ref,
+            state=str(s.state),
+            hours=int((now - s.created_at) // 3600),
+            flags=sorted(s.flags),
+            form=s.form,
+            destinations=list(s.destinations),
+            hold=bool(s.hold),
+        )
+        call.out.write(line + "\n")
+    return 0
+
+
+def _queue_purge(call: _Call) -> int:
+    return purge(call.cfg, call.store, call.args.ref, call.args.yes, call.out, call.err)
+
+
+def _keys_rotate(call: _Call) -> int:
+    return rotate(call.store, call.keyring, call.out, call.err, _texts(call.cfg))
+
+
+_COMMANDS: dict[str, Callable[[_Call], int]] = {
+    "status": _status,
+    "stats": _stats,
+    "privacy-register": _privacy_register,
+    "queue list": _queue_list,
+    "queue purge": _queue_purge,
+    "keys rotate": _keys_rotate,
 }
 
 
-def _error_text(err: dict[str, Any]) -> str:
-    event = str(err.get("event") or "unknown")
-    meaning = _ERROR_MEANING.get(event, event)
-    return (
-        f"{meaning} at {_when(err.get('at')) or 'an unknown time'} ({event}; see the service's log)"
+def _texts(cfg: Config) -> Templates:
+    """The wording: the configured language's, and for the commands' own lines
+    ``text/admin.txt`` (the command line's language, shared by both)."""
+    return Templates(cfg.language, cfg.templates_dir)
+
+
+def status_text(snap: dict[str, Any], text: Templates | None = None) -> str:
+    err = snap["last_error"]
+    age = snap["oldest_open_seconds"]
+    evidence = snap.get("sender_evidence")
+    return (text or shipped("en")).phrase(
+        "admin",
+        "status",
+        service=snap["service"],
+        open=snap["open"],
+        by_state=sorted(snap["by_state"].items()),
+        flags=sorted(snap["flags"].items()),
+        oldest=None if age is None else _age(int(age)),
+        outbox=snap["outbox"],
+        accepted=snap.get("accepted", 0),
+        last_fetch=_when(snap["last_fetch"]),
+        last_send=_when(snap["last_send"]),
+        evidence=evidence,
+        error_event=str(err.get("event") or "unknown") if err else None,
+        error_at=_when(err.get("at")) if err else None,
+        keys=snap["keys"],
+        version=snap["version"],
     )
 
 
@@ -269,10 +312,11 @@ def _when(iso: object) -> str | None:
     return at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _age(seconds: int) -> str:
+def _age(seconds: int) -> tuple[int, int, int]:
+    """Days, hours and minutes."""
     d, rem = divmod(seconds, 86400)
     h, rem = divmod(rem, 3600)
-    return f"{d}d {h}h {rem // 60}m" if d else f"{h}h {rem // 60}m"
+    return d, h, rem // 60
 
 
 def purge(
@@ -280,27 +324,24 @@ def purge(
 ) -> int:
     from inboxd.references import normalise
 
+    text = _texts(cfg)
     ref = normalise(ref_text, cfg.reference_prefix)
     if ref is None:
-        err.write(f"inboxd: {ref_text!r} is not a valid reference (check the characters)\n")
+        err.write(f"inboxd: {text.phrase('admin', 'purge_bad_reference', text=repr(ref_text))}\n")
         return 2
     signal = store.signal_by_ref(ref)
     if signal is None:
-        err.write(f"inboxd: no open signal {ref}\n")
+        err.write(f"inboxd: {text.phrase('admin', 'purge_unknown', ref=ref)}\n")
         return 2
     if not yes:
-        err.write(
-            f"inboxd: this deletes {ref} for good, without forwarding or feedback; add --yes\n"
-        )
+        err.write(f"inboxd: {text.phrase('admin', 'purge_unconfirmed', ref=ref)}\n")
         return 2
     from inboxd.ending import End, Ending
 
     with store.transaction() as tx:
         Ending(cfg, store).end(tx, signal, End.PURGED)
     log.warning("queue.purged", ref=ref)
-    out.write(
-        f"{ref} deleted; a copy still in the mailbox is expunged at the next run of the daemon\n"
-    )
+    out.write(text.phrase("admin", "purged", ref=ref) + "\n")
     return 0
 
 
@@ -308,7 +349,9 @@ def purge(
 OWNERS = {"signals": "signal", "outbox": "outbox", "inbound": "inbound"}
 
 
-def rotate(store: SqliteStore, keyring: Keyring, out: TextIO, err: TextIO) -> int:
+def rotate(
+    store: SqliteStore, keyring: Keyring, out: TextIO, err: TextIO, text: Templates | None = None
+) -> int:
     """Re-wrap every data key under the newest master key, in small transactions:
     an interrupted rotation leaves every row readable and is simply run again."""
     newest = keyring.newest.key_id
@@ -332,10 +375,9 @@ def rotate(store: SqliteStore, keyring: Keyring, out: TextIO, err: TextIO) -> in
     store.checkpoint()
     left = [r for r in store.wrapped_keys() if r[2] != newest]
     log.info("keys.rotated", count=done, key_id=newest)
-    out.write(f"{done} data keys re-wrapped under {newest}; {len(left)} left under older keys\n")
+    text = text or shipped("en")
+    out.write(text.phrase("admin", "rotated", done=done, key_id=newest, left=len(left)) + "\n")
     for key_id, n in sorted(unreadable.items()):
-        err.write(
-            f"inboxd: {n} data keys under master key {key_id} could not be unwrapped;"
-            f" add that key file to crypto.key_files (before the newest) and run again\n"
-        )
+        unwrapped = text.phrase("admin", "rotate_unreadable", count=n, key_id=key_id)
+        err.write(f"inboxd: {unwrapped}\n")
     return 0 if not left else 1

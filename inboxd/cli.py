@@ -343,7 +343,11 @@ def _keys_generate(out: Path) -> int:
             f"cannot write {out} ({type(exc).__name__}); check the folder exists and is writable",
             EXIT_CONFIG,
         )
-    print(f"new master key {key_id} written to {out} (mode 0600)")
+    from inboxd.templates import shipped
+
+    # No configuration here, so the shipped wording (text/admin.txt is the same for
+    # every language).
+    print(shipped("en").phrase("admin", "key_written", key_id=key_id, path=str(out)))
     return EXIT_OK
 
 

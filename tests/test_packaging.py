@@ -29,6 +29,21 @@ def test_the_wheel_carries_config_and_systemd_under_share_inboxd() -> None:
         assert "$share/systemd/inboxd.service" in text
 
 
+def test_the_wheel_carries_every_template_where_templates_py_looks() -> None:
+    data_files = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
+        "setuptools"
+    ]["data-files"]
+    shipped = set()
+    for destination, patterns in data_files.items():
+        for pattern in patterns:
+            for path in REPO.glob(pattern):
+                if path.is_relative_to(REPO / "templates"):
+                    assert destination == f"share/inboxd/{path.parent.relative_to(REPO)}", path
+                    shipped.add(path)
+    present = {p for p in (REPO / "templates").rglob("*") if p.is_file()}
+    assert present and not present - shipped, sorted(map(str, present - shipped))
+
+
 def test_the_source_archive_carries_everything_the_repository_tracks() -> None:
     """MANIFEST.in names every top-level file and folder git tracks, so an sdist holds
     the documentation, the change log and the whole test suite, not only the code."""
