@@ -23,6 +23,7 @@ from inboxd.store import SqliteStore, Store
 from inboxd.templates import Templates
 from inboxd.throttle import Throttle
 from inboxd.transport.base import Transport
+from inboxd.triage import Triage
 
 log = get_logger(__name__)
 
@@ -297,10 +298,19 @@ def build(
     tr = transport or make_transport(cfg, mb)
     templates = Templates(cfg.language, cfg.templates_dir)
     mailer = Mailer(cfg, templates, clock, keyring)
-    intake = Intake(cfg=cfg, store=store, keyring=keyring, mailbox=mb, mailer=mailer, clock=clock)
-    outbox = Outbox(store, tr, clock, cfg.triage.forward_retry_for, templates=templates)
+    triage = Triage(cfg=cfg, store=store, keyring=keyring, mailer=mailer, clock=clock)
+    intake = Intake(
+        cfg=cfg,
+        store=store,
+        keyring=keyring,
+        mailbox=mb,
+        mailer=mailer,
+        clock=clock,
+        replies=triage,
+    )
+    outbox = Outbox(store, tr, clock, cfg.triage.forward_retry_for, triage, templates=templates)
     keep_sent_copies(tr, store)
-    app = App(
+    return App(
         cfg=cfg,
         keyring=keyring,
         store=store,
@@ -310,16 +320,6 @@ def build(
         outbox=outbox,
         clock=clock,
     )
-    try:
-        from inboxd.triage import Triage
-
-        triage = Triage(cfg=cfg, store=store, keyring=keyring, mailer=mailer, clock=clock)
-        intake.replies = triage
-        outbox.on_sent = triage.mail_sent
-        outbox.on_given_up = triage.mail_given_up
-    except ImportError:
-        pass
-    return app
 
 
 # --- inboxd check: which permission or credential is missing --------------------------

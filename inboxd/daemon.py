@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from inboxd import sdnotify
-from inboxd.app import App
+from inboxd import control, metrics, sdnotify
+from inboxd.app import App, explain_failure
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import MailboxError
+from inboxd.schedule import due_jobs, start_scheduler
 
 log = get_logger(__name__)
 
@@ -120,8 +121,6 @@ class Daemon:
             return False
 
     def run(self) -> int:
-        from inboxd import control
-
         # Before READY: a socket another instance already answers on is a
         # configuration error, and systemd should see the start fail.
         admin_socket = control.serve(self.app)
@@ -129,16 +128,8 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_signal)
         sdnotify.ready()
         log.info("daemon.started", backend=self.app.cfg.mailbox.backend)
-        from inboxd.metrics import serve
-
-        serve(self.app)
-        scheduler = None
-        try:
-            from inboxd.schedule import start_scheduler
-
-            scheduler = start_scheduler(self.app, self.stop)
-        except ImportError:
-            pass
+        metrics.serve(self.app)
+        scheduler = start_scheduler(self.app, self.stop)
         try:
             while not self.stop.is_set():
                 self.beat()
@@ -160,8 +151,7 @@ class Daemon:
             if self.stop_signal is not None:
                 log.info("daemon.stopping", signal=signal.Signals(self.stop_signal).name)
             sdnotify.stopping()
-            if scheduler is not None:
-                scheduler.shutdown(wait=True)
+            scheduler.shutdown(wait=True)
             if admin_socket is not None:
                 admin_socket.close()
             self.app.close()
@@ -172,8 +162,6 @@ class Daemon:
 def once(app: App, problems: list[str] | None = None) -> int:
     """Everything due now, then exit: 0, or 3 when a server could not be reached.
     ``problems`` gets one line for a person per failure (the log has the details)."""
-    from inboxd.app import explain_failure
-
     code = 0
     try:
         app.mailbox.open()
@@ -184,12 +172,7 @@ def once(app: App, problems: list[str] | None = None) -> int:
         code = 3
         if problems is not None:
             problems.append(explain_failure(app.cfg, "mailbox", exc))
-    try:
-        from inboxd.schedule import due_jobs
-
-        due_jobs(app)
-    except ImportError:
-        pass
+    due_jobs(app)
     drained = app.outbox.drain()
     if drained.unreachable:
         code = 3

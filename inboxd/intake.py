@@ -62,12 +62,17 @@ class IntakeResult:
 
 
 class ReplyHandler(Protocol):
-    """Commands and follow-ups (the triage module); same transaction as intake."""
+    """Commands, follow-ups and automatic answers to our own mail (the triage
+    module); in the same transaction as intake."""
 
     def handle(
         self, tx: Transaction, item: MailboxItem, msg: ParsedMessage, decision: Decision
     ) -> tuple[KeyStatus, str | None]:
         """The mailbox key's fate (expunge or retained) and the signal it belongs to."""
+        ...
+
+    def auto_answer(self, tx: Transaction, msg: ParsedMessage, decision: Decision) -> None:
+        """What an automatic answer to one of our mails means (a forward's bounce)."""
         ...
 
 
@@ -197,7 +202,7 @@ class Intake:
     mailbox: Mailbox
     mailer: Mailer
     clock: Callable[[], float]
-    replies: ReplyHandler | None = None
+    replies: ReplyHandler
     batch_messages: int = BATCH_MESSAGES
     accept_batch_messages: int = ACCEPT_BATCH_MESSAGES
     batch_bytes: int = BATCH_BYTES
@@ -407,14 +412,11 @@ class Intake:
             flags=sorted(decision.flags),
             evidence=decision.evidence.value,
         )
-        if decision.kind is Kind.SIGNAL or (
-            decision.kind in (Kind.COMMAND, Kind.FOLLOWUP) and self.replies is None
-        ):
+        if decision.kind is Kind.SIGNAL:
             self.new_signal(tx, item, msg, decision, remember, received_at=received_at)
             result.queued += 1
             return
         if decision.kind in (Kind.COMMAND, Kind.FOLLOWUP):
-            assert self.replies is not None
             fate, signal_id = self.replies.handle(tx, item, msg, decision)
             for d in remember:
                 tx.add_dedup(d, None, self.clock() + self.cfg.dedup_window)
@@ -425,8 +427,7 @@ class Intake:
         # keep, but never silently: the event says what it was.
         answered = sorted({k for k, _ in decision.answers})
         log.info("mail.auto_answer", kind=decision.kind.value, mail_kind=",".join(answered) or None)
-        if self.replies is not None and hasattr(self.replies, "auto_answer"):
-            self.replies.auto_answer(tx, msg, decision)
+        self.replies.auto_answer(tx, msg, decision)
         for d in remember:
             tx.add_dedup(d, None, self.clock() + self.cfg.dedup_window)
         tx.record_key(item.key, KeyStatus.EXPUNGE)

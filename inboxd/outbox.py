@@ -14,13 +14,13 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Protocol
 
 from inboxd.lifecycle import FORWARD, MailKind, forward_destination
 from inboxd.logs import get_logger
 from inboxd.mails import Attachment, HeaderInjection, Mail, render, render_pieces
 from inboxd.smime import CertificateError, encrypt, load_certificate
-from inboxd.store import DueMail, OutboxEntry, Store
+from inboxd.store import DueMail, OutboxEntry, Store, Transaction
 from inboxd.templates import TemplateError, Templates, shipped
 from inboxd.transport.base import Envelope, Message, SendError, Transport, message_size
 
@@ -119,8 +119,16 @@ class DrainResult:
     unreachable: bool = False
 
 
-FailureHook = Callable[[DueMail, str], None]
-SentHook = Callable[[Any, DueMail], None]
+class Outcomes(Protocol):
+    """Who hears how a mail left the outbox (triage: a forward accepted or given up)."""
+
+    def mail_sent(self, tx: Transaction, due: DueMail) -> None:
+        """Inside the transaction that removes ``due`` from the outbox."""
+        ...
+
+    def mail_given_up(self, due: DueMail, reason: str) -> None:
+        """After ``due`` failed for good (unbuildable, refused, or out of retries)."""
+        ...
 
 
 class Outbox:
@@ -130,7 +138,7 @@ class Outbox:
         transport: Transport,
         clock: Callable[[], float],
         retry_for: float,
-        on_given_up: FailureHook | None = None,
+        outcomes: Outcomes,
         templates: Templates | None = None,
     ) -> None:
         # The note on a left-out original (text/outbox.txt).
@@ -139,8 +147,7 @@ class Outbox:
         self.transport = transport
         self.clock = clock
         self.retry_for = retry_for
-        self.on_given_up = on_given_up
-        self.on_sent: SentHook | None = None
+        self.outcomes = outcomes
 
     def _attachments(self, refs: tuple[AttachRef, ...]) -> tuple[Attachment, ...]:
         out = []
@@ -287,12 +294,10 @@ class Outbox:
 
     def _given_up(self, due: DueMail, reason: str, result: DrainResult) -> None:
         result.failed += 1
-        if self.on_given_up is not None:
-            self.on_given_up(due, reason)
+        self.outcomes.mail_given_up(due, reason)
 
     def _sent(self, due: DueMail, result: DrainResult) -> None:
-        hook = self.on_sent
-        self.store.mail_sent(due, self.clock(), then=(lambda tx: hook(tx, due)) if hook else None)
+        self.store.mail_sent(due, self.clock(), then=lambda tx: self.outcomes.mail_sent(tx, due))
         family = FORWARD if forward_destination(due.kind) is not None else due.kind
         log.info(f"{family}.sent", mail_kind=due.kind, ref=due.ref)
         result.sent += 1

@@ -8,6 +8,8 @@ too (a type that names the assembly is still a dependency on it)."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,17 @@ def test_layers_point_one_way(
     assert chain is None, f"{importer} must not import {forbidden} ({why}): " + " → ".join(
         chain or []
     )
+
+
+@pytest.mark.parametrize(
+    "part", ["inboxd.triage", "inboxd.schedule", "inboxd.metrics", "inboxd.control"]
+)
+def test_a_part_that_fails_to_import_stops_the_start(part: str) -> None:
+    # Without triage, officers' commands would be taken in as new signals; without
+    # the scheduler, no reminder, digest or housekeeping: never a silent gap.
+    probe = f"import sys; sys.modules[{part!r}] = None; import inboxd.daemon"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0, f"inboxd.daemon started without {part}"
+    assert "ModuleNotFoundError" in done.stderr and part in done.stderr

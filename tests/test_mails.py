@@ -437,7 +437,7 @@ def test_a_large_original_goes_to_a_piece_taking_transport_as_pieces() -> None:
     small = b"Subject: x\r\n\r\nkort\r\n"
 
     def build(transport: object, raw: bytes) -> object:
-        outbox = Outbox(None, transport, lambda: 0.0, 0.0)  # type: ignore[arg-type]
+        outbox = Outbox(None, transport, lambda: 0.0, 0.0, None)  # type: ignore[arg-type]
         return outbox._build(mail(date=1.0), (Attachment(raw=raw),), None)
 
     as_pieces = build(Pieces(), big)
