@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -41,6 +41,9 @@ from exchangelib.transport import BASIC, NTLM, OAUTH2
 from inboxd.logs import get_logger
 from inboxd.msauth import TokenError, TokenSource
 from inboxd.throttle import Throttle
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = get_logger(__name__)
 
@@ -193,6 +196,34 @@ class EwsSettings:
         return (
             f"EwsSettings(service_endpoint={self.service_endpoint!r}, auth_type={self.auth_type!r})"
         )
+
+
+class EwsLogin(TypedDict, total=False):
+    """How to reach and log in to the account (see :class:`EwsSettings`)."""
+
+    password: str | None
+    auth_type: AuthType
+    token: TokenSource | None
+    primary_smtp_address: str | None
+    ca_file: str | None
+    timeout: float
+
+
+class EwsAccount(EwsLogin, total=False):
+    """The keyword arguments that set up an EWS account, taken alike by the EWS
+    mailbox and the EWS transport. ``throttle``: the one of the other side of the
+    same account, so that a back-off holds for both; None for one of its own."""
+
+    throttle: Throttle | None
+
+
+def settings_of(
+    service_endpoint: str,
+    username: str,
+    throttle: Throttle | None = None,
+    **login: Unpack[EwsLogin],
+) -> EwsSettings:
+    return EwsSettings(service_endpoint, username, **login, throttle=throttle or Throttle())
 
 
 def connect(settings: EwsSettings) -> Account:

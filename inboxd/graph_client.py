@@ -12,7 +12,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -105,6 +105,17 @@ class _Tries:
     refreshed: bool = False
     throttled: int = 0
     waited: float = 0.0
+
+
+class GraphConnection(TypedDict, total=False):
+    """The keyword arguments of :class:`GraphClient`, which the Graph mailbox and
+    the Graph transport take alike and hand on. ``throttle``: the one of the other
+    side of the same account, so that a back-off holds for both."""
+
+    endpoint: str
+    timeout: float
+    ca_file: str | None
+    throttle: Throttle | None
 
 
 class GraphClient:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from exchangelib import Account
 from exchangelib.errors import (
@@ -34,12 +34,13 @@ from exchangelib.items import HARD_DELETE
 from exchangelib.properties import CopiedEvent, CreatedEvent, ItemId, MovedEvent, NewMailEvent
 from exchangelib.services import GetEvents
 
-from inboxd.ews_account import AuthType, EwsFailure, EwsSettings, call, connect, disconnect
+from inboxd.ews_account import EwsAccount, EwsFailure, call, connect, disconnect, settings_of
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox, MailboxError, MailboxItem
-from inboxd.msauth import TokenSource
 from inboxd.sync_state import fresh_items, keep_state, read_state
-from inboxd.throttle import Throttle
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = get_logger(__name__)
 
@@ -85,33 +86,17 @@ class EwsMailbox(Mailbox):
         service_endpoint: str,
         username: str,
         *,
-        password: str | None = None,
-        auth_type: AuthType = "ntlm",
-        token: TokenSource | None = None,
         folder: str = "inbox",
-        primary_smtp_address: str | None = None,
-        ca_file: str | None = None,
         poll_interval: float = 60.0,
         sync_state_path: str | None = None,
-        timeout: float = 30.0,
         notifications: bool = True,
-        throttle: Throttle | None = None,
+        **account: Unpack[EwsAccount],
     ) -> None:
         if folder.lower() != "inbox":
             # Only the distinguished inbox: a folder path would need FindFolder
             # walks and a name that survives renames.
             raise ValueError('the EWS backend reads the inbox (folder = "inbox")')
-        self.settings = EwsSettings(
-            service_endpoint=service_endpoint,
-            username=username,
-            password=password,
-            auth_type=auth_type,
-            token=token,
-            primary_smtp_address=primary_smtp_address,
-            ca_file=ca_file,
-            timeout=timeout,
-            throttle=throttle or Throttle(),
-        )
+        self.settings = settings_of(service_endpoint, username, **account)
         self.throttle = self.settings.throttle
         self.folder_name = "inbox"
         self.poll_interval = poll_interval

@@ -19,15 +19,17 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
-from inboxd.graph_client import DEFAULT_ENDPOINT, GraphClient, GraphFailure, odata_quote
+from inboxd.graph_client import GraphClient, GraphConnection, GraphFailure, odata_quote
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox, MailboxError, MailboxItem
 from inboxd.msauth import TokenSource
 from inboxd.sync_state import fresh_items, keep_state, read_state
-from inboxd.throttle import Throttle
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = get_logger(__name__)
 
@@ -69,17 +71,12 @@ class GraphMailbox(Mailbox):
         mailbox: str,
         token: TokenSource,
         *,
-        endpoint: str = DEFAULT_ENDPOINT,
         folder: str = "inbox",
         delta_state_path: str | None = None,
-        timeout: float = 30.0,
-        ca_file: str | None = None,
         poll_interval: float = 60.0,
-        throttle: Throttle | None = None,
+        **connection: Unpack[GraphConnection],
     ) -> None:
-        self.client = GraphClient(
-            mailbox, token, endpoint=endpoint, timeout=timeout, ca_file=ca_file, throttle=throttle
-        )
+        self.client = GraphClient(mailbox, token, **connection)
         self.throttle = self.client.throttle
         self.folder = folder
         self.delta_state_path = delta_state_path

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from exchangelib import Account, Mailbox
 from exchangelib import Message as EwsMessage
@@ -24,12 +24,13 @@ from exchangelib.errors import (
 )
 from exchangelib.items import SEND_ONLY
 
-from inboxd.ews_account import AuthType, EwsFailure, EwsSettings, call, connect, disconnect
+from inboxd.ews_account import EwsAccount, EwsFailure, call, connect, disconnect, settings_of
 from inboxd.logs import get_logger
-from inboxd.msauth import TokenSource
-from inboxd.throttle import Throttle
 from inboxd.transport.base import Envelope, Message, SendError, Transport, joined
 from inboxd.transport.graph import recipients_match
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = get_logger(__name__)
 
@@ -46,31 +47,9 @@ _PERMANENT = (
 class EwsTransport(Transport):
     name = "ews"
 
-    def __init__(
-        self,
-        service_endpoint: str,
-        username: str,
-        *,
-        password: str | None = None,
-        auth_type: AuthType = "ntlm",
-        token: TokenSource | None = None,
-        primary_smtp_address: str | None = None,
-        ca_file: str | None = None,
-        timeout: float = 30.0,
-        throttle: Throttle | None = None,
-    ) -> None:
+    def __init__(self, service_endpoint: str, username: str, **account: Unpack[EwsAccount]) -> None:
         # ``throttle``: the mailbox's, so that a back-off holds for the account.
-        self.settings = EwsSettings(
-            service_endpoint=service_endpoint,
-            username=username,
-            password=password,
-            auth_type=auth_type,
-            token=token,
-            primary_smtp_address=primary_smtp_address,
-            ca_file=ca_file,
-            timeout=timeout,
-            throttle=throttle or Throttle(),
-        )
+        self.settings = settings_of(service_endpoint, username, **account)
         self._account: Account | None = None
 
     def __repr__(self) -> str:

@@ -34,13 +34,16 @@ from collections.abc import Iterable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from inboxd.graph_client import DEFAULT_ENDPOINT, GraphClient, GraphFailure, odata_quote
+from inboxd.graph_client import GraphClient, GraphConnection, GraphFailure, odata_quote
 from inboxd.logs import get_logger
 from inboxd.msauth import TokenSource
-from inboxd.throttle import Throttle
 from inboxd.transport.base import Envelope, Message, SendError, SentCopies, Transport, joined
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = get_logger(__name__)
 
@@ -179,17 +182,11 @@ class GraphTransport(Transport):
         self,
         mailbox: str,
         token: TokenSource,
-        *,
-        endpoint: str = DEFAULT_ENDPOINT,
-        timeout: float = 30.0,
-        ca_file: str | None = None,
-        throttle: Throttle | None = None,
+        **connection: Unpack[GraphConnection],
     ) -> None:
         # ``throttle``: the mailbox's, so that a back-off one of them was given
         # holds for both (it is one account on one service).
-        self.client = GraphClient(
-            mailbox, token, endpoint=endpoint, timeout=timeout, ca_file=ca_file, throttle=throttle
-        )
+        self.client = GraphClient(mailbox, token, **connection)
         self._pending: dict[str, float] = {}  # pending_entry -> when sent (monotonic)
         self._sent_items_id: str | None = None
         self._copies: SentCopies | None = None
