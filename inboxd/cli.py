@@ -352,7 +352,7 @@ def _keys_generate(out: Path) -> int:
 
 
 def _check(cfg: object) -> int:
-    from inboxd.app import explain_failure, make_mailbox, make_transport, token_sources
+    from inboxd.backends.connect import Backends, explain_failure, token_sources
     from inboxd.config import Config
     from inboxd.crypto import Keyring
     from inboxd.mailbox.base import MailboxError
@@ -380,7 +380,8 @@ def _check(cfg: object) -> int:
         except TokenError as exc:
             return _fail(explain_failure(cfg, f"token:{section}", exc), EXIT_CONNECT)
         print(f"token for [{section}]: ok")
-    mailbox = make_mailbox(cfg)
+    backends = Backends(cfg)
+    mailbox = backends.mailbox()
     try:
         mailbox.open()
         reach = mailbox.recoverable_items_reach()
@@ -395,7 +396,7 @@ def _check(cfg: object) -> int:
             f"Recoverable Items after a hard delete: {parts}; what inboxd cannot see there "
             'it cannot verify (see the README, "What hard delete means on your server")'
         )
-    transport = make_transport(cfg, mailbox)
+    transport = backends.transport()
     try:
         transport.check()
     except SendError as exc:

@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from types import FrameType
 
 from inboxd import control, metrics, sdnotify
-from inboxd.app import App, explain_failure
+from inboxd.app import App
+from inboxd.backends.connect import explain_failure
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import MailboxError
 from inboxd.schedule import due_jobs, start_scheduler

@@ -53,22 +53,7 @@ def _age(ts: float | None, now: float, language: Language, texts: Templates) -> 
 def _where(cfg: Config) -> tuple[str, str]:
     """The server behind the mailbox and behind outgoing mail (their operators are
     processors to name in the register)."""
-    mb, smtp = cfg.mailbox, cfg.smtp
-    mailbox = {
-        "imap": mb.host,
-        "ews": mb.service_endpoint,
-        "graph": mb.endpoint,
-        "maildir": mb.path,
-    }[mb.backend]
-    outgoing = {"smtp": smtp.host, "maildir": smtp.path}.get(smtp.transport, mailbox)
-    return mailbox, outgoing
-
-
-def _security(kind: str, setting: str) -> str:
-    """How the connection is protected: the setting, https, or "local" (no network)."""
-    if kind == "maildir":
-        return "local"
-    return "https" if kind in ("ews", "graph") else setting
+    return cfg.mailbox.server, cfg.smtp.server or cfg.mailbox.server
 
 
 def context(cfg: Config, kept: Retention, now: float, language: Language) -> dict[str, Any]:
@@ -77,11 +62,7 @@ def context(cfg: Config, kept: Retention, now: float, language: Language) -> dic
     mb = cfg.mailbox
     # Exchange Online: the app's tenant is Microsoft's; where it keeps the mail is a
     # question for the register (transfers outside the EEA).
-    microsoft = (
-        mb.backend == "graph"
-        or mb.auth == "xoauth2"
-        or (mb.backend == "ews" and mb.auth_type == "oauth2")
-    )
+    microsoft = mb.microsoft_app
     sources = sorted(cfg.sources)
     return {
         "lang": language,
@@ -106,8 +87,8 @@ def context(cfg: Config, kept: Retention, now: float, language: Language) -> dic
         "forward_retry_for": spoken_duration(cfg.triage.forward_retry_for, language, texts),
         "dedup_window": spoken_duration(cfg.dedup_window, language, texts),
         "ack_window": spoken_duration(longest_window(cfg), language, texts),
-        "mailbox_security": _security(mb.backend, mb.security),
-        "smtp_security": _security(cfg.smtp.transport, cfg.smtp.security),
+        "mailbox_security": mb.protection,
+        "smtp_security": cfg.smtp.protection,
         "trusted_authserv_ids": sorted(cfg.evidence_policy.trusted_authserv_ids),
         "exchange_internal": cfg.evidence_policy.exchange_internal,
         "unauthenticated": cfg.evidence_policy.allow_unauthenticated,

@@ -23,14 +23,10 @@ from world import F1, MAILBOX, signal_mail
 
 from inboxd import cli, config, graph_client
 from inboxd import daemon as daemon_module
-from inboxd.app import (
-    EWS_SYNC_STATE,
-    GRAPH_DELTA_STATE,
-    build,
-    make_mailbox,
-    make_transport,
-    token_sources,
-)
+from inboxd.app import build
+from inboxd.backends.connect import Backends, token_sources
+from inboxd.backends.ews import SYNC_STATE as EWS_SYNC_STATE
+from inboxd.backends.graph import DELTA_STATE as GRAPH_DELTA_STATE
 from inboxd.config import ConfigError
 from inboxd.crypto import generate_key_file
 from inboxd.daemon import once
@@ -181,8 +177,9 @@ def test_graph_mailbox_and_transport_from_the_mailbox_section(
     setup: Setup, aad: TokenServer, graph: GraphServer
 ) -> None:
     cfg = setup.cfg(graph_toml(setup, aad, graph))
-    mb = make_mailbox(cfg)
-    tr = make_transport(cfg, mb)
+    backends = Backends(cfg)
+    mb = backends.mailbox()
+    tr = backends.transport()
     assert isinstance(mb, GraphMailbox) and isinstance(tr, GraphTransport)
     assert mb.delta_state_path == str(Path(cfg.state_dir) / GRAPH_DELTA_STATE)
     assert mb.folder == "inbox"  # the setting's IMAP default "INBOX" maps to Graph's name
@@ -203,7 +200,7 @@ def test_graph_with_a_certificate_credential(
 ) -> None:
     pem = setup.secret("app.pem", pki().client_pem)
     cfg = setup.cfg(graph_toml(setup, aad, graph, credential=f'client_certificate_file = "{pem}"'))
-    mb = make_mailbox(cfg)
+    mb = Backends(cfg).mailbox()
     mb.open()
     mb.close()
     form = aad.token_requests[-1].form
@@ -213,8 +210,9 @@ def test_graph_with_a_certificate_credential(
 def test_ews_basic_mailbox_and_transport(setup: Setup) -> None:
     with EwsServer(auth="basic") as srv:
         cfg = setup.cfg(ews_toml(setup, srv))
-        mb = make_mailbox(cfg)
-        tr = make_transport(cfg, mb)
+        backends = Backends(cfg)
+        mb = backends.mailbox()
+        tr = backends.transport()
         assert isinstance(mb, EwsMailbox) and isinstance(tr, EwsTransport)
         # [mailbox] mailbox is the primary SMTP address; username is DOMAIN\user.
         assert mb.settings.address == tr.settings.address == MAILBOX
@@ -275,7 +273,7 @@ auth = "xoauth2"
 {FROM}
 """
     cfg = setup.cfg(imap + smtp)
-    tr = make_transport(cfg)
+    tr = Backends(cfg).transport()
     assert isinstance(tr, SmtpTransport)
     provider = tr.server.oauth2_token
     assert isinstance(provider, TokenProvider)
@@ -294,7 +292,7 @@ auth = "xoauth2"
     own = smtp + f'tenant_id = "{aad.tenant_id}"\nclient_id = "{other}"\n'
     own += f'client_secret_file = "{setup.secret("smtp-secret", "x")}"\n'
     own += f'authority = "{aad.authority}"\n'
-    tr2 = make_transport(setup.cfg(imap + own))
+    tr2 = Backends(setup.cfg(imap + own)).transport()
     assert isinstance(tr2, SmtpTransport)
     assert isinstance(tr2.server.oauth2_token, TokenProvider)
     assert tr2.server.oauth2_token.client_id == other
@@ -444,7 +442,7 @@ def test_a_missing_ca_file_is_a_configuration_error_not_a_crash(
 ) -> None:
     text = graph_toml(setup, aad, graph).replace(pki().ca_file, str(setup.root / "nope.pem"))
     with pytest.raises(ConfigError) as err:
-        make_mailbox(setup.cfg(text))
+        Backends(setup.cfg(text)).mailbox()
     assert "ca_file" in err.value.problem
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from inboxd import configdoc
 from inboxd.cli import _parser
-from inboxd.config import Config, MailboxConfig
+from inboxd.config import MAILBOX_MODELS, TRANSPORT_MODELS, Config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -59,8 +59,9 @@ def test_every_configuration_key_has_a_description() -> None:
 
 def test_reference_lists_every_key_with_its_default() -> None:
     text = configdoc.render()
-    for name, field in MailboxConfig.model_fields.items():
-        assert f"| `{field.alias or name}` |" in text
+    for model in (*MAILBOX_MODELS, *TRANSPORT_MODELS):
+        for name, field in model.model_fields.items():
+            assert f"| `{field.alias or name}` |" in text
     # Durations are shown as written in the file, not as seconds.
     assert '| `dedup_window` | duration | `"30d"` |' in text
     assert '| `ack_rate_limit` | rate | `"10/h"` |' in text

@@ -163,6 +163,34 @@ LAYER_RULES = [
     ("inboxd.parsing", "inboxd.config", "reading a mail is pure: no settings"),
     ("inboxd.parsing", "inboxd.logs", "reading a mail is pure: no logging"),
     ("inboxd.parsing", "inboxd.mailbox", "reading a mail is pure: no mailbox"),
+    # One home per backend: inboxd.backends.<name> builds an adapter from its settings;
+    # the settings below know no adapter, the adapters know no settings file.
+    (
+        "inboxd.config",
+        "inboxd.mailbox.base",
+        "settings sit at the bottom: a backend's model knows no adapter",
+    ),
+    (
+        "inboxd.config",
+        "inboxd.transport.base",
+        "settings sit at the bottom: a backend's model knows no adapter",
+    ),
+    (
+        "inboxd.backends.settings",
+        "inboxd.config",
+        "the backend models sit below the file that holds them",
+    ),
+    ("inboxd.mailbox.imap", "inboxd.backends.imap", "an adapter is built, it does not build"),
+    ("inboxd.transport.smtp", "inboxd.backends.smtp", "an adapter is built, it does not build"),
+    ("inboxd.mailbox.ews", "inboxd.backends.ews", "an adapter is built, it does not build"),
+    ("inboxd.transport.ews", "inboxd.backends.ews", "an adapter is built, it does not build"),
+    ("inboxd.mailbox.graph", "inboxd.backends.graph", "an adapter is built, it does not build"),
+    ("inboxd.transport.graph", "inboxd.backends.graph", "an adapter is built, it does not build"),
+    (
+        "inboxd.backends.connect",
+        "inboxd.app",
+        "the backends are built for the assembly, not from it",
+    ),
 ]
 
 
@@ -177,7 +205,7 @@ def test_the_graph_is_read_from_every_module(graph: dict[str, set[str]]) -> None
     assert len(graph) == len(list(PACKAGE.rglob("*.py")))
     assert "inboxd.config" in graph["inboxd.app"]
     assert "inboxd.cli" in graph["inboxd.__main__"]
-    assert "inboxd.mailbox.imap" in graph["inboxd.app"]  # imported inside make_mailbox
+    assert "inboxd.backends.imap" in graph["inboxd.backends.connect"]  # inside a method
     assert "inboxd.transport.base" in graph["inboxd.transport.smtp"]
 
 

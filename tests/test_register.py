@@ -18,6 +18,7 @@ from test_control import service as service  # noqa: F401 (the fixture)
 from world import KEDO, REPORTER, World, assert_absent, marker, signal_mail
 
 from inboxd import register
+from inboxd.config import GraphMailboxConfig
 from inboxd.store import Retention
 
 DAY = 86400.0
@@ -115,13 +116,8 @@ def test_sender_evidence_and_encryption_are_reported_as_configured(world: World)
 
 def test_microsoft_365_asks_about_transfers(world: World) -> None:
     cfg = world.cfg()
-    graph = cfg.model_copy(
-        update={
-            "mailbox": cfg.mailbox.model_copy(
-                update={"backend": "graph", "mailbox": "vv@x.example"}
-            )
-        }
-    )
+    # A model per backend: the Graph section is its own model, not a changed backend key.
+    graph = cfg.model_copy(update={"mailbox": GraphMailboxConfig(mailbox="vv@x.example")})
 
     def words(c: object) -> str:
         return " ".join(register.render(c, retention(), time.time(), "en").split())  # type: ignore[arg-type]

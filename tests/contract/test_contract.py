@@ -30,7 +30,8 @@ from servers import AUTHSERV_ID
 from world import F1, F2, KEDO, MAILBOX, NLA, REPORTER, RIEC, body_text, marker, parse, signal_mail
 
 from inboxd import config, logs
-from inboxd.app import App, build, make_mailbox
+from inboxd.app import App, build
+from inboxd.backends.connect import Backends
 from inboxd.crypto import Keyring, generate_key_file
 from inboxd.daemon import once
 from inboxd.mailbox.base import Mailbox
@@ -100,10 +101,11 @@ class Contract:
 
     def app(self, prepare: Callable[[Mailbox], None] | None = None) -> App:
         cfg = self.cfg()
-        mailbox = make_mailbox(cfg)
+        backends = Backends(cfg)
+        mailbox = backends.mailbox()
         if prepare is not None:
             prepare(mailbox)
-        return build(cfg, mailbox=mailbox)
+        return build(cfg, mailbox=mailbox, transport=backends.transport())
 
     def once(self) -> int:
         """One ``inboxd once``: a fresh process's worth of objects each time."""

@@ -1,0 +1,108 @@
+"""The ``ews`` backend (Exchange Server through EWS): the mailbox and the transport
+from ``[mailbox]`` (both log in as that account), the app token oauth2 needs, and
+what Exchange's refusals mean."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inboxd.backends.microsoft import README, token_provider
+from inboxd.backends.settings import EwsMailboxConfig
+from inboxd.config import Config, constructed, read_secret
+from inboxd.mailbox.base import Mailbox
+from inboxd.mailbox.ews import EwsMailbox
+from inboxd.msauth import TokenSource
+from inboxd.throttle import Throttle
+from inboxd.transport.base import Transport
+from inboxd.transport.ews import EwsTransport
+
+# Incremental-sync state under state_dir (no mail content: an opaque server token and
+# the mailbox it belongs to).
+SYNC_STATE = "ews-sync-state"
+
+
+def tokens(cfg: Config, mb: EwsMailboxConfig) -> list[tuple[str, TokenSource]]:
+    return [("mailbox", token_provider(cfg, "mailbox"))] if mb.auth_type == "oauth2" else []
+
+
+def _credentials(cfg: Config, mb: EwsMailboxConfig) -> tuple[str | None, TokenSource | None]:
+    """The password (ntlm, basic) or the app's token (oauth2)."""
+    if mb.auth_type == "oauth2":
+        return None, token_provider(cfg, "mailbox")
+    if mb.password_file or mb.password_env:
+        return read_secret(cfg, mb.password_file, mb.password_env, "mailbox.password_file"), None
+    return None, None
+
+
+def mailbox(cfg: Config, mb: EwsMailboxConfig, throttle: Throttle) -> Mailbox:
+    password, token = _credentials(cfg, mb)
+    return constructed(
+        cfg,
+        "mailbox",
+        lambda: EwsMailbox(
+            mb.service_endpoint,
+            mb.username,
+            password=password,
+            auth_type=mb.auth_type,
+            token=token,
+            folder="inbox",
+            primary_smtp_address=mb.mailbox or None,
+            ca_file=mb.ca_file or None,
+            poll_interval=mb.poll_interval,
+            sync_state_path=str(Path(cfg.state_dir) / SYNC_STATE),
+            throttle=throttle,
+        ),
+    )
+
+
+def transport(cfg: Config, mb: EwsMailboxConfig, throttle: Throttle) -> Transport:
+    password, token = _credentials(cfg, mb)
+    return constructed(
+        cfg,
+        "mailbox",
+        lambda: EwsTransport(
+            mb.service_endpoint,
+            mb.username,
+            password=password,
+            auth_type=mb.auth_type,
+            token=token,
+            primary_smtp_address=mb.mailbox or None,
+            ca_file=mb.ca_file or None,
+            throttle=throttle,
+        ),
+    )
+
+
+def explain_login(mb: EwsMailboxConfig, reason: str) -> str:
+    address = mb.address
+    oauth = mb.auth_type == "oauth2"
+    rbac = (
+        f"grant the app the role Application EWS.AccessAsApp via RBAC for Applications "
+        f"scoped to this mailbox (and allow-list it for EWS: Exchange Online blocks EWS from "
+        f"2026-10-01 and ends it on 2027-04-01); {README}"
+    )
+    if "UnauthorizedError" in reason:
+        if oauth:
+            return f"Exchange answered 401 at {mb.service_endpoint}: the app's token was refused; {rbac}"
+        return (
+            f"Exchange answered 401 at {mb.service_endpoint}: wrong mailbox.username or password, "
+            f"or {mb.auth_type} is not enabled on the EWS virtual directory "
+            "(Get-WebServicesVirtualDirectory | fl *Authentication*)"
+        )
+    if "ErrorNonExistentMailbox" in reason:
+        return (
+            f"Exchange knows no mailbox {address}: set mailbox.mailbox to its primary SMTP address"
+        )
+    if oauth:
+        return f"Exchange refused the app access to {address} ({reason.split(': ')[-1]}): {rbac}"
+    return (
+        f"Exchange refused {mb.username} access to {address} ({reason.split(': ')[-1]}): "
+        f"Add-MailboxPermission -Identity {address} -User {mb.username} -AccessRights FullAccess, "
+        f"and check that EWS is on for it (Get-CASMailbox {address} | fl EWSEnabled)"
+    )
+
+
+def explain_transport(mb: EwsMailboxConfig, reason: str) -> str:
+    if "UnauthorizedError" in reason or "Denied" in reason:
+        return explain_login(mb, reason)
+    return f"outgoing mail (ews): {reason}"
