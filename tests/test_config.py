@@ -105,6 +105,7 @@ def test_imap_config_loads_without_its_secrets(
     cfg = load(str(IMAP))
     assert cfg.mailbox.backend == "imap"
     assert cfg.mailbox.effective_port == 993
+    assert cfg.smtp.transport == "smtp"  # a model per backend: the SMTP one has ports
     assert cfg.smtp.effective_port == 587
     assert cfg.mailbox.password_file == "imap-password"
     # Relative key files are next to the config file without $CREDENTIALS_DIRECTORY …
@@ -126,6 +127,7 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     sub.mkdir()
     cfg = load(write(sub, BASE))
     assert cfg.state_dir == str(sub / "state")
+    assert cfg.mailbox.backend == "maildir" and cfg.smtp.transport == "maildir"
     assert cfg.mailbox.path == str(sub / "mb")
     assert cfg.smtp.path == str(sub / "out")
     assert cfg.crypto.key_files == [str(sub / "master-key")]
@@ -329,6 +331,7 @@ def test_security_none_to_loopback_is_allowed(tmp_path: Path, host: str) -> None
         IMAP_MAILBOX.replace("mail.gemeente.example", host) + 'security = "none"\n',
     )
     cfg = load(write(tmp_path, text))
+    assert cfg.mailbox.backend == "imap"
     assert cfg.mailbox.security == "none"
     assert cfg.mailbox.effective_port == 143
 
