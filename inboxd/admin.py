@@ -22,6 +22,7 @@ from inboxd.config import Config
 from inboxd.crypto import DecryptError, Keyring
 from inboxd.lifecycle import OPEN_STATES
 from inboxd.logs import get_logger
+from inboxd.statspage import change
 from inboxd.store import SqliteStore
 from inboxd.templates import Templates, shipped
 
@@ -44,12 +45,6 @@ def suppress(count: int, below: int) -> int | str:
     return f"<{below}" if below and 0 < count < below else count
 
 
-def change(now: int, before: int) -> str:
-    if before == 0:
-        return "n.v.t." if now == 0 else "nieuw"
-    return f"{(now - before) / before * 100:+.0f}%"
-
-
 def stats_report(
     rows: list[dict[str, Any]], previous: list[dict[str, Any]], year: int, below: int
 ) -> dict[str, Any]:
@@ -69,20 +64,28 @@ def stats_report(
 
 
 def stats_table(
-    rows: list[dict[str, Any]], previous: list[dict[str, Any]], year: int, below: int
+    rows: list[dict[str, Any]],
+    previous: list[dict[str, Any]],
+    year: int,
+    below: int,
+    text: Templates | None = None,
 ) -> str:
-    lines = [f"Signalen {year} (vergeleken met {year - 1})", ""]
+    """The table `inboxd stats` prints, in the words of ``text/stats.txt`` (Dutch
+    unless ``text`` says otherwise)."""
+    text = text or shipped("nl")
+
+    def row(name: str, width: int, now: int, before: int) -> str:
+        counts = f"{suppress(now, below)!s:>8}{suppress(before, below)!s:>8}"
+        return f"{name:<{width}}{counts}  {change(now, before, text)}"
+
+    lines = [text.phrase("stats", "table_title", year=year, previous=year - 1), ""]
     t_now, t_prev = sum(r["count"] for r in rows), sum(r["count"] for r in previous)
-    lines.append(
-        f"{'totaal':<24}{suppress(t_now, below)!s:>8}{suppress(t_prev, below)!s:>8}  {change(t_now, t_prev)}"
-    )
-    for key, title in (("source", "bron"), ("form", "vorm"), ("outcome", "uitkomst")):
-        lines += ["", f"per {title}:"]
+    lines.append(row(text.phrase("stats", "total"), 24, t_now, t_prev))
+    for key in ("source", "form", "outcome"):
+        lines += ["", text.phrase("stats", "per", kind=key)]
         a, b = totals(rows, key), totals(previous, key)
         for name in sorted(set(a) | set(b)):
-            lines.append(
-                f"  {name:<22}{suppress(a.get(name, 0), below)!s:>8}{suppress(b.get(name, 0), below)!s:>8}  {change(a.get(name, 0), b.get(name, 0))}"
-            )
+            lines.append("  " + row(name, 22, a.get(name, 0), b.get(name, 0)))
     return "\n".join(lines)
 
 
@@ -192,7 +195,7 @@ def _stats(call: _Call) -> int:
     elif args.format == "html":
         text = _stats_page(call, rows, previous, year, today)
     else:
-        text = stats_table(rows, previous, year, args.suppress_below) + "\n"
+        text = stats_table(rows, previous, year, args.suppress_below, _texts(call.cfg)) + "\n"
     # --out is written by the command line, where the admin is, not by the service.
     call.out.write(text)
     return 0
@@ -216,6 +219,7 @@ def _stats_page(
         call.args.suppress_below,
         call.cfg.language,
         today.strftime("%Y-%m-%d %H:%M UTC"),
+        _texts(call.cfg),
     )
     return statspage.render(_texts(call.cfg), context)
 

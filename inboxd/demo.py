@@ -289,7 +289,8 @@ def _what_the_store_holds(root: Path) -> tuple[int, str]:
     try:
         open_count = sum(store.counts_by_state().values())
         year = dt.datetime.now(dt.UTC).year
-        table = stats_table(store.stats_rows(year), store.stats_rows(year - 1), year, 0)
+        rows, previous = store.stats_rows(year), store.stats_rows(year - 1)
+        table = stats_table(rows, previous, year, 0, shipped(LANGUAGE))
     finally:
         store.close()
     return open_count, table

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inboxd.commands import Language
-from inboxd.templates import Templates
+from inboxd.templates import TemplateError, Templates, shipped
 
 TRIAGE_BUCKETS = ("<1d", "1-3d", "3-7d", ">=7d")
 # Sources, forms and outcomes are shown in this order when present; others after them.
@@ -74,15 +74,21 @@ def total_cell(value: int, below: int) -> Cell:
     return Cell(value, bool(below) and 0 < value < below, below)
 
 
-def change_text(now: Cell, before: Cell, language: Language) -> str:
+def change(now: int, before: int, text: Templates | None = None) -> str:
+    """The change against the year before, e.g. ``+20%``. When that year had none:
+    the words of ``text/stats.txt``, or without ``text`` the fixed values the JSON
+    report carries (``n.v.t.``, ``nieuw``)."""
+    if before == 0:
+        if text is None:
+            return "n.v.t." if now == 0 else "nieuw"
+        return text.phrase("stats", "change_none" if now == 0 else "change_new")
+    return f"{(now - before) / before * 100:+.0f}%"
+
+
+def change_text(now: Cell, before: Cell, language: Language, text: Templates | None = None) -> str:
     if now.suppressed or before.suppressed:
         return "–"
-    if before.value == 0:
-        if now.value == 0:
-            return "n.v.t." if language == "nl" else "n/a"
-        return "nieuw" if language == "nl" else "new"
-    pct = (now.value - before.value) / before.value * 100
-    return f"{pct:+.0f}%"
+    return change(now.value, before.value, text or shipped(language))
 
 
 # -- geometry ---------------------------------------------------------------------
@@ -304,10 +310,12 @@ def _months(rows: Iterable[Mapping[str, Any]], year: int) -> list[int]:
     return counts
 
 
-MONTHS: dict[Language, tuple[str, ...]] = {
-    "nl": ("jan", "feb", "mrt", "apr", "mei", "jun", "jul", "aug", "sep", "okt", "nov", "dec"),
-    "en": ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
-}
+def month_names(text: Templates) -> tuple[str, ...]:
+    """The twelve short month names of ``text/stats.txt``."""
+    names = tuple(text.phrase("stats", "months").split())
+    if len(names) != 12:
+        raise TemplateError(f"template {text.language}/text/stats.txt: months must name 12")
+    return names
 
 
 def page_context(
@@ -319,9 +327,12 @@ def page_context(
     below: int,
     language: Language,
     generated: str,
+    text: Templates | None = None,
 ) -> dict[str, Any]:
-    """Everything the page shows, from the anonymous counts alone."""
-    months = MONTHS[language]
+    """Everything the page shows, from the anonymous counts alone (``text``: the
+    operator's wording, else the shipped one of ``language``)."""
+    text = text or shipped(language)
+    months = month_names(text)
     now_m = suppress_group(_months(rows, year), below)
     before_m = suppress_group(_months(previous, year - 1), below)
     total_now = total_cell(sum(int(r["count"]) for r in rows), below)
@@ -338,7 +349,7 @@ def page_context(
         "generated": generated,
         "total_now": total_now,
         "total_before": total_before,
-        "change": change_text(total_now, total_before, language),
+        "change": change_text(total_now, total_before, language, text),
         "months": months,
         "months_now": now_m,
         "months_before": before_m,

@@ -29,8 +29,10 @@ from world import (
     submit,
 )
 
-from inboxd.admin import change, stats_csv, stats_report, stats_table, suppress
+from inboxd.admin import stats_csv, stats_report, stats_table, suppress
 from inboxd.references import find_references
+from inboxd.statspage import change
+from inboxd.templates import Templates
 
 MMA_SENDER = "collega@gemeente.example"  # in the ack domains, and yet source "mma"
 MONTH = "2026-11"
@@ -232,3 +234,16 @@ def test_suppress(count: int, below: int, shown: Any) -> None:
 )
 def test_change(now: int, before: int, text: str) -> None:
     assert change(now, before) == text
+
+
+def test_the_table_speaks_the_language_it_is_given() -> None:
+    rows = [
+        {"month": "2030-01", "source": "intern", "form": "arbeid", "outcome": "kedo", "count": 3}
+    ]
+    en = stats_table(rows, [], 2030, 0, Templates("en")).splitlines()
+    assert en[0] == "Signals 2030 (compared with 2029)"
+    assert en[2].split() == ["total", "3", "0", "new"] and "per source:" in en
+    nl = stats_table(rows, [], 2030, 0).splitlines()
+    assert nl[0] == "Signalen 2030 (vergeleken met 2029)" and "per bron:" in nl
+    # The JSON report keeps its fixed values whatever the language.
+    assert stats_report(rows, [], 2030, 0)["change"] == "nieuw"

@@ -21,7 +21,7 @@ from world import World
 
 from inboxd import statspage
 from inboxd.statspage import Cell, month_chart, nice_ticks, suppress_group
-from inboxd.templates import Templates
+from inboxd.templates import SHIPPED, TemplateError, Templates, shipped
 
 # -- the pure parts -----------------------------------------------------------------
 
@@ -57,7 +57,7 @@ def test_nice_ticks(top: int, ticks: list[int]) -> None:
 def test_month_chart_geometry() -> None:
     now = suppress_group([10, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 20], 3)  # two small: no partner
     before = suppress_group([5] * 12, 3)
-    chart = month_chart(now, before, statspage.MONTHS["nl"], 2026)
+    chart = month_chart(now, before, statspage.month_names(shipped("nl")), 2026)
     assert len(chart.bars) == 24
     base = chart.height - chart.bottom
     by_title = {b.title: b for b in chart.bars}
@@ -286,3 +286,14 @@ def test_chromium_renders_the_page(tmp_path: Path) -> None:
     # The bars were painted: solid areas in both series' colours, not a blank page.
     assert colours[NOW_BLUE] > 2000, colours.most_common(5)
     assert colours[BEFORE_BLUE] > 2000, colours.most_common(5)
+
+
+def test_an_operator_s_month_names_must_be_twelve(tmp_path: Path) -> None:
+    ours = tmp_path / "text"
+    ours.mkdir()
+    shipped_text = (SHIPPED / "nl" / "text" / "stats.txt").read_text(encoding="utf-8")
+    (ours / "stats.txt").write_text(shipped_text.replace(" dec{%", "{%"), encoding="utf-8")
+    assert "nov{%" in (ours / "stats.txt").read_text(encoding="utf-8")
+    with pytest.raises(TemplateError, match="12"):
+        statspage.month_names(Templates("nl", str(tmp_path)))
+    assert len(statspage.month_names(shipped("nl"))) == 12
