@@ -23,7 +23,7 @@ from inboxd.msauth import OUTLOOK_SCOPE, TokenProvider
 from inboxd.throttle import Throttle
 from inboxd.transport.base import Envelope, SendError
 from inboxd.transport.ews import EwsTransport
-from inboxd.transport.graph import header_recipients
+from inboxd.transport.own_headers import header_recipients
 
 DATA = Path(__file__).parent / "data" / "ews"
 SIGNAL = (DATA / "signal.eml").read_bytes()

@@ -26,7 +26,8 @@ from inboxd.msauth import TokenProvider, graph_scope
 from inboxd.parsing import parse_message
 from inboxd.throttle import Throttle
 from inboxd.transport.base import Envelope, SendError
-from inboxd.transport.graph import GraphTransport, message_id
+from inboxd.transport.graph import GraphTransport
+from inboxd.transport.own_headers import message_id
 
 DATA = Path(__file__).parent / "data" / "graph"
 SIGNAL = (DATA / "signal.eml").read_bytes()

@@ -154,6 +154,11 @@ LAYER_RULES = [
         "EWS account set-up is inboxd.ews_account, shared by both",
     ),
     (
+        "inboxd.transport.ews",
+        "inboxd.transport.graph",
+        "what both read from a message's headers is inboxd.transport.own_headers",
+    ),
+    (
         "inboxd.mailbox.ews",
         "inboxd.mailbox.graph",
         "the sync-state file is inboxd.sync_state, not the Graph backend's",

@@ -27,7 +27,7 @@ from exchangelib.items import SEND_ONLY
 from inboxd.ews_account import EwsAccount, EwsFailure, call, connect, disconnect, settings_of
 from inboxd.logs import get_logger
 from inboxd.transport.base import Envelope, Message, SendError, Transport, joined
-from inboxd.transport.graph import recipients_match
+from inboxd.transport.own_headers import refuse_other_recipients
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -75,12 +75,7 @@ class EwsTransport(Transport):
 
     def send(self, envelope: Envelope, message: Message) -> None:
         mime = joined(message)
-        if not recipients_match(mime, envelope.recipient):
-            log.error("transport.refused", transport="ews", reason="recipient-mismatch")
-            raise SendError(
-                "ews send: the message's To/Cc/Bcc must name exactly the envelope recipient",
-                temporary=False,
-            )
+        refuse_other_recipients(mime, envelope, "ews")
 
         def create(account: Account) -> list[object]:
             item = EwsMessage(

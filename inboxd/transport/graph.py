@@ -33,7 +33,6 @@ import time
 from collections.abc import Iterable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from email.utils import getaddresses
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -41,6 +40,7 @@ from inboxd.graph_client import GraphClient, GraphConnection, GraphFailure, odat
 from inboxd.logs import get_logger
 from inboxd.msauth import TokenSource
 from inboxd.transport.base import Envelope, Message, SendError, SentCopies, Transport, joined
+from inboxd.transport.own_headers import MAX_HEADER_BYTES, message_id, refuse_other_recipients
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -51,34 +51,6 @@ log = get_logger(__name__)
 PURGE_GIVE_UP = 24 * 3600.0
 # Copies looked for per purge call, oldest first: a send stays a few requests.
 PURGE_BATCH = 20
-
-
-# A header block bigger than this is not one inboxd wrote.
-_MAX_HEADER_BYTES = 256 * 1024
-
-
-def header_recipients(message: bytes) -> list[str]:
-    """The addresses in the message's To, Cc and Bcc headers (lower case).
-
-    Servers without an SMTP envelope (EWS, Graph) deliver to these, so a transport
-    there can only honour the envelope when they name exactly its recipient.
-    """
-    head = message.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0][:_MAX_HEADER_BYTES]
-    # compat32 parses lazily and never raises on odd header values.
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(head)
-    values = [str(v) for name in ("To", "Cc", "Bcc") for v in (parsed.get_all(name) or [])]
-    return [addr.strip().lower() for _name, addr in getaddresses(values) if addr.strip()]
-
-
-def recipients_match(message: bytes, recipient: str) -> bool:
-    found = header_recipients(message)
-    return bool(found) and set(found) == {recipient.strip().lower()}
-
-
-def message_id(message: bytes) -> str | None:
-    head = message.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0][:_MAX_HEADER_BYTES]
-    value = BytesHeaderParser(policy=compat32).parsebytes(head).get("Message-ID")
-    return str(value).strip() if value else None
 
 
 IMMUTABLE = {"Prefer": 'IdType="ImmutableId"'}
@@ -112,7 +84,7 @@ def split_for_upload(message: bytes) -> tuple[bytes, list[tuple[str, str, bytes]
     head, sep, body = message.partition(b"\r\n\r\n")
     if not sep:
         return None
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(head[:_MAX_HEADER_BYTES] + b"\r\n\r\n")
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(head[:MAX_HEADER_BYTES] + b"\r\n\r\n")
     if parsed.get_content_maintype() != "multipart":
         return None
     boundary = parsed.get_boundary()
@@ -220,12 +192,7 @@ class GraphTransport(Transport):
 
     def send(self, envelope: Envelope, message: Message) -> None:
         message = joined(message)  # a large mail is split below, from one bytes object
-        if not recipients_match(message, envelope.recipient):
-            log.error("transport.refused", transport="graph", reason="recipient-mismatch")
-            raise SendError(
-                "graph send: the message's To/Cc/Bcc must name exactly the envelope recipient",
-                temporary=False,
-            )
+        refuse_other_recipients(message, envelope, "graph")
         mid = message_id(message)
         draft: bytes = message
         files: list[tuple[str, str, bytes]] = []

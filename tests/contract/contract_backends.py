@@ -29,7 +29,7 @@ from fakes.token_server import TokenServer
 from servers import AUTHSERV_ID
 from world import MAILBOX, exchange_delivery, submit
 
-from inboxd.transport.graph import header_recipients
+from inboxd.transport.own_headers import header_recipients
 
 FROM = f"Meldpunt vreemdverhaal <{MAILBOX}>"
 GRAPH_CLIENT = "5d1e6c2a-0b7f-4a8e-9c3d-2f1a0b9c8d7e"
