@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from inboxd.logs import get_logger
-from inboxd.throttle import Throttle
 
 log = get_logger(__name__)
 
@@ -54,9 +53,6 @@ class Mailbox(Protocol):
     """
 
     name: str
-    # The service's back-off (Exchange, Graph), shared with a transport that sends
-    # through the same account; None where the server sets none.
-    throttle: Throttle | None = None
 
     def open(self) -> None:
         """Connect and log in (idempotent: reconnects when the connection is gone)."""

@@ -97,7 +97,6 @@ class EwsMailbox(Mailbox):
             # walks and a name that survives renames.
             raise ValueError('the EWS backend reads the inbox (folder = "inbox")')
         self.settings = settings_of(service_endpoint, username, **account)
-        self.throttle = self.settings.throttle
         self.folder_name = "inbox"
         self.poll_interval = poll_interval
         self.sync_state_path = sync_state_path

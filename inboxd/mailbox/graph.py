@@ -77,7 +77,6 @@ class GraphMailbox(Mailbox):
         **connection: Unpack[GraphConnection],
     ) -> None:
         self.client = GraphClient(mailbox, token, **connection)
-        self.throttle = self.client.throttle
         self.folder = folder
         self.delta_state_path = delta_state_path
         self.poll_interval = poll_interval
