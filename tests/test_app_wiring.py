@@ -19,7 +19,17 @@ from fakes.ews_server import EwsServer
 from fakes.graph_server import GraphServer
 from fakes.token_server import TokenServer
 from servers import MailServer
-from world import F1, MAILBOX, signal_mail
+from world import (
+    F1,
+    MAILBOX,
+    TomlValue,
+    config_text,
+    ews_sections,
+    graph_sections,
+    maildir_sections,
+    sections,
+    signal_mail,
+)
 
 from inboxd import cli, config, graph_client
 from inboxd import daemon as daemon_module
@@ -40,36 +50,19 @@ from inboxd.transport.graph import GraphTransport
 from inboxd.transport.smtp import SmtpTransport
 
 CLIENT, SECRET = "3b9f0c1d-2e4a-4f6b-8c7d-9e0f1a2b3c4d", "wiring~secret.0123456789abcdef"
-FROM = f'from = "Meldpunt vreemdverhaal <{MAILBOX}>"'
-
-REST = """
-[crypto]
-key_files = ["{root}/master-key"]
-
-[reporters]
-ack_domains = ["gemeente.example"]
-
-[triage]
-functionarissen = ["a.jansen@gemeente.example", "b.devries@gemeente.example"]
-trusted_authserv_ids = ["relay.gemeente.example"]
-
-[destinations.kedo]
-label = "KEDO"
-address = "intake-kedo@gemeente.example"
-"""
+FROM = f"Meldpunt vreemdverhaal <{MAILBOX}>"
 
 
 @dataclass
 class Setup:
     root: Path
 
-    def write(self, sections: str) -> Path:
+    def write(self, mailbox: str) -> Path:
+        """The suite's configuration with these [mailbox] and [smtp] sections."""
         if not (self.root / "master-key").exists():
             generate_key_file(self.root / "master-key")
         path = self.root / "inboxd.toml"
-        path.write_text(
-            f'state_dir = "{self.root}/state"\n' + sections + REST.format(root=self.root)
-        )
+        path.write_text(config_text(self.root, mailbox))
         return path
 
     def secret(self, name: str, value: str) -> str:
@@ -106,25 +99,16 @@ def graph_toml(
     graph: GraphServer,
     *,
     secret: str = SECRET,
-    credential: str | None = None,
+    credential: dict[str, str] | None = None,
     tenant: str | None = None,
 ) -> str:
-    cred = credential or f'client_secret_file = "{setup.secret("graph-secret", secret)}"'
-    return f"""
-[mailbox]
-backend = "graph"
-tenant_id = "{tenant or aad.tenant_id}"
-client_id = "{CLIENT}"
-{cred}
-mailbox = "{MAILBOX}"
-authority = "{aad.authority}"
-endpoint = "{graph.endpoint}"
-ca_file = "{pki().ca_file}"
-
-[smtp]
-transport = "graph"
-{FROM}
-"""
+    return graph_sections(
+        tenant_id=tenant or aad.tenant_id,
+        client_id=CLIENT,
+        authority=aad.authority,
+        endpoint=graph.endpoint,
+        **(credential or {"client_secret_file": setup.secret("graph-secret", secret)}),
+    )
 
 
 def ews_toml(
@@ -138,28 +122,16 @@ def ews_toml(
 ) -> str:
     if auth_type == "oauth2":
         assert aad is not None
-        creds = f"""tenant_id = "{aad.tenant_id}"
-client_id = "{CLIENT}"
-client_secret_file = "{setup.secret("ews-secret", secret)}"
-authority = "{aad.authority}"
-"""
+        creds = {
+            "tenant_id": aad.tenant_id,
+            "client_id": CLIENT,
+            "client_secret_file": setup.secret("ews-secret", secret),
+            "authority": aad.authority,
+        }
     else:
         pw = setup.secret("ews-password", password or srv.state.password)
-        user = srv.state.username.replace("\\", "\\\\")
-        creds = f'username = "{user}"\npassword_file = "{pw}"\n'
-    return f"""
-[mailbox]
-backend = "ews"
-service_endpoint = "{srv.url}"
-auth_type = "{auth_type}"
-{creds}mailbox = "{MAILBOX}"
-ca_file = "{pki().ca_file}"
-folder = "inbox"
-
-[smtp]
-transport = "ews"
-{FROM}
-"""
+        creds = {"username": srv.state.username, "password_file": pw}  # DOMAIN\user
+    return ews_sections(service_endpoint=srv.url, auth_type=auth_type, **creds)
 
 
 def run_check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -199,7 +171,7 @@ def test_graph_with_a_certificate_credential(
     setup: Setup, aad: TokenServer, graph: GraphServer
 ) -> None:
     pem = setup.secret("app.pem", pki().client_pem)
-    cfg = setup.cfg(graph_toml(setup, aad, graph, credential=f'client_certificate_file = "{pem}"'))
+    cfg = setup.cfg(graph_toml(setup, aad, graph, credential={"client_certificate_file": pem}))
     mb = Backends(cfg).mailbox()
     mb.open()
     mb.close()
@@ -253,26 +225,19 @@ def test_ews_ntlm(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_smtp_xoauth2_uses_the_mailbox_app_unless_smtp_names_its_own(
     setup: Setup, aad: TokenServer
 ) -> None:
-    imap = f"""
-[mailbox]
-backend = "imap"
-host = "127.0.0.1"
-username = "{MAILBOX}"
-auth = "xoauth2"
-tenant_id = "{aad.tenant_id}"
-client_id = "{CLIENT}"
-client_secret_file = "{setup.secret("app-secret", SECRET)}"
-authority = "{aad.authority}"
-ca_file = "{pki().ca_file}"
-"""
-    smtp = f"""
-[smtp]
-host = "127.0.0.1"
-username = "{MAILBOX}"
-auth = "xoauth2"
-{FROM}
-"""
-    cfg = setup.cfg(imap + smtp)
+    imap = {
+        "backend": "imap",
+        "host": "127.0.0.1",
+        "username": MAILBOX,
+        "auth": "xoauth2",
+        "tenant_id": aad.tenant_id,
+        "client_id": CLIENT,
+        "client_secret_file": setup.secret("app-secret", SECRET),
+        "authority": aad.authority,
+        "ca_file": pki().ca_file,
+    }
+    smtp = {"host": "127.0.0.1", "username": MAILBOX, "auth": "xoauth2", "from": FROM}
+    cfg = setup.cfg(sections(imap, smtp))
     tr = Backends(cfg).transport()
     assert isinstance(tr, SmtpTransport)
     provider = tr.server.oauth2_token
@@ -289,10 +254,14 @@ auth = "xoauth2"
     assert aad.token_requests[-1].form["scope"] == OUTLOOK_SCOPE
 
     other = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
-    own = smtp + f'tenant_id = "{aad.tenant_id}"\nclient_id = "{other}"\n'
-    own += f'client_secret_file = "{setup.secret("smtp-secret", "x")}"\n'
-    own += f'authority = "{aad.authority}"\n'
-    tr2 = Backends(setup.cfg(imap + own)).transport()
+    own = {
+        **smtp,
+        "tenant_id": aad.tenant_id,
+        "client_id": other,
+        "client_secret_file": setup.secret("smtp-secret", "x"),
+        "authority": aad.authority,
+    }
+    tr2 = Backends(setup.cfg(sections(imap, own))).transport()
     assert isinstance(tr2, SmtpTransport)
     assert isinstance(tr2.server.oauth2_token, TokenProvider)
     assert tr2.server.oauth2_token.client_id == other
@@ -371,10 +340,7 @@ def test_purge_is_a_no_op_for_other_transports(setup: Setup) -> None:
     box = setup.root / "box"
     for sub in ("new", "cur", "tmp"):
         (box / sub).mkdir(parents=True)
-    cfg = setup.cfg(
-        f'[mailbox]\nbackend = "maildir"\npath = "{box}"\n'
-        f'[smtp]\ntransport = "maildir"\npath = "{setup.root}/out"\n{FROM}\n'
-    )
+    cfg = setup.cfg(maildir_sections(box, setup.root / "out"))
     app = build(cfg)
     assert purge_sent_copies(app.transport, app.lock) == 0
     app.close()
@@ -397,21 +363,11 @@ def test_purge_is_a_no_op_for_other_transports(setup: Setup) -> None:
     ],
 )
 def test_ews_configuration_errors_name_the_key(setup: Setup, change: object, key: str) -> None:
-    srv_url = "https://mail.gemeente.example/EWS/Exchange.asmx"
-    text = f"""
-[mailbox]
-backend = "ews"
-service_endpoint = "{srv_url}"
-auth_type = "basic"
-username = "GEMEENTE\\\\svc-inboxd"
-password_file = "/run/credentials/inboxd.service/ews-password"
-mailbox = "{MAILBOX}"
-folder = "inbox"
-
-[smtp]
-transport = "ews"
-{FROM}
-"""
+    text = ews_sections(
+        service_endpoint="https://mail.gemeente.example/EWS/Exchange.asmx",
+        username="GEMEENTE\\svc-inboxd",
+        password_file="/run/credentials/inboxd.service/ews-password",
+    )
     setup.cfg(text)  # the unchanged text is valid
     assert callable(change)
     with pytest.raises(ConfigError) as err:
@@ -591,50 +547,41 @@ def test_check_imap_and_smtp_xoauth2_refused_name_the_exchange_permissions(
 ) -> None:
     # The real Dovecot and relay accept XOAUTH2, but not tokens of this (fake) tenant:
     # what Exchange Online does for an app without IMAP.AccessAsApp / SMTP.SendAsApp.
-    app = f"""tenant_id = "{aad.tenant_id}"
-client_id = "{CLIENT}"
-client_secret_file = "{setup.secret("app-secret", SECRET)}"
-authority = "{aad.authority}"
-"""
-    imap_xoauth2 = f"""
-[mailbox]
-backend = "imap"
-host = "127.0.0.1"
-port = {mail.imap_tls_port}
-username = "{MAILBOX}"
-auth = "xoauth2"
-ca_file = "{mail.ca_file}"
-{app}"""
+    app = {
+        "tenant_id": aad.tenant_id,
+        "client_id": CLIENT,
+        "client_secret_file": setup.secret("app-secret", SECRET),
+        "authority": aad.authority,
+    }
+    imap: dict[str, TomlValue] = {
+        "backend": "imap",
+        "host": "127.0.0.1",
+        "port": mail.imap_tls_port,
+        "username": MAILBOX,
+        "ca_file": mail.ca_file,
+    }
+    imap_xoauth2 = {**imap, "auth": "xoauth2", **app}
     pw = setup.secret("password", mail.password(MAILBOX))
-    imap_password = f"""
-[mailbox]
-backend = "imap"
-host = "127.0.0.1"
-port = {mail.imap_tls_port}
-username = "{MAILBOX}"
-password_file = "{pw}"
-ca_file = "{mail.ca_file}"
-"""
-    smtp = f"""
-[smtp]
-host = "127.0.0.1"
-port = {mail.smtp_port}
-security = "starttls"
-ca_file = "{mail.ca_file}"
-username = "{MAILBOX}"
-{FROM}
-"""
+    imap_password = {**imap, "password_file": pw}
+    smtp: dict[str, TomlValue] = {
+        "host": "127.0.0.1",
+        "port": mail.smtp_port,
+        "security": "starttls",
+        "ca_file": mail.ca_file,
+        "username": MAILBOX,
+        "from": FROM,
+    }
     # One CA signed the fake directory and the mail servers: one ca_file trusts both.
     assert mail.ca_file == pki().ca_file
     code, out, err = run_check(
-        setup.write(imap_xoauth2 + smtp + f'password_file = "{pw}"\n'), capsys
+        setup.write(sections(imap_xoauth2, {**smtp, "password_file": pw})), capsys
     )
     assert code == 3
     assert "token for [mailbox]: ok" in out
     assert f"IMAP refused the XOAUTH2 login of {MAILBOX}" in err and "IMAP.AccessAsApp" in err
 
-    smtp_xoauth2 = smtp + 'auth = "xoauth2"\n' + app
-    code, out, err = run_check(setup.write(imap_password + smtp_xoauth2), capsys)
+    smtp_xoauth2 = {**smtp, "auth": "xoauth2", **app}
+    code, out, err = run_check(setup.write(sections(imap_password, smtp_xoauth2)), capsys)
     assert code == 3
     assert "mailbox (imap): logged in" in out and "token for [smtp]: ok" in out
     assert f"SMTP refused the XOAUTH2 login of {MAILBOX}" in err and "SMTP.SendAsApp" in err

@@ -26,7 +26,7 @@ BACKLOG = 300
 @pytest.fixture
 def world(mail: MailServer, tmp_path: Path) -> World:
     w = World(mail, tmp_path / "w").setup()
-    w.write_config(rate="100000/h", include="text", idle="true")
+    w.write_config(rate="100000/h", include="text", idle=True)
     return w
 
 

@@ -100,10 +100,10 @@ def test_empty_store_and_statistics_range(world: World) -> None:
 
 def test_sender_evidence_and_encryption_are_reported_as_configured(world: World) -> None:
     now = time.time()
-    world.write_config(trusted="[]", allow_unauthenticated="true")
+    world.write_config(trusted=[], allow_unauthenticated=True)
     text = " ".join(register.render(world.cfg(), retention(), now).split())
     assert "LET OP: triage.allow_unauthenticated = true" in text
-    world.write_config(trusted='["mail.gemeente.test"]', allow_unauthenticated="false")
+    world.write_config(trusted=["mail.gemeente.test"], allow_unauthenticated=False)
     text = " ".join(register.render(world.cfg(), retention(), now).split())
     assert "LET OP" not in text
     assert (

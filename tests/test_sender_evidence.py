@@ -109,7 +109,7 @@ def world(mail: MailServer, tmp_path: Path) -> World:
     # An upstream MX the relay receives from is trusted too: its fields sit below the
     # relay's own, as in a two-hop chain (MX with DKIM/DMARC → internal relay).
     w = World(mail, tmp_path / "w").setup()
-    w.write_config(trusted=f'["{AUTHSERV_ID}", "{MX}"]')
+    w.write_config(trusted=[AUTHSERV_ID, MX])
     return w
 
 
@@ -229,7 +229,7 @@ def test_an_unverified_drill_is_a_real_signal(world: World, mail: MailServer) ->
 
 
 def test_a_configuration_without_evidence_is_refused(world: World) -> None:
-    world.write_config(trusted="[]")
+    world.write_config(trusted=[])
     for command in (("check",), ("once",), ("run",)):
         out = world.cli(*command)
         assert out.returncode == 2, (command, out.stderr)
@@ -241,7 +241,7 @@ def test_a_configuration_without_evidence_is_refused(world: World) -> None:
 
 
 def test_allow_unauthenticated_is_logged_and_shown(world: World, mail: MailServer) -> None:
-    world.write_config(trusted="[]", allow_unauthenticated="true")
+    world.write_config(trusted=[], allow_unauthenticated=True)
     assert world.status()["sender_evidence"] == {"required": False, "sources": []}
     _, request = new_signal(world, mail)
     mail.deliver(reply(request, "KEDO"), MAILBOX, mail_from="forger@evil.example")

@@ -26,16 +26,18 @@ from world import (
     MAILBOX,
     REPORTER,
     RIEC,
+    Installation,
     assert_absent,
     body_text,
     config_text,
+    imap_sections,
     marker,
     parse,
     reply,
     signal_mail,
 )
 
-from inboxd import config, logs
+from inboxd import logs
 from inboxd.app import App, build
 from inboxd.crypto import Keyring, generate_key_file
 from inboxd.daemon import once
@@ -51,7 +53,7 @@ NOW = dt.datetime(2026, 11, 23, 10, 5, tzinfo=dt.UTC).timestamp()
 
 
 @dataclass
-class Office:
+class Office(Installation):
     """inboxd as ``inboxd once`` runs it, with the mail servers replaced by memory."""
 
     root: Path
@@ -69,18 +71,20 @@ class Office:
             (self.root / name).chmod(0o600)
         # The suite's configuration; its IMAP and SMTP settings are never dialled, as
         # ``build`` is given the mailbox and the transport.
-        (self.root / "inboxd.toml").write_text(
-            config_text(self.root, imap_port=1, smtp_port=1, ca=str(self.root / "unused-ca"))
+        sections = imap_sections(
+            imap_port=1,
+            smtp_port=1,
+            ca=str(self.root / "unused-ca"),
+            password_file=self.root / "imap-password",
+            smtp_password_file=self.root / "smtp-password",
         )
+        self.config_path.write_text(config_text(self.root, sections))
         logs.configure("json", "debug", stream=self.log)
         self.keyring = Keyring.from_files(self.cfg().crypto.key_files)
         return self
 
     def clock(self) -> float:
         return self.now
-
-    def cfg(self) -> config.Config:
-        return config.load(str(self.root / "inboxd.toml"))
 
     def deliver(self, raw: bytes, *, login: str | None, mail_from: str) -> None:
         """``raw`` as the relay files it after a submission by ``login`` (or none)."""
@@ -109,29 +113,13 @@ class Office:
         """The store of a fresh assembly, to read what the rounds left (close it)."""
         return self.app().store
 
-    def outbox_size(self) -> int:
-        s = self.store()
-        try:
-            return s.outbox_size()
-        finally:
-            s.close()
-
     def by_state(self) -> dict[str, int]:
-        s = self.store()
-        try:
+        with self.reading() as s:
             return s.counts_by_state()
-        finally:
-            s.close()
 
     def stats(self) -> list[dict[str, object]]:
-        s = self.store()
-        try:
+        with self.reading() as s:
             return s.stats_rows(2026)
-        finally:
-            s.close()
-
-    def state_bytes(self) -> bytes:
-        return b"".join(p.read_bytes() for p in (self.root / "state").rglob("*") if p.is_file())
 
     def subjects(self, address: str) -> list[str]:
         return [str(parse(m)["Subject"]) for m in self.transport.to(address)]

@@ -1,8 +1,11 @@
 """A configured inboxd against the test mail servers: the shared setup of the
-end-to-end tests (the servers themselves come from ``conftest.py``)."""
+end-to-end tests (the servers themselves come from ``conftest.py``), and the suite's
+one configuration builder (:func:`config_text`), which every set-up uses, fakes and
+in-process ones included."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -11,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -20,11 +24,12 @@ from typing import Any
 
 from servers import AUTHSERV_ID, MailServer
 from servers.smtp_relay import stamp
+from servers.tlsca import pki
 
 from inboxd import config, logs
 from inboxd.app import App, build
 from inboxd.crypto import Keyring, generate_key_file
-from inboxd.store import SqliteStore
+from inboxd.store import SqliteStore, Store
 
 MAILBOX = "vreemdverhaal@gemeente.example"
 REPORTER = "melder@gemeente.example"
@@ -36,104 +41,177 @@ RIEC = "informatieplein@riec.example"
 NLA = "inspectie@nla.example"
 REPO = Path(__file__).resolve().parent.parent
 
-CONFIG = """\
-state_dir = "{root}/state"
-language = "{language}"
-reference_prefix = "VV"
+FROM = f"Meldpunt vreemdverhaal <{MAILBOX}>"
 
-[mailbox]
-backend = "imap"
-host = "127.0.0.1"
-port = {imap_port}
-security = "tls"
-ca_file = "{ca}"
-username = "{mailbox}"
-password_file = "{root}/imap-password"
-idle = {idle}
-poll_interval = "{poll}"
-retain_in_mailbox = "{retain}"
-
-[smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-security = "starttls"
-ca_file = "{ca}"
-username = "{mailbox}"
-password_file = "{root}/smtp-password"
-from = "Meldpunt vreemdverhaal <{mailbox}>"
-
-[crypto]
-key_files = ["{root}/master-key"]
-
-[reporters]
-ack_domains = ["gemeente.example"]
-ack_rate_limit = "{rate}"
-
-[sources.mma]
-addresses = ["meldingen@meldmisdaadanoniem.example"]
-
-[triage]
-functionarissen = ["{f1}", "{f2}"]
-include_content = "{include}"
-trusted_authserv_ids = {trusted}
-allow_unauthenticated = {allow_unauthenticated}
-forward_retry_for = "{retry_for}"
-request_limit = "{request_limit}"
-notice_limit = "{notice_limit}"
-
-[destinations.kedo]
-label = "KEDO (slachtofferspoor)"
-address = "{kedo}"
-certificate = "{kedo_cert}"
-test_address = "{kedo_test}"
-
-[destinations.riec]
-label = "RIEC Informatieplein (daderspoor)"
-address = "{riec}"
-
-[destinations.nla]
-label = "Nederlandse Arbeidsinspectie"
-address = "{nla}"
-
-[admin]
-socket = "{root}/admin.sock"
-"""
+TomlValue = str | int | bool | Path | Sequence[str]
 
 
-def config_text(root: Path, *, imap_port: int, smtp_port: int, ca: str, **options: Any) -> str:
-    """The suite's one configuration: :data:`CONFIG` with its defaults, ``options``
-    overriding them (``extra`` is appended as more TOML)."""
-    o = {
-        "language": "nl",
-        "idle": "true",
-        "poll": "60s",
-        "retain": "queued",
-        "rate": "10/h",
-        "include": "full",
-        # The suite's relay stamps Authentication-Results as the mail server does.
-        "trusted": f'["{AUTHSERV_ID}"]',
-        "allow_unauthenticated": "false",
-        "retry_for": "24h",
-        "request_limit": "10/h",
-        "notice_limit": "60/h",
-        "kedo_cert": "",
-        "kedo_test": "",
-        "extra": "",
-        **options,
+def toml_lines(keys: Mapping[str, TomlValue | None]) -> str:
+    """``key = value`` lines; a key whose value is None is left out (its default)."""
+    out = []
+    for key, value in keys.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int):
+            text = str(value)
+        elif isinstance(value, str | Path):
+            text = json.dumps(str(value))  # a JSON string is a TOML basic string
+        else:
+            text = "[" + ", ".join(json.dumps(v) for v in value) + "]"
+        out.append(f"{key} = {text}\n")
+    return "".join(out)
+
+
+def sections(mailbox: Mapping[str, TomlValue | None], smtp: Mapping[str, TomlValue | None]) -> str:
+    """The ``[mailbox]`` and ``[smtp]`` sections of :func:`config_text`."""
+    return f"\n[mailbox]\n{toml_lines(mailbox)}\n[smtp]\n{toml_lines(smtp)}"
+
+
+def imap_sections(
+    *,
+    imap_port: int,
+    smtp_port: int,
+    ca: str,
+    password_file: str | Path,
+    smtp_password_file: str | Path | None = None,
+    **mailbox: TomlValue | None,
+) -> str:
+    """IMAP in, SMTP out, as the signals mailbox on the suite's Dovecot and relay
+    (``mailbox``: more ``[mailbox]`` keys)."""
+    return sections(
+        {
+            "backend": "imap",
+            "host": "127.0.0.1",
+            "port": imap_port,
+            "security": "tls",
+            "ca_file": ca,
+            "username": MAILBOX,
+            "password_file": password_file,
+            **mailbox,
+        },
+        {
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "security": "starttls",
+            "ca_file": ca,
+            "username": MAILBOX,
+            "password_file": smtp_password_file or password_file,
+            "from": FROM,
+        },
+    )
+
+
+def maildir_sections(box: Path, out: Path, **mailbox: TomlValue | None) -> str:
+    """A local Maildir in, ``transport = "maildir"`` out."""
+    return sections(
+        {"backend": "maildir", "path": box, **mailbox},
+        {"transport": "maildir", "path": out, "from": FROM},
+    )
+
+
+def graph_sections(
+    *,
+    tenant_id: str,
+    client_id: str,
+    authority: str,
+    endpoint: str,
+    ca_file: str | None = None,
+    **mailbox: TomlValue | None,
+) -> str:
+    """Microsoft Graph in and out (``mailbox``: the credential, e.g.
+    ``client_secret_file``, and more keys); the suite's CA unless ``ca_file``."""
+    return sections(
+        {
+            "backend": "graph",
+            "tenant_id": tenant_id,
+            "client_id": client_id,
+            **mailbox,
+            "mailbox": MAILBOX,
+            "authority": authority,
+            "endpoint": endpoint,
+            "ca_file": ca_file or pki().ca_file,
+        },
+        {"transport": "graph", "from": FROM},
+    )
+
+
+def ews_sections(
+    *,
+    service_endpoint: str,
+    auth_type: str = "basic",
+    ca_file: str | None = None,
+    **mailbox: TomlValue | None,
+) -> str:
+    """Exchange Web Services in and out (``mailbox``: the credentials and more keys);
+    the suite's CA unless ``ca_file``."""
+    return sections(
+        {
+            "backend": "ews",
+            "service_endpoint": service_endpoint,
+            "auth_type": auth_type,
+            **mailbox,
+            "mailbox": MAILBOX,
+            "ca_file": ca_file or pki().ca_file,
+            "folder": "inbox",
+        },
+        {"transport": "ews", "from": FROM},
+    )
+
+
+# The options of :func:`config_text` and the suite's values for them. None leaves
+# the key out: inboxd's default.
+DEFAULTS: dict[str, TomlValue | None] = {
+    "language": "nl",
+    "rate": "10/h",
+    "include": "full",
+    # The suite's relay stamps Authentication-Results as the mail server does.
+    "trusted": [AUTHSERV_ID],
+    "allow_unauthenticated": False,
+    "retry_for": "24h",
+    "request_limit": "10/h",
+    "notice_limit": "60/h",
+    "kedo_cert": "",
+    "kedo_test": "",
+    "extra": "",
+}
+
+
+def config_text(root: Path, mailbox: str, **options: TomlValue | None) -> str:
+    """The suite's one configuration, in ``root``: the ``[mailbox]`` and ``[smtp]``
+    sections ``mailbox`` (:func:`imap_sections`, :func:`maildir_sections`,
+    :func:`graph_sections`, :func:`ews_sections` or a test's own), the rest with
+    :data:`DEFAULTS`, ``options`` overriding them (``extra`` is appended as more TOML)."""
+    unknown = set(options) - set(DEFAULTS)
+    assert not unknown, f"config_text has no option {sorted(unknown)}"
+    o = {**DEFAULTS, **options}
+    top = {"state_dir": f"{root}/state", "language": o["language"], "reference_prefix": "VV"}
+    tables: dict[str, dict[str, TomlValue | None]] = {
+        "crypto": {"key_files": [f"{root}/master-key"]},
+        "reporters": {"ack_domains": ["gemeente.example"], "ack_rate_limit": o["rate"]},
+        "sources.mma": {"addresses": ["meldingen@meldmisdaadanoniem.example"]},
+        "triage": {
+            "functionarissen": [F1, F2],
+            "include_content": o["include"],
+            "trusted_authserv_ids": o["trusted"],
+            "allow_unauthenticated": o["allow_unauthenticated"],
+            "forward_retry_for": o["retry_for"],
+            "request_limit": o["request_limit"],
+            "notice_limit": o["notice_limit"],
+        },
+        "destinations.kedo": {
+            "label": "KEDO (slachtofferspoor)",
+            "address": KEDO,
+            "certificate": o["kedo_cert"],
+            "test_address": o["kedo_test"],
+        },
+        "destinations.riec": {"label": "RIEC Informatieplein (daderspoor)", "address": RIEC},
+        "destinations.nla": {"label": "Nederlandse Arbeidsinspectie", "address": NLA},
+        "admin": {"socket": f"{root}/admin.sock"},
     }
-    return CONFIG.format(
-        root=root,
-        imap_port=imap_port,
-        smtp_port=smtp_port,
-        ca=ca,
-        mailbox=MAILBOX,
-        f1=F1,
-        f2=F2,
-        kedo=KEDO,
-        riec=RIEC,
-        nla=NLA,
-        **o,
-    ) + str(o["extra"])
+    rest = "".join(f"\n[{name}]\n{toml_lines(keys)}" for name, keys in tables.items())
+    return toml_lines(top) + mailbox + rest + str(o["extra"] or "")
 
 
 def marker() -> str:
@@ -252,29 +330,73 @@ def body_text(raw: bytes) -> str:
     return part.get_content() if part is not None else ""  # type: ignore[no-any-return]
 
 
+class Installation:
+    """inboxd configured in ``root`` (``root/inboxd.toml``, its state in
+    ``root/state``), and what a test reads back from it: one definition for
+    :class:`World`, the in-process office of ``test_workflows.py`` and the contract
+    tests."""
+
+    root: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "inboxd.toml"
+
+    def cfg(self) -> config.Config:
+        return config.load(str(self.config_path))
+
+    def store(self) -> Store:
+        """The store as a fresh process opens it (the caller closes it)."""
+        cfg = self.cfg()
+        return SqliteStore(cfg.state_dir, Keyring.from_files(cfg.crypto.key_files))
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Store]:
+        """:meth:`store`, closed after the ``with`` block."""
+        s = self.store()
+        try:
+            yield s
+        finally:
+            s.close()
+
+    def outbox_size(self) -> int:
+        with self.reading() as s:
+            return s.outbox_size()
+
+    def state_bytes(self) -> bytes:
+        """Every file of the state directory, concatenated: for markers that must be
+        absent (the store holds them encrypted or not at all)."""
+        return b"".join(p.read_bytes() for p in (self.root / "state").rglob("*") if p.is_file())
+
+
 @dataclass
-class World:
+class World(Installation):
     mail: MailServer
     root: Path
     options: dict[str, Any] = field(default_factory=dict)
     log: io.StringIO = field(default_factory=io.StringIO)
     now: float = field(default_factory=time.time)
 
-    @property
-    def config_path(self) -> Path:
-        return self.root / "inboxd.toml"
-
     def write_config(self, **overrides: Any) -> None:
+        """The suite's configuration (:func:`config_text`) against its servers; the
+        options stay for the next call. ``idle``, ``poll`` and ``retain`` are
+        ``[mailbox]`` settings, the others :data:`DEFAULTS`."""
         self.options.update(overrides)
-        self.config_path.write_text(
-            config_text(
-                self.root,
-                imap_port=self.mail.imap_tls_port,
-                smtp_port=self.mail.smtp_port,
-                ca=self.mail.ca_file,
-                **self.options,
-            )
+        options = dict(self.options)
+        mailbox = {
+            "idle": options.pop("idle", True),
+            "poll_interval": options.pop("poll", "60s"),
+            "retain_in_mailbox": options.pop("retain", "queued"),
+        }
+        sections = imap_sections(
+            imap_port=self.mail.imap_tls_port,
+            smtp_port=self.mail.smtp_port,
+            ca=self.mail.ca_file,
+            password_file=self.root / "imap-password",
+            smtp_password_file=self.root / "smtp-password",
+            **mailbox,
         )
+        self.config_path.write_text(config_text(self.root, sections, **options))
 
     def setup(self) -> World:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -287,9 +409,6 @@ class World:
         self.write_config()
         logs.configure("json", "debug", stream=self.log)
         return self
-
-    def cfg(self) -> config.Config:
-        return config.load(str(self.config_path))
 
     def clock(self) -> float:
         return self.now
@@ -315,17 +434,6 @@ class World:
             if not self.mail.messages(MAILBOX) and self.outbox_size() == 0:
                 return
 
-    def store(self) -> SqliteStore:
-        cfg = self.cfg()
-        return SqliteStore(cfg.state_dir, Keyring.from_files(cfg.crypto.key_files))
-
-    def outbox_size(self) -> int:
-        s = self.store()
-        try:
-            return s.outbox_size()
-        finally:
-            s.close()
-
     def status(self) -> dict[str, Any]:
         out = self.cli("status", "--json")
         assert out.returncode == 0, out.stderr
@@ -339,9 +447,6 @@ class World:
             timeout=timeout,
             cwd=REPO,
         )
-
-    def state_bytes(self) -> bytes:
-        return b"".join(p.read_bytes() for p in (self.root / "state").rglob("*") if p.is_file())
 
     def log_text(self) -> str:
         return self.log.getvalue()

@@ -239,7 +239,7 @@ def test_backlog_of_1000(mail: MailServer, tmp_path: Path, monkeypatch: pytest.M
     world.write_config(
         rate="100000/h",
         include="none",
-        idle="false",
+        idle=False,
         request_limit="100000/h",
         notice_limit="100000/h",
     )

@@ -150,7 +150,7 @@ def test_delivery_to_acknowledgement_under_idle(mail: MailServer, tmp_path: Path
     world = World(mail, tmp_path / "w").setup()
     # 20 signals from one reporter inside the hour: lift the ack rate limit and the
     # flood brake, so each signal is acknowledged and triaged (a latency, not a flood).
-    world.write_config(idle="true", rate="1000/h", request_limit="1000/h", notice_limit="1000/h")
+    world.write_config(idle=True, rate="1000/h", request_limit="1000/h", notice_limit="1000/h")
     reporter = Counter(mail, REPORTER)
     daemon = Daemon(world)
     try:
@@ -227,7 +227,7 @@ def test_a_genuine_signal_right_after_the_70000_reference_mail(
     reporter's signal: how long until that reporter has the acknowledgement (it took
     133 s when references were de-duplicated on lists)."""
     world = World(mail, tmp_path / "w").setup()
-    world.write_config(idle="true", rate="1000/h")
+    world.write_config(idle=True, rate="1000/h")
     reporter = Counter(mail, REPORTER)
     daemon = Daemon(world)
     # Each round its own mail (a copy of the same one would be a duplicate).

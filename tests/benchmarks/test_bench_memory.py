@@ -313,7 +313,7 @@ def run_phase_profile(world: World) -> dict[str, Any]:
 
 def fresh_world(mail: MailServer, root: Path, smtp_port: int | None = None) -> World:
     world = World(mail, root).setup()
-    world.write_config(idle="false", include="full")
+    world.write_config(idle=False, include="full")
     if smtp_port is not None:
         text = world.config_path.read_text()
         old = f"port = {mail.smtp_port}\n"

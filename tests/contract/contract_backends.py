@@ -9,7 +9,7 @@ small API whatever backend serves them.
 - ``graph``: the fake Microsoft Graph + Entra ID (client credentials), sending via
   Graph ``sendMail``.
 
-Each exposes ``config_fragment()`` (its ``[mailbox]`` and ``[smtp]`` TOML),
+Each exposes ``config_sections()`` (its ``[mailbox]`` and ``[smtp]`` TOML),
 ``deliver(raw)``, ``mailbox_contents()`` (everything the account can still see, in
 every folder, Sent Items and soft-deleted items included) and ``received(address)``
 (what a recipient got; for EWS and Graph: what the fake recorded as sent to them).
@@ -22,16 +22,23 @@ import secrets
 from pathlib import Path
 from typing import Protocol
 
-from fakes import pki
 from fakes.ews_server import EwsServer
 from fakes.graph_server import GraphServer
 from fakes.token_server import TokenServer
 from servers import AUTHSERV_ID
-from world import MAILBOX, exchange_delivery, submit
+from world import (
+    MAILBOX,
+    TomlValue,
+    ews_sections,
+    exchange_delivery,
+    graph_sections,
+    imap_sections,
+    maildir_sections,
+    submit,
+)
 
 from inboxd.transport.own_headers import header_recipients
 
-FROM = f"Meldpunt vreemdverhaal <{MAILBOX}>"
 GRAPH_CLIENT = "5d1e6c2a-0b7f-4a8e-9c3d-2f1a0b9c8d7e"
 GRAPH_SECRET = "contract~secret.0123456789abcdef"
 
@@ -39,7 +46,9 @@ GRAPH_SECRET = "contract~secret.0123456789abcdef"
 class Backend(Protocol):
     name: str
 
-    def config_fragment(self) -> str: ...
+    def config_sections(self) -> str:
+        """Its ``[mailbox]`` and ``[smtp]`` sections (see ``world.config_text``)."""
+        ...
 
     def deliver(self, raw: bytes) -> None: ...
 
@@ -47,8 +56,8 @@ class Backend(Protocol):
         """Mail from a member of staff, with what the backend's server stamps as
         evidence of who sent it."""
 
-    def evidence_config(self) -> str:
-        """The ``[triage]`` lines that name that evidence."""
+    def evidence(self) -> dict[str, TomlValue | None]:
+        """The ``world.config_text`` options that name that evidence."""
         ...
 
     def forge(self, raw: bytes) -> None:
@@ -85,28 +94,15 @@ class ImapBackend:
         self.mail = mail
         self.root = root
 
-    def config_fragment(self) -> str:
+    def config_sections(self) -> str:
         pw = _secret_file(self.root / "imap-password", self.mail.password(MAILBOX))
-        return f"""
-[mailbox]
-backend = "imap"
-host = "127.0.0.1"
-port = {self.mail.imap_tls_port}
-security = "tls"
-ca_file = "{self.mail.ca_file}"
-username = "{MAILBOX}"
-password_file = "{pw}"
-idle = false
-
-[smtp]
-host = "127.0.0.1"
-port = {self.mail.smtp_port}
-security = "starttls"
-ca_file = "{self.mail.ca_file}"
-username = "{MAILBOX}"
-password_file = "{pw}"
-from = "{FROM}"
-"""
+        return imap_sections(
+            imap_port=self.mail.imap_tls_port,
+            smtp_port=self.mail.smtp_port,
+            ca=self.mail.ca_file,
+            password_file=pw,
+            idle=False,
+        )
 
     def deliver(self, raw: bytes) -> None:
         # APPEND: the bytes land unchanged, as a delivery would leave them.
@@ -119,8 +115,8 @@ from = "{FROM}"
         # Unauthenticated, through the relay, as mail from outside arrives.
         self.mail.deliver(raw, MAILBOX, mail_from="forger@evil.example")
 
-    def evidence_config(self) -> str:
-        return f'trusted_authserv_ids = ["{AUTHSERV_ID}"]\n'
+    def evidence(self) -> dict[str, TomlValue | None]:
+        return {"trusted": [AUTHSERV_ID]}
 
     def mailbox_contents(self) -> list[bytes]:
         return [m for msgs in self.mail.all_messages(MAILBOX).values() for m in msgs]
@@ -138,18 +134,8 @@ class MaildirBackend:
         for sub in ("new", "cur", "tmp"):
             (self.box / sub).mkdir(parents=True)
 
-    def config_fragment(self) -> str:
-        return f"""
-[mailbox]
-backend = "maildir"
-path = "{self.box}"
-poll_interval = "1s"
-
-[smtp]
-transport = "maildir"
-path = "{self.out}"
-from = "{FROM}"
-"""
+    def config_sections(self) -> str:
+        return maildir_sections(self.box, self.out, poll_interval="1s")
 
     def deliver(self, raw: bytes) -> None:
         name = f"{secrets.token_hex(8)}.contract"
@@ -163,9 +149,9 @@ from = "{FROM}"
     def forge(self, raw: bytes) -> None:
         self.deliver(raw)
 
-    def evidence_config(self) -> str:
+    def evidence(self) -> dict[str, TomlValue | None]:
         # Files dropped into a local folder: no server exists that could vouch.
-        return "allow_unauthenticated = true\n"
+        return {"trusted": None, "allow_unauthenticated": True}
 
     def mailbox_contents(self) -> list[bytes]:
         return _maildir_files(self.box)
@@ -181,26 +167,14 @@ class EwsBackend:
         self.server = server
         self.root = root
 
-    def config_fragment(self) -> str:
+    def config_sections(self) -> str:
         st = self.server.state
-        pw = _secret_file(self.root / "ews-password", st.password)
-        user = st.username.replace("\\", "\\\\")  # DOMAIN\user, TOML-escaped
-        return f"""
-[mailbox]
-backend = "ews"
-service_endpoint = "{self.server.url}"
-auth_type = "basic"
-username = "{user}"
-password_file = "{pw}"
-mailbox = "{MAILBOX}"
-ca_file = "{pki().ca_file}"
-folder = "inbox"
-poll_interval = "1s"
-
-[smtp]
-transport = "ews"
-from = "{FROM}"
-"""
+        return ews_sections(
+            service_endpoint=self.server.url,
+            username=st.username,  # DOMAIN\user
+            password_file=_secret_file(self.root / "ews-password", st.password),
+            poll_interval="1s",
+        )
 
     def deliver(self, raw: bytes) -> None:
         self.server.deliver(raw)
@@ -211,8 +185,8 @@ from = "{FROM}"
     def forge(self, raw: bytes) -> None:
         self.server.deliver(exchange_delivery(raw, internal=False))
 
-    def evidence_config(self) -> str:
-        return ""  # exchange_internal is the default for ews
+    def evidence(self) -> dict[str, TomlValue | None]:
+        return {"trusted": None}  # exchange_internal is the default for ews
 
     def mailbox_contents(self) -> list[bytes]:
         st = self.server.state
@@ -236,24 +210,15 @@ class GraphBackend:
         self.graph = graph
         self.root = root
 
-    def config_fragment(self) -> str:
-        secret = _secret_file(self.root / "graph-secret", GRAPH_SECRET)
-        return f"""
-[mailbox]
-backend = "graph"
-tenant_id = "{self.aad.tenant_id}"
-client_id = "{GRAPH_CLIENT}"
-client_secret_file = "{secret}"
-mailbox = "{MAILBOX}"
-authority = "{self.aad.authority}"
-endpoint = "{self.graph.endpoint}"
-ca_file = "{pki().ca_file}"
-poll_interval = "1s"
-
-[smtp]
-transport = "graph"
-from = "{FROM}"
-"""
+    def config_sections(self) -> str:
+        return graph_sections(
+            tenant_id=self.aad.tenant_id,
+            client_id=GRAPH_CLIENT,
+            authority=self.aad.authority,
+            endpoint=self.graph.endpoint,
+            client_secret_file=_secret_file(self.root / "graph-secret", GRAPH_SECRET),
+            poll_interval="1s",
+        )
 
     def deliver(self, raw: bytes) -> None:
         self.graph.deliver(raw)
@@ -264,8 +229,8 @@ from = "{FROM}"
     def forge(self, raw: bytes) -> None:
         self.graph.deliver(exchange_delivery(raw, internal=False))
 
-    def evidence_config(self) -> str:
-        return ""  # exchange_internal is the default for graph
+    def evidence(self) -> dict[str, TomlValue | None]:
+        return {"trusted": None}  # exchange_internal is the default for graph
 
     def mailbox_contents(self) -> list[bytes]:
         st = self.graph.state

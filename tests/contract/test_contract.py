@@ -27,46 +27,30 @@ from fakes.ews_server import EwsServer
 from fakes.graph_server import GraphServer
 from fakes.token_server import TokenServer
 from servers import AUTHSERV_ID
-from world import F1, F2, KEDO, MAILBOX, NLA, REPORTER, RIEC, body_text, marker, parse, signal_mail
+from world import (
+    F1,
+    F2,
+    KEDO,
+    MAILBOX,
+    NLA,
+    REPORTER,
+    RIEC,
+    Installation,
+    body_text,
+    config_text,
+    marker,
+    parse,
+    signal_mail,
+)
 
-from inboxd import config, logs
+from inboxd import logs
 from inboxd.app import App, build
 from inboxd.backends.connect import Backends
-from inboxd.crypto import Keyring, generate_key_file
+from inboxd.crypto import generate_key_file
 from inboxd.daemon import once
 from inboxd.mailbox.base import Mailbox
 from inboxd.parsing import parse_message
 from inboxd.references import find_references
-from inboxd.store import SqliteStore
-
-BASE = """\
-state_dir = "{root}/state"
-language = "nl"
-reference_prefix = "VV"
-{fragment}
-[crypto]
-key_files = ["{root}/master-key"]
-
-[reporters]
-ack_domains = ["gemeente.example"]
-ack_rate_limit = "50/h"
-
-[triage]
-functionarissen = ["{f1}", "{f2}"]
-include_content = "full"
-{evidence}
-[destinations.kedo]
-label = "KEDO (slachtofferspoor)"
-address = "{kedo}"
-
-[destinations.riec]
-label = "RIEC Informatieplein (daderspoor)"
-address = "{riec}"
-
-[destinations.nla]
-label = "Nederlandse Arbeidsinspectie"
-address = "{nla}"
-"""
 
 
 class Crash(BaseException):
@@ -74,7 +58,7 @@ class Crash(BaseException):
 
 
 @dataclass
-class Contract:
+class Contract(Installation):
     backend: Backend
     root: Path
     log: io.StringIO = field(default_factory=io.StringIO)
@@ -82,22 +66,12 @@ class Contract:
     def setup(self) -> Contract:
         self.root.mkdir()
         generate_key_file(self.root / "master-key")
-        (self.root / "inboxd.toml").write_text(
-            BASE.format(
-                root=self.root,
-                fragment=self.backend.config_fragment(),
-                evidence=self.backend.evidence_config(),
-                f1=F1,
-                f2=F2,
-                kedo=KEDO,
-                riec=RIEC,
-                nla=NLA,
-            )
+        # The suite's configuration: the backend's sections and sender evidence.
+        text = config_text(
+            self.root, self.backend.config_sections(), rate="50/h", **self.backend.evidence()
         )
+        self.config_path.write_text(text)
         return self
-
-    def cfg(self) -> config.Config:
-        return config.load(str(self.root / "inboxd.toml"))
 
     def app(self, prepare: Callable[[Mailbox], None] | None = None) -> App:
         cfg = self.cfg()
@@ -118,36 +92,20 @@ class Contract:
                 return
         raise AssertionError(f"still busy after {rounds} rounds")
 
-    def store(self) -> SqliteStore:
-        cfg = self.cfg()
-        return SqliteStore(cfg.state_dir, Keyring.from_files(cfg.crypto.key_files))
-
     def open_signals(self) -> int:
-        s = self.store()
-        try:
+        with self.reading() as s:
             return len(s.signals())
-        finally:
-            s.close()
 
     def accepted(self) -> int:
         """Taken from the mailbox and sealed, not yet processed into a signal."""
-        s = self.store()
-        try:
+        with self.reading() as s:
             return s.inbound_count()
-        finally:
-            s.close()
-
-    def outbox_size(self) -> int:
-        s = self.store()
-        try:
-            return s.outbox_size()
-        finally:
-            s.close()
 
     def state_bytes(self) -> bytes:
-        files = [p for p in (self.root / "state").rglob("*") if p.is_file()]
-        assert files, "the store left no files at all?"
-        return b"".join(p.read_bytes() for p in files)
+        assert any(p.is_file() for p in (self.root / "state").rglob("*")), (
+            "the store left no files at all?"
+        )
+        return super().state_bytes()
 
 
 BACKENDS = ["imap", "maildir", "ews", "graph"]
