@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from inboxd.backends.connect import Backends
 from inboxd.config import Config
@@ -15,6 +15,7 @@ from inboxd.intake import Intake, Mailer
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox
 from inboxd.outbox import Outbox
+from inboxd.schedule import Jobs
 from inboxd.sent_copies import keep_sent_copies, purge_sent_copies
 from inboxd.store import SqliteStore, Store
 from inboxd.templates import Templates
@@ -33,8 +34,11 @@ class App:
     transport: Transport
     intake: Intake
     outbox: Outbox
+    jobs: Jobs
     clock: Callable[[], float]
-    lock: threading.RLock = field(default_factory=threading.RLock)
+    # The work lock: one transaction at a time, whether the loop, a timed job, a
+    # scrape or an admin command asks.
+    lock: threading.RLock
 
     def close(self) -> None:
         # Graph: one more try at the Sent Items copies still awaited, so that the
@@ -78,6 +82,18 @@ def build(
     )
     outbox = Outbox(store, tr, clock, cfg.triage.forward_retry_for, triage, templates=templates)
     keep_sent_copies(tr, store)
+    lock = threading.RLock()
+    jobs = Jobs(
+        cfg=cfg,
+        store=store,
+        mailer=mailer,
+        templates=templates,
+        intake=intake,
+        outbox=outbox,
+        transport=tr,
+        clock=clock,
+        lock=lock,
+    )
     return App(
         cfg=cfg,
         keyring=keyring,
@@ -86,5 +102,7 @@ def build(
         transport=tr,
         intake=intake,
         outbox=outbox,
+        jobs=jobs,
         clock=clock,
+        lock=lock,
     )

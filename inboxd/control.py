@@ -27,10 +27,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inboxd.config import Config, ConfigError
 from inboxd.logs import get_logger
+
+if TYPE_CHECKING:
+    # Only the daemon's side names them: the admin shell's client stays light.
+    from inboxd.crypto import Keyring
+    from inboxd.store import Store
 
 log = get_logger(__name__)
 
@@ -263,24 +268,24 @@ def _clear_stale(path: str, source_path: str) -> None:
     )
 
 
-def serve(app: Any) -> ControlServer | None:
-    """Start the admin socket for a running daemon (``app``: :class:`inboxd.app.App`).
-    A socket that cannot be made is logged and the daemon goes on: the signals
-    matter more than the admin shell."""
+def serve(
+    cfg: Config, store: Store, keyring: Keyring, lock: threading.RLock
+) -> ControlServer | None:
+    """Start the admin socket for a running daemon: its commands run on the daemon's
+    store, with its keys, under its work lock. A socket that cannot be made is logged
+    and the daemon goes on: the signals matter more than the admin shell."""
     from inboxd import admin
     from inboxd.store import SqliteStore
 
-    cfg: Config = app.cfg
     gid = admin_gid(cfg)
 
     def handle(ns: argparse.Namespace, uid: int) -> Reply:
         out, err = io.StringIO(), io.StringIO()
-        store = app.store
-        assert isinstance(store, SqliteStore)
+        assert isinstance(store, SqliteStore)  # what admin.dispatch still takes
         try:
-            with app.lock:
+            with lock:
                 code = admin.dispatch(
-                    cfg, store, app.keyring, ns, uid=uid, out=out, err=err, running=True
+                    cfg, store, keyring, ns, uid=uid, out=out, err=err, running=True
                 )
         except Exception as exc:
             log.error("admin.failed", action=admin.action_of(ns), uid=uid, error=type(exc).__name__)

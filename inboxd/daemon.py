@@ -122,15 +122,16 @@ class Daemon:
             return False
 
     def run(self) -> int:
+        app = self.app
         # Before READY: a socket another instance already answers on is a
         # configuration error, and systemd should see the start fail.
-        admin_socket = control.serve(self.app)
+        admin_socket = control.serve(app.cfg, app.store, app.keyring, app.lock)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         sdnotify.ready()
-        log.info("daemon.started", backend=self.app.cfg.mailbox.backend)
-        metrics.serve(self.app)
-        scheduler = start_scheduler(self.app, self.stop)
+        log.info("daemon.started", backend=app.cfg.mailbox.backend)
+        metrics.serve(app.cfg.metrics, app.store, app.clock, app.lock)
+        scheduler = start_scheduler(app.jobs, self.stop)
         try:
             while not self.stop.is_set():
                 self.beat()
@@ -140,10 +141,10 @@ class Daemon:
                     break
                 if ok:
                     try:
-                        self.app.mailbox.wait(self.watchdog.bound(MAX_WAIT), self.stop)
+                        app.mailbox.wait(self.watchdog.bound(MAX_WAIT), self.stop)
                     except MailboxError as exc:
                         log.warning("mailbox.error", error=type(exc).__name__, reason=exc.reason)
-                        self.app.mailbox.close()
+                        app.mailbox.close()
                         # A back-off the server gave while waiting holds as well.
                         self.pause(exc.retry_after or 0.0)
                 else:
@@ -155,7 +156,7 @@ class Daemon:
             scheduler.shutdown(wait=True)
             if admin_socket is not None:
                 admin_socket.close()
-            self.app.close()
+            app.close()
             log.info("daemon.stopped")
         return 0
 
@@ -173,7 +174,7 @@ def once(app: App, problems: list[str] | None = None) -> int:
         code = 3
         if problems is not None:
             problems.append(explain_failure(app.cfg, "mailbox", exc))
-    due_jobs(app)
+    due_jobs(app.jobs)
     drained = app.outbox.drain()
     if drained.unreachable:
         code = 3

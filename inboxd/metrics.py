@@ -9,42 +9,32 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from inboxd.config import Config
+from inboxd.config import MetricsConfig
 from inboxd.event_counts import EVENTS, REGISTRY
 from inboxd.intake import status_snapshot
 from inboxd.store import Store
 
-__all__ = ["EVENTS", "REGISTRY", "Scraped", "StoreCollector", "registry_for", "serve"]
-
-
-class Scraped(Protocol):
-    """What a scrape reads of the running application (``inboxd.app.App`` is one):
-    declared here, so that this module does not depend on the assembly above it."""
-
-    @property
-    def cfg(self) -> Config: ...
-    @property
-    def store(self) -> Store: ...
-    @property
-    def clock(self) -> Callable[[], float]: ...
-    @property
-    def lock(self) -> threading.RLock: ...
+__all__ = ["EVENTS", "REGISTRY", "StoreCollector", "registry_for", "serve"]
 
 
 class StoreCollector(Collector):
-    def __init__(self, app: Scraped) -> None:
-        self.app = app
+    """The store's gauges, read under the work lock at scrape time."""
+
+    def __init__(self, store: Store, clock: Callable[[], float], lock: threading.RLock) -> None:
+        self.store = store
+        self.clock = clock
+        self.lock = lock
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with self.app.lock:
-            snap: dict[str, Any] = status_snapshot(self.app.store, self.app.clock())
-            last = {k: self.app.store.get_meta(k) for k in ("last_fetch", "last_send")}
+        with self.lock:
+            snap: dict[str, Any] = status_snapshot(self.store, self.clock())
+            last = {k: self.store.get_meta(k) for k in ("last_fetch", "last_send")}
         g = GaugeMetricFamily(
             "inboxd_signals", "Signals not yet deleted, by state", labels=["state"]
         )
@@ -69,23 +59,31 @@ class StoreCollector(Collector):
             )
 
 
-def registry_for(app: Scraped) -> CollectorRegistry:
-    """The event counters (process-wide) and this app's store gauges, in a registry of
+def registry_for(
+    store: Store, clock: Callable[[], float], lock: threading.RLock
+) -> CollectorRegistry:
+    """The event counters (process-wide) and this store's gauges, in a registry of
     their own: a second app in the same process (tests, a restart) does not collide
     with the first one's gauges."""
     registry = CollectorRegistry(auto_describe=False)
     # Gauges first: they wait for the work lock, so the counters read after them
     # include every event of the cycle the gauges show the end of.
-    registry.register(StoreCollector(app))
+    registry.register(StoreCollector(store, clock, lock))
     registry.register(EVENTS)
     return registry
 
 
-def serve(app: Scraped) -> threading.Thread | None:
-    if app.cfg.metrics is None:
+def serve(
+    settings: MetricsConfig | None,
+    store: Store,
+    clock: Callable[[], float],
+    lock: threading.RLock,
+) -> threading.Thread | None:
+    """The endpoint ``[metrics] listen`` names, if any."""
+    if settings is None:
         return None
-    host, _, port = app.cfg.metrics.listen.rpartition(":")
+    host, _, port = settings.listen.rpartition(":")
     _server, thread = start_http_server(
-        int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry_for(app)
+        int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry_for(store, clock, lock)
     )
     return thread

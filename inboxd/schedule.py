@@ -11,20 +11,24 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from inboxd.config import Config
 from inboxd.crontab import cron_trigger, local_zone
 from inboxd.guides import spoken_duration
-from inboxd.intake import Intake, iso
+from inboxd.intake import Intake, Mailer, iso
 from inboxd.lifecycle import OPEN_STATES, MailKind
 from inboxd.logs import get_logger
 from inboxd.mail_limits import flood_notice_due, longest_window
 from inboxd.outbox import Outbox
 from inboxd.sent_copies import purge_sent_copies
 from inboxd.store import Signal, Store
+from inboxd.templates import Templates
 from inboxd.transport.base import Transport
 
 log = get_logger(__name__)
@@ -36,24 +40,20 @@ SHRED_RETRY = 10.0  # seconds
 DIGEST_LOOKBACK = 8 * DAY
 
 
-class Services(Protocol):
-    """What the timed jobs use of the running application (``inboxd.app.App`` is one):
-    declared here, so that this module does not depend on the assembly above it."""
+@dataclass(frozen=True)
+class Jobs:
+    """The collaborators of the timed jobs, passed by the assembly (``app.build``);
+    each job takes only the ones it needs."""
 
-    @property
-    def cfg(self) -> Config: ...
-    @property
-    def store(self) -> Store: ...
-    @property
-    def intake(self) -> Intake: ...
-    @property
-    def outbox(self) -> Outbox: ...
-    @property
-    def transport(self) -> Transport: ...
-    @property
-    def clock(self) -> Callable[[], float]: ...
-    @property
-    def lock(self) -> threading.RLock: ...
+    cfg: Config
+    store: Store
+    mailer: Mailer
+    templates: Templates
+    intake: Intake
+    outbox: Outbox
+    transport: Transport
+    clock: Callable[[], float]
+    lock: threading.RLock
 
 
 def due_reminders(signals: Sequence[Signal], now: float, remind_after: float) -> list[Signal]:
@@ -114,18 +114,17 @@ def overdue(signals: Sequence[Signal], now: float, remind_after: float) -> list[
     ]
 
 
-def send_reminders(app: Services) -> int:
+def send_reminders(cfg: Config, store: Store, mailer: Mailer, now: float) -> int:
     """One reminder mail per functionaris when a signal is due, listing every overdue
     signal: signals that fell due at different hours then share one mail a day
     instead of each bringing its own."""
-    now = app.clock()
-    signals = app.store.signals()
-    if not due_reminders(signals, now, app.cfg.triage.remind_after):
+    signals = store.signals()
+    if not due_reminders(signals, now, cfg.triage.remind_after):
         return 0
-    listed = overdue(signals, now, app.cfg.triage.remind_after)
-    with app.store.transaction() as tx:
-        for f in app.cfg.triage.functionarissen:
-            app.intake.mailer.queue(
+    listed = overdue(signals, now, cfg.triage.remind_after)
+    with store.transaction() as tx:
+        for f in cfg.triage.functionarissen:
+            mailer.queue(
                 tx, MailKind.REMINDER, "reminder", f, {"signals": rows(listed, now)}, ref=None
             )
         for s in listed:
@@ -134,21 +133,22 @@ def send_reminders(app: Services) -> int:
     return len(listed)
 
 
-def send_digest(app: Services, *, force: bool = False) -> bool:
-    now = app.clock()
-    last = app.store.get_meta("last_digest")
+def send_digest(
+    cfg: Config, store: Store, mailer: Mailer, now: float, *, force: bool = False
+) -> bool:
+    last = store.get_meta("last_digest")
     if last is None and not force:
         # A fresh store starts counting from now: no digest for times it never saw.
-        app.store.set_meta("last_digest", str(now))
+        store.set_meta("last_digest", str(now))
         return False
     if not force and not digest_due(
-        app.cfg.triage.digest_cron, now, float(last) if last else None, local_zone()
+        cfg.triage.digest_cron, now, float(last) if last else None, local_zone()
     ):
         return False
-    signals = app.store.signals()
-    with app.store.transaction() as tx:
-        for f in app.cfg.triage.functionarissen:
-            app.intake.mailer.queue(
+    signals = store.signals()
+    with store.transaction() as tx:
+        for f in cfg.triage.functionarissen:
+            mailer.queue(
                 tx,
                 MailKind.DIGEST,
                 "digest",
@@ -161,81 +161,127 @@ def send_digest(app: Services, *, force: bool = False) -> bool:
     return True
 
 
-def send_flood_notice(app: Services) -> bool:
+def send_flood_notice(
+    cfg: Config, store: Store, mailer: Mailer, templates: Templates, now: float
+) -> bool:
     """One notice to each functionaris naming how many signals were queued without a
     triage request of their own (and from how many senders), once the flood has
     calmed down or has gone on for an hour. No content: the count and the time."""
-    now = app.clock()
-    held = app.store.held_summary()
+    held = store.held_summary()
     if held is None:
         return False
     count, senders, first, last = held
     if not flood_notice_due(first, last, now):
         return False
-    with app.store.transaction() as tx:
-        for f in app.cfg.triage.functionarissen:
-            app.intake.mailer.queue(
-                tx,
-                MailKind.FLOOD_NOTICE,
-                "flood_notice",
-                f,
-                {
-                    "count": count,
-                    "senders": senders,
-                    "since": iso(first),
-                    "until": iso(last),
-                    "per_sender": app.cfg.triage.request_limit[0],
-                    "sender_window": spoken_duration(
-                        app.cfg.triage.request_limit[1],
-                        app.cfg.language,
-                        app.intake.mailer.templates,
-                    ),
-                    "per_functionaris": app.cfg.triage.notice_limit[0],
-                    "functionaris_window": spoken_duration(
-                        app.cfg.triage.notice_limit[1],
-                        app.cfg.language,
-                        app.intake.mailer.templates,
-                    ),
-                },
-                ref=None,
-            )
+    context = flood_context(cfg, templates, count, senders, first, last)
+    with store.transaction() as tx:
+        for f in cfg.triage.functionarissen:
+            mailer.queue(tx, MailKind.FLOOD_NOTICE, "flood_notice", f, context, ref=None)
         tx.clear_held(last)
     log.warning("flood.noticed", count=count)
     return True
 
 
-def release_held(app: Services) -> int:
-    """Held signals get their triage request, as many as the limits allow now."""
-    return app.intake.release_held()
+def flood_context(
+    cfg: Config, templates: Templates, count: int, senders: int, first: float, last: float
+) -> dict[str, object]:
+    """What the flood notice says: counts, times and the limits, in words."""
+    return {
+        "count": count,
+        "senders": senders,
+        "since": iso(first),
+        "until": iso(last),
+        "per_sender": cfg.triage.request_limit[0],
+        "sender_window": spoken_duration(cfg.triage.request_limit[1], cfg.language, templates),
+        "per_functionaris": cfg.triage.notice_limit[0],
+        "functionaris_window": spoken_duration(cfg.triage.notice_limit[1], cfg.language, templates),
+    }
 
 
-def housekeeping(app: Services) -> None:
-    now = app.clock()
-    app.store.expire(now, app.cfg.dedup_window, longest_window(app.cfg))
-    app.store.shred()
-    app.store.checkpoint()
-    last = app.store.get_meta("last_vacuum")
+def housekeeping(cfg: Config, store: Store, now: float) -> None:
+    store.expire(now, cfg.dedup_window, longest_window(cfg))
+    store.shred()
+    store.checkpoint()
+    last = store.get_meta("last_vacuum")
     if last is None or now - float(last) >= VACUUM_EVERY:
-        app.store.vacuum()
-        app.store.set_meta("last_vacuum", str(now))
+        store.vacuum()
+        store.set_meta("last_vacuum", str(now))
         log.info("store.vacuumed")
 
 
-def due_jobs(app: Services) -> None:
+def due_jobs(jobs: Jobs) -> None:
     """Everything timed that is due now (``inboxd once``)."""
-    with app.lock:
-        send_reminders(app)
-        send_digest(app)
-        send_flood_notice(app)
-        release_held(app)
-        housekeeping(app)
+    j = jobs
+    with j.lock:
+        send_reminders(j.cfg, j.store, j.mailer, j.clock())
+        send_digest(j.cfg, j.store, j.mailer, j.clock())
+        send_flood_notice(j.cfg, j.store, j.mailer, j.templates, j.clock())
+        j.intake.release_held()
+        housekeeping(j.cfg, j.store, j.clock())
 
 
-def _guarded(app: Services, name: str, fn: Callable[[Services], object]) -> Callable[[], None]:
+@dataclass(frozen=True)
+class Timed:
+    """One job of the daemon's scheduler: its name (the job id and the ``job`` of
+    ``job.failed``), when it runs, and what it does."""
+
+    name: str
+    trigger: BaseTrigger
+    run: Callable[[], object]
+    # Seconds after the start of the first run, when that is not the trigger's.
+    first_after: float | None = None
+
+
+def timetable(jobs: Jobs, stop: threading.Event, zone: dt.tzinfo) -> list[Timed]:
+    """Every job of ``inboxd run``, in the order they are added."""
+    j = jobs
+
+    def every(**interval: float) -> IntervalTrigger:
+        return IntervalTrigger(**interval, timezone=zone)
+
+    return [
+        Timed("outbox", every(seconds=30), lambda: j.outbox.drain(should_stop=stop.is_set)),
+        Timed(
+            "reminders",
+            every(hours=1),
+            lambda: send_reminders(j.cfg, j.store, j.mailer, j.clock()),
+            first_after=20,
+        ),
+        # Jobs live in memory, so a digest time missed while the daemon was down is
+        # not a misfire APScheduler knows of: one run at start sends it (or, on a
+        # fresh store, sets the baseline), as ``inboxd once`` would; then the cron.
+        Timed(
+            "digest",
+            cron_trigger(j.cfg.triage.digest_cron, zone),
+            lambda: send_digest(j.cfg, j.store, j.mailer, j.clock()),
+            first_after=20,
+        ),
+        Timed(
+            "flood_notice",
+            every(minutes=1),
+            lambda: send_flood_notice(j.cfg, j.store, j.mailer, j.templates, j.clock()),
+        ),
+        Timed("release_held", every(minutes=1), lambda: j.intake.release_held()),
+        # Graph files a Sent Items copy of each MIME sendMail, sometimes after the send
+        # returned: look for the awaited copies every few minutes (a no-op elsewhere).
+        Timed("purge_sent", every(minutes=5), lambda: purge_sent_copies(j.transport, j.lock)),
+        # A deletion whose shredding a reader held up (see SqliteStore.shred) is finished
+        # as soon as the reader lets go; a no-op when nothing is owed.
+        Timed("shred", every(seconds=SHRED_RETRY), lambda: j.store.shred()),
+        Timed(
+            "housekeeping",
+            every(hours=1),
+            lambda: housekeeping(j.cfg, j.store, j.clock()),
+            first_after=60,
+        ),
+    ]
+
+
+def _guarded(lock: threading.RLock, name: str, run: Callable[[], object]) -> Callable[[], None]:
     def job() -> None:
         try:
-            with app.lock:
-                fn(app)
+            with lock:
+                run()
         except Exception as exc:
             # A failing job is logged and tried again at its next time; the daemon lives on.
             log.error("job.failed", job=name, error=type(exc).__name__, exc_info=True)
@@ -243,73 +289,23 @@ def _guarded(app: Services, name: str, fn: Callable[[Services], object]) -> Call
     return job
 
 
-def start_scheduler(app: Services, stop: threading.Event) -> BackgroundScheduler:
+JOB_DEFAULTS = {
+    "coalesce": True,  # after downtime, one run, not a burst
+    "max_instances": 1,
+    "misfire_grace_time": 6 * 3600,  # a busy lock must not cost the morning digest
+}
+
+
+def start_scheduler(jobs: Jobs, stop: threading.Event) -> BackgroundScheduler:
     zone = local_zone()
-    sched = BackgroundScheduler(
-        timezone=zone,
-        job_defaults={
-            "coalesce": True,  # after downtime, one run, not a burst
-            "max_instances": 1,
-            "misfire_grace_time": 6 * 3600,  # a busy lock must not cost the morning digest
-        },
-    )
+    sched = BackgroundScheduler(timezone=zone, job_defaults=JOB_DEFAULTS)
     soon = dt.datetime.now(zone)
-    sched.add_job(
-        _guarded(app, "outbox", lambda a: a.outbox.drain(should_stop=stop.is_set)),
-        "interval",
-        seconds=30,
-        id="outbox",
-    )
-    sched.add_job(
-        _guarded(app, "reminders", send_reminders),
-        "interval",
-        hours=1,
-        id="reminders",
-        next_run_time=soon + dt.timedelta(seconds=20),
-    )
-    sched.add_job(
-        _guarded(app, "digest", send_digest),
-        cron_trigger(app.cfg.triage.digest_cron, zone),
-        id="digest",
-        # Jobs live in memory, so a digest time missed while the daemon was down is
-        # not a misfire APScheduler knows of: one run at start sends it (or, on a
-        # fresh store, sets the baseline), as ``inboxd once`` would; then the cron.
-        next_run_time=soon + dt.timedelta(seconds=20),
-    )
-    sched.add_job(
-        _guarded(app, "flood_notice", send_flood_notice),
-        "interval",
-        minutes=1,
-        id="flood_notice",
-    )
-    sched.add_job(
-        _guarded(app, "release_held", release_held),
-        "interval",
-        minutes=1,
-        id="release_held",
-    )
-    # Graph files a Sent Items copy of each MIME sendMail, sometimes after the send
-    # returned: look for the awaited copies every few minutes (a no-op elsewhere).
-    sched.add_job(
-        _guarded(app, "purge_sent", lambda a: purge_sent_copies(a.transport, a.lock)),
-        "interval",
-        minutes=5,
-        id="purge_sent",
-    )
-    # A deletion whose shredding a reader held up (see SqliteStore.shred) is finished
-    # as soon as the reader lets go; a no-op when nothing is owed.
-    sched.add_job(
-        _guarded(app, "shred", lambda a: a.store.shred()),
-        "interval",
-        seconds=SHRED_RETRY,
-        id="shred",
-    )
-    sched.add_job(
-        _guarded(app, "housekeeping", housekeeping),
-        "interval",
-        hours=1,
-        id="housekeeping",
-        next_run_time=soon + dt.timedelta(seconds=60),
-    )
+    for timed in timetable(jobs, stop, zone):
+        first: dict[str, Any] = {}
+        if timed.first_after is not None:
+            first["next_run_time"] = soon + dt.timedelta(seconds=timed.first_after)
+        sched.add_job(
+            _guarded(jobs.lock, timed.name, timed.run), timed.trigger, id=timed.name, **first
+        )
     sched.start()
     return sched

@@ -326,7 +326,7 @@ def test_the_daemon_purges_sent_copies_every_five_minutes(
     from inboxd import schedule
 
     app = build(setup.cfg(graph_toml(setup, aad, graph)))
-    sched = schedule.start_scheduler(app, threading.Event())
+    sched = schedule.start_scheduler(app.jobs, threading.Event())
     try:
         job = sched.get_job("purge_sent")
         assert job is not None

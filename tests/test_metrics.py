@@ -187,7 +187,10 @@ def test_two_apps_in_one_process_each_have_their_own_gauges(
     worlds[0].once()
     apps = [w.app() for w in worlds]
     try:
-        texts = [parse_metrics(generate_latest(metrics.registry_for(a)).decode()) for a in apps]
+        texts = [
+            parse_metrics(generate_latest(metrics.registry_for(a.store, a.clock, a.lock)).decode())
+            for a in apps
+        ]
         for app, m in zip(apps, texts, strict=True):
             snap = status_snapshot(app.store, app.clock())
             assert m["inboxd_open_signals"] == snap["open"]

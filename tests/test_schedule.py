@@ -231,18 +231,18 @@ SECRET = "MRK-must-not-be-logged"
 
 
 def test_guarded_job_logs_type_only_and_releases_the_lock(captured: Captured) -> None:
-    app = SimpleNamespace(lock=threading.RLock())
+    lock = threading.RLock()
 
-    def boom(_app: object) -> None:
+    def boom() -> None:
         raise RuntimeError(SECRET)
 
-    schedule._guarded(app, "digest", boom)()  # type: ignore[arg-type]
+    schedule._guarded(lock, "digest", boom)()
     (event,) = captured.events("job.failed")
     assert event["job"] == "digest" and event["error"] == "RuntimeError"
     assert event["level"] == "error" and event["exception"][0]["type"] == "RuntimeError"
     assert SECRET not in captured.buf.getvalue()
     got = []
-    t = threading.Thread(target=lambda: got.append(app.lock.acquire(timeout=5)))
+    t = threading.Thread(target=lambda: got.append(lock.acquire(timeout=5)))
     t.start()
     t.join(10)
     assert got == [True], "the work lock is free again"
@@ -259,13 +259,13 @@ class FailingOutbox:
 
 def test_scheduler_keeps_running_after_a_job_raises(captured: Captured) -> None:
     outbox = FailingOutbox()
-    app = SimpleNamespace(
+    jobs = SimpleNamespace(
         lock=threading.RLock(),
         outbox=outbox,
         cfg=SimpleNamespace(triage=SimpleNamespace(digest_cron="0 9 * * 1-5")),
     )
     stop = threading.Event()
-    sched = schedule.start_scheduler(app, stop)  # type: ignore[arg-type]
+    sched = schedule.start_scheduler(jobs, stop)  # type: ignore[arg-type]
     try:
         job = sched.get_job("outbox")
         job.modify(next_run_time=dt.datetime.now(UTC))
