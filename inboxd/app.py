@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from inboxd.backends.connect import Backends
 from inboxd.config import Config
 from inboxd.crypto import Keyring
+from inboxd.ending import Ending
 from inboxd.intake import Intake, Mailer
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox
@@ -70,13 +71,22 @@ def build(
     tr = transport or backends.transport()
     templates = Templates(cfg.language, cfg.templates_dir)
     mailer = Mailer(cfg, templates, clock, keyring)
-    triage = Triage(cfg=cfg, store=store, keyring=keyring, mailer=mailer, clock=clock)
+    triage = Triage(
+        cfg=cfg,
+        store=store,
+        keyring=keyring,
+        mailer=mailer,
+        templates=templates,
+        ending=Ending(cfg, store, mailer),
+        clock=clock,
+    )
     intake = Intake(
         cfg=cfg,
         store=store,
         keyring=keyring,
         mailbox=mb,
         mailer=mailer,
+        templates=templates,
         clock=clock,
         replies=triage,
     )

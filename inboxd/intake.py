@@ -201,6 +201,7 @@ class Intake:
     keyring: Keyring
     mailbox: Mailbox
     mailer: Mailer
+    templates: Templates
     clock: Callable[[], float]
     replies: ReplyHandler
     batch_messages: int = BATCH_MESSAGES
@@ -611,11 +612,11 @@ class Intake:
             "related": [r for r in related if r != signal.ref],
             "destinations": [k.upper() for k in self.cfg.destinations],
             "include_content": include,
-            "reporter": msg.from_addr or self.mailer.templates.phrase("mail", "unknown_sender"),
+            "reporter": msg.from_addr or self.templates.phrase("mail", "unknown_sender"),
             "subject": msg.subject,
             "text": msg.text[:MAX_TRIAGE_TEXT] if include != "none" else "",
         }
-        name = self.mailer.templates.phrase("mail", "signal_attachment")
+        name = self.templates.phrase("mail", "signal_attachment")
         attach = (AttachRef(signal.ref, "raw", name),) if include == "full" else ()
         return [
             self.mailer.queue(

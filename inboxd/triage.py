@@ -35,6 +35,7 @@ from inboxd.outbox import AttachRef
 from inboxd.parsing import ParsedMessage
 from inboxd.replytext import reply_text
 from inboxd.store import DueMail, Signal, Store, Transaction
+from inboxd.templates import Templates
 
 log = get_logger(__name__)
 
@@ -109,15 +110,18 @@ class Triage:
         store: Store,
         keyring: Keyring,
         mailer: Mailer,
+        templates: Templates,
+        ending: Ending,
         clock: Callable[[], float],
     ) -> None:
         self.cfg = cfg
         self.store = store
         self.keyring = keyring
         self.mailer = mailer
+        self.templates = templates
+        self.ending = ending
         self.clock = clock
         self.lang = cfg.language
-        self.ending = Ending(cfg, store, mailer)
 
     # -- intake hooks ---------------------------------------------------------
     def handle(
@@ -284,7 +288,7 @@ class Triage:
             self._reject(tx, msg, quiet, ref, "parts_differ")
             return None
         if parsed.errors:
-            lines = [cmd.explain(e, self.lang, self.mailer.templates) for e in parsed.errors]
+            lines = [cmd.explain(e, self.lang, self.templates) for e in parsed.errors]
             self._reject(tx, msg, quiet, ref, "invalid", lines)
             return None
         if any(isinstance(c, cmd.Ask) for c in parsed.commands) and self._reporter(signal) is None:
@@ -299,8 +303,14 @@ class Triage:
             return None
         return reporter.decode()
 
+    def _help_lines(self) -> list[str]:
+        labels = {k: d.label for k, d in self.cfg.destinations.items()}
+        return cmd.help_lines(labels, self.lang, self.templates)
+
     def _apply(self, tx: Transaction, signal: Signal, commands: Sequence[cmd.Command]) -> _Effects:
-        effects = _Effects(self, tx, signal)
+        effects = _Effects(
+            tx, signal, self.mailer, self._reporter, self._status_lines, self._help_lines
+        )
         for c in commands:
             c.apply(effects)
         if effects.forwarding is not None:
@@ -322,9 +332,7 @@ class Triage:
     ) -> None:
         signal = applied.signal
         assert msg.from_addr is not None
-        done = [
-            cmd.describe(c, self.lang, self.mailer.templates) for c in parsed.commands if c.reported
-        ]
+        done = [cmd.describe(c, self.lang, self.templates) for c in parsed.commands if c.reported]
         self.mailer.queue(
             tx,
             MailKind.COMMAND_RESULT,
@@ -387,7 +395,7 @@ class Triage:
         return True
 
     def _status_lines(self, s: Signal) -> list[str]:
-        text = self.mailer.templates.phrase(
+        text = self.templates.phrase(
             "commands",
             "status",
             ref=s.ref,
@@ -406,7 +414,7 @@ class Triage:
 
     def _followup_name(self, number: int) -> str:
         """The file name a follow-up's original is attached under."""
-        return self.mailer.templates.phrase("mail", "followup_attachment", number=number)
+        return self.templates.phrase("mail", "followup_attachment", number=number)
 
     # -- forwarding ---------------------------------------------------------------
     def _forward(
@@ -416,9 +424,7 @@ class Triage:
         every destination it names already has it (then the command ends it)."""
         drill = "drill" in signal.flags
         wanted = sorted(set(signal.destinations) | set(destinations))
-        attach = [
-            AttachRef(signal.ref, "raw", self.mailer.templates.phrase("mail", "signal_attachment"))
-        ]
+        attach = [AttachRef(signal.ref, "raw", self.templates.phrase("mail", "signal_attachment"))]
         attach += [
             AttachRef(signal.ref, f, self._followup_name(int(f.removeprefix("followup:"))))
             for f in tx.field_names(signal)
@@ -511,10 +517,21 @@ class _Effects:
     A forward is queued and a close carried out after the other commands (``_apply``,
     ``_answer``); STATUS and HULP add lines to the answer."""
 
-    def __init__(self, triage: Triage, tx: Transaction, signal: Signal) -> None:
-        self.triage = triage
+    def __init__(
+        self,
+        tx: Transaction,
+        signal: Signal,
+        mailer: Mailer,
+        reporter: Callable[[Signal], str | None],
+        status_lines: Callable[[Signal], list[str]],
+        help_lines: Callable[[], list[str]],
+    ) -> None:
         self.tx = tx
         self.signal = signal
+        self.mailer = mailer
+        self.reporter = reporter
+        self.status_lines = status_lines
+        self.help_lines = help_lines
         self.extra: list[str] = []
         self.forwarding: tuple[str, ...] | None = None
         self.forwarded = False  # every destination named has the signal: it ends
@@ -530,13 +547,13 @@ class _Effects:
         self.signal = self.tx.update_signal(self.signal, no_feedback=True)
 
     def ask(self, question: str) -> None:
-        reporter = self.triage._reporter(self.signal)
+        reporter = self.reporter(self.signal)
         assert reporter is not None  # checked in Triage._parse
         tx, signal = self.tx, self.signal
         n = sum(1 for f in tx.field_names(signal) if f.startswith("question:")) + 1
         tx.add_field(signal, f"question:{n}", question.encode())
         self.signal = tx.update_signal(signal, state=SignalState.WAITING_INFO, hold=False)
-        self.triage.mailer.queue(
+        self.mailer.queue(
             tx,
             MailKind.QUESTION,
             "question",
@@ -552,8 +569,7 @@ class _Effects:
         self.closing = True
 
     def status(self) -> None:
-        self.extra += self.triage._status_lines(self.signal)
+        self.extra += self.status_lines(self.signal)
 
     def help(self) -> None:
-        labels = {k: d.label for k, d in self.triage.cfg.destinations.items()}
-        self.extra += cmd.help_lines(labels, self.triage.lang, self.triage.mailer.templates)
+        self.extra += self.help_lines()
