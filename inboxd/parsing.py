@@ -225,14 +225,16 @@ def _unique(items: list[str], limit: int) -> tuple[str, ...]:
 
 
 _NONE: tuple[str, ...] = ()
+_NO_TEXT: tuple[str, str | None, TextRef | None] = ("", None, None)
+_BOM = b"\xef\xbb\xbf"
 
 
-def _parse(raw: bytes) -> ParsedMessage:
-    d = Defects()
+def _top_headers(raw: bytes, d: Defects) -> tuple[Headers, int]:
+    """The message's header section, after a byte order mark if there is one."""
     start = 0
-    if raw.startswith(b"\xef\xbb\xbf"):
+    if raw.startswith(_BOM):
         d.add("bom")
-        start = 3
+        start = len(_BOM)
     headers, body_start = guard(
         d,
         "headers",
@@ -241,40 +243,56 @@ def _parse(raw: bytes) -> ParsedMessage:
     )
     if not headers.fields:
         d.add("no-headers")
+    return headers, body_start
 
-    message_id = guard(d, "message-id", None, lambda: read_message_id(headers, d))
-    in_reply_to = guard(d, "in-reply-to", _NONE, lambda: id_list(headers, "in-reply-to"))
-    references = guard(d, "references", _NONE, lambda: id_list(headers, "references"))
-    from_addr = guard(d, "from", None, lambda: _from(headers, d))
-    subject = guard(d, "subject", "", lambda: _subject(headers, d))
-    auth = guard(d, "authentication-results", _NONE, lambda: _auth_results(headers))
-    auth_as = guard(d, "authas", _NONE, lambda: _exchange_auth_as(headers))
-    auto_submitted = guard(d, "auto-submitted", None, lambda: _auto_submitted(headers))
-    null_rp = guard(d, "return-path", False, lambda: is_null_path(headers.first("return-path")))
 
-    top = Entity(raw, headers, body_start, len(raw), 0, False)
-    walk = guard(d, "mime", Walk(), lambda: walk_parts(top, d))
-    no_text: tuple[str, str | None, TextRef | None] = ("", None, None)
-    text, html, text_ref = guard(d, "text", no_text, lambda: _texts(walk, d))
+def _automatic(
+    h: Headers, walk: Walk, from_addr: str | None, subject: str, d: Defects
+) -> tuple[str, ...]:
+    """The codes of the auto rules that hold (the walk has counted the Content-Type's
+    defects already)."""
     top_type = guard(
         d,
         "content-type",
         "text/plain",
-        lambda: content_type(headers.first("content-type"), "text/plain", Defects()).type,
+        lambda: content_type(h.first("content-type"), "text/plain", Defects()).type,
     )
-    facts = Facts(headers, top_type, walk.report_part, from_addr, subject)
-    reasons = guard(d, "auto", _NONE, lambda: auto_reasons(facts))
+    facts = Facts(h, top_type, walk.report_part, from_addr, subject)
+    return guard(d, "auto", _NONE, lambda: auto_reasons(facts))
 
-    reported = _NONE
-    if reasons:
-        reported = guard(
-            d,
-            "reported",
-            _NONE,
-            lambda: _unique(
-                [*walk.reported, *quoted_ids(text), *in_reply_to, *references[::-1]], MAX_REPORTED
-            ),
-        )
+
+def _reported(
+    walk: Walk, text: str, in_reply_to: tuple[str, ...], references: tuple[str, ...], d: Defects
+) -> tuple[str, ...]:
+    """The Message-IDs an automatic mail answers, most telling first (see the module doc)."""
+    return guard(
+        d,
+        "reported",
+        _NONE,
+        lambda: _unique(
+            [*walk.reported, *quoted_ids(text), *in_reply_to, *references[::-1]], MAX_REPORTED
+        ),
+    )
+
+
+def _parse(raw: bytes) -> ParsedMessage:
+    d = Defects()
+    h, body_start = _top_headers(raw, d)
+    message_id = guard(d, "message-id", None, lambda: read_message_id(h, d))
+    in_reply_to = guard(d, "in-reply-to", _NONE, lambda: id_list(h, "in-reply-to"))
+    references = guard(d, "references", _NONE, lambda: id_list(h, "references"))
+    from_addr = guard(d, "from", None, lambda: _from(h, d))
+    subject = guard(d, "subject", "", lambda: _subject(h, d))
+    auth = guard(d, "authentication-results", _NONE, lambda: _auth_results(h))
+    auth_as = guard(d, "authas", _NONE, lambda: _exchange_auth_as(h))
+    auto_submitted = guard(d, "auto-submitted", None, lambda: _auto_submitted(h))
+    null_rp = guard(d, "return-path", False, lambda: is_null_path(h.first("return-path")))
+
+    top = Entity(raw, h, body_start, len(raw), 0, False)
+    walk = guard(d, "mime", Walk(), lambda: walk_parts(top, d))
+    text, html, text_ref = guard(d, "text", _NO_TEXT, lambda: _texts(walk, d))
+    reasons = _automatic(h, walk, from_addr, subject, d)
+    reported = _reported(walk, text, in_reply_to, references, d) if reasons else _NONE
     return ParsedMessage(
         size=len(raw),
         message_id=message_id,

@@ -76,6 +76,53 @@ class LineBudget:
     left: int
 
 
+class _Unfolder:
+    """The fields of one section as its lines come in: a continuation line joins its
+    field (the line break dropped, the whitespace kept), a value keeps at most
+    FIELD_MAX bytes, a section at most MAX_FIELDS fields."""
+
+    __slots__ = ("defects", "fields", "name", "size", "value")
+
+    def __init__(self, defects: Defects) -> None:
+        self.defects = defects
+        self.fields: list[tuple[str, str]] = []
+        self.name: str | None = None
+        self.value: list[bytes] = []
+        self.size = 0
+
+    def start_field(self, line: bytes) -> bool:
+        """Begin the field ``line`` starts; False when it starts none."""
+        fm = _FIELD.match(line)
+        if fm is None:
+            return False
+        self.end_field()
+        self.name = fm.group(1).decode("ascii").lower()
+        piece = line[fm.end() : fm.end() + FIELD_MAX]
+        self.value = [piece]
+        self.size = len(piece)
+        if len(piece) < len(line) - fm.end():
+            self.defects.add("field-truncated")
+        return True
+
+    def continue_field(self, line: bytes) -> None:
+        if self.name is None:
+            self.defects.add("leading-continuation")
+        elif self.size < FIELD_MAX:
+            piece = line[: FIELD_MAX - self.size]
+            self.value.append(piece)
+            self.size += len(piece)
+            if len(piece) < len(line):
+                self.defects.add("field-truncated")
+
+    def end_field(self) -> None:
+        if self.name is None:
+            return
+        if len(self.fields) >= MAX_FIELDS:
+            self.defects.add("too-many-fields")
+            return
+        self.fields.append((self.name, _decode_field(b"".join(self.value), self.defects)))
+
+
 def read_headers(
     buf: bytes,
     start: int,
@@ -96,71 +143,49 @@ def read_headers(
     """
     lines = budget if budget is not None else LineBudget(WALK_MAX_LINES)
     max_lines = min(TOP_MAX_LINES if top else PART_MAX_LINES, lines.left)
-    fields: list[tuple[str, str]] = []
     stop = min(end, start + limit)
-    pos = start
-    name: str | None = None
-    value: list[bytes] = []
-    size = 0
-    first_line = True
-
-    def flush() -> None:
-        if name is None:
-            return
-        if len(fields) >= MAX_FIELDS:
-            defects.add("too-many-fields")
-            return
-        fields.append((name, _decode_field(b"".join(value), defects)))
-
-    body_start = end
+    unfolder = _Unfolder(defects)
     eols: set[bytes] = set()
-    while True:
-        if pos >= end:
-            break
+    body_start = end
+    pos = start
+    first_line = True
+    while pos < end:
         m = None if max_lines <= 0 else _LINE.match(buf, pos, stop)
         max_lines -= 1
         lines.left -= 1
         if m is None or (not m.group(2) and m.end() < end):
-            # The section is larger than we read: keep what we have and find the
-            # blank line without keeping anything more.
-            defects.add("header-section-too-large")
-            # From two bytes back: an empty line right at ``pos`` counts too.
-            body_start = _blank_line_end(buf, max(start, pos - 2), end)
+            body_start = _past_unread_section(buf, start, pos, end, defects)
             break
-        content = m.group(1)
-        if m.group(2):
-            eols.add(m.group(2))
+        content, eol = m.group(1, 2)
+        if eol:
+            eols.add(eol)
         if not content:
             body_start = m.end()
             break
         if content[:1] in (b" ", b"\t"):
-            if name is None:
-                defects.add("leading-continuation")
-            elif size < FIELD_MAX:
-                piece = content[: FIELD_MAX - size]
-                value.append(piece)
-                size += len(piece)
-                if len(piece) < len(content):
-                    defects.add("field-truncated")
+            unfolder.continue_field(content)
         elif first_line and top and content.startswith(b"From "):
             defects.add("mbox-from-line")
-        else:
-            fm = _FIELD.match(content)
-            if fm is None:
-                defects.add("missing-header-body-separator")
-                body_start = pos
-                break
-            flush()
-            name = fm.group(1).decode("ascii").lower()
-            piece = content[fm.end() : fm.end() + FIELD_MAX]
-            value = [piece]
-            size = len(piece)
-            if len(piece) < len(content) - fm.end():
-                defects.add("field-truncated")
+        elif not unfolder.start_field(content):
+            defects.add("missing-header-body-separator")
+            body_start = pos
+            break
         first_line = False
         pos = m.end()
-    flush()
+    unfolder.end_field()
+    _check_line_endings(eols, defects)
+    return Headers(tuple(unfolder.fields)), body_start
+
+
+def _past_unread_section(buf: bytes, start: int, pos: int, end: int, defects: Defects) -> int:
+    """Where the body starts when the section is larger than we read: what was read
+    is kept, the blank line is found without keeping anything more."""
+    defects.add("header-section-too-large")
+    # From two bytes back: an empty line right at ``pos`` counts too.
+    return _blank_line_end(buf, max(start, pos - 2), end)
+
+
+def _check_line_endings(eols: set[bytes], defects: Defects) -> None:
     if len(eols) > 1:
         # A lone CR among CRLF lines is how a "Subject: x\rBcc: y" injection looks.
         defects.add("bare-cr" if b"\r" in eols else "mixed-line-endings")
-    return Headers(tuple(fields)), body_start

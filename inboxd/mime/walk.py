@@ -36,15 +36,14 @@ _REPORT_PARTS = frozenset(
     {"message/delivery-status", "message/disposition-notification", "message/feedback-report"}
     | {"message/global-delivery-status", "message/global-disposition-notification"}
 )
+# The header section of an original, as bounces attach it.
+_HEADER_PARTS = frozenset({"text/rfc822-headers", "text/global-headers"})
+_SIGNATURE_PARTS = frozenset(
+    {"application/pkcs7-signature", "application/x-pkcs7-signature"}
+    | {"application/pgp-signature", "application/pgp-encrypted"}
+)
 # Parts that carry structure, not content: not counted as attachments.
-_STRUCTURAL = _REPORT_PARTS | {
-    "text/rfc822-headers",
-    "text/global-headers",
-    "application/pkcs7-signature",
-    "application/x-pkcs7-signature",
-    "application/pgp-signature",
-    "application/pgp-encrypted",
-}
+_STRUCTURAL = _REPORT_PARTS | _HEADER_PARTS | _SIGNATURE_PARTS
 _EMBEDDED_TYPES = frozenset({"message/rfc822", "message/global"})
 
 
@@ -82,7 +81,7 @@ class Walk:
 
     parts: int = 0
     attachments: int = 0
-    # Body text candidates in document order, with their rank (see _visit).
+    # Body text candidates in document order, with their rank (see _note_leaf).
     texts: list[tuple[int, TextRef]] = field(default_factory=list)
     report_type: str | None = None
     report_part: bool = False
@@ -190,7 +189,6 @@ def _visit(ent: Entity, w: Walk, defects: Defects) -> list[Entity]:
     ct = content_type(h.first("content-type"), ent.default_type, defects)
     kind, has_name = _disposition(h, defects)
     cte = _cte(h, defects)
-    outside = not ent.embedded
 
     if ct.maintype == "multipart":
         children = _multipart_children(ent, ct, w, defects)
@@ -199,50 +197,69 @@ def _visit(ent: Entity, w: Walk, defects: Defects) -> list[Entity]:
         ct = CType("text", "plain", ct.params)  # unsplittable: read it as text
 
     if ct.type in _EMBEDDED_TYPES:
-        if outside:
+        if not ent.embedded:
             w.attachments += 1
         return _embedded_child(ent, cte, w, defects)
-
     if ct.type in _REPORT_PARTS:
-        if outside:
-            w.report_part = True
-            fields = ent.buf[ent.body_start : min(ent.body_end, ent.body_start + REPORT_FIELDS_MAX)]
-            w.reported.extend(original_ids(fields))
-        return []
+        _note_report_part(ent, w)
+    elif ct.type in _HEADER_PARTS:
+        _note_headers_part(ent, w)
+    else:
+        _note_leaf(ent, ct, cte, kind == "attachment", has_name, w)
+    return []
 
-    if ct.type in ("text/rfc822-headers", "text/global-headers"):
-        if outside:
-            inner, _ = read_headers(
-                ent.buf, ent.body_start, ent.body_end, PART_HEADER_MAX, Defects(), budget=w.lines
-            )
-            mid = read_message_id(inner, Defects())
-            if mid:
-                w.reported.append(mid)
-        return []
 
-    named = kind == "attachment" or has_name or ct.param("name") is not None
+def _note_report_part(ent: Entity, w: Walk) -> None:
+    """A delivery or disposition report: the mail is a report, it names the original."""
+    if ent.embedded:
+        return
+    w.report_part = True
+    fields = ent.buf[ent.body_start : min(ent.body_end, ent.body_start + REPORT_FIELDS_MAX)]
+    w.reported.extend(original_ids(fields))
+
+
+def _note_headers_part(ent: Entity, w: Walk) -> None:
+    """The header section of the original, as a bounce attaches it: its Message-ID."""
+    if ent.embedded:
+        return
+    inner, _ = read_headers(
+        ent.buf, ent.body_start, ent.body_end, PART_HEADER_MAX, Defects(), budget=w.lines
+    )
+    mid = read_message_id(inner, Defects())
+    if mid:
+        w.reported.append(mid)
+
+
+def _note_leaf(ent: Entity, ct: CType, cte: str, attachment: bool, has_name: bool, w: Walk) -> None:
+    """A part with content: a candidate for the body text, an attachment, or both
+    (a text shown inline under a file name)."""
+    outside = not ent.embedded
+    named = attachment or has_name or ct.param("name") is not None
     if ct.type in ("text/plain", "text/html") and len(w.texts) < MAX_TEXT_CANDIDATES:
-        is_html = ct.subtype == "html"
-        ref = TextRef(
-            ent.buf,
-            ent.body_start,
-            ent.body_end,
-            cte,
-            ct.param("charset"),
-            is_html,
-            flowed=not is_html and (ct.param("format") or "").lower() == "flowed",
-            delsp=(ct.param("delsp") or "").lower() == "yes",
-        )
+        ref = _text_ref(ent, ct, cte)
         if not named:
-            rank = (RANK_HTML if is_html else _RANK_PLAIN) + (0 if outside else 2)
+            rank = (RANK_HTML if ref.is_html else _RANK_PLAIN) + (0 if outside else 2)
             w.texts.append((rank, ref))
-            return []
-        if outside and kind != "attachment":
+            return
+        if outside and not attachment:
             # "inline; filename=msg.txt": shown inline by MUAs; a last resort.
             w.texts.append((_RANK_NAMED, ref))
     if outside and ct.type not in _STRUCTURAL:
         w.attachments += 1
-    return []
+
+
+def _text_ref(ent: Entity, ct: CType, cte: str) -> TextRef:
+    is_html = ct.subtype == "html"
+    return TextRef(
+        ent.buf,
+        ent.body_start,
+        ent.body_end,
+        cte,
+        ct.param("charset"),
+        is_html,
+        flowed=not is_html and (ct.param("format") or "").lower() == "flowed",
+        delsp=(ct.param("delsp") or "").lower() == "yes",
+    )
 
 
 def _multipart_children(ent: Entity, ct: CType, w: Walk, defects: Defects) -> list[Entity] | None:
