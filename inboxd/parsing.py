@@ -136,12 +136,10 @@ def _one_line(text: str, limit: int) -> str:
 
 
 def _subject(headers: Headers, defects: Defects) -> str:
-    values = headers.all("subject")
-    if not values:
+    value = headers.once("subject", defects)
+    if value is None:
         return ""
-    if len(values) > 1:
-        defects.add("duplicate-subject")
-    raw = values[0][:SUBJECT_SOURCE_MAX]
+    raw = value[:SUBJECT_SOURCE_MAX]
     decoded = decode_encoded_words(_one_line(raw, SUBJECT_SOURCE_MAX), defects)
     return _one_line(decoded, SUBJECT_MAX).strip()
 
@@ -151,6 +149,7 @@ def _from(headers: Headers, defects: Defects) -> str | None:
     if not values:
         return None
     if len(values) > 1:
+        # Not Headers.once: a repeated From names no one sender, so none is read.
         defects.add("duplicate-from")
         return None
     if len(values[0]) > FROM_MAX:

@@ -53,6 +53,14 @@ class Headers:
     def has(self, name: str) -> bool:
         return any(k == name for k, _ in self.fields)
 
+    def once(self, name: str, defects: Defects) -> str | None:
+        """The first value of a field meant to stand once; a repeat is the defect
+        ``duplicate-<name>``."""
+        values = self.all(name)
+        if len(values) > 1:
+            defects.add(f"duplicate-{name}")
+        return values[0] if values else None
+
 
 def _decode_field(raw: bytes, defects: Defects) -> str:
     if raw.isascii():

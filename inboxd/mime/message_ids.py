@@ -53,12 +53,10 @@ def _ids(value: str) -> list[str]:
 
 
 def read_message_id(headers: Headers, defects: Defects) -> str | None:
-    values = headers.all("message-id")
-    if not values:
+    value = headers.once("message-id", defects)
+    if value is None:
         return None
-    if len(values) > 1:
-        defects.add("duplicate-message-id")
-    value = values[0][:IDS_SOURCE_MAX]
+    value = value[:IDS_SOURCE_MAX]
     ids = _ids(value)
     if ids:
         return ids[0]

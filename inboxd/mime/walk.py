@@ -102,12 +102,10 @@ def _disposition(headers: Headers, defects: Defects) -> tuple[str, bool]:
 
 
 def _cte(headers: Headers, defects: Defects) -> str:
-    values = headers.all("content-transfer-encoding")
-    if not values:
+    value = headers.once("content-transfer-encoding", defects)
+    if value is None:
         return "7bit"
-    if len(values) > 1:
-        defects.add("duplicate-content-transfer-encoding")
-    cte = first_token(values[0])
+    cte = first_token(value)
     if cte not in ("7bit", "8bit", "binary", "base64", "quoted-printable"):
         defects.add("unknown-transfer-encoding")
     return cte
@@ -184,9 +182,7 @@ def walk_parts(top: Entity, defects: Defects) -> Walk:
 def _visit(ent: Entity, w: Walk, defects: Defects) -> list[Entity]:
     """Note what this entity is; return its children (parts, or the attached message)."""
     h = ent.headers
-    if len(h.all("content-type")) > 1:
-        defects.add("duplicate-content-type")
-    ct = content_type(h.first("content-type"), ent.default_type, defects)
+    ct = content_type(h.once("content-type", defects), ent.default_type, defects)
     kind, has_name = _disposition(h, defects)
     cte = _cte(h, defects)
 
