@@ -510,3 +510,35 @@ def test_a_text_override_must_keep_each_macros_arguments(tmp_path: Path) -> None
     assert changed != text
     problem = override_problem("nl", own(tmp_path, "text/mail.txt", changed))
     assert problem is not None and "followup_attachment must take (number)" in problem
+
+
+def test_an_operator_rewords_the_administrators_lines(tmp_path: Path) -> None:
+    from inboxd.admin import status_text
+    from inboxd.templates import override_problem
+
+    # text/admin.txt is shared by both languages (templates/common/); a copy in the
+    # operator's folder, <language>/ or not, replaces it.
+    shipped_admin = (SHIPPED / "common" / "text" / "admin.txt").read_text(encoding="utf-8")
+    reworded = shipped_admin.replace("open signals: {{ open }}", "open meldingen: {{ open }}")
+    assert reworded != shipped_admin
+    folder = own(tmp_path, "text/admin.txt", reworded)
+    assert override_problem("nl", folder) is None
+    snap: dict[str, Any] = {
+        "service": "running",
+        "open": 2,
+        "by_state": {"queued": 2},
+        "flags": {},
+        "oldest_open_seconds": 90061,
+        "outbox": 0,
+        "last_fetch": None,
+        "last_send": None,
+        "last_error": None,
+        "keys": None,
+        "version": "0",
+    }
+    lines = status_text(snap, Templates("nl", folder)).splitlines()
+    assert "open meldingen: 2" in lines and "oldest open: 1d 1h 1m" in lines
+    assert "open signals: 2" in status_text(snap).splitlines()
+    broken = reworded.replace("macro queue_empty()", "macro queue_none()")
+    problem = override_problem("en", own(tmp_path, "text/admin.txt", broken, lang="en"))
+    assert problem is not None and "queue_empty" in problem
