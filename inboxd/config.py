@@ -8,6 +8,7 @@ types and shared checks in :mod:`inboxd.config_values`.
 
 from __future__ import annotations
 
+import grp
 import os
 import re
 import stat
@@ -369,7 +370,42 @@ def load(path: str | None = None) -> Config:
         broken = override_problem(cfg.language, cfg.templates_dir)
         if broken:
             raise ConfigError(path, "templates_dir", broken)
+    _check_admin_socket(cfg)
+    admin_gid(cfg)
     return cfg
+
+
+# What sun_path holds on Linux: 108 bytes with the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+def _check_admin_socket(cfg: Config) -> None:
+    size = len(os.fsencode(cfg.admin.socket))
+    if size > MAX_SOCKET_PATH:
+        raise ConfigError(
+            cfg.source_path,
+            "admin.socket",
+            f"the path is {size} bytes and a Unix socket's may be at most {MAX_SOCKET_PATH}; "
+            "choose a shorter one (the default is /run/inboxd/admin.sock)",
+        )
+
+
+def admin_gid(cfg: Config) -> int | None:
+    """``[admin] group`` as a gid; a group that does not exist is a configuration
+    error (found when the configuration is loaded), not a silent "root only"."""
+    name = cfg.admin.group
+    if not name:
+        return None
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(
+            cfg.source_path,
+            "admin.group",
+            f"there is no group {name!r} on this system; create it (groupadd --system {name}) or remove the key",
+        ) from None
 
 
 def _resolve_paths(cfg: Config, base: Path) -> Config:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import grp
 import io
 import json
 import os
@@ -29,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inboxd.config import Config, ConfigError
+from inboxd.config import Config, ConfigError, admin_gid
 from inboxd.logs import get_logger
 
 if TYPE_CHECKING:
@@ -116,24 +115,6 @@ def namespace_of(request: object) -> argparse.Namespace | None:
 
 def encode(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True).encode() + b"\n"
-
-
-def admin_gid(cfg: Config) -> int | None:
-    """``[admin] group`` as a gid; a group that does not exist is a configuration
-    error, not a silent "root only"."""
-    name = cfg.admin.group
-    if not name:
-        return None
-    if name.isdigit():
-        return int(name)
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise ConfigError(
-            cfg.source_path,
-            "admin.group",
-            f"there is no group {name!r} on this system; create it (groupadd --system {name}) or remove the key",
-        ) from None
 
 
 # -- the server, inside the daemon -------------------------------------------------------

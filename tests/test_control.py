@@ -24,7 +24,7 @@ import pytest
 from world import marker, signal_mail
 
 from inboxd import control
-from inboxd.config import ConfigError, load
+from inboxd.config import ConfigError, admin_gid, load
 from inboxd.crypto import generate_key_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,11 +116,20 @@ def test_state_and_socket_must_be_where_the_unit_puts_them(tmp_path: Path) -> No
 
 
 def test_an_admin_group_that_does_not_exist_is_a_configuration_error(tmp_path: Path) -> None:
+    """Found when the configuration is loaded (``inboxd check``), not first when the
+    service opens its socket."""
     path = world_config(tmp_path, tmp_path / "admin.sock", group="no-such-group-here")
     with pytest.raises(ConfigError) as exc:
-        control.admin_gid(load(str(path)))
+        load(str(path))
     assert exc.value.key == "admin.group" and "groupadd" in exc.value.problem
-    assert control.admin_gid(load(str(world_config(tmp_path, tmp_path / "s", group="4")))) == 4
+    assert admin_gid(load(str(world_config(tmp_path, tmp_path / "s", group="4")))) == 4
+
+
+def test_a_socket_path_too_long_for_unix_is_a_configuration_error(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "admin.sock"
+    with pytest.raises(ConfigError) as exc:
+        load(str(world_config(tmp_path, deep)))
+    assert exc.value.key == "admin.socket" and "at most 107" in exc.value.problem
 
 
 # -- the running service -----------------------------------------------------------------
