@@ -69,29 +69,34 @@ def build(
     backends = Backends(cfg)
     mb = mailbox or backends.mailbox()
     tr = transport or backends.transport()
+    keep_sent_copies(tr, store)
+    return _wired(cfg, clock, keyring, store, mb, tr)
+
+
+def _wired(
+    cfg: Config,
+    clock: Callable[[], float],
+    keyring: Keyring,
+    store: Store,
+    mb: Mailbox,
+    tr: Transport,
+) -> App:
+    """The services around the adapters, each given what it works with, in the order
+    they depend on each other."""
     templates = Templates(cfg.language, cfg.templates_dir)
     mailer = Mailer(cfg, templates, clock, keyring)
+    ending = Ending(cfg, store, mailer)
     triage = Triage(
         cfg=cfg,
         store=store,
         keyring=keyring,
         mailer=mailer,
         templates=templates,
-        ending=Ending(cfg, store, mailer),
+        ending=ending,
         clock=clock,
     )
-    intake = Intake(
-        cfg=cfg,
-        store=store,
-        keyring=keyring,
-        mailbox=mb,
-        mailer=mailer,
-        templates=templates,
-        clock=clock,
-        replies=triage,
-    )
+    intake = Intake(cfg, store, keyring, mb, mailer, templates, clock, replies=triage)
     outbox = Outbox(store, tr, clock, cfg.triage.forward_retry_for, triage, templates=templates)
-    keep_sent_copies(tr, store)
     lock = threading.RLock()
     jobs = Jobs(
         cfg=cfg,

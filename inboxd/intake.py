@@ -97,6 +97,24 @@ def _rest() -> None:
     """The default ``beat``: nobody to tell that work goes on."""
 
 
+def _never() -> bool:
+    """The default ``should_stop``: go on until the work is done."""
+    return False
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How a long step makes way: ``beat`` is called between messages and between
+    batches (the daemon feeds the systemd watchdog there), ``should_stop`` between
+    batches."""
+
+    should_stop: Callable[[], bool] = _never
+    beat: Callable[[], None] = _rest
+
+
+STEADY = Pace()
+
+
 def iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -227,24 +245,19 @@ class Intake:
         return self._context_base
 
     def run_once(
-        self, should_stop: Callable[[], bool] = lambda: False, beat: Callable[[], None] = _rest
+        self, should_stop: Callable[[], bool] = _never, beat: Callable[[], None] = _rest
     ) -> IntakeResult:
-        """Both steps. ``beat`` is called between messages and between batches (the
-        daemon feeds the systemd watchdog there); ``should_stop`` between batches."""
-        result = self.accept(should_stop, beat=beat)
-        self.process(should_stop, result, beat=beat)
+        """Both steps, at the :class:`Pace` ``should_stop`` and ``beat`` give."""
+        pace = Pace(should_stop, beat)
+        result = self.accept(pace=pace)
+        self.process(result, pace)
         self._verify(beat)
         return result
 
-    def accept(
-        self,
-        should_stop: Callable[[], bool] = lambda: False,
-        result: IntakeResult | None = None,
-        *,
-        beat: Callable[[], None] = _rest,
-    ) -> IntakeResult:
+    def accept(self, result: IntakeResult | None = None, pace: Pace = STEADY) -> IntakeResult:
         """Step 1: whatever is new in the mailbox, sealed and committed, then deleted."""
         result = result or IntakeResult()
+        beat = pace.beat
         self._expunge(self.store.keys_to_expunge(), result)
         keys = self.mailbox.list_new()
         result.listed = len(keys)
@@ -261,7 +274,7 @@ class Intake:
                 self._accept(batch, result)
                 beat()
                 batch, size = [], 0
-                if should_stop():
+                if pace.should_stop():
                     break
         if batch:
             self._accept(batch, result)
@@ -288,22 +301,16 @@ class Intake:
         result.accepted += len(items)
         self._expunge(self.store.keys_to_expunge(), result)
 
-    def process(
-        self,
-        should_stop: Callable[[], bool] = lambda: False,
-        result: IntakeResult | None = None,
-        *,
-        beat: Callable[[], None] = _rest,
-    ) -> IntakeResult:
+    def process(self, result: IntakeResult | None = None, pace: Pace = STEADY) -> IntakeResult:
         """Step 2: everything accepted (now or before a crash) becomes what it is."""
         result = result or IntakeResult()
         while True:
-            beat()
+            pace.beat()
             batch = self.store.inbound(self.batch_messages, self.batch_bytes)
             if not batch:
                 break
-            self._commit(batch, result, beat)
-            if should_stop():
+            self._commit(batch, result, pace.beat)
+            if pace.should_stop():
                 break
         return result
 
@@ -380,6 +387,8 @@ class Intake:
         result: IntakeResult,
         received_at: float,
     ) -> None:
+        """One accepted message becomes what it is: a duplicate (dropped), a new
+        signal, or a reply or automatic answer handed to triage."""
         msg = parse_message(item.raw)
         if msg.message_id:
             self._message_ids[item.key] = msg.message_id
@@ -387,25 +396,45 @@ class Intake:
         # else) is one; another message under a Message-ID seen before is its own.
         digests = self.keyring.dedup_digests(msg.message_id, *without_trace(item.raw))
         if digests[0] in seen or self.store.has_dedup(digests):
-            tx.record_key(item.key, KeyStatus.EXPUNGE)
-            result.duplicates += 1
-            # A command delivered again acts once, and gets no answer: an identical
-            # copy is a relay's retry or a loop, and answering a loop feeds it.
-            command = msg.from_addr in self.context().functionarissen and bool(
-                references_in(msg, self.cfg.reference_prefix)
-            )
-            log.info(
-                "command.duplicate" if command else "signal.duplicate",
-                size=msg.size,
-                reason="redelivered",
-            )
+            self._duplicate(tx, item, msg, result)
             return
         seen.add(digests[0])
+        decision, remember = self._decide(msg, digests[0])
+        if decision.kind is Kind.SIGNAL:
+            self.new_signal(tx, item, msg, decision, remember, received_at=received_at)
+            result.queued += 1
+            return
+        if decision.kind in (Kind.COMMAND, Kind.FOLLOWUP):
+            fate, signal_id = self.replies.handle(tx, item, msg, decision)
+        else:
+            fate, signal_id = self._auto_answer(tx, msg, decision), None
+        for d in remember:
+            tx.add_dedup(d, None, self.clock() + self.cfg.dedup_window)
+        tx.record_key(item.key, fate, signal_id)
+        result.handled += 1
+
+    def _duplicate(
+        self, tx: Transaction, item: MailboxItem, msg: ParsedMessage, result: IntakeResult
+    ) -> None:
+        tx.record_key(item.key, KeyStatus.EXPUNGE)
+        result.duplicates += 1
+        # A command delivered again acts once, and gets no answer: an identical
+        # copy is a relay's retry or a loop, and answering a loop feeds it.
+        command = msg.from_addr in self.context().functionarissen and bool(
+            references_in(msg, self.cfg.reference_prefix)
+        )
+        log.info(
+            "command.duplicate" if command else "signal.duplicate",
+            size=msg.size,
+            reason="redelivered",
+        )
+
+    def _decide(self, msg: ParsedMessage, digest: bytes) -> tuple[Decision, tuple[bytes, ...]]:
+        """What the message is, and the dedup digests to remember it by."""
         id_digests = self.keyring.message_id_digests(msg.message_id) if msg.message_id else []
         decision = classify(msg, self._lookup_context(msg))
         if id_digests and decision.kind is Kind.SIGNAL and self.store.has_dedup(id_digests):
             decision = replace(decision, flags=decision.flags | {"message_id_reused"})
-        remember = (digests[0], *id_digests[:1])
         log.info(
             "mail.received",
             kind=decision.kind.value,
@@ -413,26 +442,15 @@ class Intake:
             flags=sorted(decision.flags),
             evidence=decision.evidence.value,
         )
-        if decision.kind is Kind.SIGNAL:
-            self.new_signal(tx, item, msg, decision, remember, received_at=received_at)
-            result.queued += 1
-            return
-        if decision.kind in (Kind.COMMAND, Kind.FOLLOWUP):
-            fate, signal_id = self.replies.handle(tx, item, msg, decision)
-            for d in remember:
-                tx.add_dedup(d, None, self.clock() + self.cfg.dedup_window)
-            tx.record_key(item.key, fate, signal_id)
-            result.handled += 1
-            return
-        # Automatic answers to our own mail, and our own mail come back: nothing to
-        # keep, but never silently: the event says what it was.
+        return decision, (digest, *id_digests[:1])
+
+    def _auto_answer(self, tx: Transaction, msg: ParsedMessage, decision: Decision) -> KeyStatus:
+        """Automatic answers to our own mail, and our own mail come back: nothing to
+        keep, but never silently: the event says what it was."""
         answered = sorted({k for k, _ in decision.answers})
         log.info("mail.auto_answer", kind=decision.kind.value, mail_kind=",".join(answered) or None)
         self.replies.auto_answer(tx, msg, decision)
-        for d in remember:
-            tx.add_dedup(d, None, self.clock() + self.cfg.dedup_window)
-        tx.record_key(item.key, KeyStatus.EXPUNGE)
-        result.handled += 1
+        return KeyStatus.EXPUNGE
 
     def new_reference(self) -> str:
         while True:

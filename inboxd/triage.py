@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 
 from inboxd import commands as cmd
 from inboxd.classify import Decision
@@ -511,31 +512,23 @@ class Triage:
             )
 
 
+@dataclass
 class _Effects:
     """What the commands of one accepted mail do to its signal (commands.CommandEffects).
 
     A forward is queued and a close carried out after the other commands (``_apply``,
     ``_answer``); STATUS and HULP add lines to the answer."""
 
-    def __init__(
-        self,
-        tx: Transaction,
-        signal: Signal,
-        mailer: Mailer,
-        reporter: Callable[[Signal], str | None],
-        status_lines: Callable[[Signal], list[str]],
-        help_lines: Callable[[], list[str]],
-    ) -> None:
-        self.tx = tx
-        self.signal = signal
-        self.mailer = mailer
-        self.reporter = reporter
-        self.status_lines = status_lines
-        self.help_lines = help_lines
-        self.extra: list[str] = []
-        self.forwarding: tuple[str, ...] | None = None
-        self.forwarded = False  # every destination named has the signal: it ends
-        self.closing = False
+    tx: Transaction
+    signal: Signal
+    mailer: Mailer
+    reporter: Callable[[Signal], str | None]
+    status_lines: Callable[[Signal], list[str]]
+    help_lines: Callable[[], list[str]]
+    extra: list[str] = field(default_factory=list)
+    forwarding: tuple[str, ...] | None = None
+    forwarded: bool = False  # every destination named has the signal: it ends
+    closing: bool = False
 
     def set_form(self, form: cmd.Form) -> None:
         self.signal = self.tx.update_signal(self.signal, form=form.value)
