@@ -9,6 +9,7 @@ from pathlib import Path
 from inboxd.backends.microsoft import README, token_provider
 from inboxd.backends.settings import EwsMailboxConfig
 from inboxd.config import Config, constructed, read_secret
+from inboxd.ews_account import EwsAccount
 from inboxd.mailbox.base import Mailbox
 from inboxd.mailbox.ews import EwsMailbox
 from inboxd.msauth import TokenSource
@@ -25,51 +26,44 @@ def tokens(cfg: Config, mb: EwsMailboxConfig) -> list[tuple[str, TokenSource]]:
     return [("mailbox", token_provider(cfg, "mailbox"))] if mb.auth_type == "oauth2" else []
 
 
-def _credentials(cfg: Config, mb: EwsMailboxConfig) -> tuple[str | None, TokenSource | None]:
-    """The password (ntlm, basic) or the app's token (oauth2)."""
+def _account(cfg: Config, mb: EwsMailboxConfig, throttle: Throttle) -> EwsAccount:
+    """What the mailbox and the transport log in with, alike: a password (ntlm,
+    basic) or the app's token (oauth2), and the one throttle of the account."""
+    password, token = None, None
     if mb.auth_type == "oauth2":
-        return None, token_provider(cfg, "mailbox")
-    if mb.password_file or mb.password_env:
-        return read_secret(cfg, mb.password_file, mb.password_env, "mailbox.password_file"), None
-    return None, None
+        token = token_provider(cfg, "mailbox")
+    elif mb.password_file or mb.password_env:
+        password = read_secret(cfg, mb.password_file, mb.password_env, "mailbox.password_file")
+    return EwsAccount(
+        password=password,
+        auth_type=mb.auth_type,
+        token=token,
+        primary_smtp_address=mb.mailbox or None,
+        ca_file=mb.ca_file or None,
+        throttle=throttle,
+    )
 
 
 def mailbox(cfg: Config, mb: EwsMailboxConfig, throttle: Throttle) -> Mailbox:
-    password, token = _credentials(cfg, mb)
+    account = _account(cfg, mb, throttle)
     return constructed(
         cfg,
         "mailbox",
         lambda: EwsMailbox(
             mb.service_endpoint,
             mb.username,
-            password=password,
-            auth_type=mb.auth_type,
-            token=token,
             folder="inbox",
-            primary_smtp_address=mb.mailbox or None,
-            ca_file=mb.ca_file or None,
             poll_interval=mb.poll_interval,
             sync_state_path=str(Path(cfg.state_dir) / SYNC_STATE),
-            throttle=throttle,
+            **account,
         ),
     )
 
 
 def transport(cfg: Config, mb: EwsMailboxConfig, throttle: Throttle) -> Transport:
-    password, token = _credentials(cfg, mb)
+    account = _account(cfg, mb, throttle)
     return constructed(
-        cfg,
-        "mailbox",
-        lambda: EwsTransport(
-            mb.service_endpoint,
-            mb.username,
-            password=password,
-            auth_type=mb.auth_type,
-            token=token,
-            primary_smtp_address=mb.mailbox or None,
-            ca_file=mb.ca_file or None,
-            throttle=throttle,
-        ),
+        cfg, "mailbox", lambda: EwsTransport(mb.service_endpoint, mb.username, **account)
     )
 
 

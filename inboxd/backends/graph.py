@@ -9,6 +9,7 @@ from pathlib import Path
 from inboxd.backends.microsoft import README, http_status, token_provider
 from inboxd.backends.settings import GraphMailboxConfig
 from inboxd.config import Config, constructed
+from inboxd.graph_client import GraphConnection
 from inboxd.mailbox.base import Mailbox
 from inboxd.mailbox.graph import GraphMailbox
 from inboxd.msauth import TokenSource, graph_scope
@@ -30,8 +31,13 @@ def tokens(cfg: Config, mb: GraphMailboxConfig) -> list[tuple[str, TokenSource]]
     return [("mailbox", _token(cfg, mb))]
 
 
+def _connection(mb: GraphMailboxConfig, throttle: Throttle) -> GraphConnection:
+    # The mailbox and the transport alike, with the one throttle of the account.
+    return GraphConnection(endpoint=mb.endpoint, ca_file=mb.ca_file or None, throttle=throttle)
+
+
 def mailbox(cfg: Config, mb: GraphMailboxConfig, throttle: Throttle) -> Mailbox:
-    token = _token(cfg, mb)
+    token, connection = _token(cfg, mb), _connection(mb, throttle)
     return constructed(
         cfg,
         "mailbox",
@@ -40,25 +46,17 @@ def mailbox(cfg: Config, mb: GraphMailboxConfig, throttle: Throttle) -> Mailbox:
             mb.client_id,
             mb.mailbox,
             token,
-            endpoint=mb.endpoint,
             folder=mb.graph_folder,
             delta_state_path=str(Path(cfg.state_dir) / DELTA_STATE),
-            ca_file=mb.ca_file or None,
             poll_interval=mb.poll_interval,
-            throttle=throttle,
+            **connection,
         ),
     )
 
 
 def transport(cfg: Config, mb: GraphMailboxConfig, throttle: Throttle) -> Transport:
-    token = _token(cfg, mb)
-    return constructed(
-        cfg,
-        "mailbox",
-        lambda: GraphTransport(
-            mb.mailbox, token, endpoint=mb.endpoint, ca_file=mb.ca_file or None, throttle=throttle
-        ),
-    )
+    token, connection = _token(cfg, mb), _connection(mb, throttle)
+    return constructed(cfg, "mailbox", lambda: GraphTransport(mb.mailbox, token, **connection))
 
 
 def explain_login(mb: GraphMailboxConfig, reason: str) -> str:
