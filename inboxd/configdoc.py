@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = undocumented()
     if missing:
         sys.stderr.write(
-            "configdoc: fields without a docstring in inboxd/config.py: "
+            "configdoc: fields without a docstring in inboxd/config.py or inboxd/backends/settings.py: "
             + ", ".join(missing)
             + "\n"
         )

@@ -426,6 +426,24 @@ def test_bad_choice(tmp_path: Path) -> None:
     assert err.key == "triage.include_content"
 
 
+@pytest.mark.parametrize("value", ['"pop3"', '["imap"]', "3", "{ name = 1 }"])
+def test_a_backend_that_names_none(tmp_path: Path, value: str) -> None:
+    err = error_for(tmp_path, BASE.replace('backend = "maildir"', f"backend = {value}"))
+    assert err.key == "mailbox.backend"
+    assert err.problem == "must be one of 'imap', 'ews', 'graph' or 'maildir'"
+    err = error_for(tmp_path, BASE.replace('transport = "maildir"', f"transport = {value}"))
+    assert err.key == "smtp.transport"
+    assert err.problem == "must be one of 'smtp', 'maildir', 'ews' or 'graph'"
+
+
+def test_a_key_of_another_backend_is_checked_and_ignored(tmp_path: Path) -> None:
+    # Switching a section's backend keeps the file valid; a wrong value is still named.
+    cfg = load(write(tmp_path, in_section("mailbox", 'host = "mail.gemeente.example"')))
+    assert cfg.mailbox.backend == "maildir" and not hasattr(cfg.mailbox, "host")
+    err = error_for(tmp_path, in_section("mailbox", "idle = 1"))
+    assert err.key == "mailbox.idle"
+
+
 def test_smtp_transport_must_match_backend(tmp_path: Path) -> None:
     err = error_for(tmp_path, BASE.replace('transport = "maildir"', 'transport = "graph"'))
     assert err.key == "smtp.transport"

@@ -52,7 +52,7 @@ def test_configuration_reference_matches_the_models() -> None:
 
 def test_every_configuration_key_has_a_description() -> None:
     assert configdoc.undocumented() == [], (
-        "add a docstring under each of these fields in inboxd/config.py, then run "
+        "add a docstring under each of these fields in inboxd/config.py (or inboxd/backends/settings.py), then run "
         "`python -m inboxd.configdoc --write`"
     )
 

@@ -376,9 +376,9 @@ MAILBOX_MODELS: tuple[type[MailboxBase], ...] = (
 )
 TRANSPORT_MODELS: tuple[type[TransportBase], ...] = (
     SmtpTransportConfig,
+    MaildirTransportConfig,
     EwsTransportConfig,
     GraphTransportConfig,
-    MaildirTransportConfig,
 )
 
 
@@ -404,7 +404,8 @@ def _chosen(
         if not isinstance(data, dict):
             return data
         data = {tag: default, **data}
-        model = by_tag.get(data[tag])
+        chosen = data[tag]
+        model = by_tag.get(chosen) if isinstance(chosen, str) else None
         if model is None:
             return data  # the union names the tags it knows
         own = {f.alias or name for name, f in model.model_fields.items()}
@@ -435,7 +436,7 @@ MailboxConfig = Annotated[
 ]
 SmtpConfig = Annotated[
     Annotated[
-        SmtpTransportConfig | EwsTransportConfig | GraphTransportConfig | MaildirTransportConfig,
+        SmtpTransportConfig | MaildirTransportConfig | EwsTransportConfig | GraphTransportConfig,
         Field(discriminator="transport"),
     ],
     BeforeValidator(_chosen("smtp", "transport", "smtp", TRANSPORT_MODELS)),
