@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from inboxd.evidence import Evidence, EvidencePolicy, sender_evidence
-from inboxd.lifecycle import MailKind
+from inboxd.lifecycle import AnyMailKind, MailKind
 from inboxd.parsing import WEAK_AUTO_REASONS, ParsedMessage
 from inboxd.references import first_references
 
@@ -40,7 +40,7 @@ class Context:
     ack_domains: frozenset[str]
     sources: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # Message-IDs of mail inboxd sent, among those this message mentions → (kind, ref)
-    sent: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
+    sent: Mapping[str, tuple[AnyMailKind, str | None]] = field(default_factory=dict)
     # For each reference the message carries that is open: the reporter's address
     open_reporters: Mapping[str, str | None] = field(default_factory=dict)
     evidence: EvidencePolicy = EvidencePolicy()
@@ -51,7 +51,7 @@ class Decision:
     kind: Kind
     flags: frozenset[str] = frozenset()
     refs: tuple[str, ...] = ()  # references found (subject first, then body)
-    answers: tuple[tuple[str, str | None], ...] = ()  # (kind, ref) of our mail it answers
+    answers: tuple[tuple[AnyMailKind, str | None], ...] = ()  # (kind, ref) of our mail it answers
     source: str = "extern"
     # Whether a trusted server vouches for the From address (commands, follow-ups and
     # drills act only on VERIFIED, or NOT_REQUIRED where the operator said so).

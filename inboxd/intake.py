@@ -28,7 +28,7 @@ from inboxd.classify import Context, Decision, Kind, classify, mentioned_ids, re
 from inboxd.config import Config
 from inboxd.crypto import Keyring, signal_token
 from inboxd.dedup import without_trace
-from inboxd.lifecycle import KeyStatus, MailKind
+from inboxd.lifecycle import AnyMailKind, KeyStatus, MailKind
 from inboxd.logs import get_logger
 from inboxd.mail_limits import LimitClass, budget, limit_class, release_order, release_reserve
 from inboxd.mailbox.base import Mailbox, MailboxItem, verify_deletion
@@ -36,7 +36,7 @@ from inboxd.mails import Mail, is_msg_id, new_message_id
 from inboxd.outbox import AttachRef, entry
 from inboxd.parsing import ParsedMessage, parse_message, unreadable
 from inboxd.references import new_reference
-from inboxd.store import Inbound, NewSignal, Signal, Store, Transaction
+from inboxd.store import Inbound, NewSignal, Signal, SignalUpdate, Store, Transaction
 from inboxd.templates import Templates
 
 log = get_logger(__name__)
@@ -135,7 +135,7 @@ class Mailer:
     def queue(
         self,
         tx: Transaction,
-        kind: str,
+        kind: AnyMailKind,
         template: str,
         to: str,
         context: dict[str, object],
@@ -174,7 +174,7 @@ class Mailer:
         tx.enqueue(entry(kind, mail, self.cfg.from_address, ref, attach, smime))
         return mail.message_id
 
-    def within_budget(self, tx: Transaction, kind: str, to: str) -> bool:
+    def within_budget(self, tx: Transaction, kind: AnyMailKind, to: str) -> bool:
         """Counts the mail against ``to``'s budget when there is room for it."""
         cls = limit_class(kind)
         if cls is None:
@@ -574,7 +574,9 @@ class Intake:
             msg = unreadable(len(raw), "unprocessable")
         # "flood" means "still waiting for its triage request" (status, digest);
         # the request itself says the signal came late, and why.
-        signal = tx.update_signal(signal, flags=(signal.flags - {"flood"}) | {"flood_delayed"})
+        signal = tx.update_signal(
+            signal, SignalUpdate(flags=(signal.flags - {"flood"}) | {"flood_delayed"})
+        )
         queued = self.triage_requests(
             tx,
             signal,

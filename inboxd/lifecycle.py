@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
+from typing import NewType, TypeAlias
 
 
 class SignalState(StrEnum):
@@ -100,13 +101,29 @@ class MailKind(StrEnum):
 # can tell which destinations still wait and the sent mail which one accepted.
 FORWARD = "forward"
 
+ForwardKind = NewType("ForwardKind", str)
+"""A forward's mail kind, made only by :func:`forward_kind` (or read back by
+:func:`stored_kind`)."""
 
-def forward_kind(destination: str) -> str:
+# What the outbox and the sent mail record as a mail's kind.
+AnyMailKind: TypeAlias = MailKind | ForwardKind
+
+
+def forward_kind(destination: str) -> ForwardKind:
     """The mail kind of a forward to ``destination`` (a key of the destinations)."""
-    return f"{FORWARD}:{destination}"
+    return ForwardKind(f"{FORWARD}:{destination}")
 
 
 def forward_destination(kind: str) -> str | None:
     """The destination a forward's kind names; ``None`` for every other kind."""
     family, colon, destination = kind.partition(":")
     return destination if colon and family == FORWARD else None
+
+
+def stored_kind(text: str) -> AnyMailKind:
+    """The kind a stored string names; :class:`ValueError` when it names none (no
+    version of inboxd stored it)."""
+    destination = forward_destination(text)
+    if destination is not None:
+        return forward_kind(destination)
+    return MailKind(text)

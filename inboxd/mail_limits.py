@@ -26,7 +26,7 @@ from collections.abc import Hashable, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
-from inboxd.lifecycle import MailKind, forward_destination
+from inboxd.lifecycle import AnyMailKind, MailKind, forward_destination
 
 if TYPE_CHECKING:
     from inboxd.config import Config
@@ -65,8 +65,8 @@ _CLASSES: dict[str, LimitClass] = {
 UNLIMITED = (MailKind.REMINDER, MailKind.DIGEST, MailKind.FLOOD_NOTICE)
 
 
-def limit_class(kind: str) -> LimitClass | None:
-    if forward_destination(kind) is not None or kind.startswith(UNLIMITED):
+def limit_class(kind: AnyMailKind) -> LimitClass | None:
+    if forward_destination(kind) is not None or kind in UNLIMITED:
         return None
     # A kind added later without a class gets the functionarissen's budget rather
     # than none: an unlimited automatic mail is the bug this module exists for.

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from inboxd.lifecycle import FORWARD, MailKind, forward_destination
+from inboxd.lifecycle import FORWARD, AnyMailKind, MailKind, forward_destination
 from inboxd.logs import get_logger
 from inboxd.mails import Attachment, HeaderInjection, Mail, render, render_pieces
 from inboxd.smime import CertificateError, encrypt, load_certificate
@@ -49,7 +49,7 @@ class AttachRef:
 
 
 def entry(
-    kind: str,
+    kind: AnyMailKind,
     mail: Mail,
     bounce_to: str,
     ref: str | None,

@@ -27,7 +27,7 @@ from inboxd.logs import get_logger
 from inboxd.mail_limits import flood_notice_due, longest_window
 from inboxd.outbox import Outbox
 from inboxd.sent_copies import purge_sent_copies
-from inboxd.store import Signal, Store
+from inboxd.store import Signal, SignalUpdate, Store
 from inboxd.templates import Templates
 from inboxd.transport.base import Transport
 
@@ -128,7 +128,7 @@ def send_reminders(cfg: Config, store: Store, mailer: Mailer, now: float) -> int
                 tx, MailKind.REMINDER, "reminder", f, {"signals": rows(listed, now)}, ref=None
             )
         for s in listed:
-            tx.update_signal(s, last_reminder_at=now)
+            tx.update_signal(s, SignalUpdate(last_reminder_at=now))
     log.info("reminder.queued", count=len(listed), refs=[s.ref for s in listed])
     return len(listed)
 

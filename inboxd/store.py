@@ -32,7 +32,15 @@ from inboxd.crypto import (
     seal_to,
     sealed_size,
 )
-from inboxd.lifecycle import OPEN_STATES, KeyStatus, MailKind, SignalState, check_transition
+from inboxd.lifecycle import (
+    OPEN_STATES,
+    AnyMailKind,
+    KeyStatus,
+    MailKind,
+    SignalState,
+    check_transition,
+    stored_kind,
+)
 from inboxd.logs import get_logger
 
 log = get_logger(__name__)
@@ -176,7 +184,7 @@ class OutboxEntry:
     """One mail to one recipient, sealed until it is sent. ``payload`` is whatever
     the outbox module needs to build the mail at send time (it stays opaque here)."""
 
-    kind: str
+    kind: AnyMailKind
     ref: str | None
     message_id: str
     sender: str
@@ -187,7 +195,7 @@ class OutboxEntry:
 @dataclass(frozen=True)
 class DueMail:
     id: str
-    kind: str
+    kind: AnyMailKind
     ref: str | None
     message_id: str
     attempts: int
@@ -222,6 +230,21 @@ class NewSignal:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
+@dataclass(frozen=True)
+class SignalUpdate:
+    """What a transaction changes about a signal; ``None`` leaves a column alone. The
+    reference, the source and the key are no field: they never change."""
+
+    state: SignalState | None = None
+    form: str | None = None
+    destinations: Iterable[str] | None = None
+    done_destinations: Iterable[str] | None = None
+    hold: bool | None = None
+    no_feedback: bool | None = None
+    last_reminder_at: float | None = None
+    flags: Iterable[str] | None = None
+
+
 class StoreError(Exception):
     pass
 
@@ -234,19 +257,7 @@ class Transaction(Protocol):
     def savepoint(self) -> AbstractContextManager[None]: ...
     def add_signal(self, signal: NewSignal) -> Signal: ...
     def data_key(self, signal: Signal) -> bytes: ...
-    def update_signal(
-        self,
-        signal: Signal,
-        *,
-        state: SignalState | None = None,
-        form: str | None = None,
-        destinations: Iterable[str] | None = None,
-        done_destinations: Iterable[str] | None = None,
-        hold: bool | None = None,
-        no_feedback: bool | None = None,
-        last_reminder_at: float | None = None,
-        flags: Iterable[str] | None = None,
-    ) -> Signal: ...
+    def update_signal(self, signal: Signal, change: SignalUpdate) -> Signal: ...
     def field_names(self, signal: Signal) -> list[str]: ...
     def add_field(self, signal: Signal, name: str, plain: bytes) -> None: ...
     def delete_signal(self, signal: Signal, dedup_until: float, reason: str) -> None: ...
@@ -258,7 +269,7 @@ class Transaction(Protocol):
     def processed(self, inbound_id: str) -> None: ...
     def add_dedup(self, digest: bytes, signal_id: str | None, expires_at: float | None) -> None: ...
     def enqueue(self, entry: OutboxEntry, *, not_before: float | None = None) -> str: ...
-    def pending_kinds(self, ref: str) -> list[str]: ...
+    def pending_kinds(self, ref: str) -> list[AnyMailKind]: ...
     def record_mail(self, recipient_digest: bytes, cls: str) -> None: ...
     def mails_since(
         self, recipient_digest: bytes, cls: str, since: float, upto: int = 1 << 30
@@ -291,7 +302,9 @@ class Store(Protocol):
     def outbox_size(self) -> int: ...
     def mail_sent(self, mail: DueMail, now: float, then: Any = None) -> None: ...
     def mail_failed(self, mail: DueMail, next_attempt_at: float | None, error: str) -> None: ...
-    def sent_kinds(self, message_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]: ...
+    def sent_kinds(
+        self, message_ids: Iterable[str]
+    ) -> dict[str, tuple[AnyMailKind, str | None]]: ...
     # signals
     def signals(self, states: Sequence[SignalState] = OPEN_STATES) -> list[Signal]: ...
     def signal_by_ref(self, ref: str) -> Signal | None: ...
@@ -299,7 +312,7 @@ class Store(Protocol):
     # status, statistics, upkeep
     def get_meta(self, key: str) -> str | None: ...
     def set_meta(self, key: str, value: str) -> None: ...
-    def counts_by_state(self) -> dict[str, int]: ...
+    def counts_by_state(self) -> dict[SignalState, int]: ...
     def flag_counts(self) -> dict[str, int]: ...
     def oldest_open(self) -> float | None: ...
     def stats_rows(self, year: int) -> list[dict[str, Any]]: ...
@@ -375,6 +388,19 @@ def _read_field(
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
+
+
+def _listed(values: Iterable[str] | None) -> str | None:
+    """A set of names as its column holds it: sorted, comma-separated."""
+    return None if values is None else ",".join(sorted(values))
+
+
+def _known_kind(text: str) -> AnyMailKind | None:
+    """A stored mail kind, or None for one no version of inboxd wrote."""
+    try:
+        return stored_kind(text)
+    except ValueError:
+        return None
 
 
 def _row_to_signal(row: sqlite3.Row) -> Signal:
@@ -591,38 +617,23 @@ class SqliteTransaction:
         row = self._c.execute("SELECT * FROM signals WHERE id = ?", (signal_id,)).fetchone()
         return _row_to_signal(row) if row else None
 
-    def update_signal(
-        self,
-        signal: Signal,
-        *,
-        state: SignalState | None = None,
-        form: str | None = None,
-        destinations: Iterable[str] | None = None,
-        done_destinations: Iterable[str] | None = None,
-        hold: bool | None = None,
-        no_feedback: bool | None = None,
-        last_reminder_at: float | None = None,
-        flags: Iterable[str] | None = None,
-    ) -> Signal:
-        """Change what is given (``None``: leave it); the other columns — the
-        reference, the source, the key — never change."""
+    def update_signal(self, signal: Signal, change: SignalUpdate) -> Signal:
+        """Change what ``change`` gives; a state only along the transition table."""
         changes: dict[str, object] = {
-            "form": form,
-            "destinations": None if destinations is None else ",".join(sorted(destinations)),
-            "done_destinations": (
-                None if done_destinations is None else ",".join(sorted(done_destinations))
-            ),
-            "hold": hold,
-            "no_feedback": no_feedback,
-            "last_reminder_at": last_reminder_at,
-            "flags": None if flags is None else ",".join(sorted(flags)),
+            "form": change.form,
+            "destinations": _listed(change.destinations),
+            "done_destinations": _listed(change.done_destinations),
+            "hold": change.hold,
+            "no_feedback": change.no_feedback,
+            "last_reminder_at": change.last_reminder_at,
+            "flags": _listed(change.flags),
         }
-        if state is not None:
+        if change.state is not None:
             # The state as stored now, not as the caller last read it.
             current = self.signal(signal.id)
             if current is None:
                 raise StoreError("signal is gone")
-            changes["state"] = check_transition(current.state, SignalState(state))
+            changes["state"] = check_transition(current.state, SignalState(change.state))
         cols = [f"{k} = ?" for k, v in changes.items() if v is not None]
         values = [v for v in changes.values() if v is not None]
         cols.append("updated_at = ?")
@@ -704,8 +715,9 @@ class SqliteTransaction:
         row = self._c.execute("SELECT closed_at FROM refs_used WHERE ref = ?", (ref,)).fetchone()
         return row is not None and row["closed_at"] is not None
 
-    def pending_kinds(self, ref: str) -> list[str]:
-        return [r["kind"] for r in self._c.execute("SELECT kind FROM outbox WHERE ref = ?", (ref,))]
+    def pending_kinds(self, ref: str) -> list[AnyMailKind]:
+        rows = self._c.execute("SELECT kind FROM outbox WHERE ref = ?", (ref,))
+        return [kind for kind in (_known_kind(r["kind"]) for r in rows) if kind is not None]
 
     def set_meta(self, key: str, value: str) -> None:
         self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
@@ -940,9 +952,11 @@ class SqliteStore:
                 data_key = self.keyring.unwrap(r["key_id"], r["wrapped_key"], owner)
                 env = json.loads(open_sealed(data_key, owner, "envelope", r["envelope"]))
                 payload = open_sealed(data_key, owner, "message", r["message"])
-            except DecryptError as exc:
-                # One unreadable entry (its key removed before rotation finished) must
-                # not hold up every other mail: set it aside for an hour and say so.
+                kind = stored_kind(r["kind"])
+            except (DecryptError, ValueError) as exc:
+                # One unreadable entry (its key removed before rotation finished, a
+                # kind no inboxd wrote) must not hold up every other mail: set it
+                # aside for an hour and say so.
                 log.error(
                     "outbox.unreadable",
                     outbox_id=r["id"],
@@ -956,7 +970,7 @@ class SqliteStore:
             out.append(
                 DueMail(
                     id=r["id"],
-                    kind=r["kind"],
+                    kind=kind,
                     ref=r["ref"],
                     message_id=r["message_id"],
                     attempts=r["attempts"],
@@ -998,14 +1012,15 @@ class SqliteStore:
                     (next_attempt_at, error, mail.id),
                 )
 
-    def sent_kinds(self, message_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
-        out: dict[str, tuple[str, str | None]] = {}
+    def sent_kinds(self, message_ids: Iterable[str]) -> dict[str, tuple[AnyMailKind, str | None]]:
+        out: dict[str, tuple[AnyMailKind, str | None]] = {}
         for mid in message_ids:
             r = self._c.execute(
                 "SELECT kind, ref FROM sent WHERE message_id = ?", (mid,)
             ).fetchone()
-            if r is not None:
-                out[mid] = (r["kind"], r["ref"])
+            kind = None if r is None else _known_kind(r["kind"])
+            if kind is not None:
+                out[mid] = (kind, r["ref"])
         return out
 
     # -- signals ------------------------------------------------------------
@@ -1036,9 +1051,9 @@ class SqliteStore:
     def set_meta(self, key: str, value: str) -> None:
         self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
-    def counts_by_state(self) -> dict[str, int]:
+    def counts_by_state(self) -> dict[SignalState, int]:
         return {
-            r["state"]: r["n"]
+            SignalState(r["state"]): r["n"]
             for r in self._c.execute("SELECT state, COUNT(*) AS n FROM signals GROUP BY state")
         }
 

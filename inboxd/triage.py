@@ -35,7 +35,7 @@ from inboxd.mailbox.base import MailboxItem
 from inboxd.outbox import AttachRef
 from inboxd.parsing import ParsedMessage
 from inboxd.replytext import reply_text
-from inboxd.store import DueMail, Signal, Store, Transaction
+from inboxd.store import DueMail, Signal, SignalUpdate, Store, Transaction
 from inboxd.templates import Templates
 
 log = get_logger(__name__)
@@ -143,7 +143,8 @@ class Triage:
             if signal is not None:
                 done = tuple(d for d in signal.done_destinations if d != dest)
                 tx.update_signal(
-                    signal, state=SignalState.FORWARDING_FAILED, done_destinations=done
+                    signal,
+                    SignalUpdate(state=SignalState.FORWARDING_FAILED, done_destinations=done),
                 )
             log.error(
                 "forward.bounced",
@@ -167,7 +168,7 @@ class Triage:
         n = sum(1 for f in tx.field_names(signal) if f.startswith("followup:")) + 1
         tx.add_field(signal, f"followup:{n}", item.raw)
         if signal.state is SignalState.WAITING_INFO:
-            signal = tx.update_signal(signal, state=SignalState.QUEUED)
+            signal = tx.update_signal(signal, SignalUpdate(state=SignalState.QUEUED))
         log.info(
             "signal.followup",
             ref=ref,
@@ -320,7 +321,7 @@ class Triage:
             )
         if effects.signal.hold and not any(isinstance(c, cmd.Hold) for c in commands):
             # WACHT holds "until the next command".
-            effects.signal = tx.update_signal(effects.signal, hold=False)
+            effects.signal = tx.update_signal(effects.signal, SignalUpdate(hold=False))
         return effects
 
     def _answer(
@@ -464,7 +465,7 @@ class Triage:
         on_the_way = {d for d in map(forward_destination, kinds) if d is not None}
         state = after_forward(signal.state, wanted, signal.done_destinations, on_the_way)
         changed = state if state is not None and state != signal.state else None
-        signal = tx.update_signal(signal, state=changed, destinations=wanted)
+        signal = tx.update_signal(signal, SignalUpdate(state=changed, destinations=wanted))
         return signal, state is None
 
     def mail_sent(self, tx: Transaction, due: DueMail) -> None:
@@ -478,7 +479,7 @@ class Triage:
         if any(k == due.kind for k in tx.pending_kinds(due.ref)):
             return  # drills to several functionarissen: the last one completes it
         done = sorted(set(signal.done_destinations) | {key})
-        signal = tx.update_signal(signal, done_destinations=done)
+        signal = tx.update_signal(signal, SignalUpdate(done_destinations=done))
         log.info("forward.accepted", ref=signal.ref, destination=key)
         if set(signal.destinations) <= set(done) and signal.state is SignalState.FORWARDING:
             self.ending.end(tx, signal, End.FORWARDED)
@@ -490,7 +491,7 @@ class Triage:
         with self.store.transaction() as tx:
             signal = self.store.signal_by_ref(due.ref)
             if signal is not None:
-                tx.update_signal(signal, state=SignalState.FORWARDING_FAILED)
+                tx.update_signal(signal, SignalUpdate(state=SignalState.FORWARDING_FAILED))
             self._alert(tx, due.ref, dest, "failed", still_open=signal is not None)
 
     def _alert(self, tx: Transaction, ref: str, dest: str, what: str, *, still_open: bool) -> None:
@@ -531,13 +532,13 @@ class _Effects:
     closing: bool = False
 
     def set_form(self, form: cmd.Form) -> None:
-        self.signal = self.tx.update_signal(self.signal, form=form.value)
+        self.signal = self.tx.update_signal(self.signal, SignalUpdate(form=form.value))
 
     def hold(self) -> None:
-        self.signal = self.tx.update_signal(self.signal, hold=True)
+        self.signal = self.tx.update_signal(self.signal, SignalUpdate(hold=True))
 
     def no_feedback(self) -> None:
-        self.signal = self.tx.update_signal(self.signal, no_feedback=True)
+        self.signal = self.tx.update_signal(self.signal, SignalUpdate(no_feedback=True))
 
     def ask(self, question: str) -> None:
         reporter = self.reporter(self.signal)
@@ -545,7 +546,9 @@ class _Effects:
         tx, signal = self.tx, self.signal
         n = sum(1 for f in tx.field_names(signal) if f.startswith("question:")) + 1
         tx.add_field(signal, f"question:{n}", question.encode())
-        self.signal = tx.update_signal(signal, state=SignalState.WAITING_INFO, hold=False)
+        self.signal = tx.update_signal(
+            signal, SignalUpdate(state=SignalState.WAITING_INFO, hold=False)
+        )
         self.mailer.queue(
             tx,
             MailKind.QUESTION,

@@ -30,7 +30,7 @@ from world import (
 )
 
 from inboxd.crypto import Keyring, generate_key_file
-from inboxd.lifecycle import KeyStatus
+from inboxd.lifecycle import KeyStatus, MailKind
 from inboxd.references import find_references, new_reference
 from inboxd.store import NewSignal, OutboxEntry, SqliteStore
 
@@ -202,7 +202,7 @@ def fill(world: World, n: int = N_SIGNALS, outbox: int = N_OUTBOX) -> dict[str, 
             for i in range(outbox):
                 tx.enqueue(
                     OutboxEntry(
-                        kind="ack",
+                        kind=MailKind.ACK,
                         ref=None,
                         message_id=f"<rot-{i}@gemeente.example>",
                         sender=MAILBOX,

@@ -6,6 +6,7 @@ import pytest
 
 from inboxd.classify import ASKS_FOR_REPLY, Context, Kind, classify
 from inboxd.evidence import EvidencePolicy
+from inboxd.lifecycle import stored_kind
 from inboxd.parsing import parse_message
 from inboxd.references import new_reference
 
@@ -27,7 +28,7 @@ def ctx(sent_kind: str | None = None, *, open_ref: bool = True, vouched: bool = 
         functionarissen=frozenset({F1}),
         own_addresses=frozenset({"vreemdverhaal@gemeente.example"}),
         ack_domains=frozenset({"gemeente.example"}),
-        sent={OURS: (sent_kind, REF)} if sent_kind else {},
+        sent={OURS: (stored_kind(sent_kind), REF)} if sent_kind else {},
         open_reporters={REF: REPORTER} if open_ref else {},
     )
 

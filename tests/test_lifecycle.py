@@ -19,7 +19,9 @@ from inboxd.lifecycle import (
     check_transition,
     forward_destination,
     forward_kind,
+    stored_kind,
 )
+from inboxd.mail_limits import UNLIMITED, LimitClass, limit_class
 
 
 def reachable(start: SignalState) -> set[SignalState]:
@@ -88,3 +90,21 @@ def test_after_a_forward_command_the_signal_waits_only_for_what_is_on_its_way() 
     assert after_forward(S.FORWARDING_FAILED, ["kedo", "riec"], ["riec"], []) is (
         S.FORWARDING_FAILED
     )
+
+
+def test_a_stored_kind_reads_back_as_the_kind_that_was_stored() -> None:
+    for kind in MailKind:
+        assert stored_kind(str(kind)) is kind
+    assert stored_kind("forward:kedo") == forward_kind("kedo")
+    assert forward_destination(stored_kind("forward:kedo")) == "kedo"
+    for text in ["", "forward", "reminder_extra", "k0", "ACK"]:
+        with pytest.raises(ValueError):
+            stored_kind(text)
+
+
+def test_every_kind_has_a_budget_but_forwards_and_the_timed_mails() -> None:
+    assert limit_class(forward_kind("kedo")) is None
+    for kind in MailKind:
+        cls = limit_class(kind)
+        assert (cls is None) == (kind in UNLIMITED), kind
+    assert limit_class(MailKind.ACK) is LimitClass.ACK

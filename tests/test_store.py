@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from inboxd.crypto import DecryptError, Keyring, generate_key_file
-from inboxd.lifecycle import TRANSITIONS, IllegalTransition, KeyStatus, SignalState
-from inboxd.store import DueMail, NewSignal, OutboxEntry, SqliteStore
+from inboxd.lifecycle import TRANSITIONS, IllegalTransition, KeyStatus, MailKind, SignalState
+from inboxd.store import DueMail, NewSignal, OutboxEntry, SignalUpdate, SqliteStore
 
 
 class Clock:
@@ -288,10 +288,12 @@ def test_update_signal(store: SqliteStore, clock: Clock) -> None:
     with store.transaction() as tx:
         new = tx.update_signal(
             sig,
-            state=SignalState.FORWARDING,
-            destinations=("riec", "kedo"),
-            hold=True,
-            form="arbeid",
+            SignalUpdate(
+                state=SignalState.FORWARDING,
+                destinations=("riec", "kedo"),
+                hold=True,
+                form="arbeid",
+            ),
         )
     assert new.state == "forwarding"
     assert new.destinations == ("kedo", "riec")
@@ -401,17 +403,18 @@ def test_outbox_envelope_and_payload_not_in_plain_text_on_disk(
 
 
 def test_due_mail_respects_not_before_order_and_limit(store: SqliteStore, clock: Clock) -> None:
+    # The reference labels the entries: a kind is one of the kinds inboxd sends.
     t0 = clock.t
     clock.t = t0 - 1  # created first, due last
     with store.transaction() as tx:
-        later = tx.enqueue(entry(kind="later"), not_before=t0 + 60)
+        later = tx.enqueue(entry(ref="later"), not_before=t0 + 60)
     for i in range(3):
         clock.t = t0 + i
         with store.transaction() as tx:
-            tx.enqueue(entry(kind=f"k{i}"))
-    assert [d.kind for d in store.due_mail(t0 + 10, 100)] == ["k0", "k1", "k2"]
-    assert [d.kind for d in store.due_mail(t0 + 10, 2)] == ["k0", "k1"]
-    assert [d.kind for d in store.due_mail(t0 + 60, 100)] == ["later", "k0", "k1", "k2"]
+            tx.enqueue(entry(ref=f"k{i}"))
+    assert [d.ref for d in store.due_mail(t0 + 10, 100)] == ["k0", "k1", "k2"]
+    assert [d.ref for d in store.due_mail(t0 + 10, 2)] == ["k0", "k1"]
+    assert [d.ref for d in store.due_mail(t0 + 60, 100)] == ["later", "k0", "k1", "k2"]
     assert later in {d.id for d in store.due_mail(t0 + 60, 100)}
 
 
@@ -433,15 +436,15 @@ def test_mail_sent_moves_message_id_to_sent(store: SqliteStore, clock: Clock) ->
 
 def test_mail_failed_schedules_retry_or_drops(store: SqliteStore, clock: Clock) -> None:
     with store.transaction() as tx:
-        tx.enqueue(entry(kind="a"))
-        tx.enqueue(entry(kind="b"))
-    a, b = sorted(store.due_mail(clock.t, 10), key=lambda d: d.kind)
+        tx.enqueue(entry(ref="a"))
+        tx.enqueue(entry(ref="b"))
+    a, b = sorted(store.due_mail(clock.t, 10), key=lambda d: d.ref or "")
     store.mail_failed(a, clock.t + 300, "451")
-    assert [d.kind for d in store.due_mail(clock.t, 10)] == ["b"]
-    retried = [d for d in store.due_mail(clock.t + 300, 10) if d.kind == "a"]
+    assert [d.ref for d in store.due_mail(clock.t, 10)] == ["b"]
+    retried = [d for d in store.due_mail(clock.t + 300, 10) if d.ref == "a"]
     assert len(retried) == 1 and retried[0].attempts == 1
     store.mail_failed(retried[0], clock.t + 900, "451")
-    assert [d.attempts for d in store.due_mail(clock.t + 900, 10) if d.kind == "a"] == [2]
+    assert [d.attempts for d in store.due_mail(clock.t + 900, 10) if d.ref == "a"] == [2]
     store.mail_failed(b, None, "550")  # permanent: dropped
     assert store.outbox_size() == 1
     assert store.sent_kinds([b.message_id]) == {}
@@ -457,6 +460,23 @@ def test_outbox_row_moved_does_not_open(store: SqliteStore, clock: Clock) -> Non
     # The moved blob does not open; that entry is set aside, the other still goes out.
     assert [m.id for m in store.due_mail(clock.t, 10)] == [a]
     assert [m.id for m in store.due_mail(clock.t + 60, 10)] == [a]
+
+
+def test_a_kind_no_inboxd_wrote_is_set_aside_and_not_taken_for_ours(
+    store: SqliteStore, clock: Clock
+) -> None:
+    with store.transaction() as tx:
+        a = tx.enqueue(entry("a@gemeente.example", kind="triage_request"))
+        b = tx.enqueue(entry("b@gemeente.example"))
+    store._c.execute("UPDATE outbox SET kind = 'no_such_kind' WHERE id = ?", (b,))
+    (due,) = store.due_mail(clock.t, 10)
+    assert (due.id, due.kind) == (a, "triage_request") and due.kind is MailKind.TRIAGE_REQUEST
+    assert [m.id for m in store.due_mail(clock.t + 60, 10)] == [a]
+    store.mail_sent(due, clock.t)
+    store._c.execute("UPDATE sent SET kind = 'no_such_kind'")
+    assert store.sent_kinds([due.message_id]) == {}
+    with store.transaction() as tx:
+        assert tx.pending_kinds("VV-AAAA-AAAA") == []
 
 
 def test_sent_mail_leaves_no_ciphertext(store: SqliteStore, state_dir: Path, clock: Clock) -> None:
@@ -532,7 +552,7 @@ def test_counts_flags_and_oldest_open(store: SqliteStore) -> None:
     b = store.signal_by_ref("VV-BBBB-BBBB")
     assert b is not None
     with store.transaction() as tx:
-        tx.update_signal(b, state=SignalState.WAITING_INFO)
+        tx.update_signal(b, SignalUpdate(state=SignalState.WAITING_INFO))
         tx.delete_signal(a, dedup_until=9e9, reason="afgesloten")
     assert store.counts_by_state() == {"queued": 1, "waiting_info": 1}
     assert store.flag_counts() == {"auto": 1, "malformed": 1}
@@ -777,14 +797,14 @@ def test_update_signal_walks_only_the_transition_table(store: SqliteStore) -> No
         with store.transaction() as tx:
             sig = tx.add_signal(new_signal(f"VV-{n:04d}-WALK"))
             for step in paths[old][1:]:
-                sig = tx.update_signal(sig, state=step)
+                sig = tx.update_signal(sig, SignalUpdate(state=step))
         assert sig.state is old
         if new in TRANSITIONS[old]:
             with store.transaction() as tx:
-                assert tx.update_signal(sig, state=new).state is new
+                assert tx.update_signal(sig, SignalUpdate(state=new)).state is new
         else:
             with pytest.raises(IllegalTransition), store.transaction() as tx:
-                tx.update_signal(sig, hold=True, state=new)
+                tx.update_signal(sig, SignalUpdate(hold=True, state=new))
             # Nothing of the refused update stays.
             after = store.signal_by_ref(sig.ref)
             assert after is not None and after.state is old and not after.hold

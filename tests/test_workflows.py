@@ -41,6 +41,7 @@ from inboxd import logs
 from inboxd.app import App, build
 from inboxd.crypto import Keyring, generate_key_file
 from inboxd.daemon import once
+from inboxd.lifecycle import SignalState
 from inboxd.references import find_references
 from inboxd.store import Store
 from inboxd.transport.base import SendError
@@ -113,7 +114,7 @@ class Office(Installation):
         """The store of a fresh assembly, to read what the rounds left (close it)."""
         return self.app().store
 
-    def by_state(self) -> dict[str, int]:
+    def by_state(self) -> dict[SignalState, int]:
         with self.reading() as s:
             return s.counts_by_state()
 
