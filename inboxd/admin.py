@@ -23,7 +23,7 @@ from inboxd.crypto import DecryptError, Keyring
 from inboxd.lifecycle import OPEN_STATES
 from inboxd.logs import get_logger
 from inboxd.statspage import change
-from inboxd.store import SqliteStore
+from inboxd.store import Store
 from inboxd.templates import Templates, shipped
 
 log = get_logger(__name__)
@@ -109,7 +109,7 @@ def action_of(args: argparse.Namespace) -> str:
 
 def dispatch(
     cfg: Config,
-    store: SqliteStore,
+    store: Store,
     keyring: Keyring,
     args: argparse.Namespace,
     *,
@@ -138,7 +138,7 @@ class _Call:
     """One admin command being run: what it works on and where it writes."""
 
     cfg: Config
-    store: SqliteStore
+    store: Store
     keyring: Keyring
     args: argparse.Namespace
     out: TextIO
@@ -148,7 +148,7 @@ class _Call:
 
 def _run(
     cfg: Config,
-    store: SqliteStore,
+    store: Store,
     keyring: Keyring,
     args: argparse.Namespace,
     action: str,
@@ -323,9 +323,7 @@ def _age(seconds: int) -> tuple[int, int, int]:
     return d, h, rem // 60
 
 
-def purge(
-    cfg: Config, store: SqliteStore, ref_text: str, yes: bool, out: TextIO, err: TextIO
-) -> int:
+def purge(cfg: Config, store: Store, ref_text: str, yes: bool, out: TextIO, err: TextIO) -> int:
     from inboxd.references import normalise
 
     text = _texts(cfg)
@@ -354,7 +352,7 @@ OWNERS = {"signals": "signal", "outbox": "outbox", "inbound": "inbound"}
 
 
 def rotate(
-    store: SqliteStore, keyring: Keyring, out: TextIO, err: TextIO, text: Templates | None = None
+    store: Store, keyring: Keyring, out: TextIO, err: TextIO, text: Templates | None = None
 ) -> int:
     """Re-wrap every data key under the newest master key, in small transactions:
     an interrupted rotation leaves every row readable and is simply run again."""
@@ -363,7 +361,7 @@ def rotate(
     done = 0
     unreadable: dict[str, int] = defaultdict(int)
     for i in range(0, len(todo), ROTATE_BATCH):
-        with store.transaction():
+        with store.transaction() as tx:
             for table, row_id, key_id, wrapped in todo[i : i + ROTATE_BATCH]:
                 owner = f"{OWNERS[table]}:{row_id}"
                 try:
@@ -374,7 +372,7 @@ def rotate(
                     unreadable[key_id] += 1
                     continue
                 new_id, new_wrapped = keyring.wrap(data_key, owner)
-                store.rewrap(table, row_id, new_id, new_wrapped)
+                tx.rewrap(table, row_id, new_id, new_wrapped)
                 done += 1
     store.checkpoint()
     left = [r for r in store.wrapped_keys() if r[2] != newest]

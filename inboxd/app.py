@@ -51,6 +51,12 @@ class App:
         self.store.close()
 
 
+def open_store(cfg: Config, keyring: Keyring, clock: Callable[[], float] = time.time) -> Store:
+    """The store in ``cfg``'s state directory; the one place that names its
+    implementation (the daemon, ``inboxd once`` and the offline admin commands)."""
+    return SqliteStore(cfg.state_dir, keyring, clock=clock)
+
+
 def build(
     cfg: Config,
     *,
@@ -65,7 +71,7 @@ def build(
     if keyring is None:
         keyring = Keyring.from_files(cfg.crypto.key_files)
     if store is None:
-        store = SqliteStore(cfg.state_dir, keyring, clock=clock)
+        store = open_store(cfg, keyring, clock)
     backends = Backends(cfg)
     mb = mailbox or backends.mailbox()
     tr = transport or backends.transport()

@@ -446,15 +446,15 @@ def _offline(cfg: object, args: argparse.Namespace) -> int:
     import os
 
     from inboxd import admin
+    from inboxd.app import open_store
     from inboxd.config import Config
     from inboxd.crypto import Keyring
-    from inboxd.store import SqliteStore
 
     assert isinstance(cfg, Config)
     # Only a rotation decrypts anything; the other commands never need the key.
     rotating = args.command == "keys"
     keyring = Keyring.from_files(cfg.crypto.key_files) if rotating else Keyring.locked()
-    store = SqliteStore(cfg.state_dir, keyring)
+    store = open_store(cfg, keyring)
     out = io.StringIO()
     try:
         code = admin.dispatch(cfg, store, keyring, args, uid=os.getuid(), out=out, err=sys.stderr)

@@ -256,13 +256,11 @@ def serve(
     store, with its keys, under its work lock. A socket that cannot be made is logged
     and the daemon goes on: the signals matter more than the admin shell."""
     from inboxd import admin
-    from inboxd.store import SqliteStore
 
     gid = admin_gid(cfg)
 
     def handle(ns: argparse.Namespace, uid: int) -> Reply:
         out, err = io.StringIO(), io.StringIO()
-        assert isinstance(store, SqliteStore)  # what admin.dispatch still takes
         try:
             with lock:
                 code = admin.dispatch(

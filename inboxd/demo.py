@@ -281,11 +281,11 @@ def _what_the_store_holds(root: Path) -> tuple[int, str]:
 
     from inboxd import config
     from inboxd.admin import stats_table
+    from inboxd.app import open_store
     from inboxd.crypto import Keyring
-    from inboxd.store import SqliteStore
 
     cfg = config.load(str(root / "inboxd.toml"))
-    store = SqliteStore(cfg.state_dir, Keyring.from_files(cfg.crypto.key_files))
+    store = open_store(cfg, Keyring.from_files(cfg.crypto.key_files))
     try:
         open_count = sum(store.counts_by_state().values())
         year = dt.datetime.now(dt.UTC).year

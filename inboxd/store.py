@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from inboxd.crypto import (
     DecryptError,
@@ -159,6 +159,15 @@ class Retention:
     oldest_ack_counter: float | None
 
 
+class WrappedKey(NamedTuple):
+    """A data key as its row keeps it, wrapped by a master key (for rotation)."""
+
+    table: str  # signals | outbox | inbound
+    row_id: str
+    key_id: str
+    wrapped: bytes
+
+
 @dataclass(frozen=True)
 class Signal:
     id: str
@@ -281,6 +290,8 @@ class Transaction(Protocol):
     def signal(self, signal_id: str) -> Signal | None: ...
     def read_field(self, signal: Signal, name: str) -> bytes | None: ...
     def set_meta(self, key: str, value: str) -> None: ...
+    # key rotation (admin)
+    def rewrap(self, table: str, row_id: str, key_id: str, wrapped: bytes) -> None: ...
 
 
 class Store(Protocol):
@@ -316,6 +327,11 @@ class Store(Protocol):
     def flag_counts(self) -> dict[str, int]: ...
     def oldest_open(self) -> float | None: ...
     def stats_rows(self, year: int) -> list[dict[str, Any]]: ...
+    def triage_time_rows(self, year: int) -> list[dict[str, Any]]: ...
+    def retention(self) -> Retention: ...
+    # admin: every command is audited; key rotation reads every wrapped data key
+    def audit(self, action: str, ref: str | None, uid: int | None = None) -> None: ...
+    def wrapped_keys(self) -> list[WrappedKey]: ...
     def checkpoint(self) -> None: ...
     def shred(self) -> bool: ...
     def vacuum(self) -> None: ...
@@ -327,6 +343,9 @@ class Store(Protocol):
 # as stores before the admin socket named them) stay for good; the rest this long.
 AUDIT_KEPT_FOR_GOOD = ("queue purge", "keys rotate", "purge", "rotate")
 AUDIT_LOOKS_KEPT = 366 * 86400.0
+
+# The tables whose rows each have a data key of their own.
+KEYED_TABLES = ("signals", "outbox", "inbound")
 
 # A sealed value bigger than this is written and read through SQLite's incremental
 # blob I/O, a piece at a time: binding a 40 MB value makes SQLite copy it whole.
@@ -721,6 +740,14 @@ class SqliteTransaction:
 
     def set_meta(self, key: str, value: str) -> None:
         self._c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def rewrap(self, table: str, row_id: str, key_id: str, wrapped: bytes) -> None:
+        if table not in KEYED_TABLES:
+            raise StoreError(f"{table} keeps no data keys")
+        self._c.execute(
+            f"UPDATE {table} SET key_id = ?, wrapped_key = ? WHERE id = ?",
+            (key_id, wrapped, row_id),
+        )
 
 
 # How long a connection waits for another one's lock before SQLite says "busy".
@@ -1140,28 +1167,13 @@ class SqliteStore:
             (self.clock(), action, ref, uid),
         )
 
-    def wrapped_keys(self) -> list[tuple[str, str, str, bytes]]:
-        """(table, id, key_id, wrapped) of every data key, for rotation."""
-        out = [
-            ("signals", r["id"], r["key_id"], r["wrapped_key"])
-            for r in self._c.execute("SELECT id, key_id, wrapped_key FROM signals")
+    def wrapped_keys(self) -> list[WrappedKey]:
+        """Every data key as its row keeps it, for rotation."""
+        return [
+            WrappedKey(table, r["id"], r["key_id"], r["wrapped_key"])
+            for table in KEYED_TABLES
+            for r in self._c.execute(f"SELECT id, key_id, wrapped_key FROM {table}")
         ]
-        out += [
-            ("outbox", r["id"], r["key_id"], r["wrapped_key"])
-            for r in self._c.execute("SELECT id, key_id, wrapped_key FROM outbox")
-        ]
-        out += [
-            ("inbound", r["id"], r["key_id"], r["wrapped_key"])
-            for r in self._c.execute("SELECT id, key_id, wrapped_key FROM inbound")
-        ]
-        return out
-
-    def rewrap(self, table: str, row_id: str, key_id: str, wrapped: bytes) -> None:
-        assert table in ("signals", "outbox", "inbound")
-        self._c.execute(
-            f"UPDATE {table} SET key_id = ?, wrapped_key = ? WHERE id = ?",
-            (key_id, wrapped, row_id),
-        )
 
     def vacuum(self) -> None:
         self._c.execute("VACUUM")

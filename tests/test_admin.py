@@ -286,7 +286,7 @@ def test_keys_rotate_rewraps_everything_under_the_newest_key(world: World) -> No
 HOOKED_ROTATE = """
 import sys, time
 import inboxd.store as store
-original = store.SqliteStore.rewrap
+original = store.SqliteTransaction.rewrap
 calls = 0
 def rewrap(self, *args):
     global calls
@@ -295,7 +295,7 @@ def rewrap(self, *args):
         open(sys.argv[1], "w").close()
         time.sleep(120)
     return original(self, *args)
-store.SqliteStore.rewrap = rewrap
+store.SqliteTransaction.rewrap = rewrap
 from inboxd.cli import main
 sys.exit(main(["keys", "rotate", "--config", sys.argv[2]]))
 """
