@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from inboxd.config import is_loopback
+from inboxd.config_values import is_loopback
 
 Security = Literal["tls", "starttls", "none"]
 
