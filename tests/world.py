@@ -46,6 +46,11 @@ FROM = f"Meldpunt vreemdverhaal <{MAILBOX}>"
 TomlValue = str | int | bool | Path | Sequence[str]
 
 
+def _toml_string(value: str) -> str:
+    # JSON's escapes are TOML's too; raw non-ASCII, as JSON's surrogate pairs are not.
+    return json.dumps(value, ensure_ascii=False)
+
+
 def toml_lines(keys: Mapping[str, TomlValue | None]) -> str:
     """``key = value`` lines; a key whose value is None is left out (its default)."""
     out = []
@@ -57,9 +62,9 @@ def toml_lines(keys: Mapping[str, TomlValue | None]) -> str:
         elif isinstance(value, int):
             text = str(value)
         elif isinstance(value, str | Path):
-            text = json.dumps(str(value))  # a JSON string is a TOML basic string
+            text = _toml_string(str(value))
         else:
-            text = "[" + ", ".join(json.dumps(v) for v in value) + "]"
+            text = "[" + ", ".join(_toml_string(v) for v in value) + "]"
         out.append(f"{key} = {text}\n")
     return "".join(out)
 
