@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 import structlog
+from fakes import captured_logs
 
 from inboxd import logs
 
 
 class Captured:
-    def __init__(self) -> None:
-        self.buf = io.StringIO()
+    def __init__(self, buf: io.StringIO) -> None:
+        self.buf = buf
 
     @property
     def text(self) -> str:
@@ -30,17 +31,8 @@ class Captured:
 
 @pytest.fixture
 def captured() -> Iterator[Captured]:
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    c = Captured()
-    logs.configure(stream=c.buf)
-    try:
-        yield c
-    finally:
-        structlog.contextvars.clear_contextvars()
-        structlog.reset_defaults()
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
+    with captured_logs() as buf:
+        yield Captured(buf)
 
 
 def marker() -> str:
@@ -195,34 +187,18 @@ def test_library_extra_fields_are_redacted(captured: Captured) -> None:
 
 
 def test_level_filter() -> None:
-    buf = io.StringIO()
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        logs.configure(level="warning", stream=buf)
+    with captured_logs(level="warning") as buf:
         log = logs.get_logger()
         log.info("quiet")
         log.warning("loud")
         lines = [json.loads(x) for x in buf.getvalue().splitlines()]
         assert [e["event"] for e in lines] == ["loud"]
-    finally:
-        structlog.reset_defaults()
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
 
 
 @pytest.fixture
 def console() -> Iterator[io.StringIO]:
-    buf = io.StringIO()
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    logs.configure("console", stream=buf)
-    try:
+    with captured_logs("console") as buf:
         yield buf
-    finally:
-        structlog.reset_defaults()
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
 
 
 def test_console_format_is_redacted_too(console: io.StringIO) -> None:

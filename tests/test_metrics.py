@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import structlog
+from fakes import captured_logs
 from prometheus_client import generate_latest
 from servers import MailServer
 from test_daemon import Daemon
@@ -148,16 +149,8 @@ def test_metrics_match_status_and_count_events(
 
 @pytest.fixture
 def captured() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    buf = io.StringIO()
-    logs.configure(stream=buf)
-    try:
+    with captured_logs() as buf:
         yield buf
-    finally:
-        structlog.reset_defaults()
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
 
 
 def counter(name: str) -> float:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-import structlog
+from fakes import captured_logs
 from servers import MailServer
 from world import (
     F1,
@@ -33,7 +32,7 @@ from world import (
 )
 from world import signal_mail as make_signal
 
-from inboxd import logs, schedule
+from inboxd import schedule
 from inboxd.crontab import _crontab_weekdays, cron_trigger
 from inboxd.mail_limits import release_order
 from inboxd.references import find_references
@@ -192,8 +191,8 @@ def test_rows_carry_metadata_only() -> None:
 
 
 class Captured:
-    def __init__(self) -> None:
-        self.buf = io.StringIO()
+    def __init__(self, buf: io.StringIO) -> None:
+        self.buf = buf
 
     def events(self, name: str) -> list[dict[str, Any]]:
         out = []
@@ -215,16 +214,8 @@ class Captured:
 
 @pytest.fixture
 def captured() -> Iterator[Captured]:
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    c = Captured()
-    logs.configure(stream=c.buf)
-    try:
-        yield c
-    finally:
-        structlog.reset_defaults()
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
+    with captured_logs() as buf:
+        yield Captured(buf)
 
 
 SECRET = "MRK-must-not-be-logged"

@@ -60,14 +60,15 @@ class FakeHTTPServer:
 
 
 @contextlib.contextmanager
-def captured_logs() -> Iterator[io.StringIO]:
-    """inboxd's JSON logging into a buffer; the previous set-up is restored after."""
+def captured_logs(fmt: str = "json", level: str = "info") -> Iterator[io.StringIO]:
+    """inboxd's logging (``logs.configure(fmt, level)``) into a buffer; the previous
+    set-up is restored after, and the bound context variables are cleared."""
     from inboxd import logs
 
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     buf = io.StringIO()
-    logs.configure(stream=buf)
+    logs.configure(fmt, level, stream=buf)
     try:
         yield buf
     finally:
