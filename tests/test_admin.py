@@ -32,7 +32,7 @@ from world import (
 from inboxd.crypto import Keyring, generate_key_file
 from inboxd.lifecycle import KeyStatus, MailKind
 from inboxd.references import find_references, new_reference
-from inboxd.store import NewSignal, OutboxEntry, SqliteStore
+from inboxd.store import NewSignal, OutboxEntry
 
 
 def year_of(world: World) -> str:
@@ -179,40 +179,35 @@ N_OUTBOX = 20
 def fill(world: World, n: int = N_SIGNALS, outbox: int = N_OUTBOX) -> dict[str, bytes]:
     """``n`` signals and a few outbox entries under the current key, straight into
     the store (fast); returns ref → the raw field to read back."""
-    cfg = world.cfg()
-    store = SqliteStore(cfg.state_dir, Keyring.from_files(cfg.crypto.key_files))
     expected = {}
-    try:
-        with store.transaction() as tx:
-            for i in range(n):
-                ref = new_reference("VV")
-                raw = f"Subject: signaal {i}\r\n\r\n{marker()}\r\n".encode()
-                tx.add_signal(
-                    NewSignal(
-                        ref=ref,
-                        source="intern",
-                        flags=set(),
-                        size=len(raw),
-                        attachment_count=0,
-                        fields={"raw": raw, "reporter": REPORTER.encode()},
-                        received_at=world.now,
-                    )
+    with world.reading() as store, store.transaction() as tx:
+        for i in range(n):
+            ref = new_reference("VV")
+            raw = f"Subject: signaal {i}\r\n\r\n{marker()}\r\n".encode()
+            tx.add_signal(
+                NewSignal(
+                    ref=ref,
+                    source="intern",
+                    flags=set(),
+                    size=len(raw),
+                    attachment_count=0,
+                    fields={"raw": raw, "reporter": REPORTER.encode()},
+                    received_at=world.now,
                 )
-                expected[ref] = raw
-            for i in range(outbox):
-                tx.enqueue(
-                    OutboxEntry(
-                        kind=MailKind.ACK,
-                        ref=None,
-                        message_id=f"<rot-{i}@gemeente.example>",
-                        sender=MAILBOX,
-                        recipient=REPORTER,
-                        payload=f"payload {i}".encode(),
-                    ),
-                    not_before=world.now + 10 * 86400,  # kept out of the way of ``once``
-                )
-    finally:
-        store.close()
+            )
+            expected[ref] = raw
+        for i in range(outbox):
+            tx.enqueue(
+                OutboxEntry(
+                    kind=MailKind.ACK,
+                    ref=None,
+                    message_id=f"<rot-{i}@gemeente.example>",
+                    sender=MAILBOX,
+                    recipient=REPORTER,
+                    payload=f"payload {i}".encode(),
+                ),
+                not_before=world.now + 10 * 86400,  # kept out of the way of ``once``
+            )
     return expected
 
 
@@ -238,9 +233,7 @@ def key_ids(world: World) -> dict[str, int]:
 
 def assert_all_readable(world: World, expected: dict[str, bytes]) -> None:
     """Every signal and outbox entry opens with the keys now configured."""
-    cfg = world.cfg()
-    store = SqliteStore(cfg.state_dir, Keyring.from_files(cfg.crypto.key_files))
-    try:
+    with world.reading() as store:
         signals = store.signals()
         assert len(signals) == len(expected)
         for s in signals:
@@ -251,8 +244,6 @@ def assert_all_readable(world: World, expected: dict[str, bytes]) -> None:
             f"payload {i}".encode() for i in range(N_OUTBOX)
         )
         assert {m.recipient for m in mails} == {REPORTER}
-    finally:
-        store.close()
 
 
 def test_keys_rotate_rewraps_everything_under_the_newest_key(world: World) -> None:
@@ -360,23 +351,15 @@ def test_rotation_with_an_old_key_already_removed_says_so_and_does_the_rest(
 def test_keys_rotate_includes_messages_accepted_but_not_yet_processed(world: World) -> None:
     """A daemon stopped between its two intake steps leaves sealed raw mail in the
     store: a rotation must re-wrap those keys too, or removing the old key loses them."""
-    cfg = world.cfg()
-    store = SqliteStore(cfg.state_dir, Keyring.from_files(cfg.crypto.key_files))
     raws = [f"Subject: geaccepteerd {i}\r\n\r\n{marker()}\r\n".encode() for i in range(3)]
-    try:
-        with store.transaction() as tx:
-            for i, raw in enumerate(raws):
-                tx.accept(f"1:{i + 1}", raw, KeyStatus.EXPUNGE)
-    finally:
-        store.close()
+    with world.reading() as store, store.transaction() as tx:
+        for i, raw in enumerate(raws):
+            tx.accept(f"1:{i + 1}", raw, KeyStatus.EXPUNGE)
     new = generate_key_file(world.root / "master-key-2")
     use_keys(world, "master-key", "master-key-2")
     out = world.cli("keys", "rotate")
     assert out.returncode == 0, out.stderr
     assert f"3 data keys re-wrapped under {new}; 0 left under older keys" in out.stdout
     use_keys(world, "master-key-2")  # the old key is gone: the accepted mail must still open
-    store = SqliteStore(world.cfg().state_dir, Keyring.from_files(world.cfg().crypto.key_files))
-    try:
+    with world.reading() as store:
         assert [a.raw for a in store.inbound(10, 10**9)] == raws
-    finally:
-        store.close()
