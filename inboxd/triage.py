@@ -377,14 +377,22 @@ class Triage:
             else (msg.from_addr, "", msg.subject, msg.text, msg.html or "")
         )
         seen = keyring.command_digests(*name)
-        expires = self.clock() + self.cfg.dedup_window
+        # Kept while the signal is open and dedup_window after it ends, as intake's
+        # records are: a captured command replayed on day 31 of a signal still open is
+        # a replay all the same (a DKIM signature would still pass).
+        signal = store.signal_by_ref(ref)
+        owner, expires = (
+            (signal.id, None)
+            if signal is not None
+            else (None, self.clock() + self.cfg.dedup_window)
+        )
         if not store.has_dedup(seen):
-            tx.add_dedup(seen[0], None, expires)
+            tx.add_dedup(seen[0], owner, expires)
             return False
         answered = keyring.command_digests("answered", *name)
         log.warning("command.duplicate", ref=ref, reason="replayed")
         if not store.has_dedup(answered):
-            tx.add_dedup(answered[0], None, expires)
+            tx.add_dedup(answered[0], owner, expires)
             self.mailer.queue(
                 tx,
                 MailKind.COMMAND_REJECTED,

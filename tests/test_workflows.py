@@ -411,3 +411,28 @@ def test_a_bounce_of_a_forward_reopens_the_open_signal(office: Office) -> None:
     alerts = [m for m in office.transport.to(F1) if "LET OP" in str(parse(m)["Subject"])]
     assert len(alerts) == 1 and "RIEC" in str(parse(alerts[0])["Subject"])
     assert '"event": "forward.bounced"' in office.log.getvalue()
+
+
+def test_a_command_replayed_after_the_dedup_window_of_a_signal_still_open_is_a_replay(
+    office: Office,
+) -> None:
+    """The record that a command mail has acted lives as long as its signal, not only
+    ``dedup_window``: a captured DKIM-signed reply re-sent on day 31, with its own
+    command written in, must not act while the signal is still open."""
+    mark = marker()
+    _, request = new_signal(office, mark)
+    raw = reply(request, "VORM arbeid")
+    command(office, raw)
+    assert office.by_state() == {"queued": 1}
+
+    office.now += 31 * 86400
+    store = office.store()
+    try:
+        store.expire(office.now, 30 * 86400, 3600)
+    finally:
+        store.close()
+    replay = raw.replace(b"VORM arbeid", b"AFSLUITEN", 1)
+    assert replay != raw
+    command(office, replay)
+    assert office.by_state() == {"queued": 1}, "the replay closed the signal"
+    assert '"reason": "replayed"' in office.log.getvalue()
