@@ -102,7 +102,9 @@ def _wired(
         clock=clock,
     )
     intake = Intake(cfg, store, keyring, mb, mailer, templates, clock, replies=triage)
-    outbox = Outbox(store, tr, clock, cfg.triage.forward_retry_for, triage, templates=templates)
+    outbox = Outbox(
+        store, tr, clock, cfg.triage.forward_retry_for, outcomes=triage, templates=templates
+    )
     lock = threading.RLock()
     jobs = Jobs(
         cfg=cfg,

@@ -276,6 +276,30 @@ def test_scheduler_keeps_running_after_a_job_raises(captured: Captured) -> None:
     assert SECRET not in captured.buf.getvalue()
 
 
+def test_the_timetable_names_every_job_with_its_interval_and_first_run() -> None:
+    jobs = SimpleNamespace(cfg=SimpleNamespace(triage=SimpleNamespace(digest_cron=WEEKDAYS)))
+    table = schedule.timetable(jobs, threading.Event(), AMS)  # type: ignore[arg-type]
+    intervals = {t.name: getattr(t.trigger, "interval", None) for t in table if t.name != "digest"}
+    assert intervals == {
+        "outbox": dt.timedelta(seconds=30),
+        "reminders": dt.timedelta(hours=1),
+        "flood_notice": dt.timedelta(minutes=1),
+        "release_held": dt.timedelta(minutes=1),
+        "purge_sent": dt.timedelta(minutes=5),
+        "shred": dt.timedelta(seconds=schedule.SHRED_RETRY),
+        "housekeeping": dt.timedelta(hours=1),
+    }
+    assert [t.name for t in table][:3] == ["outbox", "reminders", "digest"]
+    # Soon after start: reminders and the digest's catch-up, then housekeeping.
+    assert {t.name: t.first_after for t in table if t.first_after is not None} == {
+        "reminders": 20,
+        "digest": 20,
+        "housekeeping": 60,
+    }
+    (digest,) = [t for t in table if t.name == "digest"]
+    assert "mon,tue,wed,thu,fri" in str(digest.trigger) and digest.trigger.timezone == AMS
+
+
 # -- end to end: reminders and the digest with World ---------------------------------
 
 
