@@ -18,7 +18,8 @@ from inboxd.mailbox.base import Mailbox
 from inboxd.outbox import Outbox
 from inboxd.schedule import Jobs
 from inboxd.sent_copies import keep_sent_copies, purge_sent_copies
-from inboxd.store import SqliteStore, Store
+from inboxd.sqlite_store import SqliteStore
+from inboxd.store import Store
 from inboxd.templates import Templates
 from inboxd.transport.base import Transport
 from inboxd.triage import Triage

@@ -5,7 +5,7 @@ calls :meth:`Ending.end` inside the transaction that decided it. There it counts
 statistics (never a drill), queues the reporter's feedback and the functionarissen's
 ``triage_closed`` (not for a purge), and deletes the rows and the data key, marking
 the mailbox copies for expunge. When that transaction commits, the store shreds
-(:meth:`inboxd.store.SqliteStore.shred`) and only then logs ``signal.deleted``; a
+(:mod:`inboxd.shredding`) and only then logs ``signal.deleted``; a
 process killed in between is shredded for at its next start.
 """
 

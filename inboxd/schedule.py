@@ -265,7 +265,7 @@ def timetable(jobs: Jobs, stop: threading.Event, zone: dt.tzinfo) -> list[Timed]
         # Graph files a Sent Items copy of each MIME sendMail, sometimes after the send
         # returned: look for the awaited copies every few minutes (a no-op elsewhere).
         Timed("purge_sent", every(minutes=5), lambda: purge_sent_copies(j.transport, j.lock)),
-        # A deletion whose shredding a reader held up (see SqliteStore.shred) is finished
+        # A deletion whose shredding a reader held up (see inboxd.shredding) is finished
         # as soon as the reader lets go; a no-op when nothing is owed.
         Timed("shred", every(seconds=SHRED_RETRY), lambda: j.store.shred()),
         Timed(

@@ -276,7 +276,7 @@ def test_keys_rotate_rewraps_everything_under_the_newest_key(world: World) -> No
 # telling the test so; the test then kills it with SIGKILL.
 HOOKED_ROTATE = """
 import sys, time
-import inboxd.store as store
+import inboxd.sqlite_transaction as store
 original = store.SqliteTransaction.rewrap
 calls = 0
 def rewrap(self, *args):

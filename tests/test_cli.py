@@ -393,7 +393,8 @@ def test_status_json_on_a_fresh_state(world: Path) -> None:
 
 def test_status_shows_counts_but_no_content(world: Path) -> None:
     from inboxd.crypto import Keyring
-    from inboxd.store import NewSignal, SqliteStore
+    from inboxd.sqlite_store import SqliteStore
+    from inboxd.store import NewSignal
 
     marker = f"MARKER{uuid.uuid4().hex}"
     store = SqliteStore(world / "state", Keyring.from_files([str(world / "master-key")]))
@@ -524,7 +525,7 @@ def test_check_prints_people_text_and_logs_to_stderr(world: Path) -> None:
 
 def test_status_shows_the_last_error_in_words(world: Path) -> None:
     from inboxd.crypto import Keyring
-    from inboxd.store import SqliteStore
+    from inboxd.sqlite_store import SqliteStore
 
     store = SqliteStore(world / "state", Keyring.locked())
     try:

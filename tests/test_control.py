@@ -388,7 +388,7 @@ def test_a_second_service_on_the_same_socket_does_not_start(service: Service) ->
 
 def test_a_store_from_before_the_uid_gets_the_column(tmp_path: Path) -> None:
     from inboxd.crypto import Keyring
-    from inboxd.store import SqliteStore
+    from inboxd.sqlite_store import SqliteStore
 
     conn = sqlite3.connect(tmp_path / "inboxd.sqlite3")
     conn.execute("CREATE TABLE audit (at REAL NOT NULL, action TEXT NOT NULL, ref TEXT)")

@@ -18,7 +18,7 @@ from servers import MailServer
 from world import MAILBOX, REPO, REPORTER, World, parse, signal_mail
 
 from inboxd.references import find_references
-from inboxd.store import SqliteStore
+from inboxd.sqlite_store import SqliteStore
 
 BACKLOG = 300
 

@@ -254,3 +254,29 @@ def test_a_part_that_fails_to_import_stops_the_start(part: str) -> None:
     )
     assert done.returncode != 0, f"inboxd.daemon started without {part}"
     assert "ModuleNotFoundError" in done.stderr and part in done.stderr
+
+
+# The core, the jobs and the admin commands talk to the Store protocol; only the
+# assembly (inboxd.app.open_store) names the SQLite implementation.
+STORE_USERS = [
+    "inboxd.intake",
+    "inboxd.triage",
+    "inboxd.outbox",
+    "inboxd.ending",
+    "inboxd.schedule",
+    "inboxd.metrics",
+    "inboxd.admin",
+    "inboxd.control",
+    "inboxd.sent_copies",
+]
+
+
+@pytest.mark.parametrize("user", STORE_USERS)
+def test_the_store_is_used_through_its_protocol(graph: dict[str, set[str]], user: str) -> None:
+    assert user in graph, "a module of the rule is gone: update it"
+    chain = path_between(graph, user, "inboxd.sqlite_store")
+    assert chain is None, f"{user} must use inboxd.store.Store: " + " → ".join(chain or [])
+
+
+def test_only_the_assembly_names_the_sqlite_store(graph: dict[str, set[str]]) -> None:
+    assert {m for m, deps in graph.items() if "inboxd.sqlite_store" in deps} == {"inboxd.app"}

@@ -3,7 +3,9 @@ durable, encrypted at rest, nothing personal in plain text on disk."""
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import os
 import sqlite3
 import stat
@@ -13,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from inboxd import logs
 from inboxd.crypto import DecryptError, Keyring, generate_key_file
 from inboxd.lifecycle import TRANSITIONS, IllegalTransition, KeyStatus, MailKind, SignalState
-from inboxd.store import DueMail, NewSignal, OutboxEntry, SignalUpdate, SqliteStore
+from inboxd.sqlite_store import SqliteStore
+from inboxd.store import DueMail, NewSignal, OutboxEntry, SignalUpdate
 
 
 class Clock:
@@ -105,6 +109,7 @@ def test_pragmas(store: SqliteStore) -> None:
 
 def test_pragmas_from_a_second_connection(store: SqliteStore) -> None:
     # WAL is persistent in the file, whoever opens it.
+    assert store.path is not None
     other = sqlite3.connect(store.path)
     try:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -713,6 +718,43 @@ def test_the_deleting_commit_shreds_every_file_of_the_state_directory(
     assert (state_dir / "inboxd.sqlite3-wal").stat().st_size < 64 * 1024, "the log was emptied"
     assert store.read_field(keep, "raw") == b"From: a@b\r\n\r\nhallo", "the other signal is whole"
     assert len(_left(state_dir, kept)) == len(kept)
+
+
+def test_an_in_memory_store_keeps_the_same_rules_and_shreds_its_pages(
+    tmp_path: Path, keyring: Keyring, clock: Clock
+) -> None:
+    # The in-process workflow tests' store: this SqliteStore on a database that is
+    # never a file. It has no write-ahead log, so shredding is the VACUUM alone and
+    # must not wait for a log to be emptied (it would wait in vain, then say pending).
+    on_disk = set(tmp_path.rglob("*"))
+    logged = io.StringIO()
+    logs.configure("json", "debug", stream=logged)
+    store = SqliteStore(None, keyring, clock=clock)
+    try:
+        assert store.path is None and not store.wal
+        with store.transaction() as tx:
+            sig = tx.add_signal(new_signal(flags={"plain-marker-7f3a"}))
+            keep = tx.add_signal(new_signal("VV-BBBB-BBBB"))
+        secrets = [*_secrets(store, sig.ref), b"plain-marker-7f3a"]
+        image = store._c.serialize()
+        assert all(s in image for s in secrets), "the bytes are in the database before the end"
+        with pytest.raises(IllegalTransition), store.transaction() as tx:
+            tx.update_signal(sig, SignalUpdate(state=SignalState.QUEUED))
+
+        with store.transaction() as tx:
+            tx.delete_signal(sig, dedup_until=9e9, reason="afgesloten")
+
+        image = store._c.serialize()
+        assert [i for i, s in enumerate(secrets) if s in image] == []
+        assert _owed(store) == [], "nothing left to shred"
+        assert store.read_field(keep, "raw") == b"From: a@b\r\n\r\nhallo", "the other is whole"
+    finally:
+        store.close()
+    events = [json.loads(line) for line in logged.getvalue().splitlines()]
+    deleted = [e for e in events if e["event"] == "signal.deleted"]
+    assert [(e["ref"], e["reason"]) for e in deleted] == [(sig.ref, "afgesloten")]
+    assert not [e for e in events if e["event"] == "store.shred_pending"]
+    assert set(tmp_path.rglob("*")) == on_disk, "the in-memory store wrote a file"
 
 
 def test_a_reader_holds_the_shredding_up_and_the_next_start_finishes_it(

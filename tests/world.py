@@ -29,7 +29,8 @@ from servers.tlsca import pki
 from inboxd import config, logs
 from inboxd.app import App, build
 from inboxd.crypto import Keyring, generate_key_file
-from inboxd.store import SqliteStore, Store
+from inboxd.sqlite_store import SqliteStore
+from inboxd.store import Store
 
 MAILBOX = "vreemdverhaal@gemeente.example"
 REPORTER = "melder@gemeente.example"

@@ -251,7 +251,9 @@ def phase_profile(config_path: str) -> dict[str, Any]:
     """Runs in the child: ``once`` with every interesting step wrapped."""
     import inboxd.intake
     import inboxd.outbox
-    import inboxd.store
+    import inboxd.sealed_columns
+    import inboxd.sqlite_store
+    import inboxd.sqlite_transaction
     from inboxd import config, logs
     from inboxd.app import build
     from inboxd.daemon import once
@@ -265,11 +267,19 @@ def phase_profile(config_path: str) -> dict[str, Any]:
     # Intake, in the order the steps happen.
     p.wrap_iter(app.mailbox, "fetch", "intake: IMAP fetch (imapclient)")
     p.wrap(inboxd.intake, "parse_message", "intake: parse_message")
-    p.wrap(inboxd.store, "seal", "intake: seal (small values, whole)")
-    p.wrap(inboxd.store, "seal_to", "intake: seal_to (large values, in pieces)")
-    p.wrap(inboxd.store.SqliteTransaction, "accept", "intake: step 1 accept (seal raw, INSERT)")
-    p.wrap(inboxd.store.SqliteStore, "inbound", "intake: step 2 open accepted (decrypt)")
-    p.wrap(inboxd.store.SqliteTransaction, "add_signal", "intake: tx.add_signal (seals, INSERTs)")
+    p.wrap(inboxd.sealed_columns, "seal", "intake: seal (small values, whole)")
+    p.wrap(inboxd.sealed_columns, "seal_to", "intake: seal_to (large values, in pieces)")
+    p.wrap(
+        inboxd.sqlite_transaction.SqliteTransaction,
+        "accept",
+        "intake: step 1 accept (seal raw, INSERT)",
+    )
+    p.wrap(inboxd.sqlite_store.SqliteStore, "inbound", "intake: step 2 open accepted (decrypt)")
+    p.wrap(
+        inboxd.sqlite_transaction.SqliteTransaction,
+        "add_signal",
+        "intake: tx.add_signal (seals, INSERTs)",
+    )
     p.wrap(Intake, "_commit", "intake: step 2 batch (_commit)")
     p.wrap(app.mailbox, "delete", "intake: UID EXPUNGE")
     # The drain: the triage requests attach the original.
