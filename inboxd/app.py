@@ -41,6 +41,8 @@ class App:
     # The work lock: one transaction at a time, whether the loop, a timed job, a
     # scrape or an admin command asks.
     lock: threading.RLock
+    # A store given to build() is closed by whoever opened it, not by the App.
+    owns_store: bool = True
 
     def close(self) -> None:
         # Graph: one more try at the Sent Items copies still awaited, so that the
@@ -49,7 +51,8 @@ class App:
             purge_sent_copies(self.transport, self.lock)
         self.mailbox.close()
         self.transport.close()
-        self.store.close()
+        if self.owns_store:
+            self.store.close()
 
 
 def open_store(cfg: Config, keyring: Keyring, clock: Callable[[], float] = time.time) -> Store:
@@ -71,13 +74,14 @@ def build(
     mail servers, a store (then also the keyring it was opened with), a keyring."""
     if keyring is None:
         keyring = Keyring.from_files(cfg.crypto.key_files)
+    owns_store = store is None
     if store is None:
         store = open_store(cfg, keyring, clock)
     backends = Backends(cfg)
     mb = mailbox or backends.mailbox()
     tr = transport or backends.transport()
     keep_sent_copies(tr, store)
-    return _wired(cfg, clock, keyring, store, mb, tr)
+    return _wired(cfg, clock, keyring, store, mb, tr, owns_store=owns_store)
 
 
 def _wired(
@@ -87,6 +91,8 @@ def _wired(
     store: Store,
     mb: Mailbox,
     tr: Transport,
+    *,
+    owns_store: bool,
 ) -> App:
     """The services around the adapters, each given what it works with, in the order
     they depend on each other."""
@@ -129,4 +135,5 @@ def _wired(
         jobs=jobs,
         clock=clock,
         lock=lock,
+        owns_store=owns_store,
     )

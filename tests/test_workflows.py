@@ -1,7 +1,8 @@
 """A signal's life in the test process: intake, triage, the outbox and a signal's end,
-built as ``inboxd once`` builds them (:func:`inboxd.app.build`), against a store in a
-temp dir and the in-memory mailbox and transport of :mod:`fakes.memory`. No root, no
-Dovecot, no relay: fast enough to run on every save. The same workflows against the
+built as ``inboxd once`` builds them (:func:`inboxd.app.build`), against the SQLite
+store on an in-memory database, a keyring that was never a file, and the in-memory
+mailbox and transport of :mod:`fakes.memory`. No root, no Dovecot, no relay, no state
+directory: fast enough to run on every save. The same workflows against the
 real servers are in ``test_triage.py`` and ``test_sender_evidence.py``.
 
 Mail from staff arrives as the suite's relay would deliver it
@@ -11,8 +12,11 @@ Mail from staff arrives as the suite's relay would deliver it
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,10 +43,11 @@ from world import (
 
 from inboxd import logs
 from inboxd.app import App, build
-from inboxd.crypto import Keyring, generate_key_file
+from inboxd.crypto import KEY_BYTES, Keyring, MasterKey, key_id_of
 from inboxd.daemon import once
 from inboxd.lifecycle import SignalState
 from inboxd.references import find_references
+from inboxd.sqlite_store import SqliteStore
 from inboxd.store import Store
 from inboxd.transport.base import SendError
 from inboxd.triage import tokens_in
@@ -51,6 +56,11 @@ from inboxd.triage import tokens_in
 HOSTED = frozenset({"gemeente.example"})
 # The Date of the test mails; the statistics count by the month a signal came in.
 NOW = dt.datetime(2026, 11, 23, 10, 5, tzinfo=dt.UTC).timestamp()
+
+
+def memory_keyring() -> Keyring:
+    secret = os.urandom(KEY_BYTES)
+    return Keyring([MasterKey(key_id_of(secret), secret)])
 
 
 @dataclass
@@ -62,11 +72,14 @@ class Office(Installation):
     transport: MemoryTransport = field(default_factory=MemoryTransport)
     log: io.StringIO = field(default_factory=io.StringIO)
     now: float = NOW
-    keyring: Keyring = field(init=False)
+    # The keys and the store live in memory: the keyring holds a key that was never a
+    # file, and the store is the daemon's own SQLite store on a database that is
+    # never a file (one implementation of the store's rules, no copy to drift).
+    keyring: Keyring = field(default_factory=memory_keyring)
+    db: SqliteStore = field(init=False)
 
     def setup(self) -> Office:
         self.root.mkdir(parents=True, exist_ok=True)
-        generate_key_file(self.root / "master-key")
         for name in ("imap-password", "smtp-password"):
             (self.root / name).write_text("unused: the servers are in memory\n")
             (self.root / name).chmod(0o600)
@@ -81,8 +94,11 @@ class Office(Installation):
         )
         self.config_path.write_text(config_text(self.root, sections))
         logs.configure("json", "debug", stream=self.log)
-        self.keyring = Keyring.from_files(self.cfg().crypto.key_files)
+        self.db = SqliteStore(None, self.keyring, clock=self.clock)
         return self
+
+    def close(self) -> None:
+        self.db.close()
 
     def clock(self) -> float:
         return self.now
@@ -98,6 +114,7 @@ class Office(Installation):
             clock=self.clock,
             mailbox=self.mailbox,
             transport=self.transport,
+            store=self.db,
             keyring=self.keyring,
         )
 
@@ -111,8 +128,17 @@ class Office(Installation):
                 return
 
     def store(self) -> Store:
-        """The store of a fresh assembly, to read what the rounds left (close it)."""
-        return self.app().store
+        """The store the rounds share, to read what they left (the office closes it)."""
+        return self.db
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Store]:
+        yield self.db
+
+    def state_bytes(self) -> bytes:
+        """Every byte the store holds: its database as it would be written to a file."""
+        assert not (self.root / "state").exists(), "the in-memory store wrote to disk"
+        return self.db._c.serialize()
 
     def by_state(self) -> dict[SignalState, int]:
         with self.reading() as s:
@@ -127,8 +153,10 @@ class Office(Installation):
 
 
 @pytest.fixture
-def office(tmp_path: Path) -> Office:
-    return Office(tmp_path / "office").setup()
+def office(tmp_path: Path) -> Iterator[Office]:
+    office = Office(tmp_path / "office").setup()
+    yield office
+    office.close()
 
 
 def new_signal(office: Office, mark: str) -> tuple[str, bytes]:
@@ -157,19 +185,19 @@ def assert_signal_gone(office: Office, mark: str) -> None:
 
 def test_build_wires_the_store_and_keyring_it_is_given(office: Office) -> None:
     store = office.store()
-    try:
-        app = build(
-            office.cfg(),
-            mailbox=office.mailbox,
-            transport=office.transport,
-            store=store,
-            keyring=office.keyring,
-        )
-        assert app.store is store and app.keyring is office.keyring
-        assert app.intake.store is store and app.intake.keyring is office.keyring
-        assert app.outbox.store is store
-    finally:
-        store.close()
+    app = build(
+        office.cfg(),
+        mailbox=office.mailbox,
+        transport=office.transport,
+        store=store,
+        keyring=office.keyring,
+    )
+    assert app.store is store and app.keyring is office.keyring
+    assert app.intake.store is store and app.intake.keyring is office.keyring
+    assert app.outbox.store is store
+    # The store was given, so the office closes it, not the app.
+    app.close()
+    assert store.outbox_size() == 0
 
 
 def test_a_new_signal_is_acknowledged_and_triaged(office: Office) -> None:
@@ -310,12 +338,8 @@ def test_a_forged_reply_is_refused(office: Office, forgery: str) -> None:
     assert '"reason": "unverified"' in office.log.getvalue()
     assert office.mailbox.messages == {}, "the forged command mail is deleted once handled"
     assert office.stats() == []
-    store = office.store()
-    try:
-        s = store.signal_by_ref(ref)
-        assert s is not None and s.state == "queued" and not s.destinations
-    finally:
-        store.close()
+    s = office.store().signal_by_ref(ref)
+    assert s is not None and s.state == "queued" and not s.destinations
 
 
 def test_a_forward_named_again_after_every_destination_accepted_ends_the_signal(
@@ -426,11 +450,8 @@ def test_a_command_replayed_after_the_dedup_window_of_a_signal_still_open_is_a_r
     assert office.by_state() == {"queued": 1}
 
     office.now += 31 * 86400
-    store = office.store()
-    try:
+    with office.reading() as store:
         store.expire(office.now, 30 * 86400, 3600)
-    finally:
-        store.close()
     replay = raw.replace(b"VORM arbeid", b"AFSLUITEN", 1)
     assert replay != raw
     command(office, replay)
