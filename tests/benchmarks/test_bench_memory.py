@@ -268,6 +268,8 @@ def phase_profile(config_path: str) -> dict[str, Any]:
     p.wrap_iter(app.mailbox, "fetch", "intake: IMAP fetch (imapclient)")
     p.wrap(inboxd.intake, "parse_message", "intake: parse_message")
     p.wrap(inboxd.sealed_columns, "seal", "intake: seal (small values, whole)")
+    # The outbox entries of the acknowledgement and the triage requests seal theirs too.
+    p.wrap(inboxd.sqlite_transaction, "seal", "intake: seal (small values, whole)")
     p.wrap(inboxd.sealed_columns, "seal_to", "intake: seal_to (large values, in pieces)")
     p.wrap(
         inboxd.sqlite_transaction.SqliteTransaction,
