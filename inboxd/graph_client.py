@@ -19,6 +19,7 @@ import httpx
 
 from inboxd.logs import get_logger
 from inboxd.msauth import TokenError, TokenSource
+from inboxd.pace import Beat, rest
 from inboxd.throttle import Throttle
 
 log = get_logger(__name__)
@@ -253,9 +254,11 @@ class GraphClient:
         log.warning("graph.error", kind=what, code=status, reason=code)
         raise _failure(status, code, retry_after, location=resp.headers.get("Location"))
 
-    def upload(self, url: str, data: bytes, *, chunk: int, hosts: frozenset[str]) -> None:
+    def upload(
+        self, url: str, data: bytes, *, chunk: int, hosts: frozenset[str], beat: Beat = rest
+    ) -> None:
         """PUT ``data`` to an upload session's URL in byte ranges of at most
-        ``chunk``. The URL carries its own token, so no Authorization header goes
+        ``chunk``, with a ``beat`` between them. The URL carries its own token, so no Authorization header goes
         with it (https://learn.microsoft.com/en-us/graph/outlook-large-attachments);
         it must be https on the Graph host or one of ``hosts``."""
         parts = urlsplit(url)
@@ -263,6 +266,8 @@ class GraphClient:
             raise GraphFailure("upload URL outside Graph and Outlook", auth=False, temporary=False)
         total = len(data)
         for start in range(0, total, chunk):
+            if start:
+                beat()
             self._not_held()
             piece = data[start : start + chunk]
             end = start + len(piece) - 1

@@ -34,6 +34,7 @@ from inboxd.mail_limits import LimitClass, budget, limit_class, release_order, r
 from inboxd.mailbox.base import Mailbox, MailboxItem, verify_deletion
 from inboxd.mails import Mail, is_msg_id, new_message_id
 from inboxd.outbox import AttachRef, entry
+from inboxd.pace import Beat, rest
 from inboxd.parsing import ParsedMessage, parse_message, unreadable
 from inboxd.references import new_reference
 from inboxd.store import Inbound, NewSignal, Signal, SignalUpdate, Store, Transaction
@@ -93,10 +94,6 @@ def ack_skip_reason(msg: ParsedMessage, decision: Decision, cfg: Config) -> str 
     return None
 
 
-def _rest() -> None:
-    """The default ``beat``: nobody to tell that work goes on."""
-
-
 def _never() -> bool:
     """The default ``should_stop``: go on until the work is done."""
     return False
@@ -109,7 +106,7 @@ class Pace:
     batches."""
 
     should_stop: Callable[[], bool] = _never
-    beat: Callable[[], None] = _rest
+    beat: Beat = rest
 
 
 STEADY = Pace()
@@ -244,9 +241,7 @@ class Intake:
             )
         return self._context_base
 
-    def run_once(
-        self, should_stop: Callable[[], bool] = _never, beat: Callable[[], None] = _rest
-    ) -> IntakeResult:
+    def run_once(self, should_stop: Callable[[], bool] = _never, beat: Beat = rest) -> IntakeResult:
         """Both steps, at the :class:`Pace` ``should_stop`` and ``beat`` give."""
         pace = Pace(should_stop, beat)
         result = self.accept(pace=pace)
@@ -281,13 +276,13 @@ class Intake:
         self.store.set_meta("last_fetch", str(self.clock()))
         return result
 
-    def _fetch(self, keys: Sequence[str], beat: Callable[[], None]) -> Iterator[MailboxItem]:
+    def _fetch(self, keys: Sequence[str], beat: Beat) -> Iterator[MailboxItem]:
         """``mailbox.fetch`` a slice of keys at a time: a backlog of thousands is sized
         and fetched in steps with a beat between them, not in one long go."""
         step = self.accept_batch_messages
         for i in range(0, len(keys), step):
             beat()
-            yield from self.mailbox.fetch(keys[i : i + step])
+            yield from self.mailbox.fetch(keys[i : i + step], beat=beat)
 
     def _accept(self, items: list[MailboxItem], result: IntakeResult) -> None:
         status = (
@@ -314,7 +309,7 @@ class Intake:
                 break
         return result
 
-    def _verify(self, beat: Callable[[], None] = _rest) -> None:
+    def _verify(self, beat: Beat = rest) -> None:
         """Once per cycle rather than per batch: a backlog costs a few checks, not one
         folder walk per 50 messages; in slices with a beat between them."""
         keys, self._unverified = self._unverified, []
@@ -332,9 +327,7 @@ class Intake:
         result.expunged += len(keys)
         self._unverified.extend(keys)
 
-    def _commit(
-        self, accepted: list[Inbound], result: IntakeResult, beat: Callable[[], None] = _rest
-    ) -> None:
+    def _commit(self, accepted: list[Inbound], result: IntakeResult, beat: Beat = rest) -> None:
         seen_digests: set[bytes] = set()
         with self.store.transaction() as tx:
             for a in accepted:
@@ -520,7 +513,7 @@ class Intake:
             return sender
         return None
 
-    def release_held(self, beat: Callable[[], None] = _rest) -> int:
+    def release_held(self, beat: Beat = rest) -> int:
         """Held signals get their triage request after all, oldest first, senders
         taking turns (:func:`~inboxd.mail_limits.release_order`), as long as the
         sender's ``request_limit`` and every functionaris' ``notice_limit`` (less a

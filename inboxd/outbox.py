@@ -19,6 +19,7 @@ from typing import Protocol
 from inboxd.lifecycle import FORWARD, AnyMailKind, MailKind, forward_destination
 from inboxd.logs import get_logger
 from inboxd.mails import Attachment, HeaderInjection, Mail, render, render_pieces
+from inboxd.pace import Beat, rest
 from inboxd.smime import CertificateError, encrypt, load_certificate
 from inboxd.store import DueMail, OutboxEntry, Store, Transaction
 from inboxd.templates import TemplateError, Templates, shipped
@@ -190,10 +191,11 @@ class Outbox:
         self,
         limit: int = 1000,
         should_stop: Callable[[], bool] = lambda: False,
-        beat: Callable[[], None] = lambda: None,
+        beat: Beat = rest,
     ) -> DrainResult:
         """Send what is due, up to ``limit`` mails. ``beat`` is called before each
-        mail (the daemon feeds the systemd watchdog there)."""
+        mail and, by the transport, while a large one goes out (the daemon feeds the
+        systemd watchdog there)."""
         result = DrainResult()
         while not should_stop():
             due = self.store.due_mail(self.clock(), limit=min(limit, 50))
@@ -203,7 +205,7 @@ class Outbox:
                 beat()
                 if should_stop():
                     return result
-                if not self._send_one(mail, result):
+                if not self._send_one(mail, result, beat):
                     # The server is unreachable: the rest would fail the same way.
                     return result
                 limit -= 1
@@ -211,7 +213,7 @@ class Outbox:
                     return result
         return result
 
-    def _send_one(self, due: DueMail, result: DrainResult) -> bool:
+    def _send_one(self, due: DueMail, result: DrainResult, beat: Beat = rest) -> bool:
         """Build and send one due mail and record the outcome; False when the rest
         of the round would fail the same way (or, throttled, must not be tried)."""
         now = self.clock()
@@ -222,7 +224,8 @@ class Outbox:
             return True
         try:
             # Pieces are only built for a transport with ``takes_pieces``.
-            self.transport.send(Envelope(sender=due.sender, recipient=due.recipient), data)
+            envelope = Envelope(sender=due.sender, recipient=due.recipient)
+            self.transport.send(envelope, data, beat=beat)
         except SendError as exc:
             expired = now - due.created_at >= self.retry_for
             if exc.temporary and not expired:

@@ -17,6 +17,7 @@ import pytest
 from servers import MailServer
 from world import MAILBOX, REPO, REPORTER, World, parse, signal_mail
 
+from inboxd.pace import rest
 from inboxd.references import find_references
 from inboxd.sqlite_store import SqliteStore
 
@@ -140,9 +141,9 @@ def test_crash_during_forwarding_never_deletes_early_nor_forwards_twice_outside_
     if when == "after_acceptance":
         real_send = app.transport.send
 
-        def send(envelope, message):  # type: ignore[no-untyped-def]
+        def send(envelope, message, *, beat=rest):  # type: ignore[no-untyped-def]
             nonlocal forwards_sent
-            real_send(envelope, message)
+            real_send(envelope, message, beat=beat)
             if b"Signaal mensenhandel" in message:
                 forwards_sent += 1
                 raise Crash  # accepted by the server, not yet recorded

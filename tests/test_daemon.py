@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -303,3 +304,116 @@ def test_watchdog_is_fed_while_idle_through_a_hostile_mail_and_a_backlog(
     assert not late, f"WATCHDOG_USEC={usec}: longest silence per phase {silences}; {where}"
     every = longest_silence(pings, pings[0], phases["backlog"][1])
     assert every < interval, f"a silence of {every:.2f}s between pings"
+
+
+class SlowLine:
+    """A TCP relay to a local port that carries at most ``rate`` bytes a second each
+    way: a slow line between inboxd and its server, so that moving one large message
+    takes seconds of network time while the work around it stays short."""
+
+    PIECE = 16 * 1024
+
+    def __init__(self, port: int, rate: int) -> None:
+        self.target = port
+        self.rate = rate
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self.listener.accept()
+                far = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+            except OSError:
+                return
+            far.settimeout(None)
+            self.sockets += [near, far]
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=self._carry, args=(a, b), daemon=True).start()
+
+    def _carry(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(self.PIECE):
+                started = time.monotonic()
+                dst.sendall(data)
+                # Bandwidth, not synchronisation: each piece takes its time on the line.
+                time.sleep(max(0.0, len(data) / self.rate - (time.monotonic() - started)))
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+# 24 MiB over a line of at most 5 MiB/s (less on a loaded machine): five seconds
+# or more to fetch it, as long for each mail that attaches it, while WatchdogSec is
+# four; an IMAP part (4 MiB) takes about one, building a mail around it under one.
+LARGE_SIGNAL = 24 * 2**20
+LINE_RATE = 5 * 2**20
+
+
+@pytest.mark.slow
+def test_a_very_large_signal_is_fetched_sent_and_forwarded_with_the_watchdog_fed(
+    world: World, mail: MailServer, tmp_path: Path
+) -> None:
+    """One fetch or one send of a message of tens of MiB can take longer than
+    WatchdogSec: the beat reaches between the parts an IMAP fetch brings in, the
+    pieces an SMTP send writes, and into the wait for the server's answer."""
+    from world import F1, F2, RIEC, config_text, imap_sections, reply, submit
+
+    usec = 4_000_000
+    interval = usec / 1_000_000
+    imap = SlowLine(mail.imap_tls_port, LINE_RATE)
+    smtp = SlowLine(mail.smtp_port, LINE_RATE)
+    sections = imap_sections(
+        imap_port=imap.port,
+        smtp_port=smtp.port,
+        ca=mail.ca_file,
+        password_file=world.root / "imap-password",
+        smtp_password_file=world.root / "smtp-password",
+    )
+    world.config_path.write_text(config_text(world.root, sections))
+    photo = os.urandom(LARGE_SIGNAL * 57 // 78)  # base64 lines: 57 bytes in 78
+    raw = signal_mail(marker(), attachments=[("foto.jpg", photo, "image/jpeg")])
+    assert len(raw) > LARGE_SIGNAL - 2**20
+    listener = Notifications(tmp_path / "notify")
+    d = Daemon(world, env={"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": str(usec)})
+    phases: dict[str, tuple[float, float]] = {}
+    try:
+        d.wait_for("mailbox.connected")
+        t0 = time.time()
+        mail.append(MAILBOX, raw)  # straight into Dovecot, not over the slow line
+        d.wait_for("signal.queued", timeout=120)
+        phases["fetched"] = (t0, time.time())
+        t0 = time.time()
+        requests = [mail.wait_for_messages(f, 1, timeout=120)[0] for f in (F1, F2)]
+        assert all(len(r) > len(raw) for r in requests), "the original attached to both"
+        phases["sent"] = (t0, time.time())
+        t0 = time.time()
+        submit(mail, reply(requests[0], "RIEC"))
+        forward = mail.wait_for_messages(RIEC, 1, timeout=120)[0]
+        assert len(forward) > len(raw), "the original forwarded"
+        phases["forwarded"] = (t0, time.time())
+        assert d.stop(timeout=60) == 0
+    finally:
+        listener.close()
+        imap.close()
+        smtp.close()
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+    took = {k: round(b - a, 1) for k, (a, b) in phases.items()}
+    assert took["fetched"] > interval and took["forwarded"] > interval, f"too fast: {took}"
+    pings = listener.pings()
+    silences = {k: round(longest_silence(pings, *v), 2) for k, v in phases.items()}
+    late = {k: v for k, v in silences.items() if v >= interval}
+    where = {k: events_between(d.lines, *silence(pings, *phases[k]))[-12:] for k in late}
+    assert not late, f"WATCHDOG_USEC={usec}: longest silence per phase {silences}; {where}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from inboxd.logs import get_logger
+from inboxd.pace import Beat, rest
 
 log = get_logger(__name__)
 
@@ -67,8 +68,12 @@ class Mailbox(Protocol):
         whatever a crash left behind is seen again; later calls cost O(new messages).
         """
 
-    def fetch(self, keys: Sequence[str]) -> Iterator[MailboxItem]:
-        """The raw bytes of these messages, unchanged; keys that vanished are skipped."""
+    def fetch(self, keys: Sequence[str], *, beat: Beat = rest) -> Iterator[MailboxItem]:
+        """The raw bytes of these messages, unchanged; keys that vanished are skipped.
+
+        ``beat`` is called between the requests that bring in one message when a
+        backend fetches a large one in parts (IMAP), so that the daemon's watchdog
+        is fed while it comes in."""
 
     def delete(self, keys: Sequence[str]) -> None:
         """Hard-delete exactly these messages (IMAP: ``\\Deleted`` + ``UID EXPUNGE``).

@@ -37,6 +37,7 @@ from exchangelib.services import GetEvents
 from inboxd.ews_account import EwsAccount, EwsFailure, call, connect, disconnect, settings_of
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox, MailboxError, MailboxItem
+from inboxd.pace import Beat, rest
 from inboxd.sync_state import fresh_items, keep_state, read_state
 
 if TYPE_CHECKING:
@@ -227,7 +228,7 @@ class EwsMailbox(Mailbox):
 
     # --- content ---
 
-    def fetch(self, keys: Sequence[str]) -> Iterator[MailboxItem]:
+    def fetch(self, keys: Sequence[str], *, beat: Beat = rest) -> Iterator[MailboxItem]:
         account, folder = self._require()
         results = self._get_items(account, folder, keys, ["mime_content"], GET_CHUNK, "fetch")
         for key, result in results:

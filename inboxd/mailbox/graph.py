@@ -26,6 +26,7 @@ from inboxd.graph_client import GraphClient, GraphConnection, GraphFailure, odat
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox, MailboxError, MailboxItem
 from inboxd.msauth import TokenSource
+from inboxd.pace import Beat, rest
 from inboxd.sync_state import fresh_items, keep_state, read_state
 
 if TYPE_CHECKING:
@@ -247,7 +248,7 @@ class GraphMailbox(Mailbox):
     def _message_url(self, key: str, suffix: str = "") -> str:
         return self.client.url(f"/messages/{quote(key, safe='-_=')}{suffix}")
 
-    def fetch(self, keys: Sequence[str]) -> Iterator[MailboxItem]:
+    def fetch(self, keys: Sequence[str], *, beat: Beat = rest) -> Iterator[MailboxItem]:
         self._require()
         for key in keys:
             with self._failures("fetch"):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox, MailboxError, MailboxItem
+from inboxd.pace import Beat, rest
 
 log = get_logger(__name__)
 
@@ -61,7 +62,7 @@ class MaildirMailbox(Mailbox):
         self._listed.update(new)
         return new
 
-    def fetch(self, keys: Sequence[str]) -> Iterator[MailboxItem]:
+    def fetch(self, keys: Sequence[str], *, beat: Beat = rest) -> Iterator[MailboxItem]:
         files = self._files()
         for k in keys:
             p = files.get(k)

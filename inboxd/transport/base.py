@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from inboxd.pace import Beat, rest
+
 # A message as bytes, or as pieces whose concatenation is the message: a transport
 # with ``takes_pieces = True`` accepts the latter, so a large original attached to a
 # mail is sent from the very bytes object it was read into, never copied whole.
@@ -66,11 +68,15 @@ class Transport(Protocol):
     # Whether :meth:`send` takes a message as pieces without joining them first.
     takes_pieces: bool = False
 
-    def send(self, envelope: Envelope, message: Message) -> None:
+    def send(self, envelope: Envelope, message: Message, *, beat: Beat = rest) -> None:
         """Deliver ``message`` to ``envelope.recipient``; return only once the server
         accepted it. Raises :class:`SendError`. Keeps its connection open between
         calls (reconnecting when needed) so that a batch costs one login. A
-        transport without ``takes_pieces`` is given bytes only (pieces it joins)."""
+        transport without ``takes_pieces`` is given bytes only (pieces it joins).
+
+        ``beat`` is called between the pieces a large message is written in and
+        while the server takes its time to answer them (SMTP, Graph's upload), so
+        that the daemon's watchdog is fed while it goes out."""
 
     def check(self) -> None:
         """Connect (and log in where credentials are configured), send nothing.

@@ -26,6 +26,7 @@ from exchangelib.items import SEND_ONLY
 
 from inboxd.ews_account import EwsAccount, EwsFailure, call, connect, disconnect, settings_of
 from inboxd.logs import get_logger
+from inboxd.pace import Beat, rest
 from inboxd.transport.base import Envelope, Message, SendError, Transport, joined
 from inboxd.transport.own_headers import refuse_other_recipients
 
@@ -73,7 +74,7 @@ class EwsTransport(Transport):
                 f"ews {what}: {exc.reason}", temporary=exc.temporary, retry_after=exc.retry_after
             ) from None
 
-    def send(self, envelope: Envelope, message: Message) -> None:
+    def send(self, envelope: Envelope, message: Message, *, beat: Beat = rest) -> None:
         mime = joined(message)
         refuse_other_recipients(mime, envelope, "ews")
 

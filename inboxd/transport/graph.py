@@ -39,6 +39,7 @@ from urllib.parse import quote
 from inboxd.graph_client import GraphClient, GraphConnection, GraphFailure, odata_quote
 from inboxd.logs import get_logger
 from inboxd.msauth import TokenSource
+from inboxd.pace import Beat, rest
 from inboxd.transport.base import Envelope, Message, SendError, SentCopies, Transport, joined
 from inboxd.transport.own_headers import MAX_HEADER_BYTES, message_id, refuse_other_recipients
 
@@ -190,7 +191,7 @@ class GraphTransport(Transport):
     def _message_url(self, key: str, suffix: str = "") -> str:
         return self.client.url(f"/messages/{quote(key, safe='-_=')}{suffix}")
 
-    def send(self, envelope: Envelope, message: Message) -> None:
+    def send(self, envelope: Envelope, message: Message, *, beat: Beat = rest) -> None:
         message = joined(message)  # a large mail is split below, from one bytes object
         refuse_other_recipients(message, envelope, "graph")
         mid = message_id(message)
@@ -225,7 +226,7 @@ class GraphTransport(Transport):
         self._pending_changed()
         try:
             for name, ctype, data in files:
-                self._attach(key, name, ctype, data)
+                self._attach(key, name, ctype, data, beat)
             self.client.request(
                 "POST", self._message_url(key, "/send"), what="send", headers=IMMUTABLE, ok=(202,)
             )
@@ -235,7 +236,7 @@ class GraphTransport(Transport):
         log.info("transport.sent", transport="graph", size=len(message), uploaded=len(files))
         self.purge_sent()
 
-    def _attach(self, key: str, name: str, ctype: str, data: bytes) -> None:
+    def _attach(self, key: str, name: str, ctype: str, data: bytes, beat: Beat) -> None:
         """One large part, through an upload session on the draft."""
         item = {"attachmentType": "file", "name": name, "size": len(data), "contentType": ctype}
         resp = self.client.request(
@@ -249,7 +250,7 @@ class GraphTransport(Transport):
         url = resp.json().get("uploadUrl")
         if not isinstance(url, str):
             raise GraphFailure("upload session without a URL", auth=False, temporary=True)
-        self.client.upload(url, data, chunk=UPLOAD_CHUNK, hosts=UPLOAD_HOSTS)
+        self.client.upload(url, data, chunk=UPLOAD_CHUNK, hosts=UPLOAD_HOSTS, beat=beat)
 
     @staticmethod
     def _too_large(size: int, why: str) -> SendError:

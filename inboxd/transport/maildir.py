@@ -8,6 +8,7 @@ import socket
 import time
 from pathlib import Path
 
+from inboxd.pace import Beat, rest
 from inboxd.transport.base import Envelope, Message, SendError, Transport, joined
 
 
@@ -35,7 +36,7 @@ class MaildirTransport(Transport):
     def __init__(self, path: str) -> None:
         self.root = Path(path)
 
-    def send(self, envelope: Envelope, message: Message) -> None:
+    def send(self, envelope: Envelope, message: Message, *, beat: Beat = rest) -> None:
         if "/" in envelope.recipient or envelope.recipient.startswith("."):
             raise SendError("recipient is not a mailbox name", temporary=False)
         try:

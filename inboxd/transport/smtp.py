@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import select
 import smtplib
 import socket
 import ssl
@@ -22,6 +23,7 @@ from typing import Literal
 
 from inboxd.logs import get_logger
 from inboxd.mailserver import Security, ServerAccount, login_with_token
+from inboxd.pace import Beat, rest
 from inboxd.transport.base import (
     Envelope,
     Message,
@@ -41,6 +43,8 @@ NOOP_AFTER_IDLE = 5.0
 
 # Pieces in which a message goes out after DATA.
 DATA_CHUNK = 1024 * 1024
+# How long one look for the server's answer to the data lasts before the next beat.
+ANSWER_SLICE = 0.05
 _DOT_AFTER_NEWLINE = re.compile(rb"(?<=\n)\.")
 
 
@@ -83,14 +87,37 @@ def dot_stuffed(message: Message, chunk: int = DATA_CHUNK) -> Iterator[bytes]:
     yield b"".join(pending)
 
 
-def send_data(conn: smtplib.SMTP, message: Message) -> tuple[int, bytes]:
-    """``conn.data(message)``, streamed."""
+def send_data(conn: smtplib.SMTP, message: Message, beat: Beat = rest) -> tuple[int, bytes]:
+    """``conn.data(message)``, streamed, with a ``beat`` after each piece and while
+    the server has yet to answer."""
     code, reply = conn.docmd("data")
     if code != 354:
         raise smtplib.SMTPDataError(code, reply)
     for piece in dot_stuffed(message, DATA_CHUNK):
         conn.send(piece)
+        beat()
+    await_answer(conn, beat)
     return conn.getreply()
+
+
+def await_answer(conn: smtplib.SMTP, beat: Beat) -> None:
+    """Until the server's answer begins, looking in slices with a ``beat`` between
+    them; as long as the socket's timeout lets one read block, then the connection
+    is lost, as a timed-out read would have said. A server may check a large mail
+    before it answers (a scan, a delivery): seconds in which the daemon is alive."""
+    sock = conn.sock
+    if sock is None:
+        return  # getreply says the connection is gone
+    timeout = sock.gettimeout()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+        readable, _, _ = select.select([sock], [], [], ANSWER_SLICE)
+        if readable:
+            return
+        beat()
+        if deadline is not None and time.monotonic() >= deadline:
+            conn.close()
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed: timed out")
 
 
 class _Stale(Exception):
@@ -298,22 +325,28 @@ class SmtpTransport(Transport):
             value = conn.esmtp_features.get("size", "").strip()
             return int(value) if value.isdigit() and int(value) > 0 else None
 
-    def send(self, envelope: Envelope, message: Message) -> None:
+    def send(self, envelope: Envelope, message: Message, *, beat: Beat = rest) -> None:
         """Also takes the message as pieces (``takes_pieces``)."""
         with self._lock:
             conn, unchecked = self._connection()
             try:
-                self._transaction(conn, envelope, message, stale_ok=unchecked)
+                self._transaction(conn, envelope, message, beat, stale_ok=unchecked)
             except _Stale:
                 # The server had closed the connection before our MAIL: nothing of
                 # this mail reached it, so one retry on a new connection cannot
                 # send it twice.
                 self._drop()
-                self._transaction(self._connect(), envelope, message, stale_ok=False)
+                self._transaction(self._connect(), envelope, message, beat, stale_ok=False)
             self._last_used = time.monotonic()
 
     def _transaction(
-        self, conn: smtplib.SMTP, envelope: Envelope, message: Message, *, stale_ok: bool = False
+        self,
+        conn: smtplib.SMTP,
+        envelope: Envelope,
+        message: Message,
+        beat: Beat = rest,
+        *,
+        stale_ok: bool = False,
     ) -> None:
         mail_options: list[str] = []
         if conn.has_extn("size"):
@@ -336,7 +369,7 @@ class SmtpTransport(Transport):
             if code not in (250, 251):
                 raise self._refused(conn, stage, code, text)
             stage = "DATA"
-            code, text = send_data(conn, message)
+            code, text = send_data(conn, message, beat)
             if code != 250:
                 raise self._refused(conn, stage, code, text)
         except smtplib.SMTPDataError as exc:

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from inboxd.mailbox.base import Mailbox, MailboxItem
+from inboxd.pace import Beat, rest
 from inboxd.transport.base import Envelope, Message, SendError, Transport, joined
 
 
@@ -46,7 +47,7 @@ class MemoryMailbox(Mailbox):
         self._listed.update(new)
         return new
 
-    def fetch(self, keys: Sequence[str]) -> Iterator[MailboxItem]:
+    def fetch(self, keys: Sequence[str], *, beat: Beat = rest) -> Iterator[MailboxItem]:
         for key in keys:
             raw = self.messages.get(key)
             if raw is not None:
@@ -79,7 +80,7 @@ class MemoryTransport(Transport):
     refuse: dict[str, list[SendError]] = field(default_factory=dict)
     refused: list[Envelope] = field(default_factory=list)
 
-    def send(self, envelope: Envelope, message: Message) -> None:
+    def send(self, envelope: Envelope, message: Message, *, beat: Beat = rest) -> None:
         errors = self.refuse.get(envelope.recipient)
         if errors:
             self.refused.append(envelope)
