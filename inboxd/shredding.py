@@ -39,18 +39,19 @@ def shred(
     conn: sqlite3.Connection,
     transaction: Callable[[], AbstractContextManager[object]],
     *,
-    wal: bool,
+    empty_the_log: bool,
     wait: float = SHRED_WAIT,
 ) -> bool:
     """Shred what ``unshredded`` lists, then log and forget it. True when nothing is
-    left to shred; never raises. ``wal``: the database keeps a write-ahead log."""
+    left to shred; never raises. ``empty_the_log``: False only for an in-memory
+    database, which has no write-ahead log to empty."""
     owed = _owed(conn)
     if owed is None:
         return False
     if not owed:
         return True
     started = time.monotonic()
-    if not _rewrite(conn, len(owed), wal=wal, deadline=started + wait):
+    if not _rewrite(conn, len(owed), empty_the_log=empty_the_log, deadline=started + wait):
         return False
     _log_deleted(owed, started)
     _forget(conn, transaction, owed)
@@ -67,7 +68,7 @@ def _owed(conn: sqlite3.Connection) -> Owed | None:
         return None
 
 
-def _rewrite(conn: sqlite3.Connection, count: int, *, wal: bool, deadline: float) -> bool:
+def _rewrite(conn: sqlite3.Connection, count: int, *, empty_the_log: bool, deadline: float) -> bool:
     """VACUUM once, then empty the log, retrying while readers hold it up; a short
     busy wait meanwhile, so that each try returns soon."""
     (previous_busy_ms,) = conn.execute("PRAGMA busy_timeout").fetchone()
@@ -79,7 +80,7 @@ def _rewrite(conn: sqlite3.Connection, count: int, *, wal: bool, deadline: float
                 if not vacuumed:
                     conn.execute("VACUUM")
                     vacuumed = True
-                if not wal or _log_emptied(conn):
+                if not empty_the_log or _log_emptied(conn):
                     return True
             except sqlite3.Error as exc:
                 if not _busy(exc):

@@ -81,9 +81,11 @@ class SqliteStore(SqliteReads):
             "PRAGMA foreign_keys=ON",
         ):
             self._c.execute(pragma)
-        # An in-memory database has no write-ahead log ("memory" journal): nothing of
-        # it is on disk, so shredding rewrites its pages and has no log to empty.
-        self.wal = self._c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        # An in-memory database has no write-ahead log (SQLite keeps its journal in
+        # memory too): shredding rewrites its pages and has no log to empty. A file
+        # always has its log emptied: if it were not in WAL mode after all, shredding
+        # would stay pending and say so, rather than take the log's absence on trust.
+        self.in_memory = self.path is None
         prepare(self._c)
         # A process killed between a deletion's commit and its shredding left the
         # old bytes behind: they go before anything else is done with this store.
@@ -112,7 +114,7 @@ class SqliteStore(SqliteReads):
     def shred(self, wait: float = SHRED_WAIT) -> bool:
         """Make the deletions that have committed true on disk, then log each one as
         ``signal.deleted``; True when nothing is left to shred (:mod:`inboxd.shredding`)."""
-        return shred(self._c, self.transaction, wal=self.wal, wait=wait)
+        return shred(self._c, self.transaction, empty_the_log=not self.in_memory, wait=wait)
 
     # -- intake -------------------------------------------------------------
     def ref_in_use(self, ref: str) -> bool:
@@ -311,7 +313,7 @@ class SqliteStore(SqliteReads):
     def checkpoint(self) -> None:
         """Everything in the log into the database file, the log cut to zero bytes
         (nothing to do without a log: an in-memory database)."""
-        if self.wal:
+        if not self.in_memory:
             self._c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def stats_rows(self, year: int) -> list[dict[str, Any]]:

@@ -731,7 +731,8 @@ def test_an_in_memory_store_keeps_the_same_rules_and_shreds_its_pages(
     logs.configure("json", "debug", stream=logged)
     store = SqliteStore(None, keyring, clock=clock)
     try:
-        assert store.path is None and not store.wal
+        assert store.path is None and store.in_memory
+        assert store._c.execute("PRAGMA journal_mode").fetchone()[0] == "memory"
         with store.transaction() as tx:
             sig = tx.add_signal(new_signal(flags={"plain-marker-7f3a"}))
             keep = tx.add_signal(new_signal("VV-BBBB-BBBB"))
