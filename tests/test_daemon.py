@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 import hostile
 import pytest
 from servers import MailServer
+from servers.line import Line
 from world import MAILBOX, OUTSIDER, REPO, REPORTER, World, marker, signal_mail
 
 
@@ -306,53 +306,6 @@ def test_watchdog_is_fed_while_idle_through_a_hostile_mail_and_a_backlog(
     assert every < interval, f"a silence of {every:.2f}s between pings"
 
 
-class SlowLine:
-    """A TCP relay to a local port that carries at most ``rate`` bytes a second each
-    way: a slow line between inboxd and its server, so that moving one large message
-    takes seconds of network time while the work around it stays short."""
-
-    PIECE = 16 * 1024
-
-    def __init__(self, port: int, rate: int) -> None:
-        self.target = port
-        self.rate = rate
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                near, _ = self.listener.accept()
-                far = socket.create_connection(("127.0.0.1", self.target), timeout=10)
-            except OSError:
-                return
-            far.settimeout(None)
-            self.sockets += [near, far]
-            for a, b in ((near, far), (far, near)):
-                threading.Thread(target=self._carry, args=(a, b), daemon=True).start()
-
-    def _carry(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(self.PIECE):
-                started = time.monotonic()
-                dst.sendall(data)
-                # Bandwidth, not synchronisation: each piece takes its time on the line.
-                time.sleep(max(0.0, len(data) / self.rate - (time.monotonic() - started)))
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.listener.close()
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-
 # 24 MiB over a line of at most 5 MiB/s (less on a loaded machine): five seconds
 # or more to fetch it, as long for each mail that attaches it, while WatchdogSec is
 # four; an IMAP part (4 MiB) takes about one, building a mail around it under one.
@@ -371,8 +324,8 @@ def test_a_very_large_signal_is_fetched_sent_and_forwarded_with_the_watchdog_fed
 
     usec = 4_000_000
     interval = usec / 1_000_000
-    imap = SlowLine(mail.imap_tls_port, LINE_RATE)
-    smtp = SlowLine(mail.smtp_port, LINE_RATE)
+    imap = Line(mail.imap_tls_port, LINE_RATE)
+    smtp = Line(mail.smtp_port, LINE_RATE)
     sections = imap_sections(
         imap_port=imap.port,
         smtp_port=smtp.port,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from servers import MailServer
+from servers.line import Line
 from servers.tlsca import make_ca
 
 from inboxd.transport.base import Envelope, SendError
@@ -385,3 +387,49 @@ def test_a_message_in_pieces_arrives_as_their_concatenation(
     t = make_transport("starttls")
     t.send(Envelope(FROM, KEDO), pieces)
     assert mail.relay.received[-1].raw == b"".join(pieces)
+
+
+def test_beats_come_while_the_server_takes_its_time_to_answer_the_data(
+    mail: MailServer, make_transport: Callable[..., SmtpTransport]
+) -> None:
+    """A server may scan or deliver a large mail before it answers the data: the
+    transport waits for that answer in slices, with a beat between them."""
+    line = Line(mail.smtp_plain_port, hold_after=b"\r\n.\r\n")
+    beats = 0
+
+    def beat() -> None:
+        nonlocal beats
+        beats += 1
+        if beats == 10:
+            line.release()
+
+    try:
+        t = make_transport("none", port=line.port)
+        t.send(Envelope(FROM, KEDO), MESSAGE, beat=beat)
+    finally:
+        line.close()
+    assert beats >= 10, "the answer was awaited with beats until it was let through"
+    assert mail.relay.received[-1].raw == MESSAGE
+
+
+def test_a_server_that_never_answers_the_data_loses_the_connection_at_its_timeout(
+    mail: MailServer, make_transport: Callable[..., SmtpTransport]
+) -> None:
+    line = Line(mail.smtp_plain_port, hold_after=b"\r\n.\r\n")
+    beats = 0
+
+    def beat() -> None:
+        nonlocal beats
+        beats += 1
+
+    try:
+        t = make_transport("none", port=line.port, timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(SendError) as info:
+            t.send(Envelope(FROM, KEDO), MESSAGE, beat=beat)
+        took = time.monotonic() - started
+    finally:
+        line.close()
+    assert info.value.temporary and info.value.reason == "connection lost at DATA"
+    assert 1.0 <= took < 10.0, f"{took:.1f}s: the socket timeout bounds the wait"
+    assert beats >= 5, "beats all along the wait"
