@@ -97,6 +97,10 @@ class MailKind(StrEnum):
     FLOOD_NOTICE = "flood_notice"
 
 
+# The mail sent once a signal has ended (inboxd.ending): the last that the store
+# holds about it, shredded once it has left the outbox.
+AFTER_THE_END: frozenset[MailKind] = frozenset({MailKind.FEEDBACK, MailKind.TRIAGE_CLOSED})
+
 # A forward's kind is "forward:<destination key>": one per destination, so the outbox
 # can tell which destinations still wait and the sent mail which one accepted.
 FORWARD = "forward"

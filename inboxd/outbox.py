@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from inboxd.lifecycle import FORWARD, AnyMailKind, MailKind, forward_destination
+from inboxd.lifecycle import AFTER_THE_END, FORWARD, AnyMailKind, MailKind, forward_destination
 from inboxd.logs import get_logger
 from inboxd.mails import Attachment, HeaderInjection, Mail, render, render_pieces
 from inboxd.pace import Beat, rest
@@ -118,6 +118,8 @@ class DrainResult:
     retry: int = 0
     failed: int = 0
     unreachable: bool = False
+    # Mail sent after its signal ended left the outbox: the round ends with a shred.
+    after_the_end: bool = False
 
 
 class Outcomes(Protocol):
@@ -197,21 +199,32 @@ class Outbox:
         mail and, by the transport, while a large one goes out (the daemon feeds the
         systemd watchdog there)."""
         result = DrainResult()
+        try:
+            self._drain(result, limit, should_stop, beat)
+        finally:
+            if result.after_the_end:
+                # A signal's feedback and closing note, once out of the outbox, are
+                # shredded as the signal was: once a round, not once a mail.
+                self.store.shred()
+        return result
+
+    def _drain(
+        self, result: DrainResult, limit: int, should_stop: Callable[[], bool], beat: Beat
+    ) -> None:
         while not should_stop():
             due = self.store.due_mail(self.clock(), limit=min(limit, 50))
             if not due:
-                break
+                return
             for mail in due:
                 beat()
                 if should_stop():
-                    return result
+                    return
                 if not self._send_one(mail, result, beat):
                     # The server is unreachable: the rest would fail the same way.
-                    return result
+                    return
                 limit -= 1
                 if limit <= 0:
-                    return result
-        return result
+                    return
 
     def _send_one(self, due: DueMail, result: DrainResult, beat: Beat = rest) -> bool:
         """Build and send one due mail and record the outcome; False when the rest
@@ -297,10 +310,12 @@ class Outbox:
 
     def _given_up(self, due: DueMail, reason: str, result: DrainResult) -> None:
         result.failed += 1
+        result.after_the_end |= due.kind in AFTER_THE_END
         self.outcomes.mail_given_up(due, reason)
 
     def _sent(self, due: DueMail, result: DrainResult) -> None:
         self.store.mail_sent(due, self.clock(), then=lambda tx: self.outcomes.mail_sent(tx, due))
+        result.after_the_end |= due.kind in AFTER_THE_END
         family = FORWARD if forward_destination(due.kind) is not None else due.kind
         log.info(f"{family}.sent", mail_kind=due.kind, ref=due.ref)
         result.sent += 1

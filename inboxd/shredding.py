@@ -34,6 +34,13 @@ _SHRED_BUSY_MS = 100
 # (reference, outcome) of a deletion that has committed and is not yet shredded.
 Owed = list[tuple[str, str]]
 
+# The reason of an ``unshredded`` entry that is no signal: an outbox entry sent (or
+# given up) after its signal ended — the reporter's feedback, the functionarissen's
+# closing note. It is the last thing the store held about the signal (the reporter's
+# address, sealed), so it is shredded as the signal was; it is no deletion of a
+# signal to log.
+SENT_AFTER_THE_END = "sent_after_the_end"
+
 
 def shred(
     conn: sqlite3.Connection,
@@ -109,6 +116,8 @@ def _busy(exc: sqlite3.Error) -> bool:
 def _log_deleted(owed: Owed, started: float) -> None:
     duration_ms = round((time.monotonic() - started) * 1000)
     for ref, outcome in owed:
+        if outcome == SENT_AFTER_THE_END:
+            continue
         log.info(
             "signal.deleted", ref=ref, state="deleted", reason=outcome, duration_ms=duration_ms
         )

@@ -18,10 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from inboxd.crypto import DecryptError, Keyring, open_sealed
-from inboxd.lifecycle import OPEN_STATES, AnyMailKind, KeyStatus, SignalState, stored_kind
+from inboxd.lifecycle import (
+    AFTER_THE_END,
+    OPEN_STATES,
+    AnyMailKind,
+    KeyStatus,
+    SignalState,
+    stored_kind,
+)
 from inboxd.logs import get_logger
 from inboxd.sealed_columns import read_sealed
-from inboxd.shredding import SHRED_WAIT, shred
+from inboxd.shredding import SENT_AFTER_THE_END, SHRED_WAIT, shred
 from inboxd.sqlite_transaction import (
     KEYED_TABLES,
     SqliteReads,
@@ -241,6 +248,7 @@ class SqliteStore(SqliteReads):
         exactly when its mail leaves the outbox)."""
         with self.transaction() as tx:
             self._c.execute("DELETE FROM outbox WHERE id = ?", (mail.id,))
+            self._owe_shred_of(mail)
             if then is not None:
                 then(tx)
             self._c.execute(
@@ -256,11 +264,22 @@ class SqliteStore(SqliteReads):
         with self.transaction():
             if next_attempt_at is None:
                 self._c.execute("DELETE FROM outbox WHERE id = ?", (mail.id,))
+                self._owe_shred_of(mail)
             else:
                 self._c.execute(
                     "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?",
                     (next_attempt_at, error, mail.id),
                 )
+
+    def _owe_shred_of(self, mail: DueMail) -> None:
+        """An entry that left the outbox after its signal ended is shredded with the
+        next :meth:`shred` (the outbox calls it after each round), so that nothing
+        about an ended signal outlasts the round that sent its last mail."""
+        if mail.kind in AFTER_THE_END:
+            self._c.execute(
+                "INSERT OR REPLACE INTO unshredded (ref, reason) VALUES (?, ?)",
+                (f"outbox:{mail.id}", SENT_AFTER_THE_END),
+            )
 
     def sent_kinds(self, message_ids: Iterable[str]) -> dict[str, tuple[AnyMailKind, str | None]]:
         out: dict[str, tuple[AnyMailKind, str | None]] = {}

@@ -851,3 +851,59 @@ def test_update_signal_walks_only_the_transition_table(store: SqliteStore) -> No
             # Nothing of the refused update stays.
             after = store.signal_by_ref(sig.ref)
             assert after is not None and after.state is old and not after.hold
+
+
+def _outbox_secrets(store: SqliteStore, oid: str) -> list[bytes]:
+    row = store._c.execute(
+        "SELECT wrapped_key, envelope, message FROM outbox WHERE id = ?", (oid,)
+    ).fetchone()
+    return [bytes(v) for v in row]
+
+
+def test_mail_sent_after_the_end_is_shredded_with_the_outbox_round(
+    store: SqliteStore, state_dir: Path, keyring: Keyring, clock: Clock
+) -> None:
+    """The reporter's feedback and the closing note go out after the signal is
+    deleted; their outbox rows (the reporter's address, sealed) are the last thing the
+    store held about it. Once they left the outbox, the round that sent them shreds
+    them as the signal was shredded, without a second ``signal.deleted``."""
+    from fakes.memory import MemoryTransport
+
+    from inboxd.mails import Mail
+    from inboxd.outbox import Outbox, entry
+
+    def mail(kind: MailKind, to: str) -> OutboxEntry:
+        m = Mail(
+            sender="vreemdverhaal@gemeente.example",
+            to=to,
+            subject="Terugkoppeling",
+            body="Uw signaal is afgehandeld.",
+            message_id=f"<inboxd.{uuid.uuid4().hex}@gemeente.example>",
+            auto_submitted="auto-generated",
+        )
+        return entry(kind, m, "vreemdverhaal@gemeente.example", None)
+
+    with store.transaction() as tx:
+        feedback = tx.enqueue(mail(MailKind.FEEDBACK, "melder@gemeente.example"))
+        closing = tx.enqueue(mail(MailKind.TRIAGE_CLOSED, "f1@gemeente.example"))
+        ack = tx.enqueue(mail(MailKind.ACK, "ander@gemeente.example"), not_before=9e9)
+    secrets = _outbox_secrets(store, feedback) + _outbox_secrets(store, closing)
+    assert _left(state_dir, secrets), "the sealed entries are on disk while queued"
+
+    class Outcomes:
+        def mail_sent(self, tx: object, due: DueMail) -> None:
+            pass
+
+        def mail_given_up(self, due: DueMail, reason: str) -> None:
+            pass
+
+    transport = MemoryTransport()
+    buf = io.StringIO()
+    logs.configure("json", "debug", stream=buf)
+    result = Outbox(store, transport, clock, 3600.0, Outcomes()).drain()
+    assert result.sent == 2 and len(transport.sent) == 2
+
+    assert _left(state_dir, secrets) == [], "the sent entries left bytes behind"
+    assert _owed(store) == []
+    assert '"signal.deleted"' not in buf.getvalue(), "no signal was deleted"
+    assert all(_left(state_dir, [s]) for s in _outbox_secrets(store, ack)), "a queued one stays"
