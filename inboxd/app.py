@@ -12,9 +12,10 @@ from inboxd.backends.connect import Backends
 from inboxd.config import Config
 from inboxd.crypto import Keyring
 from inboxd.ending import Ending
-from inboxd.intake import Intake, Mailer
+from inboxd.intake import Intake
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox
+from inboxd.mailer import Mailer
 from inboxd.outbox import Outbox
 from inboxd.schedule import Jobs
 from inboxd.sent_copies import keep_sent_copies, purge_sent_copies

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from inboxd.config import Config
-from inboxd.intake import Mailer
 from inboxd.lifecycle import MailKind
+from inboxd.mailer import Mailer
 from inboxd.store import Signal, Store, Transaction
 
 

@@ -21,10 +21,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 from inboxd.config import Config
 from inboxd.crontab import cron_trigger, local_zone
 from inboxd.guides import spoken_duration
-from inboxd.intake import Intake, Mailer, iso
+from inboxd.intake import Intake
 from inboxd.lifecycle import OPEN_STATES, MailKind
 from inboxd.logs import get_logger
 from inboxd.mail_limits import flood_notice_due, longest_window
+from inboxd.mailer import Mailer, iso
 from inboxd.outbox import Outbox
 from inboxd.sent_copies import purge_sent_copies
 from inboxd.store import Signal, SignalUpdate, Store

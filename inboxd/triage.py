@@ -20,7 +20,6 @@ from inboxd.config import Config
 from inboxd.crypto import Keyring, signal_token, tokens_equal
 from inboxd.ending import End, Ending, within_ack_domains
 from inboxd.evidence import Evidence
-from inboxd.intake import Mailer, iso
 from inboxd.lifecycle import (
     OPEN_STATES,
     KeyStatus,
@@ -32,6 +31,7 @@ from inboxd.lifecycle import (
 )
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import MailboxItem
+from inboxd.mailer import Mailer, iso
 from inboxd.outbox import AttachRef
 from inboxd.parsing import ParsedMessage
 from inboxd.replytext import reply_text
