@@ -18,7 +18,7 @@ from inboxd.mailbox.base import Mailbox
 from inboxd.mailer import Mailer
 from inboxd.outbox import Outbox
 from inboxd.schedule import Jobs
-from inboxd.sent_copies import keep_sent_copies, purge_sent_copies
+from inboxd.sent_copies import StoredSentCopies, purge_sent_copies
 from inboxd.sqlite_store import SqliteStore
 from inboxd.store import Store
 from inboxd.templates import Templates
@@ -80,8 +80,9 @@ def build(
         store = open_store(cfg, keyring, clock)
     backends = Backends(cfg)
     mb = mailbox or backends.mailbox()
-    tr = transport or backends.transport()
-    keep_sent_copies(tr, store)
+    # Graph's Sent Items copies still awaited live in the store, so a restart goes on
+    # looking for them.
+    tr = transport or backends.transport(copies=StoredSentCopies(store))
     return _wired(cfg, clock, keyring, store, mb, tr, owns_store=owns_store)
 
 

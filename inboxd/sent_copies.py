@@ -49,9 +49,3 @@ class StoredSentCopies(SentCopies):
 
     def save(self, entries: list[str]) -> None:
         self.store.set_meta(SENT_COPIES_META, json.dumps(entries))
-
-
-def keep_sent_copies(transport: Transport, store: Store) -> None:
-    """Graph: the Sent Items copies still awaited live in the store (our own
-    Message-IDs, no content), so a restart goes on looking for them."""
-    transport.keep_copies(StoredSentCopies(store))

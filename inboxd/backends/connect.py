@@ -19,7 +19,7 @@ from inboxd.config import Config
 from inboxd.mailbox.base import Mailbox, MailboxError
 from inboxd.msauth import TokenError, TokenSource
 from inboxd.throttle import Throttle
-from inboxd.transport.base import SendError, Transport
+from inboxd.transport.base import SendError, SentCopies, Transport
 
 
 class Backends:
@@ -53,7 +53,9 @@ class Backends:
 
         return maildir.mailbox(mb)
 
-    def transport(self) -> Transport:
+    def transport(self, copies: SentCopies | None = None) -> Transport:
+        """``copies``: where a transport that files copies of sent mail (Graph) keeps
+        those still to be deleted; none for ``inboxd check``, which sends nothing."""
         cfg, s, mb = self.cfg, self.cfg.smtp, self.cfg.mailbox
         if isinstance(s, SmtpTransportConfig):
             from inboxd.backends import smtp
@@ -71,7 +73,7 @@ class Backends:
         from inboxd.backends import graph
 
         assert isinstance(mb, GraphMailboxConfig), s.transport
-        return graph.transport(cfg, mb, self.throttle)
+        return graph.transport(cfg, mb, self.throttle, copies)
 
 
 def token_sources(cfg: Config) -> list[tuple[str, TokenSource]]:

@@ -14,7 +14,7 @@ from inboxd.mailbox.base import Mailbox
 from inboxd.mailbox.graph import GraphMailbox
 from inboxd.msauth import TokenSource, graph_scope
 from inboxd.throttle import Throttle
-from inboxd.transport.base import Transport
+from inboxd.transport.base import SentCopies, Transport
 from inboxd.transport.graph import GraphTransport
 
 # The delta link under state_dir (no mail content: an opaque server token and the
@@ -54,9 +54,13 @@ def mailbox(cfg: Config, mb: GraphMailboxConfig, throttle: Throttle) -> Mailbox:
     )
 
 
-def transport(cfg: Config, mb: GraphMailboxConfig, throttle: Throttle) -> Transport:
+def transport(
+    cfg: Config, mb: GraphMailboxConfig, throttle: Throttle, copies: SentCopies | None = None
+) -> Transport:
     token, connection = _token(cfg, mb), _connection(mb, throttle)
-    return constructed(cfg, "mailbox", lambda: GraphTransport(mb.mailbox, token, **connection))
+    return constructed(
+        cfg, "mailbox", lambda: GraphTransport(mb.mailbox, token, copies=copies, **connection)
+    )
 
 
 def explain_login(mb: GraphMailboxConfig, reason: str) -> str:

@@ -90,16 +90,12 @@ class Transport(Protocol):
         :class:`SendError` when the server cannot be asked."""
         return None
 
-    def keep_copies(self, copies: SentCopies) -> None:
-        """Keep the copies of sent mail still to be deleted in ``copies`` (called once,
-        before the first send), taking back what it holds from an earlier run."""
-        return None
-
     def purge_sent(self) -> int:
         """Delete the copies of sent mail the server filed; returns how many are
         still awaited. Never raises."""
         return 0
 
     def pending_copies(self) -> list[str]:
-        """The copies of sent mail still awaited (see :meth:`keep_copies`)."""
+        """The copies of sent mail still awaited (a transport that files them is
+        given a :class:`SentCopies` to keep them in when it is built)."""
         return []

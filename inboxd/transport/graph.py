@@ -18,7 +18,7 @@ in every folder, Drafts included. ``send`` and ``check`` purge what is already
 there; the daemon calls ``purge_sent`` every few minutes as well, and
 :meth:`GraphTransport.pending_copies` says what is still waiting. What is still
 awaited is saved in the :class:`~inboxd.transport.base.SentCopies` given to
-:meth:`GraphTransport.keep_copies` whenever it changes (the app keeps it in the
+the ``copies`` it was built with whenever it changes (the app keeps it in the
 store), which also hands back what an earlier process still awaited, so a copy
 Exchange files after the process ended is deleted by the next one.
 """
@@ -155,18 +155,20 @@ class GraphTransport(Transport):
         self,
         mailbox: str,
         token: TokenSource,
+        *,
+        copies: SentCopies | None = None,
         **connection: Unpack[GraphConnection],
     ) -> None:
-        # ``throttle``: the mailbox's, so that a back-off one of them was given
-        # holds for both (it is one account on one service).
+        """``copies``: where the Sent Items copies still awaited are kept across
+        restarts (the store); what it holds from an earlier run is looked for again.
+        ``throttle``: the mailbox's, so that a back-off one of them was given holds
+        for both (it is one account on one service)."""
         self.client = GraphClient(mailbox, token, **connection)
         self._pending: dict[str, float] = {}  # pending_entry -> when sent (monotonic)
         self._sent_items_id: str | None = None
-        self._copies: SentCopies | None = None
-
-    def keep_copies(self, copies: SentCopies) -> None:
-        self.expect_copies(copies.load())
         self._copies = copies
+        if copies is not None:
+            self.expect_copies(copies.load())
 
     def _pending_changed(self) -> None:
         if self._copies is None:
