@@ -31,6 +31,10 @@ log = get_logger(__name__)
 # The longest single wait without a watchdog; with one, every wait is also cut to a
 # quarter of WatchdogSec (``Watchdog.bound``).
 MAX_WAIT = 25.0
+# A wait for the work lock longer than this is logged (once per wait): a timed job or
+# an admin command holds it. The watchdog cannot tell, since the loop pings while it
+# waits; the log can.
+LOCK_WAIT_LOGGED = 120.0
 
 
 def reconnect_delay(failures: int) -> float:
@@ -38,8 +42,9 @@ def reconnect_delay(failures: int) -> float:
 
 
 class Daemon:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, *, lock_wait_logged: float = LOCK_WAIT_LOGGED) -> None:
         self.app = app
+        self.lock_wait_logged = lock_wait_logged
         self.stop = threading.Event()
         self.failures = 0
         self.backoff = 0.0  # seconds the mailbox's server asked to be left alone
@@ -70,9 +75,16 @@ class Daemon:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """The work lock. A scheduler job may hold it for long (a drain of a big
-        outbox, a VACUUM): the loop waits in slices and keeps the watchdog fed."""
+        outbox, a VACUUM): the loop waits in slices and keeps the watchdog fed. A wait
+        longer than ``lock_wait_logged`` is logged once (``daemon.lock_waiting``)."""
+        started = time.monotonic()
+        told = False
         while not self.app.lock.acquire(timeout=self.watchdog.bound(MAX_WAIT)):
             self.beat()
+            waited = time.monotonic() - started
+            if not told and waited >= self.lock_wait_logged:
+                log.warning("daemon.lock_waiting", seconds=round(waited))
+                told = True
         try:
             yield
         finally:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import hostile
@@ -254,6 +254,55 @@ def test_waiting_for_a_job_that_holds_the_lock_keeps_the_watchdog_fed(
     assert t1 - t0 >= 2.9, "the lock was not held as long as the job ran"
     silence = longest_silence(listener.pings(), t0, t1)
     assert silence < 1.0, f"{silence:.2f}s without a ping while waiting for the lock"
+
+
+def until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether ``condition`` came true within ``timeout`` (looked at every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_long_wait_for_the_work_lock_is_logged_once(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop pings while it waits for the lock, so a job that hangs holding it
+    is no watchdog matter: the log says the loop waits, once per wait."""
+    listener = Notifications(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.path)
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # slices of 0.1 s
+    from inboxd.daemon import Daemon as Loop
+
+    app = world.app()
+    loop = Loop(app, lock_wait_logged=0.3)
+    held = threading.Event()
+    seen: dict[str, bool] = {}
+
+    def job() -> None:
+        with app.lock:
+            held.set()
+            seen["told"] = until(lambda: "daemon.lock_waiting" in world.log_text())
+            # Several more slices of waiting: the line must not come again.
+            pings = len(listener.pings())
+            seen["waited on"] = until(lambda: len(listener.pings()) >= pings + 4)
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    try:
+        assert held.wait(10)
+        with loop.locked():
+            pass
+    finally:
+        worker.join(30)
+        app.close()
+        listener.close()
+    assert seen == {"told": True, "waited on": True}
+    lines = [json.loads(x) for x in world.log_text().splitlines() if "lock_waiting" in x]
+    assert len(lines) == 1, lines
+    assert lines[0]["level"] == "warning" and lines[0]["seconds"] >= 0
 
 
 @pytest.mark.parametrize("usec", [2_000_000, 4_000_000])
