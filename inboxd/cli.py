@@ -356,7 +356,7 @@ def _check(cfg: object) -> int:
     from inboxd.config import Config
     from inboxd.crypto import Keyring
     from inboxd.mailbox.base import MailboxError
-    from inboxd.msauth import TokenError
+    from inboxd.tokens import TokenError
     from inboxd.transport.base import SendError
 
     assert isinstance(cfg, Config)

@@ -39,8 +39,8 @@ from exchangelib.protocol import BaseProtocol, Protocol
 from exchangelib.transport import BASIC, NTLM, OAUTH2
 
 from inboxd.logs import get_logger
-from inboxd.msauth import TokenError, TokenSource
 from inboxd.throttle import Throttle
+from inboxd.tokens import TokenError, TokenSource
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack

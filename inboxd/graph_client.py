@@ -18,9 +18,9 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from inboxd.logs import get_logger
-from inboxd.msauth import TokenError, TokenSource
 from inboxd.pace import Beat, rest
 from inboxd.throttle import Throttle
+from inboxd.tokens import TokenError, TokenSource
 
 log = get_logger(__name__)
 

@@ -18,13 +18,14 @@ import json
 import os
 import re
 import threading
-from typing import Any, Protocol
+from typing import Any
 
 import msal
 import requests
 from msal.exceptions import MsalServiceError
 
 from inboxd.logs import get_logger
+from inboxd.tokens import TokenError
 
 log = get_logger(__name__)
 
@@ -52,27 +53,6 @@ _CERT_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END 
 def graph_scope(endpoint: str) -> str:
     """The ``.default`` scope of a Graph endpoint (national clouds have their own)."""
     return endpoint.rstrip("/") + "/.default"
-
-
-class TokenError(Exception):
-    """No token could be had.
-
-    ``permanent`` means the directory refused the credentials or the request (exit 3,
-    no quick retry); otherwise it was the network or an overloaded service. The
-    message names the AAD error and code (``AADSTS7000215``), never a secret.
-    """
-
-    def __init__(self, reason: str, *, permanent: bool, code: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.permanent = permanent
-        self.code = code
-
-
-class TokenSource(Protocol):
-    """What the backends need: a current bearer token, or a new one on demand."""
-
-    def __call__(self, force_refresh: bool = False) -> str: ...
 
 
 class TokenProvider:

@@ -210,11 +210,10 @@ def test_xoauth2(mail: MailServer) -> None:
 
 
 def test_token_provider_failure(mail: MailServer) -> None:
-    class TokenError(Exception):
-        permanent = False
+    from inboxd.tokens import TokenError
 
     def broken() -> str:
-        raise TokenError("AADSTS50000 something")
+        raise TokenError("AADSTS50000 something", permanent=False)
 
     mb = ImapMailbox(
         mail.imap_host, mail.imap_tls_port, "tls", BOX, oauth2_token=broken, ca_file=mail.ca_file

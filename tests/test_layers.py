@@ -77,6 +77,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "store",
         "store_schema",
         "sync_state",
+        "tokens",
         "transport",
         "transport.base",
         "transport.ews",

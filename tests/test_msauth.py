@@ -9,7 +9,8 @@ import pytest
 from fakes import captured_logs, pki
 from fakes.token_server import TokenServer, thumbprint_sha1_hex
 
-from inboxd.msauth import OUTLOOK_SCOPE, TokenError, TokenProvider, graph_scope
+from inboxd.msauth import OUTLOOK_SCOPE, TokenProvider, graph_scope
+from inboxd.tokens import TokenError
 
 SECRET = "s3cr3t~Value.With-Chars_0123456789"
 CLIENT = "2d4f6a8c-1b3d-4e5f-8a9b-0c1d2e3f4a5b"

@@ -17,8 +17,8 @@ from inboxd.backends.settings import (
 )
 from inboxd.config import Config
 from inboxd.mailbox.base import Mailbox, MailboxError
-from inboxd.msauth import TokenError, TokenSource
 from inboxd.throttle import Throttle
+from inboxd.tokens import TokenError, TokenSource
 from inboxd.transport.base import SendError, SentCopies, Transport
 
 

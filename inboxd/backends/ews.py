@@ -12,8 +12,8 @@ from inboxd.config import Config, constructed, read_secret
 from inboxd.ews_account import EwsAccount
 from inboxd.mailbox.base import Mailbox
 from inboxd.mailbox.ews import EwsMailbox
-from inboxd.msauth import TokenSource
 from inboxd.throttle import Throttle
+from inboxd.tokens import TokenSource
 from inboxd.transport.base import Transport
 from inboxd.transport.ews import EwsTransport
 

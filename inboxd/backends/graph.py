@@ -12,8 +12,9 @@ from inboxd.config import Config, constructed
 from inboxd.graph_client import GraphConnection
 from inboxd.mailbox.base import Mailbox
 from inboxd.mailbox.graph import GraphMailbox
-from inboxd.msauth import TokenSource, graph_scope
+from inboxd.msauth import graph_scope
 from inboxd.throttle import Throttle
+from inboxd.tokens import TokenSource
 from inboxd.transport.base import SentCopies, Transport
 from inboxd.transport.graph import GraphTransport
 

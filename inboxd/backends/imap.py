@@ -8,7 +8,7 @@ from inboxd.backends.settings import ImapMailboxConfig
 from inboxd.config import Config, constructed, read_secret
 from inboxd.mailbox.base import Mailbox
 from inboxd.mailbox.imap import ImapMailbox
-from inboxd.msauth import TokenSource
+from inboxd.tokens import TokenSource
 
 
 def tokens(cfg: Config, mb: ImapMailboxConfig) -> list[tuple[str, TokenSource]]:

@@ -15,8 +15,8 @@ from inboxd.backends.settings import (
     SmtpTransportConfig,
 )
 from inboxd.config import Config, ConfigError, read_secret
-from inboxd.msauth import TokenError, TokenSource
 from inboxd.msclouds import outlook_scope
+from inboxd.tokens import TokenError, TokenSource
 
 README = 'see the README, "Connect to Exchange / Microsoft 365"'
 _HTTP_STATUS = re.compile(r"HTTP (\d{3})")

@@ -9,7 +9,7 @@ import re
 from inboxd.backends.microsoft import README, token_provider
 from inboxd.backends.settings import SmtpTransportConfig
 from inboxd.config import Config, constructed, read_secret
-from inboxd.msauth import TokenSource
+from inboxd.tokens import TokenSource
 from inboxd.transport.base import Transport
 from inboxd.transport.smtp import SmtpTransport
 

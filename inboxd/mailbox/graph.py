@@ -25,9 +25,9 @@ from urllib.parse import quote
 from inboxd.graph_client import GraphClient, GraphConnection, GraphFailure, odata_quote
 from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox, MailboxError, MailboxItem
-from inboxd.msauth import TokenSource
 from inboxd.pace import Beat, rest
 from inboxd.sync_state import fresh_items, keep_state, read_state
+from inboxd.tokens import TokenSource
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack

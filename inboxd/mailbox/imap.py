@@ -25,6 +25,7 @@ from inboxd.logs import get_logger
 from inboxd.mailbox.base import Mailbox, MailboxError, MailboxItem
 from inboxd.mailserver import Security, ServerAccount, login_with_token
 from inboxd.pace import Beat, rest
+from inboxd.tokens import TokenError
 
 log = get_logger(__name__)
 
@@ -256,8 +257,8 @@ class ImapMailbox(Mailbox):
         try:
             return self.server.token(refresh=refresh)
         except Exception as exc:
-            # msauth.TokenError says whether retrying can help; other errors: assume not.
-            permanent = bool(getattr(exc, "permanent", True))
+            # A TokenError says whether retrying can help; other errors: assume not.
+            permanent = exc.permanent if isinstance(exc, TokenError) else True
             self._drop()
             log.warning(
                 "mailbox.error", backend=self.name, reason="oauth2 token", error=type(exc).__name__

@@ -38,8 +38,8 @@ from urllib.parse import quote
 
 from inboxd.graph_client import GraphClient, GraphConnection, GraphFailure, odata_quote
 from inboxd.logs import get_logger
-from inboxd.msauth import TokenSource
 from inboxd.pace import Beat, rest
+from inboxd.tokens import TokenSource
 from inboxd.transport.base import Envelope, Message, SendError, SentCopies, Transport, joined
 from inboxd.transport.own_headers import MAX_HEADER_BYTES, message_id, refuse_other_recipients
 
