@@ -156,6 +156,8 @@ def test_graph_mailbox_and_transport_from_the_mailbox_section(
     assert mb.delta_state_path == str(Path(cfg.state_dir) / GRAPH_DELTA_STATE)
     assert mb.folder == "inbox"  # the setting's IMAP default "INBOX" maps to Graph's name
     assert tr.client.base == mb.client.base == f"{graph.endpoint}/v1.0/users/{MAILBOX}"
+    # One account on one service: a back-off given to either side holds for both.
+    assert tr.client.throttle is mb.client.throttle is backends.throttle
 
     graph.deliver(signal_mail("GRAPHWIRE"))
     assert once(build(cfg, mailbox=mb, transport=tr)) == 0
@@ -188,6 +190,7 @@ def test_ews_basic_mailbox_and_transport(setup: Setup) -> None:
         assert isinstance(mb, EwsMailbox) and isinstance(tr, EwsTransport)
         # [mailbox] mailbox is the primary SMTP address; username is DOMAIN\user.
         assert mb.settings.address == tr.settings.address == MAILBOX
+        assert tr.settings.throttle is mb.settings.throttle is backends.throttle
         assert mb.settings.username == srv.state.username
         assert mb.sync_state_path == str(Path(cfg.state_dir) / EWS_SYNC_STATE)
         srv.deliver(signal_mail("EWSWIRE"))
