@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from inboxd import msauth
 from inboxd.backends.settings import (
     EwsMailboxConfig,
     ImapMailboxConfig,
@@ -72,6 +71,10 @@ def token_provider(cfg: Config, section: str, scope: str | None = None) -> Token
             cfg, s.client_certificate_file, "", f"{name}.client_certificate_file"
         )
     try:
+        # MSAL (and requests) load here, for a configuration that uses an app: an
+        # IMAP or SMTP login with a password never pays their ~0.2 s of imports.
+        from inboxd import msauth
+
         return msauth.TokenProvider(
             s.tenant_id,
             s.client_id,
