@@ -22,6 +22,7 @@ from world import (
     as_submitted,
     assert_absent,
     body_text,
+    dsn,
     marker,
     parse,
     reply,
@@ -515,23 +516,6 @@ def test_unusable_certificate_stops_the_mail_instead_of_sending_it_in_clear(
 # -- bounces, retained originals, drills ------------------------------------------
 
 
-def _dsn(original_message_id: str, recipient: str) -> bytes:
-    return (
-        "From: Mail Delivery System <MAILER-DAEMON@gemeente.example>\r\n"
-        f"To: {MAILBOX}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
-        f"Message-ID: <dsn-{marker()}@gemeente.example>\r\nAuto-Submitted: auto-replied\r\n"
-        "MIME-Version: 1.0\r\n"
-        'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"\r\n\r\n'
-        "--b1\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n"
-        "--b1\r\nContent-Type: message/delivery-status\r\n\r\n"
-        "Reporting-MTA: dns; mx.gemeente.example\r\n\r\n"
-        f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
-        "--b1\r\nContent-Type: text/rfc822-headers\r\n\r\n"
-        f"Message-ID: {original_message_id}\r\nSubject: Signaal\r\n\r\n"
-        "--b1--\r\n"
-    ).encode()
-
-
 def test_bounce_of_a_forward_reopens_an_open_signal_and_alerts(
     world: World, mail: MailServer
 ) -> None:
@@ -545,7 +529,7 @@ def test_bounce_of_a_forward_reopens_an_open_signal_and_alerts(
     riec_fwd = parse(mail.wait_for_messages(RIEC, 1)[0])["Message-ID"]
     assert mail.messages(KEDO) == []
     assert world.status()["by_state"] == {"forwarding": 1}
-    mail.deliver(_dsn(str(riec_fwd), RIEC), MAILBOX, mail_from="mailer-daemon@gemeente.example")
+    mail.deliver(dsn(str(riec_fwd), RIEC), MAILBOX, mail_from="mailer-daemon@gemeente.example")
     world.now += 3600
     world.until_quiet()
     assert world.status()["by_state"] == {"forwarding_failed": 1}, "a bounce reopens it"
@@ -565,7 +549,7 @@ def test_bounce_after_deletion_alerts_without_content(world: World, mail: MailSe
     _, request = new_signal(world, mail, mark)
     command(world, mail, reply(request, "KEDO"))
     kedo_fwd = parse(mail.wait_for_messages(KEDO, 1)[0])["Message-ID"]
-    mail.deliver(_dsn(str(kedo_fwd), KEDO), MAILBOX, mail_from="mailer-daemon@gemeente.example")
+    mail.deliver(dsn(str(kedo_fwd), KEDO), MAILBOX, mail_from="mailer-daemon@gemeente.example")
     world.until_quiet()
     assert world.status()["open"] == 0, "a bounce is not a new signal"
     alerts = [m for m in mail.messages(F1) if "LET OP" in str(parse(m)["Subject"])]

@@ -34,6 +34,7 @@ from world import (
     assert_absent,
     body_text,
     config_text,
+    dsn,
     imap_sections,
     marker,
     parse,
@@ -402,23 +403,6 @@ def test_a_forward_refused_for_good_alerts_and_keeps_the_signal(office: Office) 
     assert len(alerts) == 1 and "KEDO" in str(parse(alerts[0])["Subject"])
 
 
-def _dsn(original_message_id: str, recipient: str) -> bytes:
-    return (
-        "From: Mail Delivery System <MAILER-DAEMON@gemeente.example>\r\n"
-        f"To: {MAILBOX}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
-        f"Message-ID: <dsn-{marker()}@gemeente.example>\r\nAuto-Submitted: auto-replied\r\n"
-        "MIME-Version: 1.0\r\n"
-        'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"\r\n\r\n'
-        "--b1\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n"
-        "--b1\r\nContent-Type: message/delivery-status\r\n\r\n"
-        "Reporting-MTA: dns; mx.gemeente.example\r\n\r\n"
-        f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
-        "--b1\r\nContent-Type: text/rfc822-headers\r\n\r\n"
-        f"Message-ID: {original_message_id}\r\nSubject: Signaal\r\n\r\n"
-        "--b1--\r\n"
-    ).encode()
-
-
 def test_a_bounce_of_a_forward_reopens_the_open_signal(office: Office) -> None:
     # Intake hands the automatic answer to triage (the reply handler's auto_answer).
     _, request = new_signal(office, marker())
@@ -428,8 +412,8 @@ def test_a_bounce_of_a_forward_reopens_the_open_signal(office: Office) -> None:
     (forward,) = office.transport.to(RIEC)
     assert office.by_state() == {"forwarding": 1}
 
-    dsn = _dsn(str(parse(forward)["Message-ID"]), RIEC)
-    office.deliver(dsn, login=None, mail_from="mailer-daemon@gemeente.example")
+    bounce = dsn(str(parse(forward)["Message-ID"]), RIEC)
+    office.deliver(bounce, login=None, mail_from="mailer-daemon@gemeente.example")
     assert office.once() == 0
     assert office.by_state() == {"forwarding_failed": 1}, "a bounce reopens it"
     alerts = [m for m in office.transport.to(F1) if "LET OP" in str(parse(m)["Subject"])]

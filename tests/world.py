@@ -224,6 +224,25 @@ def marker() -> str:
     return "MRK" + uuid.uuid4().hex[:12].upper()
 
 
+def dsn(original_message_id: str, recipient: str) -> bytes:
+    """A delivery status notification for ``recipient`` about the mail with
+    ``original_message_id``, as a relay's MAILER-DAEMON sends it."""
+    return (
+        "From: Mail Delivery System <MAILER-DAEMON@gemeente.example>\r\n"
+        f"To: {MAILBOX}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        f"Message-ID: <dsn-{marker()}@gemeente.example>\r\nAuto-Submitted: auto-replied\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"\r\n\r\n'
+        "--b1\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n"
+        "--b1\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.gemeente.example\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        "--b1\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"Message-ID: {original_message_id}\r\nSubject: Signaal\r\n\r\n"
+        "--b1--\r\n"
+    ).encode()
+
+
 def signal_mail(
     mark: str = "",
     *,
