@@ -28,9 +28,16 @@ from inboxd.classify import Context, Decision, Kind, classify, mentioned_ids, re
 from inboxd.config import Config
 from inboxd.crypto import Keyring, signal_token
 from inboxd.dedup import without_trace
+from inboxd.evidence import Evidence
 from inboxd.lifecycle import KeyStatus, MailKind
 from inboxd.logs import get_logger
-from inboxd.mail_limits import LimitClass, budget, release_order, release_reserve
+from inboxd.mail_limits import (
+    FLOOD_VERIFIED,
+    LimitClass,
+    budget,
+    notice_reserve,
+    release_order,
+)
 from inboxd.mailbox.base import Mailbox, MailboxItem, verify_deletion
 from inboxd.mailer import Mailer, iso
 from inboxd.outbox import AttachRef
@@ -371,6 +378,8 @@ class Intake:
         held_from = self._flooded(tx, msg)
         if held_from is not None:
             flags.add("flood")
+            if decision.evidence is Evidence.VERIFIED:
+                flags.add(FLOOD_VERIFIED)  # released before the unverified
         retain = self.cfg.mailbox.retain_in_mailbox == "forwarded"
         fields = {"raw": raw_bytes, "subject": msg.subject.encode()}
         if msg.from_addr:
@@ -406,19 +415,21 @@ class Intake:
 
     def _flooded(self, tx: Transaction, msg: ParsedMessage) -> bytes | None:
         """Counts the signal against its sender; the sender's digest when the signal
-        is to be held without a triage request (the sender's hour is full, or the
-        functionarissen's), else None."""
+        is to be held without a triage request (the sender's hour is full, or a
+        functionaris' is down to the reserve for signals already in triage), else
+        None."""
         sender = self.keyring.sender_digest(msg.from_addr or "")
         n, window = budget(LimitClass.SIGNAL, self.cfg)
         recent = tx.mails_since(sender, LimitClass.SIGNAL.value, self.clock() - window, n)
         tx.record_mail(sender, LimitClass.SIGNAL.value)
-        if recent >= n or self.mailer.notices_spent(tx):
+        if recent >= n or self.mailer.notices_left(tx) <= notice_reserve(self.cfg):
             return sender
         return None
 
     def release_held(self, beat: Beat = rest) -> int:
-        """Held signals get their triage request after all, oldest first, senders
-        taking turns (:func:`~inboxd.mail_limits.release_order`), as long as the
+        """Held signals get their triage request after all, those from verified
+        senders first, then oldest first, senders taking turns
+        (:func:`~inboxd.mail_limits.release_order`), as long as the
         sender's ``request_limit`` and every functionaris' ``notice_limit`` (less a
         reserve for notices about signals already in triage) have room. A released
         signal counts against its sender like a new one. Each release is one
@@ -427,11 +438,12 @@ class Intake:
         released = 0
         with self.store.transaction() as tx:
             held = tx.held_signals()
-            room = self.mailer.notices_left(tx) - release_reserve(self.cfg)
+            room = self.mailer.notices_left(tx) - notice_reserve(self.cfg)
             n, window = budget(LimitClass.SIGNAL, self.cfg)
             since = self.clock() - window
             sender_room: dict[bytes, int] = {}
-            for signal_id, sender in release_order([(i, s) for i, s, _ in held]):
+            verified = self._verified(tx, [i for i, _, _ in held]) if room > 0 else set()
+            for signal_id, sender in release_order([(i, s) for i, s, _ in held], verified):
                 if room <= 0:
                     break
                 if sender not in sender_room:
@@ -457,6 +469,13 @@ class Intake:
             log.warning("flood.released", count=released, held=left)
         return released
 
+    @staticmethod
+    def _verified(tx: Transaction, signal_ids: Sequence[str]) -> set[str]:
+        """The held signals whose sender evidence was verified when they came in."""
+        return {
+            i for i in signal_ids if (s := tx.signal(i)) is not None and FLOOD_VERIFIED in s.flags
+        }
+
     def _release(self, tx: Transaction, signal_id: str, sender: bytes) -> None:
         signal = tx.signal(signal_id)
         tx.released(signal_id)
@@ -471,7 +490,8 @@ class Intake:
         # "flood" means "still waiting for its triage request" (status, digest);
         # the request itself says the signal came late, and why.
         signal = tx.update_signal(
-            signal, SignalUpdate(flags=(signal.flags - {"flood"}) | {"flood_delayed"})
+            signal,
+            SignalUpdate(flags=(signal.flags - {"flood", FLOOD_VERIFIED}) | {"flood_delayed"}),
         )
         queued = self.triage_requests(
             tx,

@@ -13,16 +13,21 @@ addresses and times (no content) for as long as the window:
    (``classify.Decision.quiet``).
 3. **Floods.** A sender's first ``triage.request_limit`` signals (10 an hour) get a
    triage request each; the next are queued as usual, flagged ``flood``, without one;
-   so are signals that arrive while a functionaris' notice budget is spent. The
-   functionarissen get one notice with the count (no content) once the flood has
-   been quiet for :data:`FLOOD_QUIET`, or an hour after it began if it goes on.
+   so are signals that arrive while a functionaris' notice budget is spent down to
+   its reserve. The functionarissen get one notice with the count (no content) once
+   the flood has been quiet for :data:`FLOOD_QUIET`, or an hour after it began if it
+   goes on.
    A held signal gets its triage request later (:func:`release_order`), a few at a
    time, as the sender's and every functionaris' budget allow: none is lost to triage.
+   Signals whose sender evidence was verified are released before all others, so
+   a flood from forged senders, however many, cannot crowd out a colleague. Intake
+   and release alike leave a reserve of each functionaris' notices unspent
+   (:func:`notice_reserve`) for the notices about signals already in triage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Container, Hashable, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
@@ -48,6 +53,10 @@ ANSWER_PER_HOUR = 20
 REPORTER_PER_HOUR = 20
 FLOOD_QUIET = 600.0
 FLOOD_NOTICE_EVERY = HOUR
+# The flag of a held signal whose sender evidence was verified: the fact, no address.
+# It goes with ``flood`` when the signal is released; a signal without it (as every
+# signal held before it existed) counts as unverified.
+FLOOD_VERIFIED = "flood_verified"
 
 _CLASSES: dict[str, LimitClass] = {
     MailKind.ACK: LimitClass.ACK,
@@ -93,13 +102,24 @@ def flood_notice_due(first_held: float, last_held: float, now: float) -> bool:
     return now - last_held >= FLOOD_QUIET or now - first_held >= FLOOD_NOTICE_EVERY
 
 
-def release_order(held: Sequence[tuple[T, S]]) -> list[tuple[T, S]]:
+def release_order(
+    held: Sequence[tuple[T, S]], verified: Container[T] = frozenset()
+) -> list[tuple[T, S]]:
     """The order in which held signals get their triage request: ``held`` is (signal,
-    sender), oldest first. Senders take turns — each sender's oldest, then each
-    sender's second, … — and within a turn the senders with the fewest held go
-    first (then the one held longest). So a colleague's one signal, held because a
-    flood spent the functionarissen's budget, does not wait behind thousands of one
-    sender's, nor behind a flood spread over many forged senders."""
+    sender), oldest first; ``verified`` the signals whose sender evidence was
+    verified. Those go before all the others: forged senders can be many, a trusted
+    server's word cannot be forged. Within each part senders take turns — each
+    sender's oldest, then each sender's second, … — and within a turn the senders
+    with the fewest held go first (then the one held longest). So a colleague's one
+    signal, held because a flood spent the functionarissen's budget, does not wait
+    behind thousands of one sender's, nor behind a flood spread over many forged
+    senders."""
+    return _turns([h for h in held if h[0] in verified]) + _turns(
+        [h for h in held if h[0] not in verified]
+    )
+
+
+def _turns(held: Sequence[tuple[T, S]]) -> list[tuple[T, S]]:
     queues: dict[S, list[tuple[T, S]]] = {}
     for item in held:
         queues.setdefault(item[1], []).append(item)
@@ -111,7 +131,8 @@ def release_order(held: Sequence[tuple[T, S]]) -> list[tuple[T, S]]:
     return out
 
 
-def release_reserve(cfg: Config) -> int:
-    """Notices a release leaves unspent in each functionaris' hour: follow-up notices,
-    closings and alerts about signals already in triage must still get through."""
+def notice_reserve(cfg: Config) -> int:
+    """Notices neither a new signal nor a release may spend in a functionaris' hour:
+    follow-up notices, closings and alerts about signals already in triage must
+    still get through when a flood has taken the rest."""
     return cfg.triage.notice_limit[0] // 10

@@ -93,10 +93,6 @@ class Mailer:
         tx.record_mail(who, cls.value)
         return True
 
-    def notices_spent(self, tx: Transaction) -> bool:
-        """A functionaris has had their hour's notices: new signals are held."""
-        return self.notices_left(tx) <= 0
-
     def notices_left(self, tx: Transaction) -> int:
         """How many more notices every functionaris may get in this hour."""
         n, window = budget(LimitClass.NOTICE, self.cfg)

@@ -471,3 +471,6 @@ def test_held_signals_are_released_senders_taking_turns_fewest_first() -> None:
     ]
     assert [s for s, _ in release_order(held)] == ["c1", "b1", "a1", "b2", "a2", "a3"]
     assert release_order([]) == []
+    # Verified sender evidence goes before every turn of the others.
+    verified = release_order(held, verified={"a3", "b2"})
+    assert [s for s, _ in verified] == ["b2", "a3", "c1", "b1", "a1", "a2"]

@@ -31,6 +31,7 @@ from world import (
     REPORTER,
     RIEC,
     Installation,
+    TomlValue,
     assert_absent,
     body_text,
     config_text,
@@ -84,8 +85,15 @@ class Office(Installation):
         for name in ("imap-password", "smtp-password"):
             (self.root / name).write_text("unused: the servers are in memory\n")
             (self.root / name).chmod(0o600)
-        # The suite's configuration; its IMAP and SMTP settings are never dialled, as
-        # ``build`` is given the mailbox and the transport.
+        self.write_config()
+        logs.configure("json", "debug", stream=self.log)
+        self.db = SqliteStore(None, self.keyring, clock=self.clock)
+        return self
+
+    def write_config(self, **options: TomlValue | None) -> None:
+        """The suite's configuration (:func:`config_text`, ``options`` over its
+        defaults); its IMAP and SMTP settings are never dialled, as ``build`` is
+        given the mailbox and the transport."""
         sections = imap_sections(
             imap_port=1,
             smtp_port=1,
@@ -93,10 +101,7 @@ class Office(Installation):
             password_file=self.root / "imap-password",
             smtp_password_file=self.root / "smtp-password",
         )
-        self.config_path.write_text(config_text(self.root, sections))
-        logs.configure("json", "debug", stream=self.log)
-        self.db = SqliteStore(None, self.keyring, clock=self.clock)
-        return self
+        self.config_path.write_text(config_text(self.root, sections, **options))
 
     def close(self) -> None:
         self.db.close()
@@ -441,3 +446,74 @@ def test_a_command_replayed_after_the_dedup_window_of_a_signal_still_open_is_a_r
     command(office, replay)
     assert office.by_state() == {"queued": 1}, "the replay closed the signal"
     assert '"reason": "replayed"' in office.log.getvalue()
+
+
+def triage_refs(office: Office, who: str) -> list[str]:
+    """The references of the triage requests ``who`` received, in sending order."""
+    subjects = [s for s in office.subjects(who) if s.startswith("Triageverzoek")]
+    return [find_references(s, "VV")[0] for s in subjects]
+
+
+def test_a_verified_colleague_held_in_a_flood_of_forged_senders_is_released_first(
+    office: Office,
+) -> None:
+    """Forged senders, one signal each, spend a functionaris' hour and are held
+    after it; a colleague's signal, its sender vouched for by our own server, is
+    held after them. Turns and counts cannot tell them apart (one each, and the
+    forged ones came first); the evidence does: the colleague's request is the first
+    of the release."""
+    office.write_config(notice_limit="4/h")
+    forged = [f"aanvaller{i}@extern.example" for i in range(10)]
+    for sender in forged:
+        office.deliver(signal_mail(marker(), sender=sender), login=None, mail_from=sender)
+    assert office.once() == 0
+    assert len(triage_refs(office, F1)) == 4, "the functionaris' hour, then held"
+    office.now += 60
+    office.deliver(signal_mail(marker()), login=REPORTER, mail_from=REPORTER)
+    assert office.once() == 0
+    (ack,) = office.transport.to(REPORTER)
+    ref = find_references(str(parse(ack)["Subject"]), "VV")[0]
+    with office.reading() as store:
+        assert store.flag_counts() == {"flood": 7, "flood_verified": 1}
+
+    office.now += 3600
+    assert office.once() == 0
+    released = triage_refs(office, F1)[4:]
+    assert len(released) == 4, "the next hour's budget"
+    assert released[0] == ref, "the verified colleague before the forged senders"
+    assert triage_refs(office, F2)[4:] == released
+    with office.reading() as store:
+        # Released, the mark goes with "flood": the request is no longer waiting.
+        assert store.flag_counts() == {"flood": 3, "flood_delayed": 4}
+
+
+def test_new_signals_leave_the_notice_reserve_for_signals_already_in_triage(
+    office: Office,
+) -> None:
+    """With a tenth of a functionaris' hour left, a new signal is held instead of
+    taking it, as a release would be: the reporter's follow-up to a signal already
+    in triage still reaches the functionarissen."""
+    office.write_config(notice_limit="10/h")
+    mark = marker()
+    office.deliver(signal_mail(mark), login=REPORTER, mail_from=REPORTER)
+    assert office.once() == 0
+    (ack,) = office.transport.to(REPORTER)
+    ref = find_references(str(parse(ack)["Subject"]), "VV")[0]
+    forged = [f"aanvaller{i}@extern.example" for i in range(9)]
+    for sender in forged:
+        office.deliver(signal_mail(marker(), sender=sender), login=None, mail_from=sender)
+    assert office.once() == 0
+    assert len(triage_refs(office, F1)) == 9, "the reserve of one notice is left"
+    with office.reading() as store:
+        assert store.flag_counts() == {"flood": 1}
+
+    answer_mark = marker()
+    answer = signal_mail(
+        answer_mark, subject=f"RE: Ontvangen: uw signaal {ref}", body=f"Nog iets. {answer_mark}\n"
+    )
+    office.deliver(answer, login=REPORTER, mail_from=REPORTER)
+    office.until_quiet()
+    for f in (F1, F2):
+        (notice,) = [s for s in office.subjects(f) if s.startswith("Aanvulling")]
+        assert ref in notice
+    assert '"reason": "rate_limited"' not in office.log.getvalue()
