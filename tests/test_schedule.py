@@ -473,4 +473,4 @@ def test_held_signals_are_released_senders_taking_turns_fewest_first() -> None:
     assert release_order([]) == []
     # Verified sender evidence goes before every turn of the others.
     verified = release_order(held, verified={"a3", "b2"})
-    assert [s for s, _ in verified] == ["b2", "a3", "c1", "b1", "a1", "a2"]
+    assert [s for s, _ in verified] == ["a3", "b2", "b1", "c1", "a1", "a2"]
