@@ -421,6 +421,32 @@ def test_a_colleagues_signal_held_by_an_attackers_flood_is_released_first(
     assert_absent(mark, where="the logs", data=world.log_text())
 
 
+def test_a_verified_colleague_goes_before_a_flood_spread_over_forged_senders(
+    world: World, mail: MailServer
+) -> None:
+    """Ten forged senders, one signal each, spend a functionaris' hour and six are
+    held; the colleague's signal, submitted through the relay from their own account,
+    is held after them. Each sender has one held signal, so turns and counts cannot
+    put the colleague first: the relay's verified evidence does."""
+    world.write_config(notice_limit="4/h")
+    forged = [f"aanvaller{i}@extern.example" for i in range(10)]
+    mail.append_many(MAILBOX, [signal_mail(marker(), sender=a) for a in forged])
+    world.once()
+    assert len(triage_requests_to(mail, F1)) == 4
+    world.now += 60
+    mail.deliver(signal_mail(marker()), MAILBOX)
+    world.once()
+    ack = mail.wait_for_messages(REPORTER, 1)[0]
+    ref = find_references(str(parse(ack)["Subject"]), "VV")[0]
+    assert world.status()["flags"] == {"flood": 7, "flood_verified": 1}
+
+    world.now += 3600
+    world.once()
+    released = triage_requests_to(mail, F1)[4:]
+    assert len(released) == 4 and released[0] == ref, released
+    assert world.status()["flags"] == {"flood": 3, "flood_delayed": 4}
+
+
 def test_a_release_cut_short_releases_nothing_and_the_next_releases_each_once(
     world: World, mail: MailServer
 ) -> None:
