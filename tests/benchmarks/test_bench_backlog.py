@@ -35,6 +35,7 @@ from servers import MailServer
 from world import MAILBOX, World, marker, signal_mail
 
 import inboxd.intake
+import inboxd.mailer
 import inboxd.outbox
 
 pytestmark = pytest.mark.skipif(
@@ -268,7 +269,7 @@ def test_backlog_of_1000(mail: MailServer, tmp_path: Path, monkeypatch: pytest.M
     intake_t.wrap(inboxd.intake, "parse_message", "parse_message")
     intake_t.wrap(inboxd.intake, "classify", "classify")
     intake_t.wrap(app.intake.mailer.templates, "render", "templates.render")
-    intake_t.wrap(inboxd.intake, "entry", "outbox.entry (asdict, json)")
+    intake_t.wrap(inboxd.mailer, "entry", "outbox.entry (asdict, json)")
     intake_t.sqlite(app.store)
     result, b2_s = timed("b2 Intake.accept", app.intake.accept)
     assert result.accepted == N, result
@@ -280,7 +281,7 @@ def test_backlog_of_1000(mail: MailServer, tmp_path: Path, monkeypatch: pytest.M
     intake_t.wrap(inboxd.intake, "parse_message", "parse_message")
     intake_t.wrap(inboxd.intake, "classify", "classify")
     intake_t.wrap(app.intake.mailer.templates, "render", "templates.render")
-    intake_t.wrap(inboxd.intake, "entry", "outbox.entry (asdict, json)")
+    intake_t.wrap(inboxd.mailer, "entry", "outbox.entry (asdict, json)")
     intake_t.sqlite(app.store)
     result, b2p_s = timed("b2p Intake.process", lambda: app.intake.process(result=result))
     assert result.queued == N, result
