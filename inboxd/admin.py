@@ -295,6 +295,7 @@ def status_text(snap: dict[str, Any], text: Templates | None = None) -> str:
         oldest=None if age is None else _age(int(age)),
         outbox=snap["outbox"],
         accepted=snap.get("accepted", 0),
+        shred_pending=snap.get("shred_pending", 0),
         last_fetch=_when(snap["last_fetch"]),
         last_send=_when(snap["last_send"]),
         evidence=evidence,

@@ -605,4 +605,7 @@ def status_snapshot(store: Store, now: float) -> dict[str, object]:
         "outbox": store.outbox_size(),
         # Taken from the mailbox, sealed, not yet processed (a stop between the steps).
         "accepted": store.inbound_count(),
+        # Deleted, but not yet shredded (a reader holds the store's log): the privacy
+        # promise waits on it, so it is shown, not only logged.
+        "shred_pending": store.shred_pending(),
     }

@@ -51,6 +51,11 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily(
             "inboxd_outbox", "Mails waiting to be sent", value=float(snap["outbox"])
         )
+        yield GaugeMetricFamily(
+            "inboxd_shred_pending",
+            "Deletions committed and not yet shredded (a reader holds the store's log)",
+            value=float(snap["shred_pending"]),
+        )
         for key, value in last.items():
             yield GaugeMetricFamily(
                 f"inboxd_{key}_timestamp_seconds",

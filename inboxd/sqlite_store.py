@@ -187,6 +187,9 @@ class SqliteStore(SqliteReads):
     def inbound_count(self) -> int:
         return int(self._c.execute("SELECT COUNT(*) FROM inbound").fetchone()[0])
 
+    def shred_pending(self) -> int:
+        return int(self._c.execute("SELECT COUNT(*) FROM unshredded").fetchone()[0])
+
     def mark_expunged(self, keys: Sequence[str]) -> None:
         with self.transaction():
             self._c.executemany(

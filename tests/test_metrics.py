@@ -188,6 +188,7 @@ def test_two_apps_in_one_process_each_have_their_own_gauges(
             snap = status_snapshot(app.store, app.clock())
             assert m["inboxd_open_signals"] == snap["open"]
             assert m["inboxd_outbox"] == snap["outbox"]
+            assert m["inboxd_shred_pending"] == snap["shred_pending"] == 0
         assert [m["inboxd_open_signals"] for m in texts] == [1, 0]
     finally:
         for a in apps:

@@ -774,6 +774,7 @@ def test_a_reader_holds_the_shredding_up_and_the_next_start_finishes_it(
     # Committed, but not yet true on disk: owed, and the bytes are still there.
     assert store.signal_by_ref(sig.ref) is None
     assert _owed(store) == [(sig.ref, "afgesloten")]
+    assert store.shred_pending() == 1, "status and the metrics show it"
     assert _left(state_dir, secrets)
     assert store.shred(wait=0.2) is False, "still held up"
 
@@ -784,6 +785,7 @@ def test_a_reader_holds_the_shredding_up_and_the_next_start_finishes_it(
     again = SqliteStore(state_dir, keyring, clock=clock)
     try:
         assert _owed(again) == [], "shredded while opening, before anything else"
+        assert again.shred_pending() == 0
         assert _left(state_dir, secrets) == []
     finally:
         again.close()

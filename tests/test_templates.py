@@ -539,6 +539,9 @@ def test_an_operator_rewords_the_administrators_lines(tmp_path: Path) -> None:
     lines = status_text(snap, Templates("nl", folder)).splitlines()
     assert "open meldingen: 2" in lines and "oldest open: 1d 1h 1m" in lines
     assert "open signals: 2" in status_text(snap).splitlines()
+    assert not any("shredded" in line for line in status_text(snap).splitlines())
+    held = status_text({**snap, "shred_pending": 2}).splitlines()
+    assert any(line.startswith("deleted, not yet shredded: 2") for line in held), held
     broken = reworded.replace("macro queue_empty()", "macro queue_none()")
     problem = override_problem("en", own(tmp_path, "text/admin.txt", broken, lang="en"))
     assert problem is not None and "queue_empty" in problem
