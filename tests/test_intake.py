@@ -523,7 +523,11 @@ def test_header_tricks_and_template_syntax_in_a_signal_stay_inert(
     ack = mail.wait_for_messages(REPORTER, 1)[0]
     a = parse(ack)
     assert a["Bcc"] is None and b"evil.example" not in ack
-    assert "49" not in str(a["Subject"])
+    # The reference is random and may hold "49" itself: look at the rest.
+    subject = str(a["Subject"])
+    for ref in find_references(subject, "VV"):
+        subject = subject.replace(ref, "")
+    assert "49" not in subject
     for request in mail.wait_for_messages(F1, 1):
         r = parse(request)
         assert r["Bcc"] is None
