@@ -305,6 +305,26 @@ def test_a_long_wait_for_the_work_lock_is_logged_once(
     assert lines[0]["level"] == "warning" and lines[0]["seconds"] >= 0
 
 
+def watched_daemon(world: World, tmp_path: Path, usec: int) -> tuple[Notifications, Daemon]:
+    """``inboxd run`` under a watchdog of ``usec``, its notifications recorded."""
+    listener = Notifications(tmp_path / "notify")
+    return listener, Daemon(world, env={"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": str(usec)})
+
+
+def assert_fed_in_every_phase(
+    listener: Notifications, d: Daemon, phases: dict[str, tuple[float, float]], usec: int
+) -> list[float]:
+    """No phase had a silence between pings as long as the watchdog's interval (the
+    log lines around the longest one say what the daemon was doing); the pings."""
+    interval = usec / 1_000_000
+    pings = listener.pings()
+    silences = {k: round(longest_silence(pings, *v), 2) for k, v in phases.items()}
+    late = {k: v for k, v in silences.items() if v >= interval}
+    where = {k: events_between(d.lines, *silence(pings, *phases[k]))[-12:] for k in late}
+    assert not late, f"WATCHDOG_USEC={usec}: longest silence per phase {silences}; {where}"
+    return pings
+
+
 @pytest.mark.parametrize("usec", [2_000_000, 4_000_000])
 def test_watchdog_is_fed_while_idle_through_a_hostile_mail_and_a_backlog(
     world: World, mail: MailServer, tmp_path: Path, usec: int
@@ -315,8 +335,7 @@ def test_watchdog_is_fed_while_idle_through_a_hostile_mail_and_a_backlog(
     backlog = [
         signal_mail(f"B{i:05d}", sender=OUTSIDER, subject=f"Signaal {i}") for i in range(BACKLOG)
     ]
-    listener = Notifications(tmp_path / "notify")
-    d = Daemon(world, env={"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": str(usec)})
+    listener, d = watched_daemon(world, tmp_path, usec)
     phases: dict[str, tuple[float, float]] = {}
     try:
         d.wait_for("mailbox.connected")
@@ -346,11 +365,7 @@ def test_watchdog_is_fed_while_idle_through_a_hostile_mail_and_a_backlog(
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
-    pings = listener.pings()
-    silences = {k: round(longest_silence(pings, *v), 2) for k, v in phases.items()}
-    late = {k: v for k, v in silences.items() if v >= interval}
-    where = {k: events_between(d.lines, *silence(pings, *phases[k]))[-12:] for k in late}
-    assert not late, f"WATCHDOG_USEC={usec}: longest silence per phase {silences}; {where}"
+    pings = assert_fed_in_every_phase(listener, d, phases, usec)
     every = longest_silence(pings, pings[0], phases["backlog"][1])
     assert every < interval, f"a silence of {every:.2f}s between pings"
 
@@ -386,8 +401,7 @@ def test_a_very_large_signal_is_fetched_sent_and_forwarded_with_the_watchdog_fed
     photo = os.urandom(LARGE_SIGNAL * 57 // 78)  # base64 lines: 57 bytes in 78
     raw = signal_mail(marker(), attachments=[("foto.jpg", photo, "image/jpeg")])
     assert len(raw) > LARGE_SIGNAL - 2**20
-    listener = Notifications(tmp_path / "notify")
-    d = Daemon(world, env={"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": str(usec)})
+    listener, d = watched_daemon(world, tmp_path, usec)
     phases: dict[str, tuple[float, float]] = {}
     try:
         d.wait_for("mailbox.connected")
@@ -414,8 +428,4 @@ def test_a_very_large_signal_is_fetched_sent_and_forwarded_with_the_watchdog_fed
             d.proc.wait()
     took = {k: round(b - a, 1) for k, (a, b) in phases.items()}
     assert took["fetched"] > interval and took["forwarded"] > interval, f"too fast: {took}"
-    pings = listener.pings()
-    silences = {k: round(longest_silence(pings, *v), 2) for k, v in phases.items()}
-    late = {k: v for k, v in silences.items() if v >= interval}
-    where = {k: events_between(d.lines, *silence(pings, *phases[k]))[-12:] for k in late}
-    assert not late, f"WATCHDOG_USEC={usec}: longest silence per phase {silences}; {where}"
+    assert_fed_in_every_phase(listener, d, phases, usec)
